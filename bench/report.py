@@ -53,6 +53,7 @@ def summarize(runs):
         entry["errors"] = [r["error"] for r in rs if r.get("error")]
         entry["loss_total"] = sum(r.get("loss", 0) or 0 for r in ok)
         entry["closed_total"] = sum(r.get("closed", 0) or 0 for r in ok)
+        entry["stalls"] = sum(1 for r in ok if r.get("stalled") or "stalled" in r.get("stderr", ""))
         summary.setdefault(scenario, {}).setdefault(target, {})[str(n)] = entry
     return summary
 
@@ -97,6 +98,9 @@ def markdown(meta, summary, chart_rel):
          "work; the server, the load generator and the source all run on it. Every scenario runs "
          f"the targets interleaved (order rotated each repetition), {reps} repetition(s); cells show "
          "the median and, in parentheses, min–max.", "",
+         "Server CPU-µs per delivery is the steadier comparison: it does not depend on how much "
+         "of a core the scheduler handed each process during the run (see the 'busy' figures in "
+         "the JSON: `server_cpu_s / elapsed_s`).", "",
          "Method: one fresh server process per run, loopback only. The load generator "
          "(`bench/wsbench.c`, one epoll loop, reads in 256 KiB batches) holds every subscriber and "
          "the source; the source is closed-loop — message *s* is sent only once every subscriber "
@@ -126,6 +130,11 @@ def markdown(meta, summary, chart_rel):
                          f"{_ratio(d, _get(summary, 'fanout', 'nchan', n, 'deliveries_per_s'))} | "
                          f"{_ratio(d, _get(summary, 'fanout', 'asyncio', n, 'deliveries_per_s'))} | "
                          f"{_fmt(100 * (_get(summary, 'fanout', t, n, 'client_busy') or 0))} % |")
+        stalls = [f"{t} N={n}" for t in sorted(fan) for n, e in fan[t].items() if e.get("stalls")]
+        L += ["", "Loss counts every message a subscriber had not received when the run ended; a run "
+              "in which no delivery progressed for 5 s is ended by the load generator and its "
+              "missing messages count as loss" +
+              (f" (stalled runs this time: {', '.join(stalls)})." if stalls else " (none stalled).")]
         if chart_rel:
             L += ["", f"![deliveries/s vs N]({chart_rel})"]
         L.append("")
@@ -275,8 +284,11 @@ def chart(meta, summary, path):
             ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=t)
     ce = summary.get("ceiling", {}).get("wsbench", {})
     if ce:
-        best = max(v["deliveries_per_s"]["median"] for v in ce.values() if v.get("deliveries_per_s"))
-        ax.axhline(best, linestyle="--", color="grey", label="load generator ceiling")
+        vals = [v["deliveries_per_client_cpu_s"]["median"] for v in ce.values()
+                if v.get("deliveries_per_client_cpu_s")]
+        if vals:
+            ax.axhline(min(vals), linestyle="--", color="grey",
+                       label="load generator ceiling (one core)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("subscribers N (one room)")

@@ -207,7 +207,16 @@ def main(argv=None):
     ap.add_argument("--no-chart", action="store_true")
     ap.add_argument("--require", action="store_true",
                     help="fail if a requested target is unavailable (CI)")
+    ap.add_argument("--from-json", metavar="FILE",
+                    help="only re-render the report (markdown, chart) from a results JSON")
     a = ap.parse_args(argv)
+    if a.from_json:
+        data = json.loads(Path(a.from_json).read_text())
+        docs = Path(a.docs) if a.docs else T.ROOT / "docs" / "BENCHMARKS.md"
+        for p in report.write_all(data["meta"], data["runs"], Path(a.from_json).parent, docs,
+                                  with_chart=not a.no_chart):
+            print(f"bench: wrote {p}", file=sys.stderr)
+        return 0
     P = dict(PROFILES["smoke" if a.smoke else "full"])
     if a.reps:
         P["reps"] = a.reps
@@ -235,6 +244,7 @@ def main(argv=None):
             r = fn()
         except Exception as e:  # one failed run must not lose the others
             r = {"error": f"{type(e).__name__}: {e}"}
+        r["stalled"] = "stalled" in r.get("stderr", "")
         r.update(scenario=scenario, target=target, n=n, rep=rep,
                  wall_s=round(time.monotonic() - t0, 2))
         runs.append(r)

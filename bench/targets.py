@@ -188,6 +188,13 @@ class AsyncioRelay(_PyRelay):
         return super().available()
 
 
+class AsyncioBroadcast(AsyncioRelay):
+    name = "asyncio-broadcast"
+
+    def extra_args(self):
+        return ["--broadcast"]
+
+
 NGINX_CONF = """\
 load_module {module};
 worker_processes {workers};
@@ -291,7 +298,8 @@ class Socat(Target):
         return server, f"127.0.0.1:{front}", f"listen:{src}", None
 
 
-RELAYS = {"sphincter": Sphincter(), "asyncio": AsyncioRelay(), "nchan": Nchan()}
+RELAYS = {"sphincter": Sphincter(), "asyncio": AsyncioRelay(), "nchan": Nchan(),
+          "asyncio-broadcast": AsyncioBroadcast()}
 TUNNELS = {"sphincter": SphincterRaw(), "asyncio": AsyncioRaw(), "websockify": Websockify(),
            "socat": Socat()}
 

@@ -4,7 +4,8 @@ Same contract as Sphincter, written the straightforward way: a TCP source gets t
 ``ROOM <CODE>\\n``; each line (``--framing lines``) or chunk (``--framing raw``) is put on every
 subscriber's queue; one writer task per subscriber awaits ``ws.send()`` per message.  A subscriber
 whose queued bytes exceed ``--subscriber-buffer-bytes`` is closed with 4408 (no silent loss).
-Subscribers connect to ``ws://HOST:PORT/ws?room=CODE``; unknown room -> 4404, room full -> 4429,
+``--broadcast`` uses websockets' ``broadcast()`` instead (no task per subscriber; the budget is
+checked against each transport's write buffer).  Subscribers connect to ``ws://HOST:PORT/ws?room=CODE``; unknown room -> 4404, room full -> 4429,
 source gone -> 4410 after the queue drains.
 
 Run: python bench/baselines/asyncio_relay.py --tcp-port 0 --ws-port 0
@@ -17,7 +18,7 @@ import secrets
 import sys
 from urllib.parse import parse_qs, urlsplit
 
-from websockets.asyncio.server import serve
+from websockets.asyncio.server import broadcast, serve
 
 ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 _CLOSE = object()
@@ -62,6 +63,15 @@ class Relay:
                 return code
 
     def publish(self, room, msg):
+        if self.args.broadcast:
+            # websockets' documented broadcast idiom: write now, no per-subscriber task;
+            # the budget is checked on the transport's write buffer instead of a queue
+            for sub in room.subscribers:
+                if not sub.cut and sub.ws.transport.get_write_buffer_size() > sub.budget:
+                    sub.cut = True
+                    sub.queue.put_nowait((_CLOSE, 4408))
+            broadcast([s.ws for s in room.subscribers if not s.cut], msg)
+            return
         for sub in room.subscribers:
             sub.put(msg)
 
@@ -126,6 +136,8 @@ async def main(argv=None):
     p.add_argument("--subscriber-buffer-bytes", type=int, default=1 << 20)
     p.add_argument("--max-subscribers-per-room", type=int, default=1000)
     p.add_argument("--log-level", default="warning")
+    p.add_argument("--broadcast", action="store_true",
+                   help="publish with websockets.broadcast() instead of a queue+task per subscriber")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper())
     relay = Relay(args)
