@@ -12,7 +12,7 @@ METRICS = {
     "fanout": ["deliveries_per_s", "cpu_us_per_delivery", "loss", "lat_p99_us", "client_busy"],
     "latency": ["lat_p50_us", "lat_p99_us", "lat_max_us", "cpu_us_per_delivery", "loss"],
     "memory": ["kb_per_sub", "rss_kb_before", "rss_kb_after", "connected"],
-    "tunnel": ["mb_per_s", "loss", "server_cpu_s"],
+    "tunnel": ["mb_per_s", "loss", "server_cpu_s", "cpu_us_per_mb"],
     "scale": ["connected", "deliveries", "loss", "connect_s", "kb_per_sub", "closed"],
 }
 
@@ -170,15 +170,21 @@ def markdown(meta, summary, chart_rel):
     tun = summary.get("tunnel", {})
     if tun:
         L += ["## Tunnel: 1 source → 1 subscriber, raw framing, 64 KiB writes", "",
-              "| target | MB/s | byte loss | vs websockify | vs socat |", "|---|---|---|---|---|"]
+              "| target | MB/s | byte loss | vs websockify | vs socat | server CPU µs/MB | CPU vs socat |",
+              "|---|---|---|---|---|---|---|"]
         for t in sorted(tun):
             v = _get(summary, "tunnel", t, 1, "mb_per_s")
+            c = _get(summary, "tunnel", t, 1, "cpu_us_per_mb")
             L.append(f"| {t} | {_cell(summary, 'tunnel', t, 1, 'mb_per_s')} | "
                      f"{tun[t].get('1', {}).get('loss_total', '–')} | "
                      f"{_ratio(v, _get(summary, 'tunnel', 'websockify', 1, 'mb_per_s'))} | "
-                     f"{_ratio(v, _get(summary, 'tunnel', 'socat', 1, 'mb_per_s'))} |")
+                     f"{_ratio(v, _get(summary, 'tunnel', 'socat', 1, 'mb_per_s'))} | "
+                     f"{_cell(summary, 'tunnel', t, 1, 'cpu_us_per_mb')} | "
+                     f"{_ratio(c, _get(summary, 'tunnel', 'socat', 1, 'cpu_us_per_mb'))} |")
         L += ["", "socat runs with `-b 65536` (plain TCP, no WebSocket: the limit); "
-              "websockify forks a process per connection (its CPU is counted).", ""]
+              "websockify forks a process per connection (its CPU is counted). MB/s swings with "
+              "how much CPU the scheduler gives the server and the load generator on a shared "
+              "machine; CPU-µs per MB (lower is better) is the steadier comparison.", ""]
 
     sc = summary.get("scale", {})
     if sc:
@@ -250,6 +256,9 @@ def _targets_section(meta, summary):
         row("tunnel ≥ websockify", f"{s / w:.2f}×", s >= w)
     if s is not None and so:
         row("tunnel ≥ 0.7 × socat", f"{s / so:.2f}×", s >= 0.7 * so)
+    c, cs = g("tunnel", "sphincter", 1, "cpu_us_per_mb"), g("tunnel", "socat", 1, "cpu_us_per_mb")
+    if c is not None and cs:
+        row("(context) tunnel server CPU per MB vs socat", f"{c / cs:.2f}× socat's", None)
     e = summary.get("scale", {}).get("sphincter", {}).get(str(P["scale_subs"]))
     if e:
         conn = g("scale", "sphincter", P["scale_subs"], "connected")

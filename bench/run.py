@@ -34,13 +34,13 @@ PROFILES = {
     "full": dict(reps=3, fanout_ns=[10, 100, 1000], duration=3.0, count=10**8, window=128,
                  lat_n=100, lat_rate=1000, lat_count=3000,
                  mem_subs=1000, mem_rooms=10,
-                 tunnel_bytes=16 << 30, tunnel_duration=3.0,
+                 tunnel_bytes=16 << 30, tunnel_duration=3.0, tunnel_rounds=2,
                  scale_subs=10000, scale_probes=10,
                  ceiling_ns=[100, 1000], ceiling_total=10_000_000, timeout=120),
     "smoke": dict(reps=1, fanout_ns=[3, 10], duration=0, count=300, window=32,
                   lat_n=5, lat_rate=500, lat_count=200,
                   mem_subs=20, mem_rooms=2,
-                  tunnel_bytes=4 << 20, tunnel_duration=0,
+                  tunnel_bytes=4 << 20, tunnel_duration=0, tunnel_rounds=1,
                   scale_subs=50, scale_probes=3,
                   ceiling_ns=[10], ceiling_total=20_000, timeout=60),
 }
@@ -167,6 +167,8 @@ def run_tunnel(target, P):
                      "--total-bytes", P["tunnel_bytes"], "--duration", P["tunnel_duration"]],
                     on_phase, P["timeout"])
         r["server_cpu_s"] = round(marks["done"] - marks["subs"], 3)
+        if r["bytes"]:
+            r["cpu_us_per_mb"] = r["server_cpu_s"] * 1e6 / (r["bytes"] / 1e6)
         return r
     return with_server(target, fn, "raw")
 
@@ -224,14 +226,16 @@ def main(argv=None):
     build_wsbench()
 
     relays, tunnels, skipped = [], [], {}
-    for names, table, out in ((a.targets, T.RELAYS, relays), (a.tunnel_targets, T.TUNNELS, tunnels)):
+    for names, get, out in ((a.targets, T.relay, relays),
+                            (a.tunnel_targets, T.tunnel, tunnels)):
         for name in [n for n in names.split(",") if n]:
-            why = table[name].available()
+            target = get(name)
+            why = target.available()
             if why:
                 skipped[name] = why
                 print(f"bench: skipping {name}: {why}", file=sys.stderr)
             else:
-                out.append(table[name])
+                out.append(target)
     if a.require and skipped:
         print(f"bench: required targets unavailable: {skipped}", file=sys.stderr)
         return 2
@@ -269,8 +273,9 @@ def main(argv=None):
             for t in rotate(relays, rep):
                 record("memory", t.name, P["mem_subs"], rep, lambda t=t: run_memory(t, P))
         if "tunnel" in scenarios:
-            for t in rotate(tunnels, rep):
-                record("tunnel", t.name, 1, rep, lambda t=t: run_tunnel(t, P))
+            for k in range(P.get("tunnel_rounds", 1)):  # short runs, noisy: more samples
+                for t in rotate(tunnels, rep + k):
+                    record("tunnel", t.name, 1, rep, lambda t=t: run_tunnel(t, P))
         if "scale" in scenarios and rep == 0:
             for t in relays:
                 record("scale", t.name, P["scale_subs"], rep, lambda t=t: run_scale(t, P))

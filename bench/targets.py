@@ -304,5 +304,20 @@ TUNNELS = {"sphincter": SphincterRaw(), "asyncio": AsyncioRaw(), "websockify": W
            "socat": Socat()}
 
 
+def relay(name, raw=None):
+    """A relay target by name; ``sphincter@path/to/launcher.py`` runs Sphincter through a
+    launcher script (same CLI) that applies a candidate change, to measure it side by side."""
+    if name.startswith("sphincter@"):
+        t = Sphincter() if raw is None else SphincterRaw()
+        t.script = name.split("@", 1)[1]
+        t.name = "sphincter@" + Path(t.script).stem
+        return t
+    return (TUNNELS if raw else RELAYS)[name]
+
+
+def tunnel(name):
+    return relay(name, raw=True)
+
+
 def workdir():
     return tempfile.mkdtemp(prefix="sphincter-bench-")
