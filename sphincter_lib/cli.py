@@ -26,7 +26,7 @@ def main(argv=None):
         return 2
     setup_logging(settings.log_level)
     try:
-        relay = Relay(settings).start()
+        relay = Relay(settings, handle_signals=True).start()
     except BindError as exc:
         print("sphincter: error: %s" % exc, file=sys.stderr)
         return 1
