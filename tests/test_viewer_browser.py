@@ -21,7 +21,7 @@ import pytest
 from cdp_browser import Browser, find_chromium
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENTRY = os.environ.get("SPHINCTER_TEST_ENTRY", os.path.join(ROOT, "sphincter.py"))
+ENTRY = os.path.join(ROOT, "sphincter.py")
 ARTIFACTS = os.path.join(ROOT, "artifacts")
 LISTENING = re.compile(r"listening tcp=(\S+):(\d+) ws=(\S+):(\d+)")
 
