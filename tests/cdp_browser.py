@@ -21,7 +21,7 @@ CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--disable-default-apps", "--disable-extensions", "--mute-audio", "--hide-scrollbars",
-    "--password-store=basic", "--use-mock-keychain", "--remote-debugging-port=0",
+    "--disable-dev-shm-usage", "--password-store=basic", "--use-mock-keychain", "--remote-debugging-port=0",
     "--remote-debugging-address=127.0.0.1",
 )
 

@@ -204,18 +204,6 @@ def type_room_and_enter(b, code):
 
 # -- the viewer page ---------------------------------------------------------------------------
 
-def test_page_and_assets_served_with_types(relay):
-    import urllib.request
-    r = relay()
-    for path, ctype in (("/", "text/html"), ("/sphincter.js", "text/javascript"),
-                        ("/viewer.js", "text/javascript"), ("/viewer.css", "text/css")):
-        with urllib.request.urlopen(r.http + path, timeout=10) as resp:
-            assert resp.status == 200
-            assert resp.headers["Content-Type"].startswith(ctype), path
-            assert resp.headers["ETag"] and resp.headers["Cache-Control"]
-            assert resp.read()
-
-
 def test_page_shows_what_the_source_sends_then_the_closed_state(browser, relay):
     b = browser
     r = relay()
@@ -307,6 +295,26 @@ def test_page_reconnects_after_server_restart(browser, relay):
     src2.send(b"after restart\n")
     assert "after restart" in wait_items(b, 1)[0]["text"]
     src2.close()
+
+
+def test_overlay_example_shows_a_live_field(browser, relay):
+    """examples/overlay.html opened from disk (as OBS does), loading sphincter.js from the relay."""
+    b = browser
+    r = relay()
+    src = Source(r)
+    page = "file://%s/examples/overlay.html?relay=%s/&room=%s&field=sensors.0.temp&label=Kitchen&unit=%%C2%%B0C" % (
+        ROOT, r.http, src.code)
+    b.navigate(page)
+    b.wait_for("document.body.className === 'open'", what="overlay connected")
+    src.send(b'{"sensors": [{"temp": 21.5}]}\n{"other": 1}\n')
+    b.wait_for("document.getElementById('value').textContent === '21.5'", what="overlay value")
+    assert b.evaluate("document.body.className") == "live"
+    b.call("Emulation.setDefaultBackgroundColorOverride", color={"r": 40, "g": 90, "b": 60, "a": 1})
+    shot(b, "overlay.png")
+    b.call("Emulation.setDefaultBackgroundColorOverride")
+    src.close()
+    b.wait_for("document.body.className === 'retrying'", what="overlay shows the source left")
+    assert "source disconnected" in b.evaluate("document.getElementById('state').textContent")
 
 
 # -- sphincter.js in the same browser ----------------------------------------------------------
