@@ -233,6 +233,9 @@ def test_page_shows_what_the_source_sends_then_the_closed_state(browser, relay):
     assert b.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), \
         "no horizontal scrolling on a phone"
     b.set_viewport(1100, 800)
+    b.call("Emulation.setEmulatedMedia", features=[{"name": "prefers-color-scheme", "value": "dark"}])
+    shot(b, "viewer-dark.png")
+    b.call("Emulation.setEmulatedMedia", features=[])
 
     # pause holds messages back, resume shows them; clear empties the list
     click(b, "pause")
@@ -243,14 +246,37 @@ def test_page_shows_what_the_source_sends_then_the_closed_state(browser, relay):
     assert "1 new message" in b.evaluate("document.getElementById('paused-note').innerText")
     click(b, "pause")
     assert "while paused" in wait_items(b, 5)[0]["text"]
+    click(b, "copy")
+    b.wait_for("document.getElementById('copy-note').textContent === 'Copied 5 message(s).'")
+    # "Pretty JSON" off shows the JSON as it came
+    click(b, "pretty")
+    assert not any(i["details"] for i in wait_items(b, 5))
+    click(b, "pretty")
+    b.wait_for("document.querySelectorAll('#messages details').length === 2")
     click(b, "clear")
     wait_items(b, 0)
+    assert b.evaluate("document.getElementById('empty').hidden") is False
 
     src.close()
     wait_status(b, "retrying", "room-closed")
     st = status(b)
     assert "Room closed" in st["text"] and "Retrying in" in st["text"], st
     shot(b, "viewer-closed.png")
+
+
+def test_page_stays_bounded_under_a_burst(browser, relay):
+    b = browser
+    r = relay()
+    src = Source(r)
+    b.navigate(r.http + "/?room=" + src.code)
+    wait_status(b, "open")
+    n = 3000
+    src.send(b"".join(b'{"seq": %d, "pad": "%s"}\n' % (i, b"x" * 40) for i in range(n)))
+    b.wait_for("document.getElementById('stat-count').textContent === '%d'" % n, timeout=30)
+    b.wait_for("document.querySelectorAll('#messages > li').length === 500")
+    assert '"seq": %d' % (n - 1) in items(b)[0]["text"]
+    assert float(b.evaluate("document.getElementById('stat-rate').textContent")) > 0
+    src.close()
 
 
 def test_page_unknown_room_and_keyboard_entry(browser, relay):

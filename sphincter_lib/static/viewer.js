@@ -3,6 +3,9 @@
   "use strict";
 
   var MAX_KEPT = 500;          // messages kept on screen (and while paused)
+  var MAX_KEPT_BYTES = 8 << 20; // ... and at most this many bytes of them
+  var MAX_SHOWN_CHARS = 65536; // a longer text message is cut on screen (Copy has it whole)
+  var FLUSH_MS = 50;           // new messages reach the page in batches, at most this often
   var HEX_BYTES = 256;         // bytes of a binary message shown as hex
   var PREVIEW_CHARS = 160;     // one-line preview of a collapsed JSON message
   var OPEN_JSON_LINES = 12;    // pretty JSON up to this many lines starts expanded
@@ -24,7 +27,10 @@
   var pending = [];            // received while paused
   var droppedWhilePaused = 0;
   var paused = false;
-  var total = 0, totalBytes = 0, recent = [];
+  var keptBytes = 0, pendingBytes = 0;
+  var incoming = [];           // received, not yet on the page (flushed every FLUSH_MS)
+  var flushTimer = null;
+  var total = 0, totalBytes = 0, recent = [];  // recent: [time bucket, count]
   var retryAt = 0;
 
   var REASONS = {
@@ -121,8 +127,8 @@
       return el("pre", "body hex", hexDump(msg.data, HEX_BYTES));
     }
     var json = parseJson(msg.data);
-    if (json === undefined) { return el("pre", "body text", msg.data); }
-    if (!ui.pretty.checked) { return el("pre", "body json", msg.data); }
+    if (json === undefined) { return el("pre", "body text", cut(msg.data)); }
+    if (!ui.pretty.checked || msg.data.length > MAX_SHOWN_CHARS) { return el("pre", "body json", cut(msg.data)); }
     var pretty = JSON.stringify(json, null, 2);
     var details = el("details", "body json");
     var summary = el("summary", null, JSON.stringify(json).slice(0, PREVIEW_CHARS));
@@ -145,37 +151,80 @@
     return li;
   }
 
-  function show(msg) {
-    kept.push(msg);
-    ui.list.insertBefore(renderItem(msg), ui.list.firstChild);
-    while (kept.length > MAX_KEPT) {
-      kept.shift();
+  function cut(text) {
+    if (text.length <= MAX_SHOWN_CHARS) { return text; }
+    return text.slice(0, MAX_SHOWN_CHARS) + "\n… " + (text.length - MAX_SHOWN_CHARS) +
+      " more characters (Copy has them all)";
+  }
+
+  /** Put a batch (oldest first) on the page, newest on top; keep the list bounded. */
+  function show(batch) {
+    if (batch.length > MAX_KEPT) { batch = batch.slice(batch.length - MAX_KEPT); }
+    var frag = document.createDocumentFragment();
+    for (var i = batch.length - 1; i >= 0; i--) {
+      frag.appendChild(renderItem(batch[i]));
+    }
+    kept = kept.concat(batch);
+    batch.forEach(function (m) { keptBytes += m.meta.bytes; });
+    ui.list.insertBefore(frag, ui.list.firstChild);
+    while (kept.length > 1 && (kept.length > MAX_KEPT || keptBytes > MAX_KEPT_BYTES)) {
+      keptBytes -= kept.shift().meta.bytes;
       ui.list.removeChild(ui.list.lastChild);
     }
-    ui.empty.hidden = true;
+    ui.empty.hidden = kept.length > 0;
+  }
+
+  function rerender() {
+    var all = kept;
+    kept = []; keptBytes = 0;
+    while (ui.list.firstChild) { ui.list.removeChild(ui.list.firstChild); }
+    show(all);
+  }
+
+  function flush() {
+    flushTimer = null;
+    var batch = incoming;
+    incoming = [];
+    if (batch.length) { show(batch); }
   }
 
   function onMessage(data, meta) {
     total += 1;
     totalBytes += meta.bytes;
-    recent.push(meta.receivedAt);
+    var bucket = Math.floor(meta.receivedAt / 250);
+    if (recent.length && recent[recent.length - 1][0] === bucket) { recent[recent.length - 1][1] += 1; }
+    else { recent.push([bucket, 1]); }
     var msg = { data: data, meta: meta };
     if (paused) {
       pending.push(msg);
-      if (pending.length > MAX_KEPT) { pending.shift(); droppedWhilePaused += 1; }
-      updatePausedNote();
+      pendingBytes += meta.bytes;
+      while (pending.length > 1 && (pending.length > MAX_KEPT || pendingBytes > MAX_KEPT_BYTES)) {
+        pendingBytes -= pending.shift().meta.bytes;
+        droppedWhilePaused += 1;
+      }
     } else {
-      show(msg);
+      incoming.push(msg);
+      if (incoming.length > MAX_KEPT) { incoming.shift(); }
+      if (!flushTimer) { flushTimer = setTimeout(flush, FLUSH_MS); }
     }
+    if (!statsTimer) { statsTimer = setTimeout(updateCounters, FLUSH_MS); }
+  }
+
+  var statsTimer = null;
+  function updateCounters() {
+    statsTimer = null;
     ui.count.textContent = String(total);
     ui.bytes.textContent = formatBytes(totalBytes);
+    if (paused) { updatePausedNote(); }
     updateRate();
   }
 
   function updateRate() {
-    var now = Date.now();
-    while (recent.length && recent[0] < now - RATE_WINDOW_MS) { recent.shift(); }
-    ui.rate.textContent = (recent.length / (RATE_WINDOW_MS / 1000)).toFixed(1);
+    var oldest = Math.floor((Date.now() - RATE_WINDOW_MS) / 250);
+    while (recent.length && recent[0][0] < oldest) { recent.shift(); }
+    var n = 0;
+    recent.forEach(function (b) { n += b[1]; });
+    ui.rate.textContent = (n / (RATE_WINDOW_MS / 1000)).toFixed(1);
   }
 
   function updatePausedNote() {
@@ -189,14 +238,15 @@
     ui.pause.setAttribute("aria-pressed", p ? "true" : "false");
     ui.pause.textContent = p ? "Resume" : "Pause";
     if (!p) {
-      var batch = pending; pending = []; droppedWhilePaused = 0;
-      batch.forEach(show);
+      var batch = pending; pending = []; pendingBytes = 0; droppedWhilePaused = 0;
+      flush();
+      show(batch);
     }
     updatePausedNote();
   }
 
   function clearMessages() {
-    kept = []; pending = []; droppedWhilePaused = 0;
+    kept = []; pending = []; incoming = []; keptBytes = 0; pendingBytes = 0; droppedWhilePaused = 0;
     while (ui.list.firstChild) { ui.list.removeChild(ui.list.firstChild); }
     ui.empty.hidden = false;
     updatePausedNote();
@@ -269,6 +319,7 @@
   ui.pause.addEventListener("click", function () { setPaused(!paused); });
   ui.clear.addEventListener("click", clearMessages);
   ui.copy.addEventListener("click", copyMessages);
+  ui.pretty.addEventListener("change", rerender);
 
   setInterval(function () { updateRate(); tickCountdown(); }, 500);
 
