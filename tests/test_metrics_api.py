@@ -278,6 +278,13 @@ def test_log_format_json_in_the_real_process():
     try:
         first = json.loads(proc.stderr.readline())
         assert first["level"] == "info" and first["msg"].startswith("listening tcp=127.0.0.1:")
+        # One request answered means the main greenlet is waiting in serve_forever, i.e. the
+        # SIGTERM handler is installed (the listening line is logged just before that).
+        ws_port = int(re.search(r"ws=127\.0\.0\.1:(\d+)", first["msg"]).group(1))
+        conn = http.client.HTTPConnection("127.0.0.1", ws_port, timeout=10)
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200
+        conn.close()
         proc.send_signal(signal.SIGTERM)
         rest = [json.loads(line) for line in proc.stderr.read().splitlines() if line.strip()]
         assert any(line["msg"].startswith("stopped") for line in rest)

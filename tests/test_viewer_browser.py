@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -76,6 +77,9 @@ class Relay:
             raise AssertionError("relay did not start: %s" % "\n".join(self.lines[-20:]))
         self.tcp_port, self.ws_port = int(m.group(2)), int(m.group(4))
         self.http = "http://127.0.0.1:%d" % self.ws_port
+        # answered once = serving, with its SIGTERM handler installed
+        with urllib.request.urlopen(self.http + "/healthz", timeout=10) as resp:
+            assert resp.status == 200
 
     def stop(self, timeout=15.0):
         if self.proc is None or self.proc.poll() is not None:
