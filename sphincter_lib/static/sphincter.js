@@ -89,6 +89,9 @@
     }
     if (url.protocol === "https:") { url.protocol = "wss:"; }
     if (url.protocol === "http:") { url.protocol = "ws:"; }
+    if (url.protocol !== "ws:" && url.protocol !== "wss:") {
+      throw new Error("Sphincter: cannot connect to " + url.protocol + " URL " + url.href);
+    }
     url.searchParams.set("room", String(room).trim().toUpperCase());
     return url.toString();
   }
