@@ -237,7 +237,7 @@ def parse(argv=None, env=None):
     except OSError as exc:   # config file unreadable
         raise ConfigError("cannot read config file: %s" % exc)
     values = {opt.attr: getattr(ns, opt.attr) for opt in OPTIONS}
-    settings = Settings(config=getattr(ns, "config", None), **values)
+    settings = Settings(config=getattr(ns, "config_file", None), **values)
     check(settings)
     return settings
 
