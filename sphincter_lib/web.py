@@ -14,7 +14,7 @@ from urllib.parse import parse_qs
 
 import gevent
 
-from . import __version__, wsproto
+from . import __version__, api, metrics, viewer, wsproto
 from .errors import ProtocolError, RoomFullError, RoomNotFound, ShuttingDown
 from .ingest import format_peer
 
@@ -204,9 +204,13 @@ class WebApp:
         self.keepalive = Keepalive(settings.ping_interval, settings.ping_timeout)
         self.connections = 0          # upgraded connections still open
         self.routes = {"/ws": self.ws, "/healthz": self.healthz}
+        self.routes.update(viewer.routes())
+        self.routes.update(metrics.routes(registry, connections=lambda: self.connections))
+        self.routes.update(api.routes(registry, settings.admin_token))
 
     def __call__(self, environ, start_response):
-        handler = self.routes.get(environ.get("PATH_INFO") or "/")
+        path = environ.get("PATH_INFO") or "/"
+        handler = self.routes.get(path) or self.routes.get(path.rsplit("/", 1)[0] + "/*")
         if handler is None:
             return text_response(start_response, "404 Not Found", "not found\n")
         return handler(environ, start_response)
