@@ -130,8 +130,11 @@ class Session:
             conn.abort()
 
     def _interrupt(self):
-        if self.conn.writing:          # blocked mid-frame: no clean close frame possible
-            self.conn.abort()
+        """Kicked while a write is in progress: let the write finish (then the close frame
+        goes out) for at most ``close_timeout`` seconds, else drop the connection."""
+        if self.conn.writing:
+            timer = gevent.get_hub().loop.timer(self.app.settings.close_timeout)
+            timer.start(self.conn.abort)
 
     def _on_data(self, data):
         """Incoming bytes (from the event loop: must not block). ``b""``: the peer is gone."""

@@ -321,3 +321,52 @@ def test_shutdown_closes_subscribers_with_1001_and_tells_sources(make_relay):
     assert recv_close(ws) == (1001, "server shutting down")
     assert src.readline() == b"ERROR server shutting down\n"
     stopper.get(timeout=unit(10))
+
+
+def server_frames(data):
+    """Split a server-to-client byte stream into (opcode, payload) frames (unmasked)."""
+    frames, i = [], 0
+    while i + 2 <= len(data):
+        op, n = data[i] & 0x0F, data[i + 1] & 0x7F
+        j = i + 2
+        if n == 126:
+            n, j = int.from_bytes(data[j:j + 2], "big"), j + 2
+        elif n == 127:
+            n, j = int.from_bytes(data[j:j + 8], "big"), j + 8
+        if j + n > len(data):
+            break
+        frames.append((op, data[j:j + n]))
+        i = j + n
+    return frames
+
+
+@pytest.mark.timeout(120)
+def test_slow_but_moving_subscriber_gets_4408(make_relay):
+    budget = 256 * 1024
+    relay = make_relay(subscriber_buffer_bytes=budget, max_message_bytes=64 * 1024,
+                       close_timeout=unit(5), log_level="info")
+    src = Source(relay)
+    slow = raw_upgrade(relay, "room=" + src.code, rcvbuf=16384)
+    joined(relay, src.code)
+    received = bytearray()
+
+    def read_slowly():
+        slow.settimeout(unit(30))
+        while True:
+            chunk = slow.recv(16384)
+            if not chunk:
+                return
+            received.extend(chunk)
+            gevent.sleep(0.002)
+
+    reader = gevent.spawn(read_slowly)
+    line = b"z" * 4095 + b"\n"
+    for _ in range(2048):                       # 8 MiB, far faster than the reader
+        src.send(line * 1)
+        if relay.stats.slow_cutoffs:
+            break
+    reader.get(timeout=unit(60))
+    assert relay.stats.slow_cutoffs == 1
+    frames = server_frames(bytes(received))
+    assert frames[-1][0] == 0x8 and int.from_bytes(frames[-1][1][:2], "big") == 4408, frames[-1][:1]
+    assert all(f == (1, line[:-1]) for f in frames[:-1])     # whole messages, in order, no gaps
