@@ -81,7 +81,9 @@ def profile_n(n, seconds, workdir):
                 holder["cpu0"] = T.cpu_seconds(server.pid)
             elif name == "done":
                 holder["cpu1"] = T.cpu_seconds(server.pid)
-        if tunnel:
+        if n == "paced":
+            load = ["--subs", 100, "--window", 128, "--count", 1000 * seconds, "--rate", 1000]
+        elif tunnel:
             load = ["--subs", 1, "--chunk", 65536, "--window", 64, "--total-bytes", 64 << 30,
                     "--duration", seconds]
         else:
@@ -106,6 +108,8 @@ def report(n, r, out, top):
         return lines + [f"py-spy produced nothing (rc={r.get('pyspy_rc')}): {r.get('pyspy_err')}", ""]
     self_c, incl, total = fold(out)
     cpu_us = r["server_cpu_s"] * 1e6 / r["deliveries"] if r["deliveries"] else 0
+    if n == "paced":
+        lines[0] = "### Paced: N = 100, 1000 msg/s (the latency scenario)"
     if n == "tunnel":
         lines[0] = "### Tunnel (1 subscriber, raw framing, 64 KiB writes)"
         cpu_us = r["server_cpu_s"] * 1e6 / max(r["bytes"] / 1e6, 1e-9)
@@ -132,8 +136,9 @@ def report(n, r, out, top):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ns", default="100,1000,tunnel",
-                    help="subscriber counts to profile; 'tunnel' = the raw 1->1 case")
+    ap.add_argument("--ns", default="100,1000,paced,tunnel",
+                    help="subscriber counts to profile; 'paced' = N=100 at 1000 msg/s (the "
+                         "latency case); 'tunnel' = the raw 1->1 case")
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--top", type=int, default=20)
     ap.add_argument("--out", help="markdown output (default bench/results/<date>-profile.md)")
@@ -145,8 +150,11 @@ def main(argv=None):
     wd = T.workdir()
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
     out_md = Path(a.out) if a.out else R.BENCH / "results" / f"{date}-profile.md"
-    md = [f"# Sphincter fan-out profile ({date}, py-spy {RATE} Hz, closed loop, 100-byte lines)", ""]
-    for n in [x if x == "tunnel" else int(x) for x in a.ns.split(",")]:
+    md = [f"# Sphincter hot-path profile ({date}, py-spy {RATE} Hz; fan-out runs are closed-loop "
+          "with 100-byte lines)", "",
+          "Percentages are of the server's busy samples (py-spy drops idle ones). `Hub.run` self "
+          "time is the event loop itself: libev polling and greenlet switches.", ""]
+    for n in [x if x in ("tunnel", "paced") else int(x) for x in a.ns.split(",")]:
         r, out = profile_n(n, a.seconds, wd)
         md += report(n, r, out, a.top)
         keep = out_md.parent / f"{date}-pyspy-{n}.txt"

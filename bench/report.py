@@ -109,7 +109,9 @@ def markdown(meta, summary, chart_rel):
          "a send timestamp (latency). Server CPU = utime+stime of the server's process tree from "
          "`/proc` over the sending phase, divided by deliveries. nchan: nginx with 1 worker "
          "process (one core, like Sphincter's single process), published by pipelined HTTP POST "
-         "on one keep-alive connection. Sphincter and the asyncio relay get the source over TCP.",
+         "on one keep-alive connection, `nchan_message_buffer_length 1024` (≥ the window: with "
+         "16, nchan answered 202 to the tail of a burst but held it undelivered for > 5 s in "
+         "about a third of the N = 10 runs). Sphincter and the asyncio relay get the source over TCP.",
          ""]
     if meta.get("skipped"):
         L += ["Skipped targets: " + "; ".join(f"{k}: {v}" for k, v in meta["skipped"].items()), ""]

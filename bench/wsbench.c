@@ -125,7 +125,7 @@ typedef struct {
 } conn_t;
 
 static struct {
-    int subs, rooms, window, msg_bytes, chunk, pause, sub_tcp, timeout_s, conc;
+    int subs, rooms, window, msg_bytes, chunk, pause, sub_tcp, timeout_s, conc, post_depth;
     double duration, rate;
     uint64_t count, total_bytes;
     int src_kind;
@@ -150,7 +150,7 @@ static uint64_t min_bytes_cache;
 static int src_fd[MAXROOMS], nsrc, listen_fd = -1;
 static char obuf[OBUF];
 static size_t oout, ooff;
-static uint64_t src_bytes_sent, send_start, last_delivery, first_delivery, pub_errors;
+static uint64_t src_bytes_sent, send_start, last_delivery, first_delivery, pub_errors, post_responses;
 static char post_hdr[256];
 static size_t post_hdr_len;
 static uint8_t *chunkbuf;
@@ -430,6 +430,8 @@ static int src_out_fd(void) {
 static void fill_messages(uint64_t t) {
     uint64_t limit = acked + (uint64_t)opt.window;
     if (opt.count < limit) limit = opt.count;
+    if (opt.src_kind == SRC_POST && opt.post_depth > 0 && post_responses + (uint64_t)opt.post_depth < limit)
+        limit = post_responses + (uint64_t)opt.post_depth;
     if (opt.rate > 0) {
         uint64_t due = (uint64_t)((double)(t - send_start) * opt.rate / 1e9) + 1;
         if (due < limit) limit = due;
@@ -484,14 +486,36 @@ static int pump_source(uint64_t t) {
     }
 }
 
+/* count "HTTP/1.1 " status lines in the publisher's response stream (split-safe) */
+static void count_responses(const uint8_t *p, ssize_t n) {
+    static char carry[16];
+    static size_t clen;
+    uint8_t tmp[32];
+    /* status lines split across reads: look at the seam separately */
+    if (clen) {
+        size_t k = (size_t)n < 12 ? (size_t)n : 12;
+        memcpy(tmp, carry, clen);
+        memcpy(tmp + clen, p, k);
+        for (size_t i = 0; i + 10 <= clen + k; i++)
+            if (i < clen && memcmp(tmp + i, "HTTP/1.1 ", 9) == 0) {
+                post_responses++;
+                if (tmp[i + 9] != '2') pub_errors++;
+            }
+    }
+    for (ssize_t i = 0; i + 10 <= n; i++)
+        if (p[i] == 'H' && memcmp(p + i, "HTTP/1.1 ", 9) == 0) {
+            post_responses++;
+            if (p[i + 9] != '2') pub_errors++;
+        }
+    clen = n >= 9 ? 9 : (size_t)n;
+    memcpy(carry, p + n - clen, clen);
+}
+
 static void drain_source(int fd) {
     ssize_t n = read(fd, rbuf, RBUF);
     if (n == 0) { fprintf(stderr, "wsbench: source connection closed by server\n"); exit(4); }
     if (n < 0) return;
-    if (opt.src_kind == SRC_POST) {
-        for (ssize_t i = 0; i + 10 <= n; i++)
-            if (rbuf[i] == 'H' && memcmp(rbuf + i, "HTTP/1.1 ", 9) == 0 && rbuf[i + 9] != '2') pub_errors++;
-    }
+    if (opt.src_kind == SRC_POST) count_responses(rbuf, n);
 }
 
 static int src_waiting_out;
@@ -675,12 +699,13 @@ static int client_main(void) {
            "\"close_codes\":[%s],\"sent\":%llu,\"source_bytes\":%llu,\"deliveries\":%llu,\"bytes\":%llu,"
            "\"loss\":%llu,\"gaps\":%llu,\"reorder\":%llu,\"pub_errors\":%llu,\"elapsed_s\":%.6f,"
            "\"deliveries_per_s\":%.1f,\"mb_per_s\":%.2f,\"lat_n\":%llu,\"lat_p50_us\":%.0f,"
-           "\"lat_p99_us\":%.0f,\"lat_max_us\":%llu,\"client_cpu_s\":%.3f}\n",
+           "\"lat_p99_us\":%.0f,\"lat_max_us\":%llu,\"client_cpu_s\":%.3f,\"post_responses\":%llu}\n",
            opt.subs, connected, failed, connect_s, closed, codes, (unsigned long long)sent,
            (unsigned long long)src_bytes_sent, (unsigned long long)deliveries, (unsigned long long)bytes,
            (unsigned long long)loss, (unsigned long long)gaps, (unsigned long long)reorder,
            (unsigned long long)pub_errors, el, (double)deliveries / el, (double)bytes / el / 1e6,
-           (unsigned long long)lat_n, pct(0.50), pct(0.99), (unsigned long long)lat_max, client_cpu);
+           (unsigned long long)lat_n, pct(0.50), pct(0.99), (unsigned long long)lat_max, client_cpu,
+           (unsigned long long)post_responses);
     fflush(stdout);
     for (int i = 0; i < opt.subs; i++) conn_close(&conns[i], 0);
     for (int r = 0; r < nsrc; r++) close(src_fd[r]);
@@ -805,7 +830,7 @@ static void usage(void) {
           "         [--source none|lines:H:P|raw:H:P|post:H:P|listen:P] [--sub ws|tcp]\n"
           "         [--count M] [--duration S] [--rate R] [--window K] [--msg-bytes B]\n"
           "         [--chunk B] [--total-bytes B] [--room-names a,b] [--subprotocol P]\n"
-          "         [--conc C] [--timeout S] [--pause]\n"
+          "         [--conc C] [--post-depth D] [--timeout S] [--pause]\n"
           "       wsbench sink [--port P] [--count M] [--msg-bytes B] [--conns N]\n",
           stderr);
     exit(2);
@@ -851,6 +876,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--room-names")) opt.room_names = v;
         else if (!strcmp(a, "--subprotocol")) opt.subprotocol = v;
         else if (!strcmp(a, "--conc")) opt.conc = atoi(v);
+        else if (!strcmp(a, "--post-depth")) opt.post_depth = atoi(v);
         else if (!strcmp(a, "--timeout")) opt.timeout_s = atoi(v);
         else if (!strcmp(a, "--sub")) opt.sub_tcp = !strcmp(v, "tcp");
         else if (!strcmp(a, "--source")) {
