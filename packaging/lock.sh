@@ -18,7 +18,7 @@ out=$here/packaging/requirements-build.txt
     echo "# The release build installs exactly these wheels: pip --require-hashes --no-deps."
     for whl in "$root"/tmp/lock/wheels/*.whl; do
         base=$(basename "$whl")
-        name=$(echo "$base" | cut -d- -f1 | tr '_' '-' | tr 'A-Z' 'a-z')
+        name=$(echo "$base" | cut -d- -f1 | tr '_' '-' | tr '[:upper:]' '[:lower:]')
         ver=$(echo "$base" | cut -d- -f2)
         sum=$(sha256sum "$whl" | cut -d' ' -f1)
         printf '%s==%s \\\n    --hash=sha256:%s\n' "$name" "$ver" "$sum"
