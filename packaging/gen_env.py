@@ -61,15 +61,15 @@ def parse_options(text):
         default = default.group(1).strip() if default else ""
         if default in ("None", "none"):
             default = ""
-        # help: the text after the option spelling and its metavar (two spaces apart).
-        helpmsg = re.split(r"\s{2,}", entry, maxsplit=1)
-        helpmsg = helpmsg[1] if len(helpmsg) > 1 else ""
+        # help: after the option spelling and its metavar (two spaces apart, or next line).
+        first = re.split(r"\s{2,}", parts[0], maxsplit=1)
+        helpmsg = " ".join(first[1:] + parts[1:])
         helpmsg = re.sub(r"\s*[(\[](env var|default): .*?[)\]]", "", helpmsg).strip()
         yield name, env, default, helpmsg
 
 
 def render(options):
-    out = [HEADER]
+    out = [HEADER.rstrip("\n")]
     for name, env, default, helpmsg in options:
         if name in SKIP:
             continue

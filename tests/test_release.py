@@ -21,7 +21,7 @@ import pytest
 from release_helpers import (ROOT, Container, Server, relay_line, require, require_root,
                              require_tools, run, unit, wait_for)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 NAME = "sphincter-linux-x64"
 TARBALL = NAME + ".tar.gz"
