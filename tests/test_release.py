@@ -424,6 +424,61 @@ def test_nginx_wss_in_front(unpacked, tmp_path):
             log = wait_for(lambda: "127.0.0.2" in srv.log() and srv.log(), unit(10),
                            "sphincter to log the forwarded client address")
             assert re.search(r"127\.0\.0\.2.*%s|%s.*127\.0\.0\.2" % (code, code), log), log[-3000:]
+
+            # A client that is not a trusted proxy cannot forge its address with the header.
+            def direct_forged(url):
+                raw = socket.socket()
+                raw.settimeout(unit(15))
+                raw.bind(("127.0.0.3", 0))
+                raw.connect(("127.0.0.1", srv.ws_port))
+                return websocket.create_connection(url, socket=raw, timeout=unit(15),
+                                                   header=["X-Forwarded-For: 198.51.100.7"])
+
+            code, _ = relay_line("127.0.0.1", srv.tcp_port, "ws://127.0.0.1:%d/ws" % srv.ws_port,
+                                 ws_connect=direct_forged)
+            log = wait_for(lambda: "127.0.0.3" in srv.log() and srv.log(), unit(10),
+                           "sphincter to log the direct client's own address")
+            assert "198.51.100.7" not in log
         finally:
             nginx.terminate()
             nginx.wait(unit(15))
+
+
+# --- single-file mode on every CPython 3.9 .. 3.13 the machine has ------------------------
+
+PYTHONS = ["3.9", "3.10", "3.11", "3.12", "3.13"]
+
+
+def pyenv_python(version):
+    import glob
+
+    root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    found = sorted(glob.glob(os.path.join(root, "versions", version + ".*", "bin", "python" + version)))
+    if not found and shutil.which("python" + version):
+        found = [shutil.which("python" + version)]
+    require("CPython " + version, bool(found), "install it with pyenv")
+    return found[-1]
+
+
+@pytest.mark.parametrize("version", PYTHONS)
+def test_single_file_mode_on_cpython(version, tmp_path):
+    """`python sphincter.py -c FILE` with requirements.txt (pinned per version) relays a line."""
+    python = pyenv_python(version)
+    venv = os.path.join(ROOT, "build", "pyvenvs", version)
+    stamp = os.path.join(venv, ".requirements")
+    with open(os.path.join(ROOT, "requirements.txt")) as f:
+        wanted = f.read()
+    if not (os.path.exists(stamp) and open(stamp).read() == wanted):
+        shutil.rmtree(venv, ignore_errors=True)
+        run([python, "-m", "venv", venv], timeout=unit(120))
+        run([os.path.join(venv, "bin", "python"), "-m", "pip", "install", "-q",
+             "--disable-pip-version-check", "-r", os.path.join(ROOT, "requirements.txt")],
+            timeout=unit(600))
+        with open(stamp, "w") as f:
+            f.write(wanted)
+    conf = tmp_path / "sphincter.conf"
+    conf.write_text("tcp-host = 127.0.0.1\ntcp-port = 0\nws-host = 127.0.0.1\nws-port = 0\n")
+    argv = [os.path.join(venv, "bin", "python"), os.path.join(ROOT, "sphincter.py"), "-c", str(conf)]
+    with Server(argv, tmp_path / "sphincter.log") as srv:
+        _, got = relay_line("127.0.0.1", srv.tcp_port, "ws://127.0.0.1:%d/ws" % srv.ws_port)
+    assert got.startswith("hello from the source")
