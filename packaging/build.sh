@@ -22,8 +22,13 @@ export SOURCE_DATE_EPOCH PYTHONHASHSEED
 log() { printf 'build: %s\n' "$*" >&2; }
 
 [ -f "$src/sphincter.py" ] || { log "no sphincter.py in $src"; exit 1; }
+# One build at a time per checkout (the roots and the venv are shared).
+mkdir -p "$here/build"
+exec 9>"$here/build/.lock"
+flock 9
 sh "$here/packaging/mkroot.sh" build
 root=$here/build/roots/build
+# shellcheck disable=SC1091  # sourced helper, checked on its own
 . "$here/packaging/chroot-env.sh"
 
 # 1. A venv per lock-file content, reused across builds of one run.

@@ -8,6 +8,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 TOPLEVEL="gevent==25.9.1 gevent-websocket==0.10.1 ConfigArgParse==1.9.0 pyinstaller==6.22.3"
 sh "$here/packaging/mkroot.sh" build
 root=$here/build/roots/build
+# shellcheck disable=SC1091  # sourced helper, checked on its own
 . "$here/packaging/chroot-env.sh"
 rm -rf "$root/tmp/lock"
 run_in_root "$root" sh -c "python3 -m venv /tmp/lock/venv &&
