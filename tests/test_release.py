@@ -291,6 +291,9 @@ def test_systemd_cycle_in_nspawn(unpacked, tmp_path):
         assert svc("ActiveState")["ActiveState"] == "active"
         ct.relay(9100, 8080)
         assert not listening(9000)
+        # the stop was graceful: SIGTERM reached Python through the one-file bootloader
+        journal = ct.sh("journalctl -u sphincter --no-pager -o cat").stdout
+        assert "received SIGTERM, stopping" in journal and "stopped in" in journal, journal[-3000:]
 
         # reinstall keeps the edit (and still serves on the edited port)
         out = ct.sh("%s/install.sh" % rel, timeout=unit(120)).stdout
