@@ -48,6 +48,12 @@ rm -rf "$root/src" "$root/tmp/pyi"
 mkdir -p "$root/src/sphincter_lib" "$root/tmp/pyi"
 cp "$src/sphincter.py" "$root/src/"
 find "$src/sphincter_lib" -maxdepth 1 -name '*.py' -exec cp {} "$root/src/sphincter_lib/" \;
+# Package data (the viewer's static files, read with importlib.resources) goes in as data.
+adddata=""
+if [ -d "$src/sphincter_lib/static" ]; then
+    cp -R "$src/sphincter_lib/static" "$root/src/sphincter_lib/static"
+    adddata="--add-data /src/sphincter_lib/static:sphincter_lib/static"
+fi
 cp "$here/packaging/glibc_floor.py" "$root/tmp/pyi/"
 find "$root/src" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 
@@ -55,7 +61,7 @@ find "$root/src" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 log "pyinstaller --onefile (SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH PYTHONHASHSEED=$PYTHONHASHSEED)"
 run_in_root "$root" sh -c "cd /tmp/pyi &&
     $venv/bin/pyinstaller --onefile --name sphincter --noconfirm --clean --log-level WARN \
-        --distpath /tmp/pyi/dist --workpath /tmp/pyi/work --specpath /tmp/pyi /src/sphincter.py &&
+        --distpath /tmp/pyi/dist --workpath /tmp/pyi/work --specpath /tmp/pyi $adddata /src/sphincter.py &&
     $venv/bin/python /tmp/pyi/glibc_floor.py --max $GLIBC_MAX /tmp/pyi/dist/sphincter" \
     >"$here/build/pyinstaller.log" 2>&1 || { cat "$here/build/pyinstaller.log" >&2; exit 1; }
 floor=$(sed -n 's/^glibc floor: //p' "$here/build/pyinstaller.log")

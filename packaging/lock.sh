@@ -5,7 +5,7 @@
 # Usage: packaging/lock.sh   (edit TOPLEVEL below to move a pin, then rerun and commit)
 set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
-TOPLEVEL="gevent==25.9.1 gevent-websocket==0.10.1 ConfigArgParse==1.9.0 pyinstaller==6.22.3"
+TOPLEVEL="gevent==25.9.1 gevent-websocket==0.10.1 ConfigArgParse==1.9.0 prometheus-client==0.26.0 pyinstaller==6.22.3"
 sh "$here/packaging/mkroot.sh" build
 root=$here/build/roots/build
 # shellcheck disable=SC1091  # sourced helper, checked on its own

@@ -146,6 +146,20 @@ def test_binary_relays_a_line(unpacked, tmp_path):
             "--ws-host", "127.0.0.1", "--ws-port", "0"]
     with Server(argv, tmp_path / "sphincter.log") as srv:
         code, got = relay_line("127.0.0.1", srv.tcp_port, "ws://127.0.0.1:%d/ws" % srv.ws_port)
+        # the package data (viewer page) is inside the one-file binary
+        import urllib.request
+
+        with open(os.path.join(ROOT, "sphincter_lib", "static", "index.html"), "rb") as f:
+            page = f.read()
+        with urllib.request.urlopen("http://127.0.0.1:%d/" % srv.ws_port, timeout=unit(10)) as r:
+            body = r.read()
+            status = r.status
+        # the same page (the server only adds ?v= tags to its asset links)
+        assert status == 200 and re.sub(rb"\?v=[\w.-]+", b"", body) == page, body[:400]
+        with urllib.request.urlopen("http://127.0.0.1:%d/viewer.js" % srv.ws_port, timeout=unit(10)) as r:
+            assert r.status == 200
+        with urllib.request.urlopen("http://127.0.0.1:%d/healthz" % srv.ws_port, timeout=unit(10)) as r:
+            assert r.status == 200
     assert got.startswith("hello from the source")
     assert srv.proc.returncode in (0, -15), srv.log()
 
@@ -480,7 +494,10 @@ def test_single_file_mode_on_cpython(version, tmp_path):
         with open(stamp, "w") as f:
             f.write(wanted)
     conf = tmp_path / "sphincter.conf"
-    conf.write_text("tcp-host = 127.0.0.1\ntcp-port = 0\nws-host = 127.0.0.1\nws-port = 0\n")
+    with open(os.path.join(ROOT, "conf", "sphincter.conf")) as f:
+        shipped = f.read()
+    # the shipped example, with the ports made free ones (the file beats the defaults)
+    conf.write_text(shipped + "\ntcp-host = 127.0.0.1\ntcp-port = 0\nws-host = 127.0.0.1\nws-port = 0\n")
     argv = [os.path.join(venv, "bin", "python"), os.path.join(ROOT, "sphincter.py"), "-c", str(conf)]
     with Server(argv, tmp_path / "sphincter.log") as srv:
         _, got = relay_line("127.0.0.1", srv.tcp_port, "ws://127.0.0.1:%d/ws" % srv.ws_port)
