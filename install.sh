@@ -62,15 +62,16 @@ install_file() {
 install_file "$here/sphincter" "$destdir$BINDIR/sphincter" 0755
 install_file "$here/sphincter.service" "$destdir$UNITDIR/$SERVICE" 0644
 
-# 3. Configuration: kept if present.
+# 3. Configuration: kept if present. Root-only (0600): it may hold SPHINCTER_ADMIN_TOKEN;
+#    systemd reads it as root for EnvironmentFile=.
 conf=$destdir$CONFFILE
 if [ ! -e "$conf" ]; then
-    install_file "$here/sphincter.env" "$conf" 0644
+    install_file "$here/sphincter.env" "$conf" 0600
     say "wrote $CONFFILE"
 elif cmp -s "$here/sphincter.env" "$conf"; then
     rm -f "$conf.new"
 else
-    install_file "$here/sphincter.env" "$conf.new" 0644
+    install_file "$here/sphincter.env" "$conf.new" 0600
     say "kept your $CONFFILE; the shipped defaults are in $CONFFILE.new"
 fi
 

@@ -35,7 +35,7 @@ SHIPPED = {  # file in the archive -> mode
 }
 INSTALLED = {  # file under DESTDIR -> mode
     "usr/local/bin/sphincter": 0o755,
-    "etc/default/sphincter": 0o644,
+    "etc/default/sphincter": 0o600,  # may hold SPHINCTER_ADMIN_TOKEN
     "etc/systemd/system/sphincter.service": 0o644,
 }
 HELP_SKIP = {"help", "version", "config"}
@@ -239,13 +239,13 @@ def test_destdir_install_reinstall_uninstall_purge(unpacked, tmp_path):
     out = run(install, env=env).stdout
     assert "SPHINCTER_TCP_PORT=9100" in conf.read_text()
     assert "sphincter.new" in out
-    assert tree(dest) == dict(INSTALLED, **{"etc/default/sphincter.new": 0o644})
+    assert tree(dest) == dict(INSTALLED, **{"etc/default/sphincter.new": 0o600})
 
     run(uninstall, env=env)
-    assert tree(dest) == {"etc/default/sphincter": 0o644}
+    assert tree(dest) == {"etc/default/sphincter": 0o600}
     assert "SPHINCTER_TCP_PORT=9100" in conf.read_text()
     run(uninstall, env=env)  # harmless twice
-    assert tree(dest) == {"etc/default/sphincter": 0o644}
+    assert tree(dest) == {"etc/default/sphincter": 0o600}
     run(uninstall + ["--purge"], env=env)
     assert tree(dest) == {}
     run(uninstall + ["--purge"], env=env)
@@ -292,7 +292,7 @@ def test_systemd_cycle_in_nspawn(unpacked, tmp_path):
         assert svc("ActiveState")["ActiveState"] == "active"
         assert ct.sh("id -u sphincter && stat -c '%a %U' /etc/default/sphincter"
                      " /usr/local/bin/sphincter /etc/systemd/system/sphincter.service").stdout.split()[1:] \
-            == ["644", "root", "755", "root", "644", "root"]
+            == ["600", "root", "755", "root", "644", "root"]
         # the unit is clean for the systemd of Debian 11 (247) too
         v = ct.sh("systemd-analyze verify /etc/systemd/system/sphincter.service", check=False)
         assert v.returncode == 0 and not (v.stdout + v.stderr).strip(), v.stdout + v.stderr
