@@ -286,6 +286,12 @@ def test_systemd_cycle_in_nspawn(unpacked, tmp_path):
         def listening(port):
             return re.search(r":%d\s" % port, ct.sh("ss -Htln").stdout + " ") is not None
 
+        # --no-start: files and user, systemd untouched
+        out = ct.sh("%s/install.sh --no-start" % rel, timeout=unit(120))
+        assert ct.sh("systemctl is-active sphincter", check=False).stdout.strip() == "inactive"
+        assert ct.sh("systemctl is-enabled sphincter", check=False).stdout.strip() == "disabled"
+        ct.sh("test -x /usr/local/bin/sphincter && test -f /etc/default/sphincter && id sphincter")
+
         # install -> active on 9000/8080 -> relay works
         out = ct.sh("%s/install.sh" % rel, timeout=unit(120))
         assert "sphincter is running" in out.stdout, out.stdout + out.stderr
@@ -299,6 +305,11 @@ def test_systemd_cycle_in_nspawn(unpacked, tmp_path):
         ct.relay(9000, 8080)
         user = ct.sh("ps -o user= -p $(systemctl show -p MainPID --value sphincter)").stdout.strip()
         assert user == "sphincter"
+        limits = ct.sh("cat /proc/$(systemctl show -p MainPID --value sphincter)/limits").stdout
+        # LimitNOFILE=262144, capped by the container's own hard limit (a sandboxed host's)
+        pid1 = re.search(r"Max open files\s+\d+\s+(\d+)", ct.sh("cat /proc/1/limits").stdout)
+        want = min(262144, int(pid1.group(1)))
+        assert re.search(r"Max open files\s+%d\s+%d" % (want, want), limits), limits
 
         # edit the port in /etc/default/sphincter -> restart -> the new port
         ct.sh("echo SPHINCTER_TCP_PORT=9100 >> /etc/default/sphincter && systemctl restart sphincter")
