@@ -14,8 +14,9 @@ what=${1:-all}
 
 mirror=${MIRROR:-}
 if [ -z "$mirror" ]; then
-    mirror=$(grep -hoE 'https?://[^ ]*/debian/?( |$)' /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null \
-             | head -n1 | tr -d ' ' || true)
+    mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
+                 /etc/apt/sources.list.d/*.sources 2>/dev/null | grep -v '^[[:space:]]*#' \
+             | grep -oE 'https?://[^ ]*/debian/?( |$)' | head -n1 | tr -d ' ' || true)
     [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
 fi
 
