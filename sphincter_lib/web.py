@@ -105,8 +105,9 @@ class Session:
     costs one parked greenlet and one I/O watcher.
     """
 
-    #: most bytes written to one subscriber per ``sendall`` (frames are joined up to this)
-    batch_bytes = 256 * 1024
+    #: most bytes written to one subscriber per write (small frames are joined up to this;
+    #: a frame this big or bigger goes alone, uncopied)
+    batch_bytes = wsproto.LARGE_PAYLOAD
 
     __slots__ = ("conn", "sub", "peer", "app", "ping_sent_at", "last_ping_at", "parser")
 
@@ -179,7 +180,7 @@ class Session:
                 if data is None:
                     sub.wait()
                     continue
-                conn.sendall(data)
+                conn.send_frame(data)
                 sub.commit()
             code, timeout = sub.close_code, self.app.settings.close_timeout
             if conn.closed:

@@ -205,6 +205,22 @@ class Connection:
         finally:
             self.writing = False
 
+    def send_frame(self, frame):
+        """Write one prepared frame: ``bytes`` or a ``(header, payload)`` pair (no copy)."""
+        if frame.__class__ is not tuple:
+            return self.sendall(frame)
+        header, payload = frame
+        self.writing = True
+        try:
+            sent = self.socket.sendmsg(frame)
+            if sent < len(header):
+                self.socket.sendall(header[sent:])
+                sent = len(header)
+            if sent - len(header) < len(payload):
+                self.socket.sendall(memoryview(payload)[sent - len(header):])
+        finally:
+            self.writing = False
+
     def send_close(self, code, reason=""):
         """Send a close frame carrying ``code`` (None: no status). Raises OSError if gone."""
         if self.close_sent:
