@@ -115,7 +115,7 @@ class Session:
         self.app, self.conn, self.sub, self.peer = app, conn, sub, peer
         self.ping_sent_at = None
         self.last_ping_at = app.keepalive.clock()
-        self.parser = wsproto.FrameParser(max_message_bytes=app.settings.max_client_message_bytes)
+        self.parser = None              # made when the first bytes arrive
 
     def run(self):
         sub, conn = self.sub, self.conn
@@ -144,6 +144,8 @@ class Session:
             conn.abort()
             sub.kick(None, "")
             return
+        if self.parser is None:
+            self.parser = wsproto.FrameParser(max_message_bytes=self.app.settings.max_client_message_bytes)
         try:
             events = self.parser.feed(data)
         except ProtocolError as exc:

@@ -44,6 +44,16 @@ class Handler(WebSocketHandler):
         if "101" not in str(self.status):
             WSGIHandler.log_request(self)
 
+    def run_websocket(self):
+        """Run the app on the upgraded connection (without gevent-websocket's per-server
+        ``clients`` registry, which Sphincter does not use)."""
+        try:
+            for _ in self.application(self.environ, lambda status, headers, exc_info=None: None):
+                pass
+        finally:
+            self.websocket.close()
+            self.websocket = None
+
     def upgrade_websocket(self):
         env = self.environ
         if env.get("PATH_INFO") not in self.ws_paths:
