@@ -10,4 +10,5 @@ dist-lock:
 	sh packaging/lock.sh
 
 dist-clean-roots:
-	rm -rf build/roots
+	-umount build/roots/build/proc 2>/dev/null
+	rm -rf --one-file-system build/roots
