@@ -24,6 +24,8 @@ import run as R  # noqa: E402
 import targets as T  # noqa: E402
 
 RATE = 250
+#: subscribers opened in the 'connect' profile (the handshake path, cf. the scale scenario)
+CONNECT_SUBS = 5000
 
 
 def py_spy():
@@ -71,7 +73,7 @@ def profile_n(n, seconds, workdir):
 
     def fn(server, ws, src, rooms):
         def on_phase(name):
-            if name == "subs":
+            if name == ("sources" if n == "connect" else "subs"):
                 holder["spy"] = subprocess.Popen(
                     [py_spy(), "record", "--pid", str(server.pid), "--rate", str(RATE),
                      "--duration", str(seconds), "--format", "raw", "--output", str(out),
@@ -79,9 +81,13 @@ def profile_n(n, seconds, workdir):
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                 time.sleep(0.5)  # let py-spy attach before the source starts
                 holder["cpu0"] = T.cpu_seconds(server.pid)
-            elif name == "done":
+                holder["t0"] = time.monotonic()
+            elif name == ("subs" if n == "connect" else "done"):
                 holder["cpu1"] = T.cpu_seconds(server.pid)
-        if n == "paced":
+                holder["t1"] = time.monotonic()
+        if n == "connect":
+            load = ["--subs", CONNECT_SUBS, "--window", 1, "--count", 1, "--conc", 256]
+        elif n == "paced":
             load = ["--subs", 100, "--window", 128, "--count", 1000 * seconds, "--rate", 1000]
         elif tunnel:
             load = ["--subs", 1, "--chunk", 65536, "--window", 64, "--total-bytes", 64 << 30,
@@ -97,6 +103,7 @@ def profile_n(n, seconds, workdir):
             _, err = spy.communicate()
         r["pyspy_rc"], r["pyspy_err"] = spy.returncode, err[-300:]
         r["server_cpu_s"] = holder["cpu1"] - holder["cpu0"]
+        r["phase_s"] = holder["t1"] - holder["t0"]
         return r
     r = R.with_server(target, fn, "raw" if tunnel else "lines")
     return r, out
@@ -108,6 +115,15 @@ def report(n, r, out, top):
         return lines + [f"py-spy produced nothing (rc={r.get('pyspy_rc')}): {r.get('pyspy_err')}", ""]
     self_c, incl, total = fold(out)
     cpu_us = r["server_cpu_s"] * 1e6 / r["deliveries"] if r["deliveries"] else 0
+    if n == "connect":
+        lines = [f"### Connect: {CONNECT_SUBS} subscribers opening (the handshake path)", "",
+                 f"{r['connected']} connected in {r['connect_s']:.2f} s, "
+                 f"{r['server_cpu_s'] * 1e6 / max(r['connected'], 1):.0f} server CPU-µs per "
+                 f"connection; {total} busy samples at {RATE} Hz.", "",
+                 "| self % | inclusive % | function (file) |", "|---|---|---|"]
+        for f, c in self_c.most_common(top):
+            lines.append(f"| {100 * c / total:.1f} | {100 * incl[f] / total:.1f} | `{f}` |")
+        return lines + [""]
     if n == "paced":
         lines[0] = "### Paced: N = 100, 1000 msg/s (the latency scenario)"
     if n == "tunnel":
@@ -136,9 +152,9 @@ def report(n, r, out, top):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ns", default="100,1000,paced,tunnel",
+    ap.add_argument("--ns", default="100,1000,paced,tunnel,connect",
                     help="subscriber counts to profile; 'paced' = N=100 at 1000 msg/s (the "
-                         "latency case); 'tunnel' = the raw 1->1 case")
+                         "latency case); 'tunnel' = the raw 1->1 case; 'connect' = opening subscribers")
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--top", type=int, default=20)
     ap.add_argument("--out", help="markdown output (default bench/results/<date>-profile.md)")
@@ -154,7 +170,7 @@ def main(argv=None):
           "with 100-byte lines)", "",
           "Percentages are of the server's busy samples (py-spy drops idle ones). `Hub.run` self "
           "time is the event loop itself: libev polling and greenlet switches.", ""]
-    for n in [x if x in ("tunnel", "paced") else int(x) for x in a.ns.split(",")]:
+    for n in [x if x in ("tunnel", "paced", "connect") else int(x) for x in a.ns.split(",")]:
         r, out = profile_n(n, a.seconds, wd)
         md += report(n, r, out, a.top)
         keep = out_md.parent / f"{date}-pyspy-{n}.txt"

@@ -216,8 +216,7 @@ http {{
     location = /pub {{
       nchan_publisher http;
       nchan_channel_id $arg_id;
-      # >= the closed loop's window: with 16, nchan accepted (202) the tail of a burst but held
-      # it undelivered for > 5 s in about a third of the N = 10 runs
+      # >= the closed loop's window (see docs/BENCHMARKS.md about nchan's occasional held tail)
       nchan_message_buffer_length 1024;
       nchan_message_timeout 30s;
     }}

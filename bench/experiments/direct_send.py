@@ -74,6 +74,10 @@ def _flush(room):
         if data is None:                      # nothing new for this one: stays parked
             room._parked.append(sub)
             continue
+        if data.__class__ is tuple:           # a large (header, payload) frame: the writer's job
+            sub._parked = False
+            sub._event.set()
+            continue
         try:
             sent = conn.socket._sock.send(data)
         except BlockingIOError:
