@@ -24,6 +24,7 @@ import logging
 import time
 from bisect import bisect_right
 
+from gevent import get_hub
 from gevent.event import Event
 
 from .errors import RoomFullError, RoomLimitError, RoomNotFound, ShuttingDown
@@ -44,7 +45,8 @@ class Subscriber:
     """One subscriber's cursor into its room's backlog, and its wake-up event."""
 
     __slots__ = ("room", "peer", "seq", "pos", "_next", "_event", "_parked",
-                 "closing", "close_code", "close_reason", "close_now", "interrupt", "active", "__weakref__")
+                 "closing", "close_code", "close_reason", "close_now", "interrupt", "direct", "active",
+                 "__weakref__")
 
     def __init__(self, room, peer):
         self.room = room
@@ -60,6 +62,9 @@ class Subscriber:
         self.close_now = False           # True: close without draining the backlog
         #: called (no arguments) when the subscriber is kicked, to abort a blocked write
         self.interrupt = None
+        #: called from the event loop while parked and new frames arrived: writes them without
+        #: blocking and returns True, or returns False to have the writer woken instead
+        self.direct = None
         self.active = True               # False once it left or was kicked
 
     @property
@@ -160,6 +165,8 @@ class Room:
         self.head_seq = 0
         self.head_pos = 0
         self._parked = []
+        self._flush_scheduled = False
+        self._loop = get_hub().loop
         self._reclaim_at = self.buffer_bytes
 
     def __repr__(self):
@@ -189,9 +196,25 @@ class Room:
         self._ends.append(self.head_pos)
         if self.head_pos > self._reclaim_at:
             self._reclaim()
-        if self._parked:
-            parked, self._parked = self._parked, []
-            for sub in parked:
+        if self._parked and not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.run_callback(self._flush)
+
+    def _flush(self):
+        """From the event loop, after a burst of publishes: serve the parked subscribers.
+
+        Each gets a chance to write its new frames directly (its ``direct``
+        hook: a non-blocking send); only those that cannot — the send would
+        block, a large frame, a close — have their writer greenlet woken. A
+        caught-up subscriber thus costs no greenlet switch per batch.
+        """
+        self._flush_scheduled = False
+        parked, self._parked = self._parked, []
+        for sub in parked:
+            direct = sub.direct
+            if direct is not None and sub.active and direct():
+                self._parked.append(sub)          # served: its writer stays asleep
+            else:
                 sub._parked = False
                 sub._event.set()
 

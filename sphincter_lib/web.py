@@ -121,6 +121,8 @@ class Session:
     def run(self):
         sub, conn = self.sub, self.conn
         sub.interrupt = self._interrupt
+        if not conn.tls:
+            sub.direct = self._direct
         keepalive = self.app.keepalive
         keepalive.sessions.add(self)
         try:
@@ -137,6 +139,35 @@ class Session:
         if self.conn.writing:
             timer = gevent.get_hub().loop.timer(self.app.settings.close_timeout)
             timer.start(self.conn.abort)
+
+    def _direct(self):
+        """New frames while the writer sleeps (called from the event loop, must not block).
+
+        Sends them with non-blocking sends: True once all went (the writer
+        stays asleep), False to wake the writer — for a large frame, a close,
+        pending control frames, or a send that would block. A partial send's
+        remainder goes first in ``conn.control``, which the writer sends before
+        anything else, so the byte stream stays in order.
+        """
+        conn, sub = self.conn, self.sub
+        if conn.writing or conn.closed or conn.control or sub.closing:
+            return False                   # (checked before take(): the writer may hold one)
+        while True:                        # until caught up, or the kernel takes no more
+            data = sub.take(self.batch_bytes)
+            if data is None:
+                return True
+            if data.__class__ is tuple:
+                return False
+            try:
+                sent = conn.try_send(data)
+            except OSError:
+                return False
+            if not sent:
+                return False               # None or 0: the writer takes the same frames again
+            sub.commit()
+            if sent < len(data):
+                conn.control.append(data[sent:])
+                return False
 
     def _on_data(self, data):
         """Incoming bytes (from the event loop: must not block). ``b""``: the peer is gone."""

@@ -114,6 +114,7 @@ class Connection:
         self._rfile = handler.rfile
         self._pending = b""              # bytes taken from the handshake reader at detach()
         self.detached = False
+        self.tls = isinstance(self.socket, ssl.SSLSocket)
         self.control = []               # prepared control frames waiting for the writer
         self.writing = False            # True while a write is in progress
         self.close_sent = False
@@ -243,9 +244,32 @@ class Connection:
     def sendall(self, data):
         self.writing = True
         try:
+            if not self.tls:
+                # one plain send first: most writes fit in the socket buffer, and gevent's
+                # sendall costs a getsockopt and a timeout object per call
+                try:
+                    sent = self.socket._sock.send(data)
+                except BlockingIOError:
+                    sent = 0
+                if sent == len(data):
+                    return
+                data = memoryview(data)[sent:]
             self.socket.sendall(data)
         finally:
             self.writing = False
+
+    def try_send(self, data):
+        """Send what the kernel takes right now, never waiting (callable from the event loop).
+
+        Returns the number of bytes sent (0: would block), or None when this
+        connection cannot do it (TLS, a write in progress, closed). Raises OSError.
+        """
+        if self.writing or self.closed or self.tls:
+            return None
+        try:
+            return self.socket._sock.send(data)
+        except BlockingIOError:
+            return 0
 
     def send_frame(self, frame):
         """Write one prepared frame: ``bytes`` or a ``(header, payload)`` pair (no copy)."""

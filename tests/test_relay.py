@@ -406,3 +406,13 @@ def test_connections_leave_no_descriptors_behind(relay):
         wait_for(lambda: relay.registry.subscriber_count == 0 and relay.app.connections == 0,
                  what="subscribers gone")
     wait_for(lambda: fds() <= before + 2, what="descriptors released (%d -> %d)" % (before, fds()))
+
+
+def test_a_burst_bigger_than_one_write_batch_arrives_without_more_traffic(relay):
+    src = Source(relay)
+    subs = [subscribe(relay, src.code, bulk=True) for _ in range(3)]
+    joined(relay, src.code, 3)
+    line = b"q" * 8191 + b"\n"
+    src.send(line * 40)                       # 320 KiB at once: several 64 KiB batches
+    for ws in subs:                           # no further publish, no close: all must still come
+        assert [ws.recv_data()[1] for _ in range(40)] == [line[:-1]] * 40
