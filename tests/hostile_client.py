@@ -125,13 +125,15 @@ class RawWS:
             n = struct.unpack("!Q", self._take(8, deadline))[0]
         return bool(b0 & 0x80), (b0 >> 4) & 7, b0 & 0x0F, self._take(n, deadline)
 
-    def recv_message(self, timeout=5.0):
-        """Next data message (opcode, payload), answering nothing; a close frame
-        returns (OP_CLOSE, payload)."""
+    def recv_message(self, timeout=5.0, pong=True):
+        """Next data message (opcode, payload); pings are answered with a pong
+        when *pong*; a close frame returns (OP_CLOSE, payload)."""
         deadline = time.monotonic() + timeout
         parts, op = [], None
         while True:
             fin, _rsv, opcode, payload = self.recv_frame(max(0.0, deadline - time.monotonic()))
+            if opcode == OP_PING and pong:
+                self.send_frame(OP_PONG, payload)
             if opcode in (OP_PING, OP_PONG):
                 continue
             if opcode == OP_CLOSE:
