@@ -1,0 +1,34 @@
+"""Command line: parse options, set up logging, run; map errors to exit codes.
+
+Exit status: 0 after a clean stop, 2 for a configuration error (one line on
+stderr naming the option), 1 when a port cannot be bound or the server fails.
+"""
+
+import logging
+import sys
+
+from . import config
+from .errors import BindError, ConfigError
+from .server import Relay
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(level):
+    logging.basicConfig(level=getattr(logging, level.upper()), format=LOG_FORMAT, stream=sys.stderr)
+
+
+def main(argv=None):
+    try:
+        settings = config.parse(argv)
+    except ConfigError as exc:
+        print("sphincter: error: %s" % exc, file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level)
+    try:
+        relay = Relay(settings).start()
+    except BindError as exc:
+        print("sphincter: error: %s" % exc, file=sys.stderr)
+        return 1
+    relay.serve_forever()
+    return 0

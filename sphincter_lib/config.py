@@ -1,0 +1,250 @@
+"""Options: one declaration each (flag, env var, config key, type, default, help).
+
+Precedence: command line > environment (``SPHINCTER_*``) > config file
+(``key = value`` lines, keys are the long option names) > default.
+:func:`parse` returns a frozen :class:`Settings`; any bad value raises
+:class:`~sphincter_lib.errors.ConfigError` with one line naming the option.
+"""
+
+import argparse
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field, make_dataclass
+
+import configargparse
+
+from . import __version__
+from .errors import ConfigError
+
+ENV_PREFIX = "SPHINCTER_"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+# --- value types: each raises ArgumentTypeError with a short reason ---------------
+
+def port(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("invalid port %r (expected 0-65535)" % text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError("invalid port %r (expected 0-65535)" % text)
+    return value
+
+
+def host(text):
+    text = text.strip()
+    if not text or any(c.isspace() for c in text):
+        raise argparse.ArgumentTypeError("invalid host %r" % text)
+    return text
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*(|b|k|kb|kib|m|mb|mib|g|gb|gib)\s*$", re.I)
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 1000 ** 2,
+          "mib": 1 << 20, "g": 1 << 30, "gb": 1000 ** 3, "gib": 1 << 30}
+
+
+def size(text):
+    """Bytes: ``65536``, ``64KiB``, ``1MiB``, ``1M`` (binary), ``1MB`` (decimal); at least 1."""
+    if isinstance(text, int):
+        value = text
+    else:
+        m = _SIZE.match(str(text))
+        if not m:
+            raise argparse.ArgumentTypeError("invalid size %r (e.g. 65536, 64KiB, 1MiB)" % text)
+        value = int(m.group(1)) * _UNITS[m.group(2).lower()]
+    if value < 1:
+        raise argparse.ArgumentTypeError("invalid size %r (must be at least 1 byte)" % text)
+    return value
+
+
+def count(text):
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError("invalid number %r" % text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("invalid number %r (must be at least 1)" % text)
+    return value
+
+
+def seconds(text):
+    """A duration in seconds, ``0`` allowed where it means 'off'."""
+    try:
+        value = float(str(text).rstrip("s"))
+    except ValueError:
+        raise argparse.ArgumentTypeError("invalid duration %r (seconds, e.g. 20 or 0.5)" % text)
+    if value < 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError("invalid duration %r (must be >= 0)" % text)
+    return value
+
+
+def positive_seconds(text):
+    value = seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("invalid duration %r (must be > 0)" % text)
+    return value
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def boolean(text):
+    word = str(text).strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError("invalid boolean %r (use on/off, true/false, yes/no)" % text)
+
+
+def networks(text):
+    """Comma-separated IP addresses or CIDR networks; empty for none."""
+    nets = []
+    for item in str(text).split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            nets.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise argparse.ArgumentTypeError("invalid address or network %r" % item)
+    return tuple(nets)
+
+
+def choice(*choices):
+    def parse(text):
+        word = str(text).strip().lower()
+        if word not in choices:
+            raise argparse.ArgumentTypeError(
+                "invalid choice %r (choose from %s)" % (text, ", ".join(choices)))
+        return word
+    parse.__name__ = "choice"
+    return parse
+
+
+# --- the options ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Option:
+    name: str                  # long flag without dashes; also the config-file key
+    default: str               # as a user would write it (parsed by ``type``)
+    type: object
+    help: str
+    metavar: str = None
+    short: tuple = field(default_factory=tuple)
+
+    @property
+    def flag(self):
+        return "--" + self.name
+
+    @property
+    def env(self):
+        return ENV_PREFIX + self.name.upper().replace("-", "_")
+
+    @property
+    def attr(self):
+        return self.name.replace("-", "_")
+
+
+OPTIONS = (
+    Option("tcp-host", "0.0.0.0", host, "address sources (TCP) connect to", "HOST"),
+    Option("tcp-port", "9000", port, "TCP port for sources (0: any free port)", "PORT"),
+    Option("ws-host", "0.0.0.0", host, "address of the WebSocket/HTTP server", "HOST"),
+    Option("ws-port", "8080", port, "WebSocket/HTTP port (0: any free port)", "PORT"),
+    Option("framing", "lines", choice("lines", "raw"),
+           "how a source's bytes become messages: 'lines' (one message per line) "
+           "or 'raw' (each chunk read is a binary message)", "MODE"),
+    Option("max-message-bytes", "1MiB", size,
+           "largest message; longer lines go out as several messages", "SIZE"),
+    Option("max-rooms", "1000", count, "most rooms open at once; more sources get 'ERROR too many rooms'", "N"),
+    Option("max-subscribers-per-room", "10000", count,
+           "most subscribers in one room; more are closed with 4429", "N"),
+    Option("subscriber-buffer-bytes", "4MiB", size,
+           "how far (bytes) a subscriber may fall behind before it is cut off with 4408; "
+           "also bounds each room's backlog; must be >= --max-message-bytes", "SIZE"),
+    Option("max-client-message-bytes", "4KiB", size,
+           "largest message a subscriber may send (they are read and discarded); bigger: close 1009", "SIZE"),
+    Option("ping-interval", "20", seconds, "seconds between pings to each subscriber (0: never)", "SECONDS"),
+    Option("ping-timeout", "20", positive_seconds,
+           "seconds a subscriber has to answer a ping before it is dropped", "SECONDS"),
+    Option("close-timeout", "5", positive_seconds,
+           "seconds to wait for a peer's close frame before dropping the connection", "SECONDS"),
+    Option("banner", "on", boolean,
+           "send 'ROOM <CODE>' to each source (off: sources receive nothing; the code is logged)", "on|off"),
+    Option("trusted-proxies", "127.0.0.1,::1", networks,
+           "comma-separated proxy addresses/networks whose X-Forwarded-For is believed ('' for none)", "NETS"),
+    Option("log-level", "info", choice(*LOG_LEVELS), "log level: " + ", ".join(LOG_LEVELS), "LEVEL"),
+    Option("shutdown-timeout", "10", positive_seconds,
+           "on SIGTERM/SIGINT, seconds to let subscribers drain before exiting", "SECONDS"),
+)
+
+Settings = make_dataclass(
+    "Settings",
+    [(opt.attr, object) for opt in OPTIONS] + [("config", object, field(default=None))],
+    frozen=True,
+)
+Settings.__doc__ = "The parsed, validated options (attribute names use underscores)."
+
+
+class _Parser(configargparse.ArgParser):
+    def error(self, message):
+        raise ConfigError(message)
+
+
+def build_parser():
+    parser = _Parser(
+        prog="sphincter",
+        description="Sphincter: relay TCP sources to WebSocket subscribers, one room per source.",
+        args_for_setting_config_path=["-c", "--config"],
+        config_arg_help_message="config file (key = value lines, keys are the long option names)",
+        config_file_parser_class=configargparse.DefaultConfigFileParser,
+        formatter_class=configargparse.ArgumentDefaultsRawHelpFormatter,
+        add_env_var_help=True,
+        ignore_unknown_config_file_keys=False,
+    )
+    # configargparse reads the config path from the environment only if declared so:
+    for action in parser._actions:
+        if "--config" in action.option_strings:
+            action.env_var = ENV_PREFIX + "CONFIG"
+    for opt in OPTIONS:
+        parser.add_argument(*opt.short, opt.flag, env_var=opt.env, type=opt.type,
+                            default=opt.default, metavar=opt.metavar, help=opt.help)
+    parser.add_argument("--version", action="version", version="sphincter " + __version__)
+    return parser
+
+
+def parse(argv=None, env=None):
+    """Parse ``argv`` (default sys.argv[1:]) and ``env`` (default os.environ) into Settings."""
+    parser = build_parser()
+    try:
+        ns = parser.parse_args(args=argv, env_vars=os.environ if env is None else env)
+    except OSError as exc:   # config file unreadable
+        raise ConfigError("cannot read config file: %s" % exc)
+    values = {opt.attr: getattr(ns, opt.attr) for opt in OPTIONS}
+    settings = Settings(config=getattr(ns, "config", None), **values)
+    check(settings)
+    return settings
+
+
+def check(s):
+    """Rules that involve more than one option."""
+    if s.subscriber_buffer_bytes < s.max_message_bytes:
+        raise ConfigError(
+            "argument --subscriber-buffer-bytes: must be at least --max-message-bytes (%d < %d)"
+            % (s.subscriber_buffer_bytes, s.max_message_bytes))
+
+
+def defaults():
+    """Settings with every default (for tests and embedding)."""
+    return parse([], env={})
+
+
+def with_overrides(settings, **changes):
+    """A copy of ``settings`` with some attributes replaced, checked again."""
+    from dataclasses import replace
+    s = replace(settings, **changes)
+    check(s)
+    return s

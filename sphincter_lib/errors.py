@@ -1,0 +1,63 @@
+"""The one exception tree of Sphincter.
+
+::
+
+    SphincterError
+    ├── ConfigError          a bad option value; cli exits 2 with one line
+    ├── BindError            a listening address could not be bound; exit 1
+    ├── RoomError            a room could not be opened or joined
+    │   ├── RoomLimitError   --max-rooms reached
+    │   ├── RoomFullError    --max-subscribers-per-room reached (close 4429)
+    │   ├── RoomNotFound     unknown or closed code (close 4404)
+    │   └── ShuttingDown     the server is stopping
+    └── ProtocolError        a peer broke the WebSocket protocol; carries the close code
+"""
+
+
+class SphincterError(Exception):
+    """Base of every error Sphincter raises on purpose."""
+
+
+class ConfigError(SphincterError):
+    """A configuration value is invalid. The message names the option."""
+
+
+class BindError(SphincterError):
+    """A listener could not bind. The message names the address."""
+
+
+class RoomError(SphincterError):
+    """A room could not be opened or joined."""
+
+    #: the short reason sent to a source in ``ERROR <reason>``
+    reason = "room error"
+
+    def __init__(self, reason=None):
+        super().__init__(reason or self.reason)
+        if reason:
+            self.reason = reason
+
+
+class RoomLimitError(RoomError):
+    reason = "too many rooms"
+
+
+class RoomFullError(RoomError):
+    reason = "room full"
+
+
+class RoomNotFound(RoomError):
+    reason = "unknown room"
+
+
+class ShuttingDown(RoomError):
+    reason = "server shutting down"
+
+
+class ProtocolError(SphincterError):
+    """A WebSocket peer violated the protocol; ``code`` is the close code to send."""
+
+    def __init__(self, code, reason):
+        super().__init__("%d %s" % (code, reason))
+        self.code = code
+        self.reason = reason

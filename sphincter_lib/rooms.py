@@ -1,0 +1,311 @@
+"""Rooms: one source's messages fanned out to its subscribers.
+
+Data path: ``Room.publish(payload, text)`` encodes the message as a frame
+**once** and appends it to the room's shared *backlog*; every subscriber has a
+cursor into that backlog. A subscriber's writer (an adapter, see ``web.py``)
+calls :meth:`Subscriber.take` to get everything from its cursor on as one
+buffer (bounded by a batch size), writes it, then :meth:`Subscriber.commit`.
+
+Why a shared backlog and not a queue per subscriber: publishing costs O(1)
+however many subscribers there are, frames are stored once, and the same
+structure gives replay of recent messages later. The budget is per
+subscriber: one whose cursor falls more than ``buffer_bytes`` behind the head
+is cut off (close 4408); the backlog keeps only what the slowest remaining
+subscriber still needs, so a room holds at most ``buffer_bytes`` plus one
+message, whatever its subscribers do. Publishing never blocks.
+
+Room lifecycle: ``live`` (a source publishes) → ``closed`` (no more messages;
+subscribers drain what is queued, then get the close code). Rooms are
+registered by code in :class:`RoomRegistry`; a closed room's code is unknown
+from then on.
+"""
+
+import logging
+import time
+from bisect import bisect_right
+
+from gevent.event import Event
+
+from .errors import RoomFullError, RoomLimitError, RoomNotFound, ShuttingDown
+from .roomcode import make_code, normalize
+from .stats import Stats
+
+logger = logging.getLogger(__name__)
+
+LIVE, CLOSED = "live", "closed"
+
+#: close code for a subscriber cut off because it fell too far behind
+SLOW_CLOSE = 4408
+#: close code for subscribers of a room whose source closed
+SOURCE_CLOSED = 4410
+
+
+class Subscriber:
+    """One subscriber's cursor into its room's backlog, and its wake-up event."""
+
+    __slots__ = ("room", "peer", "seq", "pos", "_next", "_event", "_parked",
+                 "closing", "close_code", "close_reason", "close_now", "interrupt", "active", "__weakref__")
+
+    def __init__(self, room, peer):
+        self.room = room
+        self.peer = peer
+        self.seq = room.head_seq         # absolute index of the next frame to send
+        self.pos = room.head_pos         # absolute byte offset of that frame
+        self._next = None
+        self._event = Event()
+        self._parked = False
+        self.closing = False             # True once the subscriber is to be closed
+        self.close_code = None           # the code to close with (None: no status code)
+        self.close_reason = ""
+        self.close_now = False           # True: close without draining the backlog
+        #: called (no arguments) when the subscriber is kicked, to abort a blocked write
+        self.interrupt = None
+        self.active = True               # False once it left or was kicked
+
+    @property
+    def lag_bytes(self):
+        return self.room.head_pos - self.pos
+
+    def take(self, limit):
+        """Frames from the cursor on, joined, at most ``limit`` bytes (at least one frame).
+
+        Returns None when the subscriber is caught up. Call :meth:`commit`
+        once the bytes are written.
+        """
+        room = self.room
+        frames = room._frames
+        i = self.seq - room._base_seq
+        n = len(frames)
+        if i >= n:
+            return None
+        ends = room._ends
+        j = bisect_right(ends, self.pos + limit, i, n)
+        if j <= i + 1:
+            self._next = (self.seq + 1, ends[i])
+            return frames[i]
+        self._next = (self.seq + j - i, ends[j - 1])
+        return b"".join(frames[i:j])
+
+    def commit(self):
+        """Advance the cursor past what the last :meth:`take` returned."""
+        seq, pos = self._next
+        stats = self.room.stats
+        stats.messages_out += seq - self.seq
+        stats.bytes_out += pos - self.pos
+        self.seq, self.pos = seq, pos
+
+    def caught_up(self):
+        return self.seq >= self.room.head_seq
+
+    def wait(self, timeout=None):
+        """Park until there is something to do (new frames, a close, a wake-up)."""
+        if not self._parked:
+            self._parked = True
+            self.room._parked.append(self)
+        self._event.wait(timeout)
+        self._event.clear()
+
+    def wake(self):
+        self._event.set()
+
+    def kick(self, code, reason):
+        """Close this subscriber now, without draining (slow, ping timeout, protocol error)."""
+        if not self.close_now:
+            self.close_code, self.close_reason = code, reason
+            self.closing = self.close_now = True
+        self.room._drop(self)
+        self._event.set()
+        if self.interrupt is not None:
+            self.interrupt()
+
+    def close_after_drain(self, code, reason):
+        if not self.closing:
+            self.close_code, self.close_reason, self.closing = code, reason, True
+        self._event.set()
+
+    def leave(self):
+        """The connection is gone: stop counting it."""
+        self.room._drop(self)
+
+
+class Room:
+    """A live code, its backlog of encoded frames, and its subscribers."""
+
+    def __init__(self, code, peer, registry, clock=time.time):
+        self.code = code
+        self.peer = peer
+        self.registry = registry
+        self.stats = registry.stats
+        self.buffer_bytes = registry.buffer_bytes
+        self.max_subscribers = registry.max_subscribers_per_room
+        self._encode = registry.encode
+        self.opened_at = clock()
+        self.state = LIVE
+        self.messages = 0
+        self.bytes = 0
+        self.subscribers = set()
+        self.peak_subscribers = 0
+        self.slow_cutoffs = 0
+        self.close_code = None
+        self.close_reason = ""
+        # the backlog: frames[k] ends at absolute byte offset ends[k]
+        self._frames = []
+        self._ends = []
+        self._base_seq = 0
+        self._base_pos = 0
+        self.head_seq = 0
+        self.head_pos = 0
+        self._parked = []
+        self._reclaim_at = self.buffer_bytes
+
+    def __repr__(self):
+        return "<Room %s %s subscribers=%d>" % (self.code, self.state, len(self.subscribers))
+
+    @property
+    def backlog_bytes(self):
+        return self.head_pos - self._base_pos
+
+    def publish(self, payload, text):
+        """Encode ``payload`` once and queue it for every subscriber. Never blocks."""
+        if self.state is not LIVE:
+            return
+        frame = self._encode(payload, text)
+        self.messages += 1
+        self.bytes += len(payload)
+        stats = self.stats
+        stats.messages_in += 1
+        stats.bytes_in += len(payload)
+        self.head_seq += 1
+        self.head_pos += len(frame)
+        if not self.subscribers:
+            self._base_seq, self._base_pos = self.head_seq, self.head_pos
+            return
+        self._frames.append(frame)
+        self._ends.append(self.head_pos)
+        if self.head_pos > self._reclaim_at:
+            self._reclaim()
+        if self._parked:
+            parked, self._parked = self._parked, []
+            for sub in parked:
+                sub._parked = False
+                sub._event.set()
+
+    def _reclaim(self):
+        """Cut subscribers over budget; drop frames nobody needs any more."""
+        limit = self.head_pos - self.buffer_bytes
+        min_seq, min_pos = self.head_seq, self.head_pos
+        for sub in list(self.subscribers):
+            if sub.pos < limit:
+                self.slow_cutoffs += 1
+                self.stats.slow_cutoffs += 1
+                logger.debug("room %s: subscriber %s cut off, %d bytes behind",
+                             self.code, sub.peer, sub.lag_bytes)
+                sub.kick(SLOW_CLOSE, "too slow")
+            elif sub.pos < min_pos:
+                min_seq, min_pos = sub.seq, sub.pos
+        self._trim(min_seq, min_pos)
+        self._reclaim_at = min_pos + self.buffer_bytes
+
+    def _trim(self, seq, pos):
+        k = seq - self._base_seq
+        if k > 0:
+            del self._frames[:k]
+            del self._ends[:k]
+            self._base_seq, self._base_pos = seq, pos
+
+    def subscribe(self, peer):
+        if self.state is not LIVE:
+            raise RoomNotFound()
+        if len(self.subscribers) >= self.max_subscribers:
+            raise RoomFullError()
+        sub = Subscriber(self, peer)
+        self.subscribers.add(sub)
+        if len(self.subscribers) > self.peak_subscribers:
+            self.peak_subscribers = len(self.subscribers)
+        self.registry._subscriber_delta(1)
+        return sub
+
+    def _drop(self, sub):
+        if not sub.active:
+            return
+        sub.active = False
+        self.subscribers.discard(sub)
+        self.registry._subscriber_delta(-1)
+        if not self.subscribers:
+            self._trim(self.head_seq, self.head_pos)
+            self._reclaim_at = self.head_pos + self.buffer_bytes
+
+    def close(self, code=SOURCE_CLOSED, reason="source closed"):
+        """No more messages: subscribers drain their backlog, then get ``code``."""
+        if self.state is CLOSED:
+            return
+        self.state = CLOSED
+        self.close_code, self.close_reason = code, reason
+        self.registry._closed(self)
+        for sub in list(self.subscribers):
+            sub.close_after_drain(code, reason)
+
+
+class RoomRegistry:
+    """Live rooms by code; the limits; the seam a shared (Redis) broker will implement."""
+
+    def __init__(self, encode, max_rooms=1000, max_subscribers_per_room=10000,
+                 buffer_bytes=4 << 20, stats=None, new_code=make_code, clock=time.time):
+        self.encode = encode
+        self.max_rooms = max_rooms
+        self.max_subscribers_per_room = max_subscribers_per_room
+        self.buffer_bytes = buffer_bytes
+        self.stats = stats if stats is not None else Stats()
+        self._new_code = new_code
+        self._clock = clock
+        self._rooms = {}
+        self.subscriber_count = 0
+        self.shutting_down = False
+
+    def __len__(self):
+        return len(self._rooms)
+
+    def rooms(self):
+        return list(self._rooms.values())
+
+    def open(self, peer):
+        """A new live room with a fresh code, or RoomLimitError / ShuttingDown."""
+        if self.shutting_down:
+            raise ShuttingDown()
+        if len(self._rooms) >= self.max_rooms:
+            raise RoomLimitError()
+        code = self._new_code(self._rooms)
+        room = Room(code, peer, self, clock=self._clock)
+        self._rooms[code] = room
+        self.stats.rooms_opened += 1
+        return room
+
+    def get(self, code):
+        """The live room for a code typed by a person (case-insensitive), or RoomNotFound."""
+        if self.shutting_down:
+            raise ShuttingDown()
+        room = self._rooms.get(normalize(code))
+        if room is None:
+            raise RoomNotFound()
+        return room
+
+    def subscribe(self, code, peer):
+        return self.get(code).subscribe(peer)
+
+    def _closed(self, room):
+        if self._rooms.get(room.code) is room:
+            del self._rooms[room.code]
+            self.stats.rooms_closed += 1
+
+    def _subscriber_delta(self, n):
+        self.subscriber_count += n
+        if n > 0:
+            self.stats.subscribers_joined += n
+        else:
+            self.stats.subscribers_left -= n
+
+    def close_all(self, code, reason):
+        """Refuse new rooms and subscribers; close every room (subscribers drain, then ``code``)."""
+        self.shutting_down = True
+        for room in list(self._rooms.values()):
+            room.close(code, reason)

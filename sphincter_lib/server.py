@@ -1,0 +1,149 @@
+"""Wiring and lifecycle: both listeners, signals, two-phase graceful stop.
+
+``Relay(settings).start()`` binds both ports (raising BindError naming the
+address) and returns; ``tcp_address``/``ws_address`` are then the bound
+addresses (useful with port 0). ``serve_forever()`` runs until SIGTERM/SIGINT
+or :meth:`request_stop`; signal handlers only set an event.
+"""
+
+import logging
+import os
+import signal
+import socket
+import time
+
+import gevent
+from gevent.event import Event
+from gevent.pywsgi import LoggingLogAdapter, WSGIServer
+from gevent.server import StreamServer
+
+from . import wsproto
+from .errors import BindError
+from .ingest import SourceHandler, format_peer
+from .rooms import RoomRegistry
+from .stats import Stats
+from .web import WebApp
+from .ws import Handler
+
+logger = logging.getLogger(__name__)
+
+SHUTDOWN_REASON = "server shutting down"
+
+
+def sd_notify(state, environ=os.environ):
+    """Tell systemd (Type=notify) about ``state``, e.g. ``READY=1``; no-op without NOTIFY_SOCKET."""
+    addr = environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return False
+    if addr[0] == "@":
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(addr)
+            sock.sendall(state.encode())
+    except OSError as exc:
+        logger.warning("sd_notify to %s failed: %s", addr, exc)
+        return False
+    return True
+
+
+class Relay:
+    """The whole server: a source listener, a WebSocket/HTTP listener, the rooms between."""
+
+    #: seconds between checks while waiting for connections to drain at shutdown
+    drain_poll = 0.05
+    #: listen backlog of both servers
+    backlog = 1024
+
+    def __init__(self, settings, stats=None):
+        self.settings = settings
+        self.stats = stats if stats is not None else Stats()
+        self.registry = RoomRegistry(
+            encode=wsproto.encode_message,
+            max_rooms=settings.max_rooms,
+            max_subscribers_per_room=settings.max_subscribers_per_room,
+            buffer_bytes=settings.subscriber_buffer_bytes,
+            stats=self.stats,
+        )
+        self.sources = SourceHandler(self.registry, framing=settings.framing,
+                                     max_message_bytes=settings.max_message_bytes,
+                                     banner=settings.banner)
+        self.app = WebApp(self.registry, settings)
+        self.tcp_server = None
+        self.ws_server = None
+        self._stop_requested = Event()
+        self._stopped = Event()
+
+    @property
+    def tcp_address(self):
+        return self.tcp_server.address
+
+    @property
+    def ws_address(self):
+        return self.ws_server.address
+
+    def start(self):
+        s = self.settings
+        self.tcp_server = StreamServer((s.tcp_host, s.tcp_port), self.sources, backlog=self.backlog)
+        self.ws_server = WSGIServer(
+            (s.ws_host, s.ws_port), self.app, handler_class=Handler, backlog=self.backlog,
+            log=LoggingLogAdapter(logging.getLogger("sphincter.access"), logging.DEBUG),
+            error_log=LoggingLogAdapter(logging.getLogger("sphincter.http"), logging.ERROR))
+        _start(self.tcp_server, "sources", s.tcp_host, s.tcp_port)
+        try:
+            _start(self.ws_server, "WebSocket", s.ws_host, s.ws_port)
+        except BindError:
+            self.tcp_server.stop()
+            raise
+        self.app.keepalive.start()
+        logger.info("listening tcp=%s ws=%s framing=%s", format_peer(self.tcp_address),
+                    format_peer(self.ws_address), s.framing)
+        sd_notify("READY=1\nSTATUS=listening tcp=%s ws=%s" % (
+            format_peer(self.tcp_address), format_peer(self.ws_address)))
+        return self
+
+    def serve_forever(self):
+        """Run until a signal or :meth:`request_stop`, then stop gracefully."""
+        handlers = [gevent.signal_handler(sig, self.request_stop, sig)
+                    for sig in (signal.SIGTERM, signal.SIGINT)]
+        try:
+            self._stop_requested.wait()
+            self.stop()
+        finally:
+            for h in handlers:
+                h.cancel()
+
+    def request_stop(self, signum=None):
+        """Schedule a graceful stop (safe from a signal handler)."""
+        if signum is not None and not self._stop_requested.is_set():
+            logger.info("received %s, stopping", signal.Signals(signum).name)
+        self._stop_requested.set()
+
+    def stop(self):
+        """Stop accepting; close subscribers with 1001 after they drain; ERROR to sources; exit."""
+        if self._stopped.is_set():
+            return
+        sd_notify("STOPPING=1")
+        started = time.monotonic()
+        self.tcp_server.close()
+        self.ws_server.close()
+        self.registry.close_all(wsproto.GOING_AWAY, SHUTDOWN_REASON)
+        self.sources.shutdown(SHUTDOWN_REASON)
+        deadline = started + self.settings.shutdown_timeout
+        while (self.app.connections or self.sources.active) and time.monotonic() < deadline:
+            gevent.sleep(self.drain_poll)
+        left = self.app.connections + self.sources.active
+        self.app.keepalive.stop()
+        self.tcp_server.stop(timeout=0)
+        self.ws_server.stop(timeout=0)
+        logger.info("stopped in %.2fs (%d connections cut at the deadline); messages in=%d deliveries=%d",
+                    time.monotonic() - started, left, self.stats.messages_in, self.stats.messages_out)
+        self._stopped.set()
+
+
+def _start(server, what, host, port):
+    try:
+        server.start()
+    except OSError as exc:
+        shown = ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
+        raise BindError("cannot listen for %s on %s: %s" % (what, shown, exc.strerror or exc))

@@ -1,0 +1,265 @@
+"""The HTTP side: a WSGI app with ``/ws`` (subscribers), ``/healthz``, and a route table.
+
+A subscriber session is two greenlets: the handler's (reads frames: pings,
+pongs, close; discards data) and a writer (drains the room's backlog from the
+subscriber's cursor, one ``sendall`` per batch). All writes to a connection go
+through its writer, so frames never interleave.
+"""
+
+import ipaddress
+import json
+import logging
+import time
+from urllib.parse import parse_qs
+
+import gevent
+
+from . import __version__, wsproto
+from .errors import ProtocolError, RoomFullError, RoomNotFound, ShuttingDown
+from .ingest import format_peer
+
+logger = logging.getLogger(__name__)
+
+ROOM_NOT_FOUND, ROOM_FULL = 4404, 4429
+PING_TIMEOUT_CLOSE = 1011
+_PING = wsproto.encode_ping(b"")
+
+
+def client_address(environ, trusted):
+    """The client's address: REMOTE_ADDR, or the X-Forwarded-For hop a trusted proxy vouches for."""
+    remote = environ.get("REMOTE_ADDR", "")
+    chain = [remote]
+    forwarded = environ.get("HTTP_X_FORWARDED_FOR")
+    if forwarded and trusted:
+        chain = [h.strip() for h in forwarded.split(",") if h.strip()] + [remote]
+    # walk from the nearest hop back while the hop is a trusted proxy
+    for i in range(len(chain) - 1, 0, -1):
+        if not _trusted(chain[i], trusted):
+            return chain[i]
+    return chain[0]
+
+
+def _trusted(addr, trusted):
+    try:
+        ip = ipaddress.ip_address(addr.strip("[]"))
+    except ValueError:
+        return False
+    return any(ip in net for net in trusted)
+
+
+class Keepalive:
+    """One greenlet pings every connection every ``interval`` s; drops those silent for ``timeout`` s."""
+
+    def __init__(self, interval, timeout, clock=time.monotonic):
+        self.interval = interval
+        self.timeout = timeout
+        self.clock = clock
+        self.sessions = set()
+        self._greenlet = None
+
+    def start(self):
+        if self.interval > 0 and self._greenlet is None:
+            self._greenlet = gevent.spawn(self._run)
+            self._greenlet.link_exception(_log_crash("keepalive"))
+
+    def stop(self):
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+            self._greenlet = None
+
+    def _run(self):
+        tick = max(0.05, min(5.0, self.interval / 2, self.timeout / 2))
+        while True:
+            gevent.sleep(tick)
+            self.sweep()
+
+    def sweep(self):
+        now = self.clock()
+        for s in list(self.sessions):
+            if s.ping_sent_at is not None:
+                if now - s.ping_sent_at > self.timeout:
+                    logger.debug("subscriber %s: no pong in %.1fs, dropping", s.peer, self.timeout)
+                    s.conn.expect_close = False
+                    s.sub.kick(PING_TIMEOUT_CLOSE, "ping timeout")
+                    self.sessions.discard(s)
+            elif now - s.last_ping_at >= self.interval:
+                s.ping_sent_at = now
+                s.last_ping_at = now
+                s.conn.control.append(_PING)
+                s.sub.wake()
+
+
+def _log_crash(what):
+    def log(greenlet):
+        logger.error("%s crashed", what, exc_info=greenlet.exc_info)
+    return log
+
+
+class Session:
+    """One subscriber connection: its reader (the calling greenlet) and its writer greenlet."""
+
+    #: most bytes written to one subscriber per ``sendall`` (frames are joined up to this)
+    batch_bytes = 256 * 1024
+
+    __slots__ = ("conn", "sub", "peer", "app", "ping_sent_at", "last_ping_at", "writer")
+
+    def __init__(self, app, conn, sub, peer):
+        self.app, self.conn, self.sub, self.peer = app, conn, sub, peer
+        self.ping_sent_at = None
+        self.last_ping_at = app.keepalive.clock()
+        self.writer = None
+
+    def run(self):
+        sub, conn = self.sub, self.conn
+        sub.interrupt = self._interrupt
+        self.writer = gevent.spawn(self._write)
+        self.writer.link_exception(_log_crash("writer of %s" % self.peer))
+        keepalive = self.app.keepalive
+        keepalive.sessions.add(self)
+        try:
+            self._read()
+        finally:
+            keepalive.sessions.discard(self)
+            sub.leave()
+            self.writer.join(self.app.settings.close_timeout)
+            conn.abort()
+            self.writer.kill(block=False)
+
+    def _interrupt(self):
+        if self.conn.writing:          # blocked mid-frame: no clean close frame possible
+            self.conn.abort()
+
+    def _read(self):
+        conn, sub = self.conn, self.sub
+        parser = wsproto.FrameParser(max_message_bytes=self.app.settings.max_client_message_bytes)
+        while True:
+            data = conn.recv()
+            if not data:
+                conn.peer_closed.set()
+                return
+            try:
+                events = parser.feed(data)
+            except ProtocolError as exc:
+                logger.debug("subscriber %s: protocol error %d %s", self.peer, exc.code, exc.reason)
+                conn.expect_close = False          # a broken peer: send the code, then drop
+                sub.kick(exc.code, exc.reason)
+                self.writer.join(self.app.settings.close_timeout)
+                return
+            if events:
+                self.ping_sent_at = None       # any frame proves the peer is alive
+            for opcode, payload in events:
+                if opcode == wsproto.PING:
+                    conn.control.append(wsproto.encode_pong(payload))
+                    sub.wake()
+                elif opcode == wsproto.CLOSE:
+                    conn.close_received = True
+                    conn.peer_closed.set()
+                    if not conn.close_sent:
+                        code, _ = wsproto.parse_close(payload)
+                        sub.kick(code, "")          # echo the peer's code
+                        self.writer.join(self.app.settings.close_timeout)
+                    return
+
+    def _write(self):
+        conn, sub, stats = self.conn, self.sub, self.app.stats
+        batch = self.batch_bytes
+        try:
+            while True:
+                if conn.control:
+                    frames, conn.control = b"".join(conn.control), []
+                    conn.sendall(frames)
+                if sub.closing and (sub.close_now or sub.caught_up()):
+                    break
+                data = sub.take(batch)
+                if data is None:
+                    sub.wait()
+                    continue
+                conn.sendall(data)
+                sub.commit()
+            code, timeout = sub.close_code, self.app.settings.close_timeout
+            with gevent.Timeout(timeout, False):
+                conn.send_close(code, sub.close_reason)
+                if code is not None:
+                    stats.close_codes[code] += 1
+                if conn.expect_close:
+                    conn.peer_closed.wait(timeout)
+        except OSError as exc:
+            logger.debug("subscriber %s: write failed: %s", self.peer, exc)
+        finally:
+            conn.abort()
+
+
+class WebApp:
+    """WSGI application: routes by exact path; ``routes`` may be extended by other modules."""
+
+    def __init__(self, registry, settings, clock=time.time):
+        self.registry = registry
+        self.stats = registry.stats
+        self.settings = settings
+        self.clock = clock
+        self.keepalive = Keepalive(settings.ping_interval, settings.ping_timeout)
+        self.connections = 0          # upgraded connections still open
+        self.routes = {"/ws": self.ws, "/healthz": self.healthz}
+
+    def __call__(self, environ, start_response):
+        handler = self.routes.get(environ.get("PATH_INFO") or "/")
+        if handler is None:
+            return text_response(start_response, "404 Not Found", "not found\n")
+        return handler(environ, start_response)
+
+    def healthz(self, environ, start_response):
+        body = json.dumps({
+            "status": "ok" if not self.registry.shutting_down else "stopping",
+            "version": __version__,
+            "rooms": len(self.registry),
+            "subscribers": self.registry.subscriber_count,
+            "uptime_seconds": round(self.clock() - self.stats.started_at, 3),
+        }).encode()
+        start_response("200 OK", [("Content-Type", "application/json"),
+                                  ("Content-Length", str(len(body))),
+                                  ("Cache-Control", "no-store")])
+        return [body]
+
+    def ws(self, environ, start_response):
+        conn = environ.get("wsgi.websocket")
+        if conn is None:
+            return text_response(start_response, "400 Bad Request",
+                                 "this endpoint speaks WebSocket: GET /ws?room=CODE with an Upgrade\n")
+        self.connections += 1
+        try:
+            self._subscriber(environ, conn)
+        finally:
+            self.connections -= 1
+        return []
+
+    def _subscriber(self, environ, conn):
+        peer = client_address(environ, self.settings.trusted_proxies)
+        port = environ.get("REMOTE_PORT")
+        peer = format_peer((peer, int(port))) if port and peer == environ.get("REMOTE_ADDR") else peer
+        code = (parse_qs(environ.get("QUERY_STRING", "")).get("room") or [""])[0]
+        try:
+            sub = self.registry.subscribe(code, peer)
+        except RoomNotFound:
+            return self._refuse(conn, peer, ROOM_NOT_FOUND, "unknown room", "unknown_room")
+        except RoomFullError:
+            return self._refuse(conn, peer, ROOM_FULL, "room full", "room_full")
+        except ShuttingDown:
+            return self._refuse(conn, peer, wsproto.GOING_AWAY, "server shutting down", "shutting_down")
+        logger.debug("subscriber %s joined room %s", peer, sub.room.code)
+        try:
+            Session(self, conn, sub, peer).run()
+        finally:
+            logger.debug("subscriber %s left room %s (close %s)", peer, sub.room.code, sub.close_code)
+
+    def _refuse(self, conn, peer, code, reason, key):
+        self.stats.rejected["subscriber", key] += 1
+        self.stats.close_codes[code] += 1
+        logger.debug("subscriber %s refused: %d %s", peer, code, reason)
+        conn.close_with(code, reason, self.settings.close_timeout)
+
+
+def text_response(start_response, status, text):
+    body = text.encode("utf-8")
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
+                            ("Content-Length", str(len(body)))])
+    return [body]

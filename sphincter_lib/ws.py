@@ -1,0 +1,162 @@
+"""The only module that touches gevent-websocket.
+
+gevent-websocket does the HTTP upgrade plumbing (its ``WebSocketHandler`` runs
+the WSGI application with ``environ['wsgi.websocket']`` set). Everything else
+is ours: :class:`Handler` replaces its handshake checks (clean 400/426 answers
+with bytes bodies, HTTP/1.0 refused, bad keys refused), and :class:`Connection`
+replaces its ``WebSocket`` class: frames are parsed by
+:class:`~sphincter_lib.wsproto.FrameParser` (size caps, strict UTF-8, close
+codes) and written as prepared bytes, by one writer at a time, with explicit
+close codes (gevent-websocket 0.10.1 drops them).
+"""
+
+import logging
+import socket
+
+import gevent
+from gevent.event import Event
+from gevent.pywsgi import WSGIHandler
+from geventwebsocket.handler import WebSocketHandler
+
+from . import wsproto
+
+logger = logging.getLogger(__name__)
+
+
+class Handler(WebSocketHandler):
+    """Strict RFC 6455 handshake on ``ws_paths``; plain WSGI for everything else."""
+
+    #: paths where an upgrade is attempted; other paths go to the WSGI app as is
+    ws_paths = frozenset(["/ws"])
+
+    @property
+    def logger(self):        # gevent-websocket installs its own stderr handler otherwise
+        return logger
+
+    def log_request(self):
+        if "101" not in str(self.status):
+            WSGIHandler.log_request(self)
+
+    def upgrade_websocket(self):
+        env = self.environ
+        if env.get("PATH_INFO") not in self.ws_paths:
+            return None
+        if "websocket" not in env.get("HTTP_UPGRADE", "").lower():
+            return None                        # the app answers 400: not an upgrade
+        if env.get("REQUEST_METHOD") != "GET":
+            return self._refuse("405 Method Not Allowed", "WebSocket upgrades use GET\n",
+                                [("Allow", "GET")])
+        if self.request_version != "HTTP/1.1":
+            return self._refuse("400 Bad Request", "WebSocket upgrades need HTTP/1.1\n")
+        tokens = [t.strip() for t in env.get("HTTP_CONNECTION", "").lower().split(",")]
+        if "upgrade" not in tokens:
+            return self._refuse("400 Bad Request", "missing 'Connection: Upgrade'\n")
+        if env.get("HTTP_SEC_WEBSOCKET_VERSION", "").strip() != "13":
+            return self._refuse("426 Upgrade Required", "only WebSocket version 13 is supported\n",
+                                [("Sec-WebSocket-Version", "13")])
+        key = env.get("HTTP_SEC_WEBSOCKET_KEY", "").strip()
+        if not wsproto.valid_key(key):
+            return self._refuse("400 Bad Request", "invalid Sec-WebSocket-Key\n")
+        self.websocket = Connection(self)
+        env["wsgi.websocket_version"] = "13"
+        env["wsgi.websocket"] = self.websocket
+        self.start_response("101 Switching Protocols", [
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Accept", wsproto.accept_key(key)),
+        ])
+        return None
+
+    def _refuse(self, status, body, headers=()):
+        data = body.encode("utf-8")
+        self.close_connection = True
+        self.start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
+                                     ("Content-Length", str(len(data))),
+                                     ("Connection", "close")] + list(headers))
+        return [data]
+
+
+class Connection:
+    """One upgraded connection: read frames, write prepared bytes, close with a code.
+
+    Exactly one greenlet writes at a time: the caller arranges it (see
+    ``web.py``: the subscriber's writer greenlet); control frames produced while
+    reading (pongs) are queued in :attr:`control` for that writer.
+    """
+
+    #: bytes asked of each read
+    read_size = 64 * 1024
+
+    def __init__(self, handler):
+        self.environ = handler.environ
+        self.socket = handler.socket
+        self._rfile = handler.rfile
+        self.control = []               # prepared control frames waiting for the writer
+        self.writing = False            # True while a write is in progress
+        self.close_sent = False
+        self.close_received = False
+        self.expect_close = True        # after our close frame, wait for the peer's
+        self.peer_closed = Event()      # set when the peer's close frame (or EOF) arrived
+        self.closed = False
+
+    # -- reading ---------------------------------------------------------------------
+    def recv(self):
+        """Bytes from the peer; ``b""`` at end of stream or on a broken connection."""
+        try:
+            return self._rfile.read1(self.read_size)
+        except (OSError, ValueError):
+            return b""
+
+    # -- writing (one writer at a time) --------------------------------------------------
+    def sendall(self, data):
+        self.writing = True
+        try:
+            self.socket.sendall(data)
+        finally:
+            self.writing = False
+
+    def send_close(self, code, reason=""):
+        """Send a close frame carrying ``code`` (None: no status). Raises OSError if gone."""
+        if self.close_sent:
+            return
+        self.close_sent = True
+        self.sendall(wsproto.encode_close(code, reason))
+
+    def close_with(self, code, reason, timeout):
+        """Close handshake from the side of a greenlet that is the only reader and writer.
+
+        Sends the close frame, waits up to ``timeout`` for the peer's close
+        (discarding anything else), then drops the connection.
+        """
+        try:
+            with gevent.Timeout(timeout, False):
+                self.send_close(code, reason)
+                parser = wsproto.FrameParser(max_message_bytes=wsproto.MAX_CONTROL_PAYLOAD)
+                parser.require_mask = False
+                while not self.close_received:
+                    data = self.recv()
+                    if not data:
+                        break
+                    try:
+                        events = parser.feed(data)
+                    except Exception:
+                        break
+                    self.close_received = any(op == wsproto.CLOSE for op, _ in events)
+        except OSError:
+            pass
+        self.abort()
+
+    def abort(self):
+        """Drop the connection now: wakes a blocked reader and writer."""
+        if self.closed:
+            return
+        self.closed = True
+        self.peer_closed.set()
+        try:
+            self.socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    # gevent-websocket's handler calls close() when the application returns
+    def close(self, *args):
+        self.abort()

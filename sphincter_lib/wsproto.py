@@ -1,0 +1,259 @@
+"""Sans-IO WebSocket (RFC 6455) for the server side: encode frames, parse client frames.
+
+Nothing here touches a socket. :func:`encode_message` and :func:`encode_close`
+build complete server frames (unmasked) *once*, so the same bytes can go to
+every subscriber. :class:`FrameParser` is fed the bytes a client sends and
+returns complete events; it raises :class:`~sphincter_lib.errors.ProtocolError`
+with the close code to answer (1002 protocol error, 1007 invalid UTF-8,
+1009 too big) as soon as a violation is visible, and checks sizes from the
+frame header *before* any payload is buffered.
+"""
+
+import base64
+import binascii
+import codecs
+import hashlib
+import struct
+
+from .errors import ProtocolError
+
+CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+_DATA_OPCODES = frozenset((CONTINUATION, TEXT, BINARY))
+_CONTROL_OPCODES = frozenset((CLOSE, PING, PONG))
+
+# Close codes (RFC 6455 section 7.4 and Sphincter's own 4xxx range; see docs/PROTOCOL.md).
+NORMAL, GOING_AWAY, PROTOCOL_ERROR, UNSUPPORTED = 1000, 1001, 1002, 1003
+NO_STATUS = 1005
+INVALID_DATA, POLICY, TOO_BIG, INTERNAL_ERROR = 1007, 1008, 1009, 1011
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+MAX_CONTROL_PAYLOAD = 125
+MAX_CLOSE_REASON = 123
+
+_H1 = struct.Struct("!BB").pack
+_H2 = struct.Struct("!BBH").pack
+_H8 = struct.Struct("!BBQ").pack
+_CODE = struct.Struct("!H")
+
+
+# --- handshake -----------------------------------------------------------------
+
+def valid_key(key):
+    """True if ``key`` (the Sec-WebSocket-Key header) is base64 of 16 bytes."""
+    try:
+        return len(base64.b64decode(key.encode("latin-1"), validate=True)) == 16
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        return False
+
+
+def accept_key(key):
+    """The Sec-WebSocket-Accept value for ``key``."""
+    digest = hashlib.sha1(key.encode("latin-1") + GUID).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+# --- encoding (server frames: never masked) --------------------------------------
+
+def encode_frame(opcode, payload, fin=True):
+    """One complete frame: header + ``payload`` (bytes)."""
+    n = len(payload)
+    b0 = (0x80 if fin else 0) | opcode
+    if n < 126:
+        header = _H1(b0, n)
+    elif n < 65536:
+        header = _H2(b0, 126, n)
+    else:
+        header = _H8(b0, 127, n)
+    return header + payload
+
+
+def encode_message(payload, text):
+    """A whole data message as one frame (text if ``text`` else binary)."""
+    return encode_frame(TEXT if text else BINARY, payload)
+
+
+def encode_close(code=None, reason=""):
+    """A close frame; ``reason`` is cut to 123 UTF-8 bytes on a character boundary."""
+    if code is None:
+        return encode_frame(CLOSE, b"")
+    data = reason.encode("utf-8")
+    if len(data) > MAX_CLOSE_REASON:
+        data = data[:MAX_CLOSE_REASON].decode("utf-8", "ignore").encode("utf-8")
+    return encode_frame(CLOSE, _CODE.pack(code) + data)
+
+
+def encode_ping(payload=b""):
+    return encode_frame(PING, payload)
+
+
+def encode_pong(payload=b""):
+    return encode_frame(PONG, payload)
+
+
+# --- decoding ------------------------------------------------------------------
+
+def unmask(data, mask):
+    """XOR ``data`` with the 4-byte ``mask``, the whole buffer at once."""
+    n = len(data)
+    if not n:
+        return b""
+    key = (mask * ((n + 3) // 4))[:n]
+    return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+def valid_close_code(code):
+    """Codes a peer may send in a close frame (RFC 6455 7.4.1 and the IANA registry)."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+def parse_close(payload):
+    """``(code, reason)`` of a received close frame's payload; code None if absent."""
+    if not payload:
+        return None, ""
+    if len(payload) == 1:
+        raise ProtocolError(PROTOCOL_ERROR, "close frame with a 1-byte payload")
+    (code,) = _CODE.unpack_from(payload)
+    if not valid_close_code(code):
+        raise ProtocolError(PROTOCOL_ERROR, "invalid close code %d" % code)
+    try:
+        reason = payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(INVALID_DATA, "close reason is not valid UTF-8")
+    return code, reason
+
+
+class FrameParser:
+    """Incremental parser of client-to-server frames.
+
+    :meth:`feed` returns a list of ``(opcode, payload)`` events: whole data
+    messages (``TEXT``/``BINARY``, fragments reassembled; text validated as
+    UTF-8 as the fragments arrive) and control frames (``PING``, ``PONG``,
+    ``CLOSE`` — a close payload is validated, see :func:`parse_close`).
+    ``feed(b"")`` returns ``[]``. After a :class:`ProtocolError` the parser is
+    spent: the connection must be closed with ``error.code``.
+    """
+
+    #: largest data message accepted, in bytes; a bigger one is refused with 1009
+    #: as soon as the frame header announcing it is read
+    max_message_bytes = 1 << 20
+    #: RFC 6455 requires client frames to be masked
+    require_mask = True
+
+    def __init__(self, max_message_bytes=None, require_mask=None):
+        if max_message_bytes is not None:
+            self.max_message_bytes = max_message_bytes
+        if require_mask is not None:
+            self.require_mask = require_mask
+        self._buf = bytearray()
+        self._msg_opcode = None      # opcode of the fragmented message in progress
+        self._fragments = []
+        self._msg_size = 0
+        self._utf8 = None
+
+    def feed(self, data):
+        buf = self._buf
+        if data:
+            buf += data
+        events = []
+        pos = 0
+        while True:
+            frame = self._next_frame(buf, pos)
+            if frame is None:
+                break
+            pos, fin, opcode, payload = frame
+            event = self._on_frame(fin, opcode, payload)
+            if event is not None:
+                events.append(event)
+        if pos:
+            del buf[:pos]
+        return events
+
+    def _next_frame(self, buf, pos):
+        """Parse one frame at ``pos``; None if incomplete. Validates the header first."""
+        avail = len(buf) - pos
+        if avail < 2:
+            return None
+        b0, b1 = buf[pos], buf[pos + 1]
+        fin, opcode, masked, length = b0 & 0x80, b0 & 0x0F, b1 & 0x80, b1 & 0x7F
+        if b0 & 0x70:
+            raise ProtocolError(PROTOCOL_ERROR, "reserved bits set")
+        if opcode in _CONTROL_OPCODES:
+            if not fin:
+                raise ProtocolError(PROTOCOL_ERROR, "fragmented control frame")
+            if length > MAX_CONTROL_PAYLOAD:
+                raise ProtocolError(PROTOCOL_ERROR, "control frame too long")
+        elif opcode not in _DATA_OPCODES:
+            raise ProtocolError(PROTOCOL_ERROR, "unknown opcode %d" % opcode)
+        if not masked and self.require_mask:
+            raise ProtocolError(PROTOCOL_ERROR, "client frame not masked")
+        head = 2
+        if length == 126:
+            if avail < 4:
+                return None
+            length = (buf[pos + 2] << 8) | buf[pos + 3]
+            head = 4
+        elif length == 127:
+            if avail < 10:
+                return None
+            length = int.from_bytes(buf[pos + 2:pos + 10], "big")
+            if length >> 63:
+                raise ProtocolError(PROTOCOL_ERROR, "frame length has its top bit set")
+            head = 10
+        if opcode not in _CONTROL_OPCODES:
+            self._check_data_frame(opcode, length)
+        mask_at = pos + head
+        start = mask_at + (4 if masked else 0)
+        end = start + length
+        if len(buf) < end:
+            return None
+        payload = bytes(buf[start:end])
+        if masked:
+            payload = unmask(payload, bytes(buf[mask_at:start]))
+        return end, fin, opcode, payload
+
+    def _check_data_frame(self, opcode, length):
+        if opcode == CONTINUATION:
+            if self._msg_opcode is None:
+                raise ProtocolError(PROTOCOL_ERROR, "continuation frame with no message to continue")
+        elif self._msg_opcode is not None:
+            raise ProtocolError(PROTOCOL_ERROR, "new message before the previous one finished")
+        size = (self._msg_size if opcode == CONTINUATION else 0) + length
+        if size > self.max_message_bytes:
+            raise ProtocolError(TOO_BIG, "message too big (limit %d bytes)" % self.max_message_bytes)
+
+    def _on_frame(self, fin, opcode, payload):
+        if opcode == CLOSE:
+            parse_close(payload)
+            return CLOSE, payload
+        if opcode == PING or opcode == PONG:
+            return opcode, payload
+        if opcode != CONTINUATION:
+            if fin:                      # the common case: a whole message in one frame
+                if opcode == TEXT:
+                    _check_utf8(payload)
+                return opcode, payload
+            self._msg_opcode = opcode
+            self._msg_size = 0
+            self._fragments = []
+            self._utf8 = codecs.getincrementaldecoder("utf-8")() if opcode == TEXT else None
+        self._msg_size += len(payload)
+        self._fragments.append(payload)
+        if self._utf8 is not None:
+            try:
+                self._utf8.decode(payload, final=bool(fin))
+            except UnicodeDecodeError:
+                raise ProtocolError(INVALID_DATA, "text message is not valid UTF-8")
+        if not fin:
+            return None
+        message = b"".join(self._fragments)
+        event = (self._msg_opcode, message)
+        self._msg_opcode, self._fragments, self._msg_size, self._utf8 = None, [], 0, None
+        return event
+
+
+def _check_utf8(payload):
+    if not payload.isascii():
+        try:
+            payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError(INVALID_DATA, "text message is not valid UTF-8")
