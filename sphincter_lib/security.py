@@ -152,10 +152,14 @@ class ConnectionCaps:
         self.counts = collections.Counter()
         self._lock = threading.Lock()
 
-    def acquire(self, addr):
+    def full(self, addr):
+        """True if *addr* is at its cap (without taking a slot)."""
+        return bool(self.limit) and self.counts.get(ip_key(addr), 0) >= self.limit
+
+    def acquire(self, addr, force=False):
         key = ip_key(addr)
         with self._lock:
-            if self.limit and self.counts[key] >= self.limit:
+            if self.limit and self.counts[key] >= self.limit and not force:
                 return None
             self.counts[key] += 1
         return key

@@ -17,10 +17,12 @@ import gevent
 from . import __version__, wsproto
 from .errors import ProtocolError, RoomFullError, RoomNotFound, ShuttingDown
 from .ingest import format_peer
+from .security import ConnectionCaps, OriginPolicy, RateLimiter
 
 logger = logging.getLogger(__name__)
 
 ROOM_NOT_FOUND, ROOM_FULL = 4404, 4429
+ORIGIN_FORBIDDEN = 4403
 PING_TIMEOUT_CLOSE = 1011
 _PING = wsproto.encode_ping(b"")
 
@@ -200,6 +202,27 @@ class WebApp:
         self.keepalive = Keepalive(settings.ping_interval, settings.ping_timeout)
         self.connections = 0          # upgraded connections still open
         self.routes = {"/ws": self.ws, "/healthz": self.healthz}
+        self.origins = OriginPolicy(settings.allowed_origins)
+        self.ip_caps = ConnectionCaps(settings.max_subscribers_per_ip)
+        self.unknown_rooms = RateLimiter(settings.unknown_room_rate, settings.unknown_room_burst)
+
+    def precheck(self, environ):
+        """Called by ``ws.Handler`` before upgrading: (status, body, headers) to refuse, else None.
+
+        An address that used up its unknown-room budget is refused for *every*
+        room until it earns a token back, so a 429 says nothing about whether a
+        code exists."""
+        ip = client_address(environ, self.settings.trusted_proxies)
+        if self.ip_caps.full(ip):
+            self.stats.rejected["subscriber", "too_many_connections"] += 1
+            return ("429 Too Many Requests", "too many connections from your address\n",
+                    [("Retry-After", "10")])
+        if self.unknown_rooms.blocked(ip):
+            self.stats.rejected["subscriber", "rate_limited"] += 1
+            wait = max(1, int(round(1.0 / self.unknown_rooms.rate)))
+            return ("429 Too Many Requests", "too many unknown-room attempts, slow down\n",
+                    [("Retry-After", str(wait))])
+        return None
 
     def __call__(self, environ, start_response):
         handler = self.routes.get(environ.get("PATH_INFO") or "/")
@@ -226,9 +249,11 @@ class WebApp:
             return text_response(start_response, "400 Bad Request",
                                  "this endpoint speaks WebSocket: GET /ws?room=CODE with an Upgrade\n")
         self.connections += 1
+        slot = self.ip_caps.acquire(client_address(environ, self.settings.trusted_proxies), force=True)
         try:
             self._subscriber(environ, conn)
         finally:
+            self.ip_caps.release(slot)
             self.connections -= 1
         return []
 
@@ -237,9 +262,12 @@ class WebApp:
         port = environ.get("REMOTE_PORT")
         peer = format_peer((peer, int(port))) if port and peer == environ.get("REMOTE_ADDR") else peer
         code = (parse_qs(environ.get("QUERY_STRING", "")).get("room") or [""])[0]
+        if not self.origins.allowed(environ.get("HTTP_ORIGIN")):
+            return self._refuse(conn, peer, ORIGIN_FORBIDDEN, "origin not allowed", "origin")
         try:
             sub = self.registry.subscribe(code, peer)
         except RoomNotFound:
+            self.unknown_rooms.allow(client_address(environ, self.settings.trusted_proxies))
             return self._refuse(conn, peer, ROOM_NOT_FOUND, "unknown room", "unknown_room")
         except RoomFullError:
             return self._refuse(conn, peer, ROOM_FULL, "room full", "room_full")

@@ -28,6 +28,37 @@ class Handler(WebSocketHandler):
 
     #: paths where an upgrade is attempted; other paths go to the WSGI app as is
     ws_paths = frozenset(["/ws"])
+    #: seconds a connection has to deliver each request head (TLS handshake
+    #: included, and the idle time before a keep-alive request); None: no limit
+    handshake_timeout = None
+
+    @classmethod
+    def configured(cls, **attrs):
+        """A subclass with some class attributes replaced (one per server)."""
+        return type(cls.__name__, (cls,), attrs)
+
+    def handle_one_request(self):
+        # gevent's pywsgi has no deadline for the request head: a slowloris
+        # client trickling header lines would hold its greenlet forever.
+        timer = None
+        if self.handshake_timeout:
+            timer = self._handshake_timer = gevent.Timeout.start_new(self.handshake_timeout)
+        try:
+            return super().handle_one_request()
+        except gevent.Timeout as t:
+            if t is not timer:
+                raise
+            logger.debug("%s: no request head within %ss", self.client_address, self.handshake_timeout)
+            return None                         # handle() closes the socket
+        finally:
+            if timer is not None:
+                timer.close()
+
+    def run_application(self):
+        timer = getattr(self, "_handshake_timer", None)
+        if timer is not None:
+            timer.close()                       # the head is in: the session has no deadline
+        return super().run_application()
 
     @property
     def logger(self):        # gevent-websocket installs its own stderr handler otherwise
@@ -57,6 +88,10 @@ class Handler(WebSocketHandler):
         key = env.get("HTTP_SEC_WEBSOCKET_KEY", "").strip()
         if not wsproto.valid_key(key):
             return self._refuse("400 Bad Request", "invalid Sec-WebSocket-Key\n")
+        precheck = getattr(self.application, "precheck", None)
+        refusal = precheck(env) if precheck is not None else None
+        if refusal:                             # (status, body[, headers]): refused before upgrading
+            return self._refuse(*refusal)
         self.websocket = Connection(self)
         env["wsgi.websocket_version"] = "13"
         env["wsgi.websocket"] = self.websocket

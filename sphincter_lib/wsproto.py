@@ -138,6 +138,8 @@ class FrameParser:
     max_message_bytes = 1 << 20
     #: RFC 6455 requires client frames to be masked
     require_mask = True
+    #: True once a close frame's header (valid or not) was read
+    close_seen = False
 
     def __init__(self, max_message_bytes=None, require_mask=None):
         if max_message_bytes is not None:
@@ -151,22 +153,35 @@ class FrameParser:
         self._utf8 = None
 
     def feed(self, data):
+        events, error = self.feed_partial(data)
+        if error is not None:
+            raise error
+        return events
+
+    def feed_partial(self, data):
+        """Like :meth:`feed`, but returns ``(events, error)``: the events parsed
+        before a violation are kept (an echo must answer a message that came in
+        the same read as a broken frame), ``error`` is the ProtocolError or None."""
         buf = self._buf
         if data:
             buf += data
         events = []
         pos = 0
-        while True:
-            frame = self._next_frame(buf, pos)
-            if frame is None:
-                break
-            pos, fin, opcode, payload = frame
-            event = self._on_frame(fin, opcode, payload)
-            if event is not None:
-                events.append(event)
+        error = None
+        try:
+            while True:
+                frame = self._next_frame(buf, pos)
+                if frame is None:
+                    break
+                pos, fin, opcode, payload = frame
+                event = self._on_frame(fin, opcode, payload)
+                if event is not None:
+                    events.append(event)
+        except ProtocolError as exc:
+            error = exc
         if pos:
             del buf[:pos]
-        return events
+        return events, error
 
     def _next_frame(self, buf, pos):
         """Parse one frame at ``pos``; None if incomplete. Validates the header first."""
@@ -178,6 +193,8 @@ class FrameParser:
         if b0 & 0x70:
             raise ProtocolError(PROTOCOL_ERROR, "reserved bits set")
         if opcode in _CONTROL_OPCODES:
+            if opcode == CLOSE:
+                self.close_seen = True   # even if invalid: the peer will send nothing more
             if not fin:
                 raise ProtocolError(PROTOCOL_ERROR, "fragmented control frame")
             if length > MAX_CONTROL_PAYLOAD:
