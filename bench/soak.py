@@ -150,7 +150,7 @@ def run(args):
     import gevent.event  # noqa: F401  (Room uses gevent.event)
     stats = Stats()
     rnd = random.Random(args.seed)
-    server_args = ["--log-level", "warning"] + args.server_arg
+    server_args = list(args.server_arg)
     with ServerProcess(*server_args) as server:
         pid = server.pid
         idle_fds = poll(lambda: fd_count(pid), 5)
