@@ -123,7 +123,8 @@ class Session:
         finally:
             keepalive.sessions.discard(self)
             sub.leave()
-            self.writer.join(self.app.settings.close_timeout)
+            if not conn.closed:        # a close handshake may be under way: let the writer end it
+                self.writer.join(self.app.settings.close_timeout)
             conn.abort()
             self.writer.kill(block=False)
 
@@ -138,6 +139,7 @@ class Session:
             data = conn.recv()
             if not data:
                 conn.peer_closed.set()
+                conn.abort()           # the peer is gone: nothing more can be written
                 return
             try:
                 events = parser.feed(data)
