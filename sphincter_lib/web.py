@@ -134,7 +134,8 @@ class Session:
 
     def _read(self):
         conn, sub = self.conn, self.sub
-        parser = wsproto.FrameParser(max_message_bytes=self.app.settings.max_client_message_bytes)
+        parser = wsproto.FrameParser(max_message_bytes=self.app.settings.max_client_message_bytes,
+                                     keep_data=False)    # subscribers' messages are discarded
         while True:
             data = conn.recv()
             if not data:

@@ -136,11 +136,18 @@ class Connection:
 
     # -- reading ---------------------------------------------------------------------
     def recv(self):
-        """Bytes from the peer; ``b""`` at end of stream or on a broken connection."""
+        """Bytes from the peer; ``b""`` at end of stream or on a broken connection.
+
+        A full read means more is probably waiting: yield first, so a peer that
+        streams a big message cannot keep this greenlet running (gevent only
+        switches when a read would block) while every other connection waits."""
         try:
-            return self._rfile.read1(self.read_size)
+            data = self._rfile.read1(self.read_size)
         except (OSError, ValueError):
             return b""
+        if len(data) >= self.read_size:
+            gevent.sleep(0)
+        return data
 
     # -- writing (one writer at a time) --------------------------------------------------
     def sendall(self, data):

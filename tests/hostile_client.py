@@ -344,7 +344,7 @@ def attack_big_message(url, size=64 << 20, chunk=1 << 20, timeout=30.0):
     writes failing after that are expected and ignored."""
     ws = ws_connect(url)
     key = os.urandom(4)
-    ws.send(encode_frame(OP_BINARY, b"", length=size, masking_key=key)[:14] + key)
+    ws.send(encode_frame(OP_BINARY, b"", length=size, masking_key=key)[:14])
     block = xor_mask(b"\0" * chunk, key)  # chunk % 4 == 0 keeps the mask aligned
     sent = 0
     try:
@@ -443,7 +443,7 @@ def garbage_http(host, port, n=50, size=4096, seed=0):
     for _ in range(n):
         s = connect_tcp(host, port, 5.0)
         try:
-            s.sendall(bytes(rnd.getrandbits(8) for _ in range(size)) + b"\r\n\r\n")
+            s.sendall(rnd.randbytes(size) + b"\r\n\r\n")
             s.settimeout(5.0)
             data = s.recv(4096)
             out.append(data.split(b"\r\n", 1)[0])
@@ -478,23 +478,56 @@ def rst_storm(host, port, n=300, payload=b"GET /ws HTTP/1.1\r\nHost: x\r\n"):
     return done
 
 
+def _host_port(url):
+    u = urlsplit(url)
+    return u.hostname, u.port or 80
+
+
+#: connection-level attacks by name (for --stdin): url -> result, always "ok"
+CONNECTION_ATTACKS = {
+    "slowloris": lambda url: slowloris(*_host_port(url), n=300, hold=3.0, trickle=0.25),
+    "garbage": lambda url: garbage_http(*_host_port(url), n=50),
+    "rst-storm": lambda url: rst_storm(*_host_port(url), n=300),
+}
+
+
+def run_named(name, url):
+    """Run attack *name*; return (ok, report line)."""
+    if name in CONNECTION_ATTACKS:
+        t0 = time.monotonic()
+        got = CONNECTION_ATTACKS[name](url)
+        if name == "garbage":
+            got = sorted(set(x.decode("latin-1") for x in got))
+        return True, "%-20s %-10s %s %.3fs" % (name, "ok", got, time.monotonic() - t0)
+    fn, ok = ATTACKS[name]
+    t0 = time.monotonic()
+    try:
+        got = fn(url)
+    except Exception as e:  # report, go on with the next attack
+        got = ("error", repr(e))
+    verdict = "ok" if got in ok else "UNEXPECTED"
+    return verdict == "ok", "%-20s %-10s %-28s %.3fs" % (name, verdict, got, time.monotonic() - t0)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="hostile WebSocket client")
     p.add_argument("--url", required=True, help="ws://host:port/path?query")
-    p.add_argument("attack", nargs="+", help="attack names or 'all': %s" % ", ".join(ATTACKS))
+    p.add_argument("attack", nargs="*", help="attack names or 'all': %s" % ", ".join(ATTACKS))
+    p.add_argument("--stdin", action="store_true",
+                   help="read attack names from stdin, one per line, answer one line each "
+                        "(so a test can time attacks without process start-up in the window)")
     args = p.parse_args(argv)
+    if args.stdin:
+        for line in sys.stdin:
+            ok, report = run_named(line.strip(), args.url)
+            print(report, flush=True)
+        return 0
     names = list(ATTACKS) if args.attack == ["all"] else args.attack
     bad = 0
     for name in names:
-        fn, ok = ATTACKS[name]
-        t0 = time.monotonic()
-        try:
-            got = fn(args.url)
-        except Exception as e:  # report, go on with the next attack
-            got = ("error", repr(e))
-        verdict = "ok" if got in ok else "UNEXPECTED"
-        bad += verdict != "ok"
-        print("%-20s %-10s %-28s %.3fs" % (name, verdict, got, time.monotonic() - t0))
+        ok, report = run_named(name, args.url)
+        bad += not ok
+        print(report)
     return 1 if bad else 0
 
 

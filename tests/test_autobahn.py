@@ -19,12 +19,9 @@ from autobahn import harness  # noqa: E402
 from hardening_util import ROOT, ServerProcess  # noqa: E402
 
 #: NON-STRICT cases we accept, with the reason (documented in docs/RELIABILITY.md).
-KNOWN_NON_STRICT = {
-    # Invalid UTF-8 inside ONE frame that arrives in chops: the frame's payload
-    # is validated when the whole frame is in (bounded by the message cap), so
-    # the failure comes at the end of the frame, not at the first bad octet.
-    "6.4.3", "6.4.4",
-}
+#: Empty since FrameParser streams payloads: invalid UTF-8 in a frame that
+#: arrives in chops (6.4.3/6.4.4) now fails at the first bad octet.
+KNOWN_NON_STRICT = set()
 
 
 def _venv_ready():
