@@ -98,6 +98,7 @@ def healthy_subscriber(url, stats, ready):
         stats.errors.append("healthy: %r" % e)
     finally:
         ws.close()
+    return None if expect is None else expect - 1
 
 
 def churn_subscriber(url, stats, rnd):
@@ -127,6 +128,7 @@ def churn_subscriber(url, stats, rnd):
 
 class Room:
     def __init__(self, server, args, stats):
+        self.stats = stats
         self.src = Source(server.tcp_port)
         if not self.src.room:
             raise RuntimeError("no room banner: %r" % self.src.banner)
@@ -141,9 +143,14 @@ class Room:
                                    args.payload)
 
     def finish(self, timeout=30):
+        """Stop the source; every healthy subscriber must have had its last line."""
         self.stop.set()
         self.sender.join(timeout)
         gevent.joinall(self.subs, timeout=timeout)
+        last = getattr(self.src, "last_seq", None)
+        for g in self.subs:
+            if last is not None and g.value is not None and g.value < last:
+                self.stats.lost += last - g.value     # the tail went missing
 
 
 def run(args):
