@@ -7,15 +7,17 @@ stderr naming the option), 1 when a port cannot be bound or the server fails.
 import logging
 import sys
 
-from . import config
+from . import config, logformat
 from .errors import BindError, ConfigError
 from .server import Relay
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def setup_logging(level):
-    logging.basicConfig(level=getattr(logging, level.upper()), format=LOG_FORMAT, stream=sys.stderr)
+def setup_logging(level, fmt="text"):
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logformat.formatter(fmt))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 
 def main(argv=None):
@@ -24,9 +26,9 @@ def main(argv=None):
     except ConfigError as exc:
         print("sphincter: error: %s" % exc, file=sys.stderr)
         return 2
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     try:
-        relay = Relay(settings).start()
+        relay = Relay(settings, handle_signals=True).start()
     except BindError as exc:
         print("sphincter: error: %s" % exc, file=sys.stderr)
         return 1

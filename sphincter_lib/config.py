@@ -154,6 +154,14 @@ def rate(text):
     return value
 
 
+def secret(text):
+    """A bearer token: empty (feature off) or at least 16 characters without white space."""
+    value = str(text).strip()
+    if value and (len(value) < 16 or any(c.isspace() for c in value)):
+        raise argparse.ArgumentTypeError("invalid token (at least 16 characters, no spaces)")
+    return value
+
+
 def choice(*choices):
     def parse(text):
         word = str(text).strip().lower()
@@ -218,6 +226,11 @@ OPTIONS = (
     Option("trusted-proxies", "127.0.0.1,::1", networks,
            "comma-separated proxy addresses/networks whose X-Forwarded-For is believed ('' for none)", "NETS"),
     Option("log-level", "info", choice(*LOG_LEVELS), "log level: " + ", ".join(LOG_LEVELS), "LEVEL"),
+    Option("log-format", "text", choice("text", "json"),
+           "log line format: 'text', or 'json' (one object per line, for log shippers)", "FORMAT"),
+    Option("admin-token", "", secret,
+           "bearer token for the admin API /api/rooms (empty: API off, 404); "
+           "set it in the environment or the config file rather than on the command line", "TOKEN"),
     Option("shutdown-timeout", "10", positive_seconds,
            "on SIGTERM/SIGINT, seconds to let subscribers drain before exiting", "SECONDS"),
     # -- security (see sphincter_lib/security.py) --
@@ -298,7 +311,7 @@ def parse(argv=None, env=None):
     except OSError as exc:   # config file unreadable
         raise ConfigError("cannot read config file: %s" % exc)
     values = {opt.attr: getattr(ns, opt.attr) for opt in OPTIONS}
-    settings = Settings(config=getattr(ns, "config", None), **values)
+    settings = Settings(config=getattr(ns, "config_file", None), **values)
     check(settings)
     return settings
 

@@ -55,8 +55,11 @@ class Relay:
     #: listen backlog of both servers
     backlog = 1024
 
-    def __init__(self, settings, stats=None):
+    def __init__(self, settings, stats=None, handle_signals=False):
         self.settings = settings
+        #: install SIGTERM/SIGINT handlers in start(), before announcing readiness
+        self.handle_signals = handle_signals
+        self._signal_handlers = []
         self.stats = stats if stats is not None else Stats()
         self.registry = RoomRegistry(
             encode=wsproto.encode_message,
@@ -110,6 +113,9 @@ class Relay:
             self.tcp_server.stop()
             raise
         self.app.keepalive.start()
+        if self.handle_signals:         # before the 'listening' line: a signal right after it is handled
+            self._signal_handlers = [gevent.signal_handler(sig, self.request_stop, sig)
+                                     for sig in (signal.SIGTERM, signal.SIGINT)]
         logger.info("listening tcp=%s ws=%s framing=%s%s%s", format_peer(self.tcp_address),
                     format_peer(self.ws_address), s.framing,
                     " tls=ws" if s.tls_cert else "", " tls=sources" if s.source_tls_cert else "")
@@ -119,14 +125,13 @@ class Relay:
 
     def serve_forever(self):
         """Run until a signal or :meth:`request_stop`, then stop gracefully."""
-        handlers = [gevent.signal_handler(sig, self.request_stop, sig)
-                    for sig in (signal.SIGTERM, signal.SIGINT)]
         try:
             self._stop_requested.wait()
             self.stop()
         finally:
-            for h in handlers:
+            for h in self._signal_handlers:
                 h.cancel()
+            self._signal_handlers = []
 
     def request_stop(self, signum=None):
         """Schedule a graceful stop (safe from a signal handler)."""

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs
 
 import gevent
 
-from . import __version__, wsproto
+from . import __version__, api, metrics, viewer, wsproto
 from .errors import ProtocolError, RoomFullError, RoomNotFound, ShuttingDown
 from .ingest import format_peer
 from .security import ConnectionCaps, OriginPolicy, RateLimiter
@@ -98,72 +98,75 @@ def _log_crash(what):
 
 
 class Session:
-    """One subscriber connection: its reader (the calling greenlet) and its writer greenlet."""
+    """One subscriber connection, one greenlet.
+
+    The calling (handler) greenlet is the writer: it drains the room's backlog
+    from the subscriber's cursor and sends control frames. Incoming frames
+    (pongs, pings, close, discarded data) are handled by :meth:`_on_data` from
+    the event loop, without a greenlet of their own, so an idle subscriber
+    costs one parked greenlet and one I/O watcher.
+    """
 
     #: most bytes written to one subscriber per ``sendall`` (frames are joined up to this)
     batch_bytes = 256 * 1024
 
-    __slots__ = ("conn", "sub", "peer", "app", "ping_sent_at", "last_ping_at", "writer")
+    __slots__ = ("conn", "sub", "peer", "app", "ping_sent_at", "last_ping_at", "parser")
 
     def __init__(self, app, conn, sub, peer):
         self.app, self.conn, self.sub, self.peer = app, conn, sub, peer
         self.ping_sent_at = None
         self.last_ping_at = app.keepalive.clock()
-        self.writer = None
+        self.parser = wsproto.FrameParser(max_message_bytes=app.settings.max_client_message_bytes,
+                                          keep_data=False)    # subscribers' messages are discarded
 
     def run(self):
         sub, conn = self.sub, self.conn
         sub.interrupt = self._interrupt
-        self.writer = gevent.spawn(self._write)
-        self.writer.link_exception(_log_crash("writer of %s" % self.peer))
         keepalive = self.app.keepalive
         keepalive.sessions.add(self)
         try:
-            self._read()
+            conn.start_reading(self._on_data)
+            self._write()
         finally:
             keepalive.sessions.discard(self)
             sub.leave()
-            if not conn.closed:        # a close handshake may be under way: let the writer end it
-                self.writer.join(self.app.settings.close_timeout)
             conn.abort()
-            self.writer.kill(block=False)
 
     def _interrupt(self):
-        if self.conn.writing:          # blocked mid-frame: no clean close frame possible
-            self.conn.abort()
+        """Kicked while a write is in progress: let the write finish (then the close frame
+        goes out) for at most ``close_timeout`` seconds, else drop the connection."""
+        if self.conn.writing:
+            timer = gevent.get_hub().loop.timer(self.app.settings.close_timeout)
+            timer.start(self.conn.abort)
 
-    def _read(self):
+    def _on_data(self, data):
+        """Incoming bytes (from the event loop: must not block). ``b""``: the peer is gone."""
         conn, sub = self.conn, self.sub
-        parser = wsproto.FrameParser(max_message_bytes=self.app.settings.max_client_message_bytes,
-                                     keep_data=False)    # subscribers' messages are discarded
-        while True:
-            data = conn.recv()
-            if not data:
+        if not data:                       # gone without a close frame: just drop it
+            conn.abort()
+            sub.kick(None, "")
+            return
+        try:
+            events = self.parser.feed(data)
+        except ProtocolError as exc:
+            logger.debug("subscriber %s: protocol error %d %s", self.peer, exc.code, exc.reason)
+            conn.stop_reading()
+            conn.expect_close = False      # a broken peer: send the code, then drop
+            sub.kick(exc.code, exc.reason)
+            return
+        if events:
+            self.ping_sent_at = None       # any frame proves the peer is alive
+        for opcode, payload in events:
+            if opcode == wsproto.PING:
+                conn.control.append(wsproto.encode_pong(payload))
+                sub.wake()
+            elif opcode == wsproto.CLOSE:
+                conn.stop_reading()
+                conn.close_received = True
                 conn.peer_closed.set()
-                conn.abort()           # the peer is gone: nothing more can be written
+                if not conn.close_sent:
+                    sub.kick(wsproto.parse_close(payload)[0], "")   # echo the peer's code
                 return
-            try:
-                events = parser.feed(data)
-            except ProtocolError as exc:
-                logger.debug("subscriber %s: protocol error %d %s", self.peer, exc.code, exc.reason)
-                conn.expect_close = False          # a broken peer: send the code, then drop
-                sub.kick(exc.code, exc.reason)
-                self.writer.join(self.app.settings.close_timeout)
-                return
-            if events:
-                self.ping_sent_at = None       # any frame proves the peer is alive
-            for opcode, payload in events:
-                if opcode == wsproto.PING:
-                    conn.control.append(wsproto.encode_pong(payload))
-                    sub.wake()
-                elif opcode == wsproto.CLOSE:
-                    conn.close_received = True
-                    conn.peer_closed.set()
-                    if not conn.close_sent:
-                        code, _ = wsproto.parse_close(payload)
-                        sub.kick(code, "")          # echo the peer's code
-                        self.writer.join(self.app.settings.close_timeout)
-                    return
 
     def _write(self):
         conn, sub, stats = self.conn, self.sub, self.app.stats
@@ -182,6 +185,8 @@ class Session:
                 conn.sendall(data)
                 sub.commit()
             code, timeout = sub.close_code, self.app.settings.close_timeout
+            if conn.closed:
+                return
             with gevent.Timeout(timeout, False):
                 conn.send_close(code, sub.close_reason)
                 if code is not None:
@@ -205,6 +210,9 @@ class WebApp:
         self.keepalive = Keepalive(settings.ping_interval, settings.ping_timeout)
         self.connections = 0          # upgraded connections still open
         self.routes = {"/ws": self.ws, "/healthz": self.healthz}
+        self.routes.update(viewer.routes())
+        self.routes.update(metrics.routes(registry, connections=lambda: self.connections))
+        self.routes.update(api.routes(registry, settings.admin_token))
         self.origins = OriginPolicy(settings.allowed_origins)
         self.ip_caps = ConnectionCaps(settings.max_subscribers_per_ip)
         self.unknown_rooms = RateLimiter(settings.unknown_room_rate, settings.unknown_room_burst)
@@ -228,7 +236,8 @@ class WebApp:
         return None
 
     def __call__(self, environ, start_response):
-        handler = self.routes.get(environ.get("PATH_INFO") or "/")
+        path = environ.get("PATH_INFO") or "/"
+        handler = self.routes.get(path) or self.routes.get(path.rsplit("/", 1)[0] + "/*")
         if handler is None:
             return text_response(start_response, "404 Not Found", "not found\n")
         return handler(environ, start_response)
@@ -252,16 +261,17 @@ class WebApp:
             return text_response(start_response, "400 Bad Request",
                                  "this endpoint speaks WebSocket: GET /ws?room=CODE with an Upgrade\n")
         self.connections += 1
-        slot = self.ip_caps.acquire(client_address(environ, self.settings.trusted_proxies), force=True)
+        ip = client_address(environ, self.settings.trusted_proxies)
+        slot = self.ip_caps.acquire(ip, force=True)
         try:
-            self._subscriber(environ, conn)
+            self._subscriber(environ, conn, ip)
         finally:
             self.ip_caps.release(slot)
             self.connections -= 1
         return []
 
-    def _subscriber(self, environ, conn):
-        peer = client_address(environ, self.settings.trusted_proxies)
+    def _subscriber(self, environ, conn, ip):
+        peer = ip
         port = environ.get("REMOTE_PORT")
         peer = format_peer((peer, int(port))) if port and peer == environ.get("REMOTE_ADDR") else peer
         code = (parse_qs(environ.get("QUERY_STRING", "")).get("room") or [""])[0]
@@ -270,7 +280,7 @@ class WebApp:
         try:
             sub = self.registry.subscribe(code, peer)
         except RoomNotFound:
-            self.unknown_rooms.allow(client_address(environ, self.settings.trusted_proxies))
+            self.unknown_rooms.allow(ip)
             return self._refuse(conn, peer, ROOM_NOT_FOUND, "unknown room", "unknown_room")
         except RoomFullError:
             return self._refuse(conn, peer, ROOM_FULL, "room full", "room_full")

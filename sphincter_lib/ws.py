@@ -10,6 +10,7 @@ codes) and written as prepared bytes, by one writer at a time, with explicit
 close codes (gevent-websocket 0.10.1 drops them).
 """
 
+import io
 import logging
 import socket
 
@@ -21,6 +22,12 @@ from geventwebsocket.handler import WebSocketHandler
 from . import wsproto
 
 logger = logging.getLogger(__name__)
+
+# Stands in for pywsgi's buffered reader once a connection is upgraded, so the
+# reader's 8 KiB buffer is freed for every idle subscriber (pywsgi only asks
+# whether it is closed, and then ends the request loop).
+_SPENT_READER = io.BufferedReader(io.BytesIO(b""))
+_SPENT_READER.close()
 
 
 class Handler(WebSocketHandler):
@@ -119,12 +126,13 @@ class Connection:
     reading (pongs) are queued in :attr:`control` for that writer.
     """
 
-    #: bytes asked of each read
-    read_size = 64 * 1024
+    #: bytes asked of each read (subscribers send little: pongs and closes)
+    read_size = 16 * 1024
 
     def __init__(self, handler):
         self.environ = handler.environ
         self.socket = handler.socket
+        self._handler = handler
         self._rfile = handler.rfile
         self.control = []               # prepared control frames waiting for the writer
         self.writing = False            # True while a write is in progress
@@ -133,21 +141,99 @@ class Connection:
         self.expect_close = True        # after our close frame, wait for the peer's
         self.peer_closed = Event()      # set when the peer's close frame (or EOF) arrived
         self.closed = False
+        self._on_data = None
+        self._watcher = None
 
     # -- reading ---------------------------------------------------------------------
     def recv(self):
         """Bytes from the peer; ``b""`` at end of stream or on a broken connection.
 
-        A full read means more is probably waiting: yield first, so a peer that
-        streams a big message cannot keep this greenlet running (gevent only
-        switches when a read would block) while every other connection waits."""
+        Reads the socket directly: a buffered reader would hold a ``read_size``
+        buffer for every idle connection while it waits. Bytes the handshake's
+        reader already buffered are taken first, without waiting.
+        """
+        if self._rfile is not None:
+            data = self._take_buffered()
+            if data:
+                return data
         try:
-            data = self._rfile.read1(self.read_size)
-        except (OSError, ValueError):
+            data = self.socket.recv(self.read_size)
+        except OSError:
             return b""
         if len(data) >= self.read_size:
-            gevent.sleep(0)
+            gevent.sleep(0)     # more is probably waiting: let other connections run first
         return data
+
+    def _take_buffered(self):
+        rfile, self._rfile = self._rfile, None
+        sock = self.socket
+        timeout = sock.gettimeout()
+        sock.settimeout(0.0)
+        try:
+            return rfile.read1(self.read_size)      # buffered bytes, never waits
+        except (OSError, ValueError):
+            return b""
+        finally:
+            sock.settimeout(timeout)
+            self._release_request(rfile)
+
+    def _release_request(self, rfile):
+        """Free what pywsgi keeps per request but an upgraded connection no longer needs.
+
+        Its buffered reader (8 KiB), the parsed headers and the WSGI environ
+        would otherwise live as long as every idle subscriber.
+        """
+        handler, self._handler = self._handler, None
+        handler.rfile = _SPENT_READER
+        if getattr(handler, "wsgi_input", None) is not None:
+            handler.wsgi_input.rfile = _SPENT_READER
+        handler.headers = None
+        rfile.close()
+        self.environ.clear()
+
+    def start_reading(self, on_data):
+        """Deliver incoming bytes to ``on_data(data)`` from the event loop, with no greenlet.
+
+        ``on_data`` runs in the hub: it must not block or switch. It gets
+        ``b""`` once at end of stream (or when the connection breaks), after
+        which reading stops. Bytes already buffered by the handshake reader
+        are delivered first (before this returns). Costs one I/O watcher per
+        connection instead of a greenlet parked in ``recv`` with its stack.
+        """
+        self._on_data = on_data
+        if self._rfile is not None:
+            data = self._take_buffered()
+            if data:
+                on_data(data)
+        if self._on_data is None:          # on_data stopped reading already
+            return
+        self._watcher = gevent.get_hub().loop.io(self.socket.fileno(), 1)
+        self._watcher.start(self._readable)
+
+    def _readable(self):
+        try:
+            data = self.socket._sock.recv(self.read_size)   # the OS socket: non-blocking
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        on_data = self._on_data
+        if not data:
+            self.stop_reading()
+        if on_data is not None:
+            try:
+                on_data(data)
+            except Exception:
+                logger.error("reader callback crashed", exc_info=True)
+                self.stop_reading()
+                self.abort()
+
+    def stop_reading(self):
+        self._on_data = None
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.stop()
+            watcher.close()
 
     # -- writing (one writer at a time) --------------------------------------------------
     def sendall(self, data):
@@ -193,6 +279,7 @@ class Connection:
         if self.closed:
             return
         self.closed = True
+        self.stop_reading()
         self.peer_closed.set()
         try:
             self.socket.shutdown(socket.SHUT_RDWR)

@@ -1,0 +1,52 @@
+#!/usr/bin/env python3
+"""Regenerate the option table in README.md and conf/sphincter.conf from sphincter_lib.config.OPTIONS.
+
+Run after adding an option: ``.venv/bin/python scripts/gen_options_docs.py``.
+tests/test_config.py checks both stay in step with the code.
+"""
+import os
+import re
+import sys
+import textwrap
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from sphincter_lib.config import OPTIONS  # noqa: E402
+
+START, END = "<!-- options:start -->", "<!-- options:end -->"
+
+
+def table():
+    rows = ["| flag | env var | config key | default | meaning |", "|---|---|---|---|---|",
+            "| `-c`, `--config` | `SPHINCTER_CONFIG` | — | none | config file: `key = value` lines |"]
+    for o in OPTIONS:
+        default = "`%s`" % o.default if o.default != "" else "empty"
+        rows.append("| `%s` | `%s` | `%s` | %s | %s |" % (o.flag, o.env, o.name, default,
+                                                       o.help.replace("|", "\\|")))
+    return "\n".join(rows)
+
+
+def conf():
+    out = ["# Sphincter configuration: `python sphincter.py -c conf/sphincter.conf`.",
+           "# One `key = value` per line; keys are the long option names. Every option is",
+           "# shown with its default, commented out. Precedence: command line > environment",
+           "# (SPHINCTER_*) > this file > default.", ""]
+    for o in OPTIONS:
+        out += ["# " + line for line in textwrap.wrap(o.help, 76)]
+        out.append("# (env var %s)" % o.env)
+        out.append(("# %s = %s" % (o.name, o.default)).rstrip() + (" " if o.default == "" else ""))
+        out.append("")
+    return "\n".join(out)
+
+
+def main():
+    path = os.path.join(ROOT, "README.md")
+    text = open(path).read()
+    new = re.sub(re.escape(START) + ".*?" + re.escape(END), START + "\n" + table() + "\n" + END,
+                 text, flags=re.S)
+    open(path, "w").write(new)
+    open(os.path.join(ROOT, "conf", "sphincter.conf"), "w").write(conf())
+
+
+if __name__ == "__main__":
+    main()

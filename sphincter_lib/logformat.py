@@ -1,0 +1,36 @@
+"""Log formats: ``text`` (one human line) and ``json`` (one JSON object per line, for shippers)."""
+
+import json
+import logging
+from datetime import datetime, timezone
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+#: LogRecord attributes that are not "extra" fields
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """``{"ts", "level", "logger", "msg"}`` plus ``exc`` and any ``extra=`` fields, one line."""
+
+    def format(self, record):
+        out = {
+            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(
+                timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                out[key] = value
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(out, default=str, ensure_ascii=False)
+
+
+def formatter(kind):
+    """The :class:`logging.Formatter` for ``--log-format`` (``text`` or ``json``)."""
+    return JsonFormatter() if kind == "json" else logging.Formatter(TEXT_FORMAT)

@@ -1,0 +1,127 @@
+"""``GET /metrics``: Prometheus exposition through ``prometheus_client``.
+
+Nothing here runs on the data path. :class:`RelayCollector` reads the process-wide
+:class:`~sphincter_lib.stats.Stats` counters and walks the live rooms only when Prometheus
+scrapes; the relay bumps plain integers as it already does. No room code appears in any label,
+so the endpoint can be public without leaking codes.
+
+Exposed (``sphincter_`` prefix): ``rooms_open``, ``subscribers``, ``websocket_connections``,
+``backlog_bytes``, ``subscriber_lag_bytes_max`` (gauges); ``rooms_opened_total``,
+``rooms_closed_total``, ``subscribers_joined_total``, ``subscribers_left_total``,
+``messages_in_total``, ``bytes_in_total``, ``messages_out_total``, ``bytes_out_total``,
+``slow_subscribers_cut_total``, ``rejected_connections_total{kind,reason}``,
+``close_codes_total{code}`` (counters); ``start_time_seconds``; ``build_info{version,python,gevent}``;
+plus the standard ``process_*`` and ``python_info`` collectors.
+"""
+
+import platform
+
+import gevent
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from . import __version__
+
+__all__ = ["RelayCollector", "make_registry", "routes"]
+
+PREFIX = "sphincter_"
+
+#: (Stats attribute, metric name without _total, help)
+COUNTERS = (
+    ("rooms_opened", "rooms_opened", "Rooms opened (sources that got a code)."),
+    ("rooms_closed", "rooms_closed", "Rooms closed."),
+    ("subscribers_joined", "subscribers_joined", "Subscribers that joined a room."),
+    ("subscribers_left", "subscribers_left", "Subscribers that left or were closed."),
+    ("messages_in", "messages_in", "Messages published by sources."),
+    ("bytes_in", "bytes_in", "Payload bytes published by sources."),
+    ("messages_out", "messages_out", "Messages delivered to subscribers (message x subscriber)."),
+    ("bytes_out", "bytes_out", "WebSocket frame bytes written to subscribers."),
+    ("slow_cutoffs", "slow_subscribers_cut", "Subscribers cut off as too slow (close 4408)."),
+)
+
+
+class RelayCollector:
+    """Reads the relay's state at scrape time.
+
+    ``registry`` is the :class:`~sphincter_lib.rooms.RoomRegistry` (its ``stats`` are read too);
+    ``connections`` (optional) returns the number of open WebSocket connections.
+    """
+
+    def __init__(self, registry, connections=None):
+        self.registry = registry
+        self.stats = registry.stats
+        self.connections = connections
+
+    def describe(self):
+        # collect() is cheap and has no side effects, but describing lets the registry check
+        # names at registration without a scrape.
+        return list(self.collect())
+
+    def collect(self):
+        stats, registry = self.stats, self.registry
+        rooms = registry.rooms()
+        yield _gauge("rooms_open", "Rooms open now (live sources).", len(rooms))
+        yield _gauge("subscribers", "Subscribers connected to a room now.", registry.subscriber_count)
+        if self.connections is not None:
+            yield _gauge("websocket_connections", "Open WebSocket connections (including ones "
+                         "being refused or closed).", self.connections())
+        backlog = 0
+        lag_max = 0
+        for room in rooms:
+            backlog += room.backlog_bytes
+            for sub in list(room.subscribers):
+                lag = sub.lag_bytes
+                if lag > lag_max:
+                    lag_max = lag
+        yield _gauge("backlog_bytes", "Bytes queued in room backlogs, not yet sent to every "
+                     "subscriber.", backlog)
+        yield _gauge("subscriber_lag_bytes_max", "Bytes the furthest-behind subscriber still has "
+                     "to receive.", lag_max)
+        for attr, name, help_text in COUNTERS:
+            yield CounterMetricFamily(PREFIX + name, help_text, value=getattr(stats, attr))
+        rejected = CounterMetricFamily(PREFIX + "rejected_connections",
+                                       "Connections refused, by kind (source, subscriber, api) "
+                                       "and reason.", labels=("kind", "reason"))
+        for key, n in sorted(stats.rejected.items(), key=lambda kv: tuple(map(str, kv[0]))):
+            kind, reason = key if isinstance(key, tuple) and len(key) == 2 else ("", key)
+            rejected.add_metric((str(kind), str(reason)), n)
+        yield rejected
+        codes = CounterMetricFamily(PREFIX + "close_codes", "WebSocket close frames sent, by code.",
+                                    labels=("code",))
+        for code, n in sorted(stats.close_codes.items(), key=lambda kv: str(kv[0])):
+            codes.add_metric((str(code),), n)
+        yield codes
+        yield _gauge("start_time_seconds", "When the relay started (Unix time).", stats.started_at)
+        info = InfoMetricFamily(PREFIX + "build", "Sphincter build information.")
+        info.add_metric((), {"version": __version__, "python": platform.python_version(),
+                             "gevent": gevent.__version__})
+        yield info
+
+
+def _gauge(name, help_text, value):
+    return GaugeMetricFamily(PREFIX + name, help_text, value=value)
+
+
+def make_registry(registry, connections=None, process=True):
+    """A fresh :class:`prometheus_client.CollectorRegistry` (never the global one)."""
+    reg = CollectorRegistry(auto_describe=True)
+    reg.register(RelayCollector(registry, connections))
+    if process:
+        ProcessCollector(registry=reg)
+        PlatformCollector(registry=reg)
+    return reg
+
+
+def routes(registry, connections=None):
+    """``{"/metrics": wsgi_app}`` (prometheus_client's app: content negotiation, gzip)."""
+    app = make_wsgi_app(make_registry(registry, connections))
+
+    def metrics(environ, start_response):
+        if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
+            start_response("405 Method Not Allowed", [("Allow", "GET, HEAD"), ("Content-Length", "0")])
+            return [b""]
+        return app(environ, start_response)
+
+    return {"/metrics": metrics}

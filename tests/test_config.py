@@ -1,0 +1,100 @@
+import os
+import re
+
+import pytest
+
+from sphincter_lib import config
+from sphincter_lib.errors import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_defaults():
+    s = config.defaults()
+    assert (s.tcp_host, s.tcp_port, s.ws_host, s.ws_port) == ("0.0.0.0", 9000, "0.0.0.0", 8080)
+    assert s.framing == "lines" and s.max_message_bytes == 1 << 20
+    assert s.banner is True and s.config is None
+
+
+def test_precedence_cli_over_env_over_file_over_default(tmp_path):
+    conf = tmp_path / "s.conf"
+    conf.write_text("tcp-port = 1111\nws-port = 2222\nframing = raw\n# a comment\n")
+    env = {"SPHINCTER_TCP_PORT": "3333", "SPHINCTER_WS_PORT": "4444"}
+    s = config.parse(["-c", str(conf), "--tcp-port", "5555"], env=env)
+    assert s.tcp_port == 5555          # CLI beats env
+    assert s.ws_port == 4444           # env beats file
+    assert s.framing == "raw"          # file beats default
+    assert s.max_rooms == 1000         # default
+    s = config.parse([], env={"SPHINCTER_CONFIG": str(conf)})
+    assert s.tcp_port == 1111 and s.config == str(conf)
+
+
+@pytest.mark.parametrize("argv,env,needle", [
+    (["--tcp-port", "abc"], {}, "--tcp-port"),
+    (["--tcp-port", "70000"], {}, "--tcp-port"),
+    (["--ws-port", "-1"], {}, "--ws-port"),
+    (["--max-message-bytes", "-5"], {}, "--max-message-bytes"),
+    (["--max-message-bytes", "0"], {}, "--max-message-bytes"),
+    (["--max-rooms", "0"], {}, "--max-rooms"),
+    (["--framing", "json"], {}, "--framing"),
+    (["--banner", "maybe"], {}, "--banner"),
+    (["--ping-timeout", "0"], {}, "--ping-timeout"),
+    (["--trusted-proxies", "10.0.0.0/33"], {}, "--trusted-proxies"),
+    (["--log-level", "loud"], {}, "--log-level"),
+    ([], {"SPHINCTER_TCP_PORT": "nope"}, "--tcp-port"),
+    (["--max-message-bytes", "2MiB", "--subscriber-buffer-bytes", "1MiB"], {}, "--subscriber-buffer-bytes"),
+    (["--no-such-option"], {}, "--no-such-option"),
+])
+def test_bad_values_name_the_option(argv, env, needle):
+    with pytest.raises(ConfigError) as info:
+        config.parse(argv, env=env)
+    message = str(info.value)
+    assert needle in message and "\n" not in message
+
+
+def test_bad_config_file_key_and_missing_file(tmp_path):
+    conf = tmp_path / "bad.conf"
+    conf.write_text("tcp-prot = 1\n")
+    with pytest.raises(ConfigError, match="tcp-prot"):
+        config.parse(["-c", str(conf)], env={})
+    with pytest.raises(ConfigError, match="missing.conf"):
+        config.parse(["-c", str(tmp_path / "missing.conf")], env={})
+
+
+@pytest.mark.parametrize("text,value", [("65536", 65536), ("64KiB", 65536), ("1MiB", 1 << 20),
+                                        ("1m", 1 << 20), ("1MB", 10 ** 6), ("2 GiB", 2 << 30)])
+def test_sizes(text, value):
+    assert config.size(text) == value
+
+
+def test_help_shows_every_option_with_env_var_and_default():
+    text = config.build_parser().format_help()
+    flat = " ".join(text.split())
+    for opt in config.OPTIONS:
+        assert opt.flag in text and opt.env in flat
+    assert "SPHINCTER_CONFIG" in flat
+    assert "(default: 9000)" in flat
+
+
+def test_example_config_names_every_option_and_parses():
+    path = os.path.join(ROOT, "conf", "sphincter.conf")
+    text = open(path).read()
+    for opt in config.OPTIONS:
+        assert re.search(r"^# %s = " % re.escape(opt.name), text, re.M), opt.name
+    # uncommented, the example is a valid config equal to the defaults
+    active = tmp = "\n".join(line[2:] for line in text.splitlines() if re.match(r"^# [a-z-]+ = ", line))
+    cfg = os.path.join(os.environ.get("TMPDIR", "/tmp"), "sphincter-example-%d.conf" % os.getpid())
+    with open(cfg, "w") as f:
+        f.write(tmp)
+    try:
+        assert config.parse(["-c", cfg], env={}) == config.Settings(config=cfg, **{
+            k: v for k, v in vars(config.defaults()).items() if k != "config"})
+    finally:
+        os.unlink(cfg)
+    assert active
+
+
+def test_readme_option_table_lists_every_option():
+    text = open(os.path.join(ROOT, "README.md")).read()
+    for opt in config.OPTIONS:
+        assert "| `%s` | `%s` | `%s` |" % (opt.flag, opt.env, opt.name) in text, opt.name
