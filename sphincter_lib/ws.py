@@ -13,6 +13,7 @@ close codes (gevent-websocket 0.10.1 drops them).
 import io
 import logging
 import socket
+import ssl
 
 import gevent
 from gevent.event import Event
@@ -211,11 +212,15 @@ class Connection:
         self._watcher.start(self._readable)
 
     def _readable(self):
+        sslobj = getattr(self.socket, "_sslobj", None)     # wss://: read through TLS
         try:
-            data = self.socket._sock.recv(self.read_size)   # the OS socket: non-blocking
-        except BlockingIOError:
+            if sslobj is not None:
+                data = sslobj.read(self.read_size)         # over the non-blocking OS socket
+            else:
+                data = self.socket._sock.recv(self.read_size)   # the OS socket: non-blocking
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
-        except OSError:
+        except OSError:                                    # incl. SSLZeroReturnError (TLS EOF)
             data = b""
         on_data = self._on_data
         if not data:
@@ -227,6 +232,9 @@ class Connection:
                 logger.error("reader callback crashed", exc_info=True)
                 self.stop_reading()
                 self.abort()
+        if data and sslobj is not None and self._on_data is not None and sslobj.pending():
+            # decrypted bytes wait inside TLS, the socket may never be readable again for them
+            gevent.get_hub().loop.run_callback(self._readable)
 
     def stop_reading(self):
         self._on_data = None

@@ -324,3 +324,25 @@ def test_unknown_room_rate_limit():
         assert ok is not None
         ok.close()
         src.close()
+
+
+def test_wss_client_frames_are_read_through_tls(cert):
+    """Pings and the close handshake from a wss:// client are decrypted and answered."""
+    certfile, keyfile = cert
+    with ServerProcess("--tls-cert", certfile, "--tls-key", keyfile) as server:
+        src = Source(server.tcp_port)
+        ws = ws_connect(server.ws_url("/ws?room=%s" % src.room, "wss"), cafile=certfile)
+        ws.send_frame(hc_ping(), b"are you there")
+        fin, _rsv, opcode, payload = ws.recv_frame(5)
+        assert (opcode, payload) == (0xA, b"are you there")
+        src.send(b"after ping\n")
+        assert ws.recv_message(5) == (OP_TEXT, b"after ping")
+        ws.send_frame(0x8, b"\x03\xe8bye")
+        code, _ = ws.wait_close(5)
+        assert code == 1000
+        ws.close()
+        src.close()
+
+
+def hc_ping():
+    return 0x9
