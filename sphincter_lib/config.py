@@ -262,6 +262,11 @@ OPTIONS = (
            "beyond the burst; more get HTTP 429; 0: no limit", "PER_SECOND"),
     Option("unknown-room-burst", "10", count,
            "unknown-room attempts an address may make at once before the rate applies", "N"),
+)
+
+#: Testing aids: parsed like the others (flag, env var, config key) but not shown by
+#: --help nor in the generated docs; never needed in production.
+HIDDEN_OPTIONS = (
     Option("test-echo-endpoint", "off", boolean,
            "TESTING ONLY: serve an echo WebSocket at /_test/echo (Autobahn conformance runs)",
            "on|off", hidden=True),
@@ -269,7 +274,7 @@ OPTIONS = (
 
 Settings = make_dataclass(
     "Settings",
-    [(opt.attr, object) for opt in OPTIONS] + [("config", object, field(default=None))],
+    [(opt.attr, object) for opt in OPTIONS + HIDDEN_OPTIONS] + [("config", object, field(default=None))],
     frozen=True,
 )
 Settings.__doc__ = "The parsed, validated options (attribute names use underscores)."
@@ -295,7 +300,7 @@ def build_parser():
     for action in parser._actions:
         if "--config" in action.option_strings:
             action.env_var = ENV_PREFIX + "CONFIG"
-    for opt in OPTIONS:
+    for opt in OPTIONS + HIDDEN_OPTIONS:
         parser.add_argument(*opt.short, opt.flag, env_var=opt.env, type=opt.type,
                             default=opt.default, metavar=opt.metavar,
                             help=argparse.SUPPRESS if opt.hidden else opt.help)
@@ -310,7 +315,7 @@ def parse(argv=None, env=None):
         ns = parser.parse_args(args=argv, env_vars=os.environ if env is None else env)
     except OSError as exc:   # config file unreadable
         raise ConfigError("cannot read config file: %s" % exc)
-    values = {opt.attr: getattr(ns, opt.attr) for opt in OPTIONS}
+    values = {opt.attr: getattr(ns, opt.attr) for opt in OPTIONS + HIDDEN_OPTIONS}
     settings = Settings(config=getattr(ns, "config_file", None), **values)
     check(settings)
     return settings
