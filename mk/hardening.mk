@@ -11,7 +11,7 @@
 
 AUTOBAHN_VENV ?= build/autobahn-venv
 # CPython 2.7: PY27=..., else python2.7 on PATH (not a pyenv shim), else pyenv's.
-PY27 ?= $(firstword $(wildcard $(PYENV_ROOT)/versions/2.7*/bin/python2.7 \
+PY27 ?= $(firstword $(wildcard $(PYENV_ROOT)/versions/2.7*/bin/python2.7 /root/.pyenv/versions/2.7*/bin/python2.7 \
           $(HOME)/.pyenv/versions/2.7*/bin/python2.7 /usr/bin/python2.7 /usr/local/bin/python2.7))
 FUZZ_SECONDS ?= 300
 SOAK_SECONDS ?= 600
