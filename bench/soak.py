@@ -196,6 +196,9 @@ def run(args):
     rss_warm = statistics.median(s[1] for s in after[:k])
     rss_last = statistics.median(s[1] for s in after[-k:])
     growth = rss_last - rss_warm
+    half = [s for s in after if s[0] >= (after[0][0] + after[-1][0]) / 2] or after
+    step = max(1, len(samples) // 10)
+    profile = [(round(t), r) for t, r, _ in samples[::step]]
     allowed = args.max_rss_growth_kib + rss_warm * 0.10
     result = {
         "seconds": args.seconds, "rooms": args.rooms, "healthy_per_room": args.healthy,
@@ -206,6 +209,9 @@ def run(args):
         "churn_subscribers": stats.churn_subs, "sources_replaced": stats.sources_replaced,
         "rss_kib_warm": rss_warm, "rss_kib_last": rss_last, "rss_kib_end": rss_end,
         "rss_growth_kib": growth, "rss_growth_allowed_kib": round(allowed),
+        "rss_growth_second_half_kib": statistics.median(x[1] for x in half[-k:])
+        - statistics.median(x[1] for x in half[:k]),
+        "rss_profile_s_kib": profile,
         "fds_idle": idle_fds, "fds_peak": max(s[2] for s in samples),
         "fds_end": fds_end, "errors": stats.errors[:10], "n_errors": len(stats.errors),
     }
