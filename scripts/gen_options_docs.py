@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Regenerate the option table in README.md and conf/sphincter.conf from sphincter_lib.config.OPTIONS.
+"""Regenerate the option table in README.md, conf/sphincter.conf and conf/sphincter.env
+(via packaging/gen_env.py) from sphincter_lib.config.OPTIONS.
 
 Run after adding an option: ``.venv/bin/python scripts/gen_options_docs.py``.
 tests/test_config.py checks both stay in step with the code.
@@ -46,6 +47,8 @@ def main():
                  text, flags=re.S)
     open(path, "w").write(new)
     open(os.path.join(ROOT, "conf", "sphincter.conf"), "w").write(conf())
+    import subprocess
+    subprocess.run([sys.executable, os.path.join(ROOT, "packaging", "gen_env.py")], check=True)
 
 
 if __name__ == "__main__":

@@ -69,8 +69,9 @@ class Subscriber:
     def take(self, limit):
         """Frames from the cursor on, joined, at most ``limit`` bytes (at least one frame).
 
-        Returns None when the subscriber is caught up. Call :meth:`commit`
-        once the bytes are written.
+        Returns None when the subscriber is caught up; a lone frame as encoded
+        (``bytes`` or a ``(header, payload)`` pair for a large one) when the
+        next frame alone reaches ``limit``. Call :meth:`commit` once written.
         """
         room = self.room
         frames = room._frames
@@ -84,7 +85,10 @@ class Subscriber:
             self._next = (self.seq + 1, ends[i])
             return frames[i]
         self._next = (self.seq + j - i, ends[j - 1])
-        return b"".join(frames[i:j])
+        try:
+            return b"".join(frames[i:j])
+        except TypeError:              # a (header, payload) pair below the limit
+            return b"".join(b"".join(f) if f.__class__ is tuple else f for f in frames[i:j])
 
     def commit(self):
         """Advance the cursor past what the last :meth:`take` returned."""
@@ -170,13 +174,14 @@ class Room:
         if self.state is not LIVE:
             return
         frame = self._encode(payload, text)
+        size = len(frame) if frame.__class__ is not tuple else len(frame[0]) + len(frame[1])
         self.messages += 1
         self.bytes += len(payload)
         stats = self.stats
         stats.messages_in += 1
         stats.bytes_in += len(payload)
         self.head_seq += 1
-        self.head_pos += len(frame)
+        self.head_pos += size
         if not self.subscribers:
             self._base_seq, self._base_pos = self.head_seq, self.head_pos
             return

@@ -107,8 +107,9 @@ class Session:
     costs one parked greenlet and one I/O watcher.
     """
 
-    #: most bytes written to one subscriber per ``sendall`` (frames are joined up to this)
-    batch_bytes = 256 * 1024
+    #: most bytes written to one subscriber per write (small frames are joined up to this;
+    #: a frame this big or bigger goes alone, uncopied)
+    batch_bytes = wsproto.LARGE_PAYLOAD
 
     __slots__ = ("conn", "sub", "peer", "app", "ping_sent_at", "last_ping_at", "parser")
 
@@ -116,8 +117,7 @@ class Session:
         self.app, self.conn, self.sub, self.peer = app, conn, sub, peer
         self.ping_sent_at = None
         self.last_ping_at = app.keepalive.clock()
-        self.parser = wsproto.FrameParser(max_message_bytes=app.settings.max_client_message_bytes,
-                                          keep_data=False)    # subscribers' messages are discarded
+        self.parser = None              # made when the first bytes arrive
 
     def run(self):
         sub, conn = self.sub, self.conn
@@ -146,6 +146,9 @@ class Session:
             conn.abort()
             sub.kick(None, "")
             return
+        if self.parser is None:
+            self.parser = wsproto.FrameParser(max_message_bytes=self.app.settings.max_client_message_bytes,
+                                              keep_data=False)    # subscribers' messages are discarded
         try:
             events = self.parser.feed(data)
         except ProtocolError as exc:
@@ -182,7 +185,7 @@ class Session:
                 if data is None:
                     sub.wait()
                     continue
-                conn.sendall(data)
+                conn.send_frame(data)
                 sub.commit()
             code, timeout = sub.close_code, self.app.settings.close_timeout
             if conn.closed:

@@ -76,6 +76,16 @@ class Handler(WebSocketHandler):
         if "101" not in str(self.status):
             WSGIHandler.log_request(self)
 
+    def run_websocket(self):
+        """Run the app on the upgraded connection (without gevent-websocket's per-server
+        ``clients`` registry, which Sphincter does not use)."""
+        try:
+            for _ in self.application(self.environ, lambda status, headers, exc_info=None: None):
+                pass
+        finally:
+            self.websocket.close()
+            self.websocket = None
+
     def upgrade_websocket(self):
         env = self.environ
         if env.get("PATH_INFO") not in self.ws_paths:
@@ -248,6 +258,22 @@ class Connection:
         self.writing = True
         try:
             self.socket.sendall(data)
+        finally:
+            self.writing = False
+
+    def send_frame(self, frame):
+        """Write one prepared frame: ``bytes`` or a ``(header, payload)`` pair (no copy)."""
+        if frame.__class__ is not tuple:
+            return self.sendall(frame)
+        header, payload = frame
+        self.writing = True
+        try:
+            sent = self.socket.sendmsg(frame)
+            if sent < len(header):
+                self.socket.sendall(header[sent:])
+                sent = len(header)
+            if sent - len(header) < len(payload):
+                self.socket.sendall(memoryview(payload)[sent - len(header):])
         finally:
             self.writing = False
 

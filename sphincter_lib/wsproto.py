@@ -56,20 +56,43 @@ def accept_key(key):
 
 def encode_frame(opcode, payload, fin=True):
     """One complete frame: header + ``payload`` (bytes)."""
-    n = len(payload)
-    b0 = (0x80 if fin else 0) | opcode
-    if n < 126:
-        header = _H1(b0, n)
-    elif n < 65536:
-        header = _H2(b0, 126, n)
-    else:
-        header = _H8(b0, 127, n)
-    return header + payload
+    return _header((0x80 if fin else 0) | opcode, len(payload)) + payload
+
+
+#: payloads at least this big are encoded as a ``(header, payload)`` pair instead of one
+#: bytes object, so the payload is never copied (written with one ``sendmsg``)
+LARGE_PAYLOAD = 64 * 1024
 
 
 def encode_message(payload, text):
-    """A whole data message as one frame (text if ``text`` else binary)."""
-    return encode_frame(TEXT if text else BINARY, payload)
+    """A whole data message as one frame (text if ``text`` else binary).
+
+    Returns ``bytes`` — or, for payloads of :data:`LARGE_PAYLOAD` bytes and
+    more, a ``(header, payload)`` tuple that shares the payload (see
+    :func:`frame_size`).
+    """
+    n = len(payload)
+    b0 = 0x81 if text else 0x82
+    if n < 126:                          # the hot path: inlined
+        return _H1(b0, n) + payload
+    if n < LARGE_PAYLOAD:
+        return _header(b0, n) + payload
+    return _header(b0, n), payload
+
+
+def frame_size(frame):
+    """Bytes on the wire of an encoded frame (``bytes`` or a ``(header, payload)`` pair)."""
+    if frame.__class__ is tuple:
+        return len(frame[0]) + len(frame[1])
+    return len(frame)
+
+
+def _header(b0, n):
+    if n < 126:
+        return _H1(b0, n)
+    if n < 65536:
+        return _H2(b0, 126, n)
+    return _H8(b0, 127, n)
 
 
 def encode_close(code=None, reason=""):

@@ -370,3 +370,21 @@ def test_slow_but_moving_subscriber_gets_4408(make_relay):
     frames = server_frames(bytes(received))
     assert frames[-1][0] == 0x8 and int.from_bytes(frames[-1][1][:2], "big") == 4408, frames[-1][:1]
     assert all(f == (1, line[:-1]) for f in frames[:-1])     # whole messages, in order, no gaps
+
+
+def test_large_messages_arrive_whole_in_order(make_relay):
+    relay = make_relay(framing="raw", max_message_bytes=256 * 1024, subscriber_buffer_bytes=64 << 20)
+    src = Source(relay)
+    ws = subscribe(relay, src.code, bulk=True)
+    joined(relay, src.code)
+    payload = bytes(range(256)) * (4 * 4096)          # 4 MiB: large (zero-copy) and small frames
+    src.send(payload)
+    src.close()
+    got = bytearray()
+    while True:
+        opcode, data = ws.recv_data(control_frame=True)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            break
+        assert 0 < len(data) <= 256 * 1024
+        got += data
+    assert got == payload

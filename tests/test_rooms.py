@@ -139,3 +139,19 @@ def test_shutdown_refuses_new_work():
         reg.open("q")
     with pytest.raises(ShuttingDown):
         reg.subscribe(room.code, "t")
+
+
+def test_large_frames_go_alone_and_mixed_batches_still_join():
+    reg = registry(encode=wsproto.encode_message)
+    room = reg.open("p")
+    sub = room.subscribe("s")
+    big = b"b" * wsproto.LARGE_PAYLOAD
+    room.publish(b"s1", True)
+    room.publish(big, False)
+    room.publish(b"s2", True)
+    first = sub.take(1 << 20)                  # a batch that contains the pair is joined
+    assert first == wsproto.encode_message(b"s1", True) + b"".join(wsproto.encode_message(big, False)) \
+        + wsproto.encode_message(b"s2", True)
+    sub.commit()
+    room.publish(big, False)
+    assert sub.take(wsproto.LARGE_PAYLOAD).__class__ is tuple      # alone, uncopied

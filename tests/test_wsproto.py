@@ -8,11 +8,12 @@ from conftest import mask_frame
 
 @pytest.mark.parametrize("n,header_len", [(0, 2), (125, 2), (126, 4), (65535, 4), (65536, 10)])
 def test_encode_lengths(n, header_len):
-    frame = wsproto.encode_message(b"x" * n, text=True)
+    frame = wsproto.encode_frame(wsproto.TEXT, b"x" * n)
     assert len(frame) == header_len + n
     assert frame[0] == 0x81
     frame = wsproto.encode_message(b"x" * n, text=False)
-    assert frame[0] == 0x82
+    frame = b"".join(frame) if isinstance(frame, tuple) else frame
+    assert len(frame) == header_len + n and frame[0] == 0x82
 
 
 def test_encode_close_carries_code_and_truncates_reason():
@@ -135,3 +136,13 @@ def test_messages_round_trip_whatever_the_chunking(messages, chunk):
         expected.append((opcode, payload))
     chunks = [stream[i:i + chunk] for i in range(0, len(stream), chunk)]
     assert feed_all(wsproto.FrameParser(), chunks) == expected
+
+
+def test_large_messages_are_encoded_without_copying_the_payload():
+    payload = bytes(wsproto.LARGE_PAYLOAD)
+    frame = wsproto.encode_message(payload, text=False)
+    assert frame.__class__ is tuple and frame[1] is payload
+    assert frame[0] == b"\x82\x7f" + len(payload).to_bytes(8, "big")
+    assert wsproto.frame_size(frame) == 10 + len(payload)
+    small = wsproto.encode_message(b"x" * (wsproto.LARGE_PAYLOAD - 1), text=True)
+    assert small.__class__ is bytes and wsproto.frame_size(small) == 4 + wsproto.LARGE_PAYLOAD - 1

@@ -1,0 +1,107 @@
+#!/bin/sh
+# Install Sphincter from this directory: the binary, /etc/default/sphincter, the systemd unit.
+#
+#   sudo ./install.sh               install or upgrade, then (re)start the service
+#   sudo ./install.sh --no-start    install the files only; systemd is not touched
+#   DESTDIR=/tmp/root ./install.sh  stage into a root (implies --no-start, no user created)
+#
+# An existing /etc/default/sphincter is never overwritten: when the shipped defaults differ
+# they are written beside it as /etc/default/sphincter.new. Running it twice is harmless.
+set -eu
+
+BINDIR=/usr/local/bin
+UNITDIR=/etc/systemd/system
+CONFFILE=/etc/default/sphincter
+SERVICE=sphincter.service
+USERNAME=sphincter
+
+here=$(cd "$(dirname "$0")" && pwd)
+destdir=${DESTDIR:-}
+start=1
+
+say() { printf 'install.sh: %s\n' "$*"; }
+die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
+
+usage() {
+    sed -n '2,9s/^# \{0,1\}//p' "$0"
+}
+
+for arg in "$@"; do
+    case $arg in
+        --no-start) start=0 ;;
+        -h|--help) usage; exit 0 ;;
+        *) usage >&2; die "unknown argument: $arg" ;;
+    esac
+done
+[ -z "$destdir" ] || start=0
+
+for f in sphincter sphincter.env sphincter.service; do
+    [ -f "$here/$f" ] || die "missing $here/$f (run me from the unpacked release)"
+done
+
+# 1. The binary must run on this machine before anything is touched.
+if ! version=$("$here/sphincter" --version 2>&1); then
+    die "the sphincter binary does not run on this machine: $version"
+fi
+say "installing $version"
+
+if [ -z "$destdir" ] && [ "$(id -u)" != 0 ]; then
+    die "run as root (sudo $0), or set DESTDIR= to stage the files"
+fi
+
+# install_file SRC DEST MODE: write DEST atomically (temp file + rename in its directory).
+install_file() {
+    mkdir -p "$(dirname "$2")"
+    tmp="$2.tmp.$$"
+    cp "$1" "$tmp"
+    chmod "$3" "$tmp"
+    mv -f "$tmp" "$2"
+}
+
+# 2. Binary and unit.
+install_file "$here/sphincter" "$destdir$BINDIR/sphincter" 0755
+install_file "$here/sphincter.service" "$destdir$UNITDIR/$SERVICE" 0644
+
+# 3. Configuration: kept if present. Root-only (0600): it may hold SPHINCTER_ADMIN_TOKEN;
+#    systemd reads it as root for EnvironmentFile=.
+conf=$destdir$CONFFILE
+if [ ! -e "$conf" ]; then
+    install_file "$here/sphincter.env" "$conf" 0600
+    say "wrote $CONFFILE"
+elif cmp -s "$here/sphincter.env" "$conf"; then
+    rm -f "$conf.new"
+else
+    install_file "$here/sphincter.env" "$conf.new" 0600
+    say "kept your $CONFFILE; the shipped defaults are in $CONFFILE.new"
+fi
+
+if [ -n "$destdir" ]; then
+    say "staged into $destdir (no user created, systemd not touched)"
+    exit 0
+fi
+
+# 4. The service user.
+if ! id "$USERNAME" >/dev/null 2>&1; then
+    nologin=/usr/sbin/nologin
+    [ -x "$nologin" ] || nologin=/bin/false
+    useradd --system --user-group --no-create-home --home-dir /nonexistent \
+        --shell "$nologin" "$USERNAME"
+    say "created system user $USERNAME"
+fi
+
+if [ "$start" = 0 ]; then
+    say "installed (--no-start: run 'systemctl daemon-reload && systemctl enable --now sphincter')"
+    exit 0
+fi
+
+# 5. (Re)start and report the truth.
+command -v systemctl >/dev/null 2>&1 || die "systemctl not found (use --no-start)"
+systemctl daemon-reload
+systemctl enable --quiet "$SERVICE"
+if systemctl restart "$SERVICE" && systemctl is-active --quiet "$SERVICE"; then
+    say "sphincter is running ($(systemctl show -p MainPID --value "$SERVICE" 2>/dev/null | sed 's/^/pid /'))"
+    exit 0
+fi
+printf 'install.sh: error: sphincter did not start; last journal lines:\n' >&2
+journalctl -u "$SERVICE" -n 20 --no-pager >&2 || true
+exit 1

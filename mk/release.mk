@@ -1,0 +1,14 @@
+# Release tier: `make dist` builds dist/sphincter-linux-x64.tar.gz (needs root: debootstrap,
+# chroot). The Debian 11 roots are cached in build/roots; `make dist-clean-roots` drops them.
+.PHONY: dist dist-lock dist-clean-roots
+
+dist:
+	sh packaging/build.sh dist
+
+# Re-pin packaging/requirements-build.txt (edit the versions in packaging/lock.sh first).
+dist-lock:
+	sh packaging/lock.sh
+
+dist-clean-roots:
+	-umount build/roots/build/proc 2>/dev/null
+	rm -rf --one-file-system build/roots

@@ -1,0 +1,89 @@
+#!/bin/sh
+# Build dist/sphincter-linux-x64.tar.gz: a PyInstaller --onefile binary of sphincter.py,
+# built inside a Debian 11 (bullseye) root so it runs on glibc >= the floor recorded below,
+# plus install.sh, uninstall.sh, the env file, the unit, the nginx block and a README.
+#
+# Usage: packaging/build.sh [OUTDIR]        (default OUTDIR: dist)
+# Env:   SRC=dir            tree to build (default: this checkout)
+#        GLIBC_MAX=2.x      fail if the binary or a bundled library needs a newer glibc
+#        SOURCE_DATE_EPOCH  default: the last commit's time (reproducible bytes)
+# Needs root (debootstrap, chroot). The roots are cached under build/roots.
+set -eu
+here=$(cd "$(dirname "$0")/.." && pwd)
+src=$(cd "${SRC:-$here}" && pwd)
+outdir=${1:-$here/dist}
+GLIBC_MAX=${GLIBC_MAX:-2.29}
+name=sphincter-linux-x64
+if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
+    SOURCE_DATE_EPOCH=$(git -C "$src" log -1 --format=%ct 2>/dev/null || echo 315532800)
+fi
+PYTHONHASHSEED=0
+export SOURCE_DATE_EPOCH PYTHONHASHSEED
+log() { printf 'build: %s\n' "$*" >&2; }
+
+[ -f "$src/sphincter.py" ] || { log "no sphincter.py in $src"; exit 1; }
+# One build at a time per checkout (the roots and the venv are shared).
+mkdir -p "$here/build"
+exec 9>"$here/build/.lock"
+flock 9
+sh "$here/packaging/mkroot.sh" build
+root=$here/build/roots/build
+# shellcheck disable=SC1091  # sourced helper, checked on its own
+. "$here/packaging/chroot-env.sh"
+
+# 1. A venv per lock-file content, reused across builds of one run.
+req=$here/packaging/requirements-build.txt
+venv=/opt/venv-$(sha256sum "$req" | cut -c1-12)
+if [ ! -x "$root$venv/bin/pyinstaller" ]; then
+    log "installing the hash-pinned build requirements into $venv"
+    cp "$req" "$root/tmp/requirements-build.txt"
+    rm -rf "$root$venv"
+    run_in_root "$root" sh -c "python3 -m venv $venv &&
+        $venv/bin/pip install -q --require-hashes --no-deps --only-binary :all: \
+            -r /tmp/requirements-build.txt"
+fi
+
+# 2. A clean copy of the sources, every mtime pinned.
+rm -rf "$root/src" "$root/tmp/pyi"
+mkdir -p "$root/src/sphincter_lib" "$root/tmp/pyi"
+cp "$src/sphincter.py" "$root/src/"
+find "$src/sphincter_lib" -maxdepth 1 -name '*.py' -exec cp {} "$root/src/sphincter_lib/" \;
+# Package data (the viewer's static files, read with importlib.resources) goes in as data.
+adddata=""
+if [ -d "$src/sphincter_lib/static" ]; then
+    cp -R "$src/sphincter_lib/static" "$root/src/sphincter_lib/static"
+    adddata="--add-data /src/sphincter_lib/static:sphincter_lib/static"
+fi
+cp "$here/packaging/glibc_floor.py" "$root/tmp/pyi/"
+find "$root/src" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+
+# 3. PyInstaller --onefile, then the glibc floor of the binary and everything it bundles.
+log "pyinstaller --onefile (SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH PYTHONHASHSEED=$PYTHONHASHSEED)"
+run_in_root "$root" sh -c "cd /tmp/pyi &&
+    $venv/bin/pyinstaller --onefile --name sphincter --noconfirm --clean --log-level WARN \
+        --distpath /tmp/pyi/dist --workpath /tmp/pyi/work --specpath /tmp/pyi $adddata /src/sphincter.py &&
+    $venv/bin/python /tmp/pyi/glibc_floor.py --max $GLIBC_MAX /tmp/pyi/dist/sphincter" \
+    >"$here/build/pyinstaller.log" 2>&1 || { cat "$here/build/pyinstaller.log" >&2; exit 1; }
+floor=$(sed -n 's/^glibc floor: //p' "$here/build/pyinstaller.log")
+log "glibc floor: $floor (max allowed $GLIBC_MAX)"
+
+# 4. The archive: fixed order, owner, mtimes; gzip without name/time.
+stage=$here/build/stage
+rm -rf "$stage"
+mkdir -p "$stage/$name" "$outdir"
+cp "$root/tmp/pyi/dist/sphincter" "$stage/$name/sphincter"
+cp "$here/install.sh" "$here/uninstall.sh" "$stage/$name/"
+cp "$here/conf/sphincter.env" "$here/conf/sphincter.service" "$here/conf/nginx-sphincter.conf" \
+   "$here/packaging/README.dist" "$stage/$name/"
+mv "$stage/$name/README.dist" "$stage/$name/README"
+chmod 0755 "$stage/$name/sphincter" "$stage/$name/install.sh" "$stage/$name/uninstall.sh"
+chmod 0644 "$stage/$name/sphincter.env" "$stage/$name/sphincter.service" \
+    "$stage/$name/nginx-sphincter.conf" "$stage/$name/README"
+echo "$floor" >"$stage/$name/GLIBC_FLOOR"
+chmod 0644 "$stage/$name/GLIBC_FLOOR"
+find "$stage" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+tar -C "$stage" --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$SOURCE_DATE_EPOCH" \
+    --format=gnu -cf - "$name" | gzip -9n >"$outdir/$name.tar.gz.tmp"
+mv "$outdir/$name.tar.gz.tmp" "$outdir/$name.tar.gz"
+log "$(cd "$outdir" && sha256sum "$name.tar.gz")"
+log "binary sha256 $(sha256sum "$stage/$name/sphincter" | cut -d' ' -f1), $(stat -c %s "$stage/$name/sphincter") bytes"

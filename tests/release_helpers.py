@@ -1,0 +1,286 @@
+"""Helpers for tests/test_release.py: real processes, real sockets, a real systemd.
+
+Also a small command line, so the same relay check runs inside a container's network
+namespace (``nsenter -t PID -n python tests/release_helpers.py relay HOST:PORT WS_URL``).
+"""
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IN_CI = os.environ.get("CI") == "true"
+#: one timing unit, scaled on slow machines: SPHINCTER_TEST_TIME_FACTOR=3
+TIME_FACTOR = float(os.environ.get("SPHINCTER_TEST_TIME_FACTOR", "1"))
+LISTENING_RE = re.compile(r"listening tcp=(\S+):(\d+) ws=(\S+):(\d+)")
+
+
+def unit(seconds=1.0):
+    return seconds * TIME_FACTOR
+
+
+def require(what, available, reason=""):
+    """Skip when a real component is missing, but fail under CI=true, where a skip proves nothing."""
+    if available:
+        return
+    import pytest
+
+    msg = "%s not available%s" % (what, (": " + reason) if reason else "")
+    if IN_CI:
+        pytest.fail(msg + " (CI=true: a skipped real component is a failure)")
+    pytest.skip(msg)
+
+
+def require_tools(*tools):
+    for tool in tools:
+        require(tool, shutil.which(tool) is not None, "not on PATH (scripts/apt-deps.d/release.txt)")
+
+
+def require_root(why):
+    require("root", os.geteuid() == 0, why)
+
+
+def wait_for(predicate, timeout, what, interval=0.05):
+    """Poll `predicate` until it returns a true value (returned) or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out after %.0fs waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+def run(argv, timeout=60, check=True, **kw):
+    """subprocess.run with text output captured and a helpful failure message."""
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
+                          universal_newlines=True, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError("%s exited %s\nstdout:\n%s\nstderr:\n%s"
+                             % (argv, proc.returncode, proc.stdout[-4000:], proc.stderr[-4000:]))
+    return proc
+
+
+class Server:
+    """A sphincter process (the binary or ``python sphincter.py``) on real ports, logging to a file."""
+
+    def __init__(self, argv, log_path, env=None):
+        self.argv = list(argv)
+        self.log_path = str(log_path)
+        self.env = env
+        self.proc = None
+        self.tcp_port = self.ws_port = None
+
+    def start(self, timeout=unit(20)):
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env=self.env)
+
+        def listening():
+            if self.proc.poll() is not None:
+                raise AssertionError("sphincter exited %s:\n%s" % (self.proc.returncode, self.log()))
+            return LISTENING_RE.search(self.log())
+
+        m = wait_for(listening, timeout, "the 'listening' log line")
+        self.tcp_port, self.ws_port = int(m.group(2)), int(m.group(4))
+        return self
+
+    def log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def stop(self, timeout=unit(15)):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout)
+        if self.proc:
+            self._log.close()
+        return self.proc.returncode if self.proc else None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def relay_line(tcp_host, tcp_port, ws_url, text="hello from the source", timeout=unit(15),
+               ws_connect=None):
+    """Open a TCP source, subscribe a WebSocket client to its room, relay a line; return it.
+
+    The source repeats numbered lines until the subscriber receives one (its subscription is
+    registered just after the handshake), so no sleep is needed; bounded by `timeout`.
+    """
+    import websocket  # websocket-client
+
+    deadline = time.monotonic() + timeout
+    src = socket.create_connection((tcp_host, tcp_port), timeout=timeout)
+    try:
+        banner = b""
+        while not banner.endswith(b"\n"):
+            chunk = src.recv(1)
+            assert chunk, "source closed before the banner (got %r)" % banner
+            banner += chunk
+        m = re.match(rb"ROOM ([A-Z0-9]{6})\n$", banner)
+        assert m, "unexpected banner %r" % banner
+        code = m.group(1).decode()
+        url = "%s?room=%s" % (ws_url, code)
+        ws = ws_connect(url) if ws_connect else websocket.create_connection(url, timeout=timeout)
+        try:
+            ws.settimeout(0.2)
+            n = 0
+            while True:
+                n += 1
+                src.sendall(("%s %d\n" % (text, n)).encode())
+                try:
+                    got = ws.recv()
+                except websocket.WebSocketTimeoutException:
+                    if time.monotonic() > deadline:
+                        raise AssertionError("no message relayed within %.0fs" % timeout)
+                    continue
+                if isinstance(got, bytes):
+                    got = got.decode()
+                assert re.match(r"^%s \d+$" % re.escape(text), got), "relayed %r" % got
+                return code, got
+        finally:
+            ws.close()
+    finally:
+        src.close()
+
+
+def process_children():
+    """{ppid: [pid, ...]} for every process now visible in /proc."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    return children
+
+
+def ns_pid1(root_pid):
+    """The descendant of `root_pid` that is PID 1 of its own PID namespace, or None."""
+    tree = process_children()
+    todo = list(tree.get(root_pid, []))
+    while todo:
+        pid = todo.pop(0)
+        try:
+            with open("/proc/%d/status" % pid) as f:
+                for line in f:
+                    if line.startswith("NSpid:"):
+                        ids = line.split()[1:]
+                        if len(ids) > 1 and ids[-1] == "1":
+                            return pid
+        except OSError:
+            continue
+        todo.extend(tree.get(pid, []))
+    return None
+
+
+class Container:
+    """A debootstrapped root booted by systemd-nspawn with its own systemd, network namespace
+    (loopback only) and a throw-away overlay over the root (the cached root stays clean)."""
+
+    PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+    def __init__(self, root, log_path, binds_ro=()):
+        self.root = str(root)
+        self.log_path = str(log_path)
+        self.binds_ro = list(binds_ro)
+        self.proc = None
+        self.leader = None
+
+    def start(self, timeout=unit(90)):
+        argv = ["systemd-nspawn", "--quiet", "-D", self.root, "--volatile=overlay", "--boot",
+                "--register=no", "--keep-unit", "--private-network", "--console=read-only"]
+        argv += ["--bind-ro=%s:%s" % (src, dst) for src, dst in self.binds_ro]
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+
+        def leader():
+            if self.proc.poll() is not None:
+                raise AssertionError("systemd-nspawn exited %s:\n%s"
+                                     % (self.proc.returncode, self.log()[-3000:]))
+            return ns_pid1(self.proc.pid)
+
+        self.leader = wait_for(leader, timeout, "the container's PID 1")
+
+        def booted():
+            state = self.sh("systemctl is-system-running", check=False).stdout.strip()
+            return state in ("running", "degraded") and state
+
+        state = wait_for(booted, timeout, "the container to boot", interval=0.2)
+        if state == "degraded":
+            failed = self.sh("systemctl --failed --no-legend --plain", check=False).stdout
+            print("container booted degraded; failed units:\n" + failed)
+        return self
+
+    def log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def sh(self, script, check=True, timeout=unit(60)):
+        """Run a shell script inside the container (all its namespaces, as root)."""
+        argv = ["nsenter", "-t", str(self.leader), "-a", "--", "/usr/bin/env", "-i",
+                "PATH=" + self.PATH, "LANG=C.UTF-8", "/bin/sh", "-c", script]
+        return run(argv, timeout=timeout, check=check)
+
+    def in_netns(self, argv, check=True, timeout=unit(60)):
+        """Run a host program (e.g. this venv's Python) inside the container's network only."""
+        return run(["nsenter", "-t", str(self.leader), "-n", "--"] + list(argv),
+                   timeout=timeout, check=check)
+
+    def relay(self, tcp_port, ws_port, check=True):
+        return self.in_netns([sys.executable, os.path.abspath(__file__), "relay",
+                              "127.0.0.1:%d" % tcp_port, "ws://127.0.0.1:%d/ws" % ws_port],
+                             check=check)
+
+    def stop(self, timeout=unit(60)):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()  # nspawn: orderly shutdown of the container
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout)
+        self._log.close()
+
+    def __enter__(self):
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def main(argv):
+    if len(argv) == 3 and argv[0] == "relay":
+        host, port = argv[1].rsplit(":", 1)
+        code, got = relay_line(host, int(port), argv[2])
+        print("relayed room=%s %s" % (code, got))
+        return 0
+    print("usage: release_helpers.py relay TCPHOST:PORT WS_URL", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
