@@ -266,6 +266,9 @@ class Connection:
         if frame.__class__ is not tuple:
             return self.sendall(frame)
         header, payload = frame
+        if getattr(self.socket, "_sslobj", None) is not None:   # TLS sockets have no sendmsg
+            self.sendall(header)
+            return self.sendall(payload)
         self.writing = True
         try:
             sent = self.socket.sendmsg(frame)

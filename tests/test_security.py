@@ -346,3 +346,19 @@ def test_wss_client_frames_are_read_through_tls(cert):
 
 def hc_ping():
     return 0x9
+
+
+def test_wss_large_messages(cert):
+    """Frames of 64 KiB and more (written as header + payload) go out intact over TLS."""
+    certfile, keyfile = cert
+    with ServerProcess("--tls-cert", certfile, "--tls-key", keyfile,
+                       "--max-message-bytes", "1MiB") as server:
+        src = Source(server.tcp_port)
+        ws = ws_connect(server.ws_url("/ws?room=%s" % src.room, "wss"), cafile=certfile)
+        for size in (65535, 65536, 200000, 1 << 20):
+            line = (b"%07d" % size) * (size // 7) + b"x" * (size % 7)
+            src.send(line + b"\n")
+            op, data = ws.recv_message(10)
+            assert (op, len(data), data == line) == (OP_TEXT, size, True), size
+        ws.close()
+        src.close()
