@@ -192,7 +192,10 @@ def decode_server_frame(data):
                  .map(lambda t: t[1] * (t[0] // max(1, len(t[1]))) + bytes(t[0] % max(1, len(t[1]))))),
        st.booleans())
 def test_encode_message_round_trip(payload, text):
-    fin, opcode, got = decode_server_frame(wsproto.encode_message(payload, text))
+    frame = wsproto.encode_message(payload, text)
+    if isinstance(frame, tuple):          # big frames are a (header, payload) pair: no copy
+        frame = b"".join(frame)
+    fin, opcode, got = decode_server_frame(frame)
     assert (fin, opcode, got) == (1, wsproto.TEXT if text else wsproto.BINARY, payload)
 
 
