@@ -53,7 +53,11 @@ class EchoEndpoint:
             out = []
             for opcode, payload in events:
                 if opcode == wsproto.TEXT or opcode == wsproto.BINARY:
-                    out.append(wsproto.encode_message(payload, opcode == wsproto.TEXT))
+                    frame = wsproto.encode_message(payload, opcode == wsproto.TEXT)
+                    if frame.__class__ is tuple:          # a big frame: (header, payload)
+                        out.extend(frame)
+                    else:
+                        out.append(frame)
                 elif opcode == wsproto.PING:
                     out.append(wsproto.encode_pong(payload))
                 elif opcode == wsproto.CLOSE:
