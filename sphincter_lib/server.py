@@ -154,6 +154,7 @@ class Relay:
             gevent.sleep(self.drain_poll)
         left = self.app.connections + self.sources.active
         self.app.keepalive.stop()
+        self.app.sessions.kill(block=False)
         self.tcp_server.stop(timeout=0)
         self.ws_server.stop(timeout=0)
         logger.info("stopped in %.2fs (%d connections cut at the deadline); messages in=%d deliveries=%d",

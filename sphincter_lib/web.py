@@ -13,6 +13,7 @@ import time
 from urllib.parse import parse_qs
 
 import gevent
+from gevent.pool import Group
 
 from . import __version__, api, metrics, viewer, wsproto
 from .errors import ProtocolError, RoomFullError, RoomNotFound, ShuttingDown
@@ -130,7 +131,7 @@ class Session:
         finally:
             keepalive.sessions.discard(self)
             sub.leave()
-            conn.abort()
+            conn.release()
 
     def _interrupt(self):
         """Kicked while a write is in progress: let the write finish (then the close frame
@@ -212,6 +213,7 @@ class WebApp:
         self.clock = clock
         self.keepalive = Keepalive(settings.ping_interval, settings.ping_timeout)
         self.connections = 0          # upgraded connections still open
+        self.sessions = Group()       # subscriber sessions detached from their HTTP handler
         self.routes = {"/ws": self.ws, "/healthz": self.healthz}
         self.routes.update(viewer.routes())
         self.routes.update(metrics.routes(registry, connections=lambda: self.connections))
@@ -265,15 +267,26 @@ class WebApp:
                                  "this endpoint speaks WebSocket: GET /ws?room=CODE with an Upgrade\n")
         self.connections += 1
         ip = client_address(environ, self.settings.trusted_proxies)
-        slot = self.ip_caps.acquire(ip, force=True)
+        slot = self.ip_caps.acquire(ip, force=True)     # per-IP count (checked in precheck)
+        session = None
         try:
-            self._subscriber(environ, conn, ip)
+            session = self._subscriber(environ, conn, ip)
         finally:
-            self.ip_caps.release(slot)
-            self.connections -= 1
+            if session is None:
+                self.connections -= 1
+                self.ip_caps.release(slot)
+        if session is None:
+            return []
+        if conn.detach():
+            # the session no longer needs the HTTP handler: run it in a fresh greenlet with a
+            # shallow stack, and let the handler (its greenlet, its request state) go
+            self.sessions.spawn(self._run, session, slot).link_exception(_log_crash("session"))
+        else:
+            self._run(session, slot)
         return []
 
     def _subscriber(self, environ, conn, ip):
+        """A Session for this connection, or None after refusing it with a close code."""
         peer = ip
         port = environ.get("REMOTE_PORT")
         peer = format_peer((peer, int(port))) if port and peer == environ.get("REMOTE_ADDR") else peer
@@ -290,10 +303,16 @@ class WebApp:
         except ShuttingDown:
             return self._refuse(conn, peer, wsproto.GOING_AWAY, "server shutting down", "shutting_down")
         logger.debug("subscriber %s joined room %s", peer, sub.room.code)
+        return Session(self, conn, sub, peer)
+
+    def _run(self, session, slot=None):
         try:
-            Session(self, conn, sub, peer).run()
+            session.run()
         finally:
-            logger.debug("subscriber %s left room %s (close %s)", peer, sub.room.code, sub.close_code)
+            self.ip_caps.release(slot)
+            self.connections -= 1
+            logger.debug("subscriber %s left room %s (close %s)", session.peer, session.sub.room.code,
+                         session.sub.close_code)
 
     def _refuse(self, conn, peer, code, reason, key):
         self.stats.rejected["subscriber", key] += 1

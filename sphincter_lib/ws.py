@@ -83,8 +83,9 @@ class Handler(WebSocketHandler):
             for _ in self.application(self.environ, lambda status, headers, exc_info=None: None):
                 pass
         finally:
-            self.websocket.close()
-            self.websocket = None
+            ws, self.websocket = self.websocket, None
+            if ws is not None:             # None once the connection was detached
+                ws.close()
 
     def upgrade_websocket(self):
         env = self.environ
@@ -144,7 +145,10 @@ class Connection:
         self.environ = handler.environ
         self.socket = handler.socket
         self._handler = handler
+        self._owner = handler            # the pywsgi handler, until detach()
         self._rfile = handler.rfile
+        self._pending = b""              # bytes taken from the handshake reader at detach()
+        self.detached = False
         self.control = []               # prepared control frames waiting for the writer
         self.writing = False            # True while a write is in progress
         self.close_sent = False
@@ -202,6 +206,32 @@ class Connection:
         rfile.close()
         self.environ.clear()
 
+    def detach(self):
+        """Let this connection outlive its WSGI handler; False if it cannot (TLS sockets).
+
+        The socket is duplicated and the handler forgets the original, so
+        pywsgi closes only its own descriptor (the connection stays up) and
+        neither drains nor writes to it. The handler's greenlet and request
+        state can then be freed while the session runs elsewhere.
+        """
+        handler, sock = self._owner, self.socket
+        if handler is None or isinstance(sock, ssl.SSLSocket) or self.closed:
+            return False
+        if self._rfile is not None:
+            self._pending = self._take_buffered() or b""
+        self.socket = sock.dup()
+        handler.socket = None
+        handler.websocket = None
+        self._owner = None
+        self.detached = True
+        return True
+
+    def release(self):
+        """End of the session: drop the connection and, if detached, close our descriptor."""
+        self.abort()
+        if self.detached:
+            self.socket.close()
+
     def start_reading(self, on_data):
         """Deliver incoming bytes to ``on_data(data)`` from the event loop, with no greenlet.
 
@@ -213,9 +243,10 @@ class Connection:
         """
         self._on_data = on_data
         if self._rfile is not None:
-            data = self._take_buffered()
-            if data:
-                on_data(data)
+            self._pending = self._take_buffered() or b""
+        data, self._pending = self._pending, b""
+        if data:
+            on_data(data)
         if self._on_data is None:          # on_data stopped reading already
             return
         self._watcher = gevent.get_hub().loop.io(self.socket.fileno(), 1)
@@ -325,4 +356,5 @@ class Connection:
 
     # gevent-websocket's handler calls close() when the application returns
     def close(self, *args):
-        self.abort()
+        if self._owner is not None:        # not once detached: the session owns the socket
+            self.abort()

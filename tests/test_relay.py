@@ -1,6 +1,7 @@
 """The contract, from outside: a real server on loopback, real TCP sources, a real WebSocket client."""
 
 import json
+import os
 import socket
 import urllib.error
 import urllib.request
@@ -83,6 +84,7 @@ def test_code_is_unknown_once_the_source_left(relay):
 def test_unknown_room_is_closed_with_4404(relay, query):
     ws = websocket.create_connection(ws_url(relay, query), timeout=unit(5))
     assert recv_close(ws)[0] == 4404
+    wait_for(lambda: relay.app.connections == 0, what="connection count back to 0")
 
 
 def test_full_room_is_closed_with_4429(make_relay):
@@ -388,3 +390,19 @@ def test_large_messages_arrive_whole_in_order(make_relay):
         assert 0 < len(data) <= 256 * 1024
         got += data
     assert got == payload
+
+
+def test_connections_leave_no_descriptors_behind(relay):
+    src = Source(relay)
+    fds = lambda: len(os.listdir("/proc/self/fd"))
+    before = fds()
+    for _ in range(3):
+        subs = [subscribe(relay, src.code) for _ in range(30)]
+        joined(relay, src.code, 30)
+        src.send(b"x\n")
+        for ws in subs:
+            assert ws.recv() == "x"
+            ws.close()
+        wait_for(lambda: relay.registry.subscriber_count == 0 and relay.app.connections == 0,
+                 what="subscribers gone")
+    wait_for(lambda: fds() <= before + 2, what="descriptors released (%d -> %d)" % (before, fds()))

@@ -107,8 +107,8 @@ def test_glibc_floor_is_recorded_and_low(unpacked):
     with open(os.path.join(unpacked, "GLIBC_FLOOR")) as f:
         floor = f.read().strip()
     assert tuple(int(p) for p in floor.split(".")[:2]) <= GLIBC_MAX, floor
-    with open(os.path.join(ROOT, "notes", "release.md")) as f:
-        assert "glibc %s" % floor in f.read(), "notes/release.md should state the floor"
+    with open(os.path.join(ROOT, "README.md")) as f:
+        assert "glibc %s" % floor in f.read(), "README.md should state the floor"
     # The recorded floor is the real one: the executable itself asks for nothing newer.
     require_tools("objdump")
     out = run(["objdump", "-T", os.path.join(unpacked, "sphincter")]).stdout
