@@ -54,6 +54,10 @@ class Relay:
     drain_poll = 0.05
     #: listen backlog of both servers
     backlog = 1024
+    #: connections accepted per event-loop turn (gevent's default is 100): each new
+    #: connection's greenlet runs before established connections get their I/O, so a
+    #: storm of connects would otherwise stall everyone for ~100 handshakes at a time
+    max_accept = 10
 
     def __init__(self, settings, stats=None, handle_signals=False):
         self.settings = settings
@@ -106,6 +110,7 @@ class Relay:
             log=LoggingLogAdapter(logging.getLogger("sphincter.access"), logging.DEBUG),
             error_log=LoggingLogAdapter(logging.getLogger("sphincter.http"), logging.ERROR),
             **_tls_args(s.tls_cert, s.tls_key))
+        self.tcp_server.max_accept = self.ws_server.max_accept = self.max_accept
         _start(self.tcp_server, "sources", s.tcp_host, s.tcp_port)
         try:
             _start(self.ws_server, "WebSocket", s.ws_host, s.ws_port)

@@ -26,6 +26,9 @@ pytestmark = pytest.mark.timeout(120)
 #: the most a healthy subscriber may lag behind its source during an attack
 #: (generous for a shared 2-core CI machine; measured figures are far lower)
 MAX_STALL_MS = float(os.environ.get("SPHINCTER_MAX_STALL_MS", "100"))
+#: the same for connection storms (300 sockets at once from a second process: the
+#: server and the attacker share 2 cores with the rest of the machine)
+MAX_STORM_STALL_MS = float(os.environ.get("SPHINCTER_MAX_STORM_STALL_MS", "250"))
 #: the most the server's peak RSS may grow over a whole attack series
 MAX_HWM_GROWTH_KIB = 48 * 1024
 
@@ -118,7 +121,20 @@ def big_server():
         yield s
 
 
-def attack_with_probe(server, url, names):
+def save_results():
+    """Keep the figures for docs/RELIABILITY.md (build/hostile-results.json)."""
+    path = os.path.join(ROOT, "build", "hostile-results.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    old = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+    old.update(RESULTS)
+    with open(path, "w") as f:
+        json.dump(old, f, indent=1, sort_keys=True)
+
+
+def attack_with_probe(server, url, names, limit=MAX_STALL_MS):
     probe = Probe(server)
     try:
         assert poll(lambda: len(probe.lags) > 50, 5), probe.errors
@@ -133,7 +149,7 @@ def attack_with_probe(server, url, names):
             tries = []
             # the machine is shared: a stall over the limit is re-measured (up to
             # 3 tries, the least kept); a real stall repeats, scheduling noise does not
-            while len(tries) < 3 and (not tries or min(tries)[0] >= MAX_STALL_MS / 2):
+            while len(tries) < 3 and (not tries or min(tries)[0] >= limit / 2):
                 a = time.monotonic_ns()
                 rc, line = attacker.run(name)
                 gevent.sleep(0.05)
@@ -157,6 +173,7 @@ def test_hostile_frames_close_codes_and_no_stall(server):
     RESULTS["subscriber path, default caps"] = {"baseline_ms": round(baseline, 2),
                                                 "attacks": out, "hwm_growth_kib": hwm_growth}
     print(json.dumps(RESULTS["subscriber path, default caps"], indent=1))
+    save_results()
     bad = {k: v for k, v in out.items() if v["rc"] != 0}
     assert not bad, bad
     worst = max(v["stall_ms"] for v in out.values())
@@ -193,6 +210,7 @@ def test_64mib_message_accepted_whole_does_not_stall_others(big_server):
                                   "rss_before_kib": rss0, "rss_after_kib": rss1,
                                   "hwm_kib": hwm_kib(big_server.pid)}
     print(json.dumps(RESULTS["64 MiB accepted"], indent=1))
+    save_results()
     assert stall < MAX_STALL_MS
 
 
@@ -231,7 +249,7 @@ def test_slowloris_and_garbage(server):
     fds0 = fd_count(pid)
     t0 = time.monotonic()
     baseline, out, hwm_growth = attack_with_probe(
-        server, server.ws_url("/ws"), ["slowloris", "garbage", "rst-storm"])
+        server, server.ws_url("/ws"), ["slowloris", "garbage", "rst-storm"], MAX_STORM_STALL_MS)
     opened, closed = eval(out["slowloris"]["result"].split(None, 2)[2].rsplit(" ", 1)[0])
     assert opened == 300 and closed == opened, out["slowloris"]
     assert "HTTP/1.1 400 Bad Request" in out["garbage"]["result"], out["garbage"]
@@ -240,8 +258,9 @@ def test_slowloris_and_garbage(server):
         "baseline_ms": round(baseline, 2), "attacks": out, "hwm_growth_kib": hwm_growth,
         "fds_before": fds0, "fds_after": fd_count(pid), "elapsed_s": round(time.monotonic() - t0, 1)}
     print(json.dumps(RESULTS["slowloris+garbage+rst"], indent=1))
+    save_results()
     assert fds_back
-    assert max(v["stall_ms"] for v in out.values()) < MAX_STALL_MS, out
+    assert max(v["stall_ms"] for v in out.values()) < MAX_STORM_STALL_MS, out
 
 
 def test_rst_storm_and_vanishing_peers(server):
@@ -284,14 +303,8 @@ def test_rst_storm_and_vanishing_peers(server):
     RESULTS["rst storm"] = {"rst_connections": done, "healthy_lines": len(got),
                             "fds_before": fds0, "fds_after": fd_count(pid)}
     print(json.dumps(RESULTS["rst storm"], indent=1))
+    save_results()
     # the server is still fine
     s2 = Source(server.tcp_port)
     assert s2.room
     s2.close()
-
-
-def test_write_results():
-    """Keep the figures for docs/RELIABILITY.md (build/hostile-results.json)."""
-    os.makedirs(os.path.join(ROOT, "build"), exist_ok=True)
-    with open(os.path.join(ROOT, "build", "hostile-results.json"), "w") as f:
-        json.dump(RESULTS, f, indent=1, sort_keys=True)
