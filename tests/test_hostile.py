@@ -185,7 +185,6 @@ def test_64mib_message_accepted_whole_does_not_stall_others(big_server):
     """With the cap raised, a 64 MiB message is read, unmasked and discarded:
     others must not wait for it, and memory returns to bounded."""
     src = Source(big_server.tcp_port)
-    url = big_server.ws_url("/ws?room=%s" % src.room)
     rss0 = rss_kib(big_server.pid)
     probe = Probe(big_server)
     try:

@@ -7,7 +7,6 @@ rate limit.
 """
 import os
 import socket
-import ssl
 import sys
 import time
 
@@ -15,7 +14,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hardening_util import ServerProcess, Source, make_cert  # noqa: E402
-from hostile_client import (OP_CLOSE, OP_TEXT, ConnectionDropped, connect_tcp,  # noqa: E402
+from hostile_client import (OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, connect_tcp,  # noqa: E402
                             http_request, read_http_response, ws_connect)
 
 pytestmark = pytest.mark.timeout(60)
@@ -332,20 +331,17 @@ def test_wss_client_frames_are_read_through_tls(cert):
     with ServerProcess("--tls-cert", certfile, "--tls-key", keyfile) as server:
         src = Source(server.tcp_port)
         ws = ws_connect(server.ws_url("/ws?room=%s" % src.room, "wss"), cafile=certfile)
-        ws.send_frame(hc_ping(), b"are you there")
+        ws.send_frame(OP_PING, b"are you there")
         fin, _rsv, opcode, payload = ws.recv_frame(5)
-        assert (opcode, payload) == (0xA, b"are you there")
+        assert (opcode, payload) == (OP_PONG, b"are you there")
         src.send(b"after ping\n")
         assert ws.recv_message(5) == (OP_TEXT, b"after ping")
-        ws.send_frame(0x8, b"\x03\xe8bye")
+        ws.send_frame(OP_CLOSE, b"\x03\xe8bye")
         code, _ = ws.wait_close(5)
         assert code == 1000
         ws.close()
         src.close()
 
-
-def hc_ping():
-    return 0x9
 
 
 def test_wss_large_messages(cert):
