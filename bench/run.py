@@ -1,0 +1,305 @@
+#!/usr/bin/env python3
+"""Sphincter benchmark runner: Sphincter vs an asyncio relay vs nginx+nchan (and, for the tunnel,
+websockify and socat), all on loopback, driven by the compiled load generator bench/wsbench.c.
+
+    python bench/run.py                 # full run (make bench), well under 15 minutes
+    python bench/run.py --smoke --out-dir /tmp/x   # seconds; what tests/test_bench_smoke.py runs
+
+Scenarios (each bounded in count and time): fanout (N = 10/100/1000, closed loop), latency
+(N = 100, 1000 msg/s paced), memory (1000 idle subscribers over 10 rooms), tunnel (1 -> 1, raw,
+64 KiB writes), scale (10,000 subscribers receive probes), ceiling (wsbench vs a trivial C sink).
+Targets are interleaved inside every repetition (order rotated each time); the report gives
+medians with min..max.  Writes <out-dir>/<date>.json, <docs> (markdown) and a PNG chart.
+"""
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402
+import targets as T  # noqa: E402
+
+BENCH = Path(__file__).resolve().parent
+WSBENCH = BENCH / "build" / "wsbench"
+
+PROFILES = {
+    "full": dict(reps=3, fanout_ns=[10, 100, 1000], duration=3.0, count=10**8, window=128,
+                 lat_n=100, lat_rate=1000, lat_count=3000,
+                 mem_subs=1000, mem_rooms=10,
+                 tunnel_bytes=16 << 30, tunnel_duration=3.0, tunnel_rounds=2,
+                 scale_subs=10000, scale_probes=10,
+                 ceiling_ns=[100, 1000], ceiling_total=10_000_000, timeout=120),
+    "smoke": dict(reps=1, fanout_ns=[3, 10], duration=0, count=300, window=32,
+                  lat_n=5, lat_rate=500, lat_count=200,
+                  mem_subs=20, mem_rooms=2,
+                  tunnel_bytes=4 << 20, tunnel_duration=0, tunnel_rounds=1,
+                  scale_subs=50, scale_probes=3,
+                  ceiling_ns=[10], ceiling_total=20_000, timeout=60),
+}
+SCENARIOS = ["ceiling", "fanout", "latency", "memory", "tunnel", "scale"]
+
+
+def build_wsbench(force=False):
+    src = BENCH / "wsbench.c"
+    if not force and WSBENCH.exists() and WSBENCH.stat().st_mtime >= src.stat().st_mtime:
+        return
+    WSBENCH.parent.mkdir(exist_ok=True)
+    cc = os.environ.get("CC", "gcc")
+    subprocess.run([cc, "-O2", "-Wall", "-o", str(WSBENCH), str(src)], check=True)
+
+
+def loadgen(args, on_phase=None, timeout=120):
+    """Run wsbench client; on_phase(name) is called at each PHASE line; returns its JSON."""
+    argv = [str(WSBENCH), "client", *map(str, args), "--pause", "--timeout", str(timeout)]
+    p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    killer = threading.Timer(timeout + 30, p.kill)
+    killer.start()
+    result = None
+    try:
+        for line in p.stdout:
+            if line.startswith("PHASE "):
+                if on_phase:
+                    on_phase(line.split()[1])
+                p.stdin.write("go\n")
+                p.stdin.flush()
+            elif line.startswith("{"):
+                result = json.loads(line)
+        p.wait()
+    finally:
+        killer.cancel()
+    err = p.stderr.read().strip()
+    if result is None:
+        raise RuntimeError(f"wsbench rc={p.returncode}: {err[-500:]}")
+    if err:
+        result["stderr"] = err[-300:]
+    return result
+
+
+def with_server(target, fn, framing="lines"):
+    wd = T.workdir()
+    server, ws, src, rooms = target.start(wd, framing)
+    try:
+        return fn(server, ws, src, rooms)
+    finally:
+        server.stop()
+        shutil.rmtree(wd, ignore_errors=True)
+
+
+def _common(target, ws, src, rooms):
+    args = ["--ws", ws, "--source", src, "--path-fmt", target.path_fmt, "--sub", target.sub]
+    if rooms:
+        args += ["--room-names", rooms]
+    return args
+
+
+def run_flow(target, P, subs, extra, scenario):
+    """A message run (fanout/latency/scale): server CPU between PHASE subs and PHASE done."""
+    def fn(server, ws, src, rooms):
+        marks = {}
+
+        def on_phase(name):
+            marks[name] = (T.cpu_seconds(server.pid), T.rss_kb(server.pid))
+
+        r = loadgen(_common(target, ws, src, rooms) + ["--subs", subs] + extra, on_phase,
+                    P["timeout"])
+        r["client_busy"] = r["client_cpu_s"] / r["elapsed_s"] if r["elapsed_s"] else None
+        cpu = marks["done"][0] - marks["subs"][0]
+        r["server_cpu_s"] = round(cpu, 3)
+        r["cpu_us_per_delivery"] = cpu * 1e6 / r["deliveries"] if r["deliveries"] else None
+        r["rss_kb_before"], r["rss_kb_after"] = marks["sources"][1], marks["subs"][1]
+        if r["connected"]:
+            r["kb_per_sub"] = (marks["subs"][1] - marks["sources"][1]) / r["connected"]
+        return r
+    return with_server(target, fn)
+
+
+def run_fanout(target, P, n):
+    return run_flow(target, P, n, ["--window", P["window"], "--count", P["count"],
+                                   "--duration", P["duration"]], "fanout")
+
+
+def run_latency(target, P):
+    return run_flow(target, P, P["lat_n"], ["--window", P["window"], "--count", P["lat_count"],
+                                            "--rate", P["lat_rate"]], "latency")
+
+
+def run_scale(target, P):
+    return run_flow(target, P, P["scale_subs"], ["--window", P["scale_probes"],
+                                                 "--count", P["scale_probes"], "--conc", 256],
+                    "scale")
+
+
+def run_memory(target, P):
+    def fn(server, ws, src, rooms):
+        marks = {}
+
+        def on_phase(name):
+            time.sleep(0.5 if name == "sources" else 1.0)  # let the server settle
+            marks[name] = T.rss_kb(server.pid)
+
+        r = loadgen(_common(target, ws, src, rooms) +
+                    ["--subs", P["mem_subs"], "--rooms", P["mem_rooms"], "--count", 0],
+                    on_phase, P["timeout"])
+        r["rss_kb_before"], r["rss_kb_after"] = marks["sources"], marks["subs"]
+        r["kb_per_sub"] = (marks["subs"] - marks["sources"]) / max(r["connected"], 1)
+        return r
+    return with_server(target, fn)
+
+
+def run_tunnel(target, P):
+    def fn(server, ws, src, rooms):
+        marks = {}
+
+        def on_phase(name):
+            marks[name] = T.cpu_seconds(server.pid)
+
+        r = loadgen(_common(target, ws, src, rooms) +
+                    ["--subs", 1, "--chunk", 65536, "--window", 64,
+                     "--total-bytes", P["tunnel_bytes"], "--duration", P["tunnel_duration"]],
+                    on_phase, P["timeout"])
+        r["server_cpu_s"] = round(marks["done"] - marks["subs"], 3)
+        if r["bytes"]:
+            r["cpu_us_per_mb"] = r["server_cpu_s"] * 1e6 / (r["bytes"] / 1e6)
+        return r
+    return with_server(target, fn, "raw")
+
+
+def run_ceiling(P, n):
+    count = max(P["ceiling_total"] // n, 1)
+    sink = subprocess.Popen([str(WSBENCH), "sink", "--port", "0", "--count", str(count),
+                             "--conns", str(n)], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(sink.stdout.readline().split()[1])
+        r = loadgen(["--ws", f"127.0.0.1:{port}", "--source", "none", "--subs", n,
+                     "--count", count], None, P["timeout"])
+        if r["deliveries"] and r["client_cpu_s"] > 0:
+            r["client_ns_per_delivery"] = r["client_cpu_s"] * 1e9 / r["deliveries"]
+            r["deliveries_per_client_cpu_s"] = r["deliveries"] / r["client_cpu_s"]
+        return r
+    finally:
+        sink.kill()
+        sink.wait()
+
+
+def rotate(items, k):
+    k %= max(len(items), 1)
+    return items[k:] + items[:k]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny, seconds-long run (the test)")
+    ap.add_argument("--reps", type=int, help="repetitions (default 3; smoke 1)")
+    ap.add_argument("--targets", default="sphincter,asyncio,nchan",
+                    help="relay targets (tunnel adds websockify,socat)")
+    ap.add_argument("--tunnel-targets", default="sphincter,asyncio,websockify,socat")
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS))
+    ap.add_argument("--out-dir", default=str(BENCH / "results"))
+    ap.add_argument("--docs", help="markdown report path (default docs/BENCHMARKS.md; "
+                                   "smoke: <out-dir>/BENCHMARKS.md)")
+    ap.add_argument("--no-chart", action="store_true")
+    ap.add_argument("--require", action="store_true",
+                    help="fail if a requested target is unavailable (CI)")
+    ap.add_argument("--from-json", metavar="FILE",
+                    help="only re-render the report (markdown, chart) from a results JSON")
+    a = ap.parse_args(argv)
+    if a.from_json:
+        data = json.loads(Path(a.from_json).read_text())
+        docs = Path(a.docs) if a.docs else T.ROOT / "docs" / "BENCHMARKS.md"
+        for p in report.write_all(data["meta"], data["runs"], Path(a.from_json).parent, docs,
+                                  with_chart=not a.no_chart):
+            print(f"bench: wrote {p}", file=sys.stderr)
+        return 0
+    P = dict(PROFILES["smoke" if a.smoke else "full"])
+    if a.reps:
+        P["reps"] = a.reps
+    scenarios = [s for s in a.scenarios.split(",") if s]
+    build_wsbench()
+
+    relays, tunnels, skipped = [], [], {}
+    for names, get, out in ((a.targets, T.relay, relays),
+                            (a.tunnel_targets, T.tunnel, tunnels)):
+        for name in [n for n in names.split(",") if n]:
+            target = get(name)
+            why = target.available()
+            if why:
+                skipped[name] = why
+                print(f"bench: skipping {name}: {why}", file=sys.stderr)
+            else:
+                out.append(target)
+    if a.require and skipped:
+        print(f"bench: required targets unavailable: {skipped}", file=sys.stderr)
+        return 2
+
+    runs, t_start = [], time.monotonic()
+
+    def record(scenario, target, n, rep, fn):
+        t0 = time.monotonic()
+        try:
+            r = fn()
+        except Exception as e:  # one failed run must not lose the others
+            r = {"error": f"{type(e).__name__}: {e}"}
+        r["stalled"] = "stalled" in r.get("stderr", "")
+        r.update(scenario=scenario, target=target, n=n, rep=rep,
+                 wall_s=round(time.monotonic() - t0, 2))
+        runs.append(r)
+        brief = {k: r.get(k) for k in ("deliveries_per_s", "cpu_us_per_delivery", "loss",
+                                       "lat_p99_us", "kb_per_sub", "mb_per_s", "connected",
+                                       "error") if r.get(k) is not None}
+        print(f"bench: {scenario:8} {target:10} n={n:<6} rep={rep} {brief}", file=sys.stderr,
+              flush=True)
+
+    for rep in range(P["reps"]):
+        if "ceiling" in scenarios:
+            for n in P["ceiling_ns"]:
+                record("ceiling", "wsbench", n, rep, lambda n=n: run_ceiling(P, n))
+        if "fanout" in scenarios:
+            for n in P["fanout_ns"]:
+                for t in rotate(relays, rep + n):
+                    record("fanout", t.name, n, rep, lambda t=t, n=n: run_fanout(t, P, n))
+        if "latency" in scenarios:
+            for t in rotate(relays, rep):
+                record("latency", t.name, P["lat_n"], rep, lambda t=t: run_latency(t, P))
+        if "memory" in scenarios:
+            for t in rotate(relays, rep):
+                record("memory", t.name, P["mem_subs"], rep, lambda t=t: run_memory(t, P))
+        if "tunnel" in scenarios:
+            for k in range(P.get("tunnel_rounds", 1)):  # short runs, noisy: more samples
+                for t in rotate(tunnels, rep + k):
+                    record("tunnel", t.name, 1, rep, lambda t=t: run_tunnel(t, P))
+        if "scale" in scenarios and rep == 0:
+            for t in relays:
+                record("scale", t.name, P["scale_subs"], rep, lambda t=t: run_scale(t, P))
+
+    meta = {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "profile": "smoke" if a.smoke else "full",
+        "params": P,
+        "host": {"nproc": os.cpu_count(), "kernel": platform.release(),
+                 "python": platform.python_version(),
+                 "loadavg_end": os.getloadavg()},
+        "skipped": skipped,
+        "versions": report.versions(),
+        "total_wall_s": round(time.monotonic() - t_start, 1),
+    }
+    out_dir = Path(a.out_dir)
+    docs = Path(a.docs) if a.docs else (out_dir / "BENCHMARKS.md" if a.smoke
+                                        else T.ROOT / "docs" / "BENCHMARKS.md")
+    paths = report.write_all(meta, runs, out_dir, docs, with_chart=not a.no_chart)
+    for p in paths:
+        print(f"bench: wrote {p}", file=sys.stderr)
+    errors = [r for r in runs if r.get("error")]
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

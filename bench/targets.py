@@ -1,0 +1,324 @@
+"""The servers the bench drives: Sphincter, the asyncio baseline, nginx+nchan, websockify, socat.
+
+Each target starts one fresh server process per run on free loopback ports, reports what the
+load generator needs (subscriber address, source spec, path format, room names) and the pids
+whose CPU and RSS count as "the server" (the whole process tree: nginx workers, websockify's
+per-connection children).
+"""
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+#: every subscriber buffer the relays get: far above the closed loop's window
+SUBSCRIBER_BUFFER = 16 << 20
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def listening(port):
+    """True once something LISTENs on 127.0.0.1:port (read /proc: no probe connection)."""
+    want = f":{port:04X}"
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    if parts[1].endswith(want) and parts[3] == "0A":
+                        return True
+        except FileNotFoundError:
+            pass
+    return False
+
+
+def _children():
+    kids = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(d))
+    return kids
+
+
+def tree(pid):
+    kids, out, todo = _children(), [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
+
+
+def cpu_seconds(pid):
+    """utime+stime of pid and its descendants, seconds."""
+    total = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError):
+            pass
+    return total / CLK_TCK
+
+
+def rss_kb(pid):
+    total = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * PAGE_KB
+        except (OSError, IndexError):
+            pass
+    return total
+
+
+class Server:
+    """One running server process; ``stop()`` always ends it."""
+
+    def __init__(self, argv, ports, workdir, env=None):
+        self.workdir = workdir
+        self.log = open(Path(workdir) / "server.log", "wb")
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, preexec_fn=_raise_nofile,
+                                     cwd=str(ROOT), env=env)
+        deadline = time.monotonic() + 20
+        while not all(listening(p) for p in ports):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{argv[0]} did not start: {self.log_tail()}")
+            time.sleep(0.05)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def log_tail(self):
+        try:
+            return (Path(self.workdir) / "server.log").read_text(errors="replace")[-600:]
+        except OSError:
+            return ""
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+
+
+class Target:
+    name = "?"
+    #: load generator subscriber kind: "ws" or "tcp"
+    sub = "ws"
+    path_fmt = "/ws?room=%s"
+
+    def available(self):
+        """None if runnable here, else the reason it is not."""
+        return None
+
+    def start(self, workdir, framing="lines"):
+        """Start a server; return (server, ws_addr, source_spec, room_names or None)."""
+        raise NotImplementedError
+
+
+class _PyRelay(Target):
+    script = None
+
+    def available(self):
+        if not (ROOT / self.script).exists():
+            return f"{self.script} not found"
+        return None
+
+    def extra_args(self):
+        return []
+
+    def start(self, workdir, framing="lines"):
+        tcp, ws = free_port(), free_port()
+        argv = [sys.executable, str(ROOT / self.script), "--tcp-host", "127.0.0.1",
+                "--tcp-port", str(tcp), "--ws-host", "127.0.0.1", "--ws-port", str(ws),
+                "--log-level", "warning", "--max-subscribers-per-room", "20000",
+                "--subscriber-buffer-bytes", str(SUBSCRIBER_BUFFER), "--framing", framing]
+        server = Server(argv + self.extra_args(), [tcp, ws], workdir)
+        kind = "raw" if framing == "raw" else "lines"
+        return server, f"127.0.0.1:{ws}", f"{kind}:127.0.0.1:{tcp}", None
+
+
+class Sphincter(_PyRelay):
+    name = "sphincter"
+    script = "sphincter.py"
+
+
+class AsyncioRelay(_PyRelay):
+    name = "asyncio"
+    script = "bench/baselines/asyncio_relay.py"
+
+    def available(self):
+        try:
+            import websockets  # noqa: F401
+        except ImportError:
+            return "python package websockets missing (pip install -r requirements-bench.txt)"
+        return super().available()
+
+
+class AsyncioBroadcast(AsyncioRelay):
+    name = "asyncio-broadcast"
+
+    def extra_args(self):
+        return ["--broadcast"]
+
+
+NGINX_CONF = """\
+load_module {module};
+worker_processes {workers};
+worker_rlimit_nofile 19000;
+daemon off;
+master_process on;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 18000; multi_accept on; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;
+  uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+  keepalive_requests 100000000;
+  keepalive_timeout 300s;
+  nchan_max_reserved_memory 256M;
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location = /pub {{
+      nchan_publisher http;
+      nchan_channel_id $arg_id;
+      # >= the closed loop's window (see docs/BENCHMARKS.md about nchan's occasional held tail)
+      nchan_message_buffer_length 1024;
+      nchan_message_timeout 30s;
+    }}
+    location = /ws {{
+      nchan_subscriber websocket;
+      nchan_channel_id $arg_room;
+    }}
+  }}
+}}
+"""
+
+
+class Nchan(Target):
+    name = "nchan"
+    #: nginx worker processes; 1 = one core, like Sphincter's single process
+    workers = 1
+
+    def available(self):
+        if not shutil.which("nginx"):
+            return "nginx not installed (apt-get install nginx libnginx-mod-nchan)"
+        if not NCHAN_MODULE.exists():
+            return "nchan module missing (apt-get install libnginx-mod-nchan)"
+        return None
+
+    def start(self, workdir, framing="lines"):
+        port = free_port()
+        conf = Path(workdir) / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(module=NCHAN_MODULE, workers=self.workers,
+                                          d=workdir, port=port))
+        server = Server([shutil.which("nginx"), "-c", str(conf), "-p", str(workdir)], [port], workdir)
+        rooms = ",".join(f"ch{os.getpid()}x{time.monotonic_ns() % 10**9}r{i}" for i in range(256))
+        return server, f"127.0.0.1:{port}", f"post:127.0.0.1:{port}", rooms
+
+
+# ---- tunnel targets: 1 source -> 1 subscriber, raw bytes ----------------------------------------
+
+class SphincterRaw(Sphincter):
+    name = "sphincter"
+
+    def start(self, workdir, framing="raw"):
+        return super().start(workdir, "raw")
+
+
+class AsyncioRaw(AsyncioRelay):
+    name = "asyncio"
+
+    def start(self, workdir, framing="raw"):
+        return super().start(workdir, "raw")
+
+
+class Websockify(Target):
+    name = "websockify"
+    path_fmt = "/"
+
+    def _exe(self):
+        exe = Path(sys.executable).parent / "websockify"
+        return str(exe) if exe.exists() else shutil.which("websockify")
+
+    def available(self):
+        return None if self._exe() else "websockify missing (pip install -r requirements-bench.txt)"
+
+    def start(self, workdir, framing="raw"):
+        ws, src = free_port(), free_port()
+        server = Server([self._exe(), f"127.0.0.1:{ws}", f"127.0.0.1:{src}"], [ws], workdir)
+        return server, f"127.0.0.1:{ws}", f"listen:{src}", None
+
+
+class Socat(Target):
+    name = "socat"
+    sub = "tcp"
+
+    def available(self):
+        return None if shutil.which("socat") else "socat not installed (apt-get install socat)"
+
+    def start(self, workdir, framing="raw"):
+        front, src = free_port(), free_port()
+        server = Server([shutil.which("socat"), "-b", "65536",
+                         f"TCP-LISTEN:{front},bind=127.0.0.1,reuseaddr",
+                         f"TCP:127.0.0.1:{src}"], [front], workdir)
+        return server, f"127.0.0.1:{front}", f"listen:{src}", None
+
+
+RELAYS = {"sphincter": Sphincter(), "asyncio": AsyncioRelay(), "nchan": Nchan(),
+          "asyncio-broadcast": AsyncioBroadcast()}
+TUNNELS = {"sphincter": SphincterRaw(), "asyncio": AsyncioRaw(), "websockify": Websockify(),
+           "socat": Socat()}
+
+
+def relay(name, raw=None):
+    """A relay target by name; ``sphincter@path/to/launcher.py`` runs Sphincter through a
+    launcher script (same CLI) that applies a candidate change, to measure it side by side."""
+    if name.startswith("sphincter@"):
+        t = Sphincter() if raw is None else SphincterRaw()
+        t.script = name.split("@", 1)[1]
+        t.name = "sphincter@" + Path(t.script).stem
+        return t
+    return (TUNNELS if raw else RELAYS)[name]
+
+
+def tunnel(name):
+    return relay(name, raw=True)
+
+
+def workdir():
+    return tempfile.mkdtemp(prefix="sphincter-bench-")

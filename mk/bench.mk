@@ -1,0 +1,32 @@
+# Benchmarks (issue 4): `make bench` (full, < 15 min) and `make bench-smoke` (seconds).
+# The full run compares Sphincter with an asyncio relay, nginx+nchan, websockify and socat;
+# as root on Debian it installs the missing peers itself. Results: bench/results/<date>.json,
+# bench/results/<date>-fanout.png, docs/BENCHMARKS.md.
+BENCH_ARGS ?=
+BENCH_PKGS := nginx libnginx-mod-nchan socat
+
+.PHONY: bench bench-smoke bench-deps bench-profile
+
+$(VENV)/.bench: $(VENV)/.runtime requirements-bench.txt
+	$(VPY) -m pip install -q --disable-pip-version-check -r requirements-bench.txt
+	touch $@
+
+bench-deps:
+	@missing=""; for p in $(BENCH_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "bench: installing$$missing"; apt-get update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "bench: missing$$missing (those targets are skipped)"; fi; \
+	fi
+
+bench: $(VENV)/.bench bench-deps
+	$(VPY) bench/run.py $(BENCH_ARGS)
+
+bench-smoke: $(VENV)/.dev
+	$(VPY) -m gevent.monkey --module pytest tests/test_bench_smoke.py $(PYTEST_ARGS)
+
+bench-profile: $(VENV)/.bench
+	$(VPY) bench/profile.py $(BENCH_ARGS)

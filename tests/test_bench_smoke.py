@@ -1,0 +1,64 @@
+"""Smoke run of the benchmark suite so it cannot rot (issue 4).
+
+Builds the C load generator with the machine's gcc, then runs ``bench/run.py --smoke``: tiny N,
+a few hundred messages, every scenario, against Sphincter and the asyncio baseline (nchan,
+websockify and socat are the full bench's business).  Asserts zero loss, no failed run and that
+the results were written.  No timed assertions: a benchmark is not a test.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def require(tool):
+    """Skip without `tool` on a laptop; under CI=true a missing tool is a failure."""
+    if shutil.which(tool):
+        return
+    msg = f"{tool} not installed (scripts/apt-deps.d/bench.txt)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+@pytest.mark.timeout(300)
+def test_bench_smoke(tmp_path):
+    require("gcc")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # a fresh build every time: the C source must keep compiling
+    build = subprocess.run([sys.executable, "-c",
+                            "import sys; sys.path.insert(0, 'bench'); import run; "
+                            "run.build_wsbench(force=True)"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert build.returncode == 0, build.stderr
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--require",
+                        "--targets", "sphincter,asyncio", "--tunnel-targets", "sphincter,asyncio",
+                        "--out-dir", str(tmp_path), "--no-chart"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=240, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+
+    results = list(tmp_path.glob("*.json"))
+    assert len(results) == 1, p.stderr[-2000:]
+    data = json.loads(results[0].read_text())
+    runs = data["runs"]
+    assert {r["scenario"] for r in runs} == {"ceiling", "fanout", "latency", "memory", "tunnel",
+                                             "scale"}
+    assert {r["target"] for r in runs if r["scenario"] == "fanout"} == {"sphincter", "asyncio"}
+    for r in runs:
+        assert not r.get("error"), r
+        assert r["loss"] == 0, r
+        assert r["connected"] == r["subs"], r
+        assert r["reorder"] == 0 and r["gaps"] == 0, r
+        if r["scenario"] in ("fanout", "latency", "scale"):
+            assert r["sent"] > 0 and r["deliveries"] == r["sent"] * r["subs"], r
+            assert r["closed"] == 0, r
+        if r["scenario"] == "tunnel":
+            assert r["bytes"] == r["source_bytes"] > 0, r
+    md = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "## Fan-out" in md and "sphincter" in md and "asyncio" in md
