@@ -114,6 +114,46 @@ def networks(text):
     return tuple(nets)
 
 
+def path_or_empty(text):
+    """A file path, or '' for none (the file is read when the server starts)."""
+    return str(text).strip()
+
+
+def tokens(text):
+    """Comma-separated source tokens and/or ``@file`` (one token per line); '' for none."""
+    from .security import parse_tokens
+    try:
+        return parse_tokens(str(text))
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError("invalid tokens: %s" % exc)
+
+
+def origins(text):
+    """Comma-separated origins (``https://example.com``, ``https://*.example.com``); '' for any."""
+    items = tuple(o.strip() for o in str(text).split(",") if o.strip())
+    for o in items:
+        if o != "*" and "://" not in o:
+            raise argparse.ArgumentTypeError("invalid origin %r (e.g. https://example.com)" % o)
+    return items
+
+
+def limit(text):
+    """A count where 0 means 'no limit'."""
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError("invalid number %r" % text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("invalid number %r (must be >= 0; 0: no limit)" % text)
+    return value
+
+
+def rate(text):
+    """Events per second (float) where 0 means 'no limit'."""
+    value = seconds(text)
+    return value
+
+
 def secret(text):
     """A bearer token: empty (feature off) or at least 16 characters without white space."""
     value = str(text).strip()
@@ -143,6 +183,7 @@ class Option:
     help: str
     metavar: str = None
     short: tuple = field(default_factory=tuple)
+    hidden: bool = False       # testing aids: accepted everywhere, not shown by --help
 
     @property
     def flag(self):
@@ -192,11 +233,48 @@ OPTIONS = (
            "set it in the environment or the config file rather than on the command line", "TOKEN"),
     Option("shutdown-timeout", "10", positive_seconds,
            "on SIGTERM/SIGINT, seconds to let subscribers drain before exiting", "SECONDS"),
+    # -- security (see sphincter_lib/security.py) --
+    Option("tls-cert", "", path_or_empty,
+           "PEM certificate (chain) for the WebSocket/HTTP listener: serve wss:// and https://", "FILE"),
+    Option("tls-key", "", path_or_empty, "PEM private key for --tls-cert", "FILE"),
+    Option("source-tls-cert", "", path_or_empty,
+           "PEM certificate (chain) for the source listener: sources connect with TLS", "FILE"),
+    Option("source-tls-key", "", path_or_empty, "PEM private key for --source-tls-cert", "FILE"),
+    Option("source-tokens", "", tokens,
+           "source authentication: comma-separated tokens and/or @FILE (one per line); when set, "
+           "a source must send 'AUTH <token>' as its first line or gets 'ERROR unauthorized'", "TOKENS"),
+    Option("allowed-origins", "", origins,
+           "comma-separated Origin allowlist for subscribers (https://example.com, "
+           "https://*.example.com); others are closed with 4403; '' allows any", "ORIGINS"),
+    Option("max-sources-per-ip", "0", limit,
+           "most concurrent sources from one address (IPv6: one /64); 0: no limit", "N"),
+    Option("max-subscribers-per-ip", "0", limit,
+           "most concurrent WebSocket/HTTP connections from one address (IPv6: one /64); "
+           "more get HTTP 429; 0: no limit", "N"),
+    Option("handshake-timeout", "10", positive_seconds,
+           "seconds a connection has to finish its TLS handshake and HTTP request head "
+           "(sources: TLS and the AUTH line)", "SECONDS"),
+    Option("source-idle-timeout", "0", seconds,
+           "close a source that sends nothing for this many seconds ('ERROR idle timeout'); 0: never",
+           "SECONDS"),
+    Option("unknown-room-rate", "0.5", rate,
+           "unknown-room attempts allowed per second per address (IPv6: per /64), "
+           "beyond the burst; more get HTTP 429; 0: no limit", "PER_SECOND"),
+    Option("unknown-room-burst", "10", count,
+           "unknown-room attempts an address may make at once before the rate applies", "N"),
+)
+
+#: Testing aids: parsed like the others (flag, env var, config key) but not shown by
+#: --help nor in the generated docs; never needed in production.
+HIDDEN_OPTIONS = (
+    Option("test-echo-endpoint", "off", boolean,
+           "TESTING ONLY: serve an echo WebSocket at /_test/echo (Autobahn conformance runs)",
+           "on|off", hidden=True),
 )
 
 Settings = make_dataclass(
     "Settings",
-    [(opt.attr, object) for opt in OPTIONS] + [("config", object, field(default=None))],
+    [(opt.attr, object) for opt in OPTIONS + HIDDEN_OPTIONS] + [("config", object, field(default=None))],
     frozen=True,
 )
 Settings.__doc__ = "The parsed, validated options (attribute names use underscores)."
@@ -222,9 +300,10 @@ def build_parser():
     for action in parser._actions:
         if "--config" in action.option_strings:
             action.env_var = ENV_PREFIX + "CONFIG"
-    for opt in OPTIONS:
+    for opt in OPTIONS + HIDDEN_OPTIONS:
         parser.add_argument(*opt.short, opt.flag, env_var=opt.env, type=opt.type,
-                            default=opt.default, metavar=opt.metavar, help=opt.help)
+                            default=opt.default, metavar=opt.metavar,
+                            help=argparse.SUPPRESS if opt.hidden else opt.help)
     parser.add_argument("--version", action="version", version="sphincter " + __version__)
     return parser
 
@@ -236,7 +315,7 @@ def parse(argv=None, env=None):
         ns = parser.parse_args(args=argv, env_vars=os.environ if env is None else env)
     except OSError as exc:   # config file unreadable
         raise ConfigError("cannot read config file: %s" % exc)
-    values = {opt.attr: getattr(ns, opt.attr) for opt in OPTIONS}
+    values = {opt.attr: getattr(ns, opt.attr) for opt in OPTIONS + HIDDEN_OPTIONS}
     settings = Settings(config=getattr(ns, "config_file", None), **values)
     check(settings)
     return settings
@@ -248,6 +327,17 @@ def check(s):
         raise ConfigError(
             "argument --subscriber-buffer-bytes: must be at least --max-message-bytes (%d < %d)"
             % (s.subscriber_buffer_bytes, s.max_message_bytes))
+    for cert, key in (("tls-cert", "tls-key"), ("source-tls-cert", "source-tls-key")):
+        c, k = getattr(s, cert.replace("-", "_")), getattr(s, key.replace("-", "_"))
+        if bool(c) != bool(k):
+            raise ConfigError("argument --%s: needs --%s too" % ((cert, key) if c else (key, cert)))
+        if c:
+            from .security import server_ssl_context
+            try:
+                server_ssl_context(c, k)
+            except (OSError, ValueError) as exc:   # ssl.SSLError is an OSError
+                raise ConfigError("argument --%s: cannot load certificate/key: %s"
+                                  % (cert, getattr(exc, "strerror", None) or exc))
 
 
 def defaults():

@@ -11,6 +11,7 @@ import socket
 import gevent
 
 from .errors import RoomError
+from .security import ConnectionCaps, check_auth_line
 from .framing import is_text, make_framer
 from .rooms import SOURCE_CLOSED
 
@@ -43,12 +44,21 @@ class SourceHandler:
     #: seconds allowed for writing a banner or an ERROR line to a source
     write_timeout = 5.0
 
-    def __init__(self, registry, framing="lines", max_message_bytes=1 << 20, banner=True):
+    #: longest AUTH line accepted (bytes, newline included)
+    max_auth_line = 1024
+
+    def __init__(self, registry, framing="lines", max_message_bytes=1 << 20, banner=True,
+                 tokens=(), max_per_ip=0, handshake_timeout=10.0, idle_timeout=0, tls=False):
         self.registry = registry
         self.stats = registry.stats
         self.framing = framing
         self.max_message_bytes = max_message_bytes
         self.banner = banner
+        self.tokens = tuple(tokens)         # non-empty: sources must send 'AUTH <token>' first
+        self.caps = ConnectionCaps(max_per_ip)
+        self.handshake_timeout = handshake_timeout
+        self.idle_timeout = idle_timeout    # 0: a source may stay silent forever
+        self.tls = tls
         self._live = {}          # room -> socket, for shutdown
 
     @property
@@ -57,14 +67,63 @@ class SourceHandler:
 
     def __call__(self, sock, address):
         peer = format_peer(address)
+        slot = self.caps.acquire(address[0] if isinstance(address, tuple) else str(address))
         try:
-            self._serve(sock, peer)
+            if slot is None:
+                self.stats.rejected["source", "too many connections"] += 1
+                logger.warning("source %s refused: too many connections from its address", peer)
+                self._send(sock, b"ERROR too many connections\n")
+            else:
+                self._serve(sock, peer)
         except Exception:
             logger.error("source %s: handler crashed", peer, exc_info=True)
         finally:
+            self.caps.release(slot)
             sock.close()
 
+    def _greet(self, sock, peer):
+        """TLS handshake and AUTH line, within ``handshake_timeout``.
+
+        Returns the bytes the source sent after its AUTH line (the start of its
+        stream), or None if the source is to be dropped."""
+        timer = gevent.Timeout.start_new(self.handshake_timeout) if self.handshake_timeout else None
+        secured = not self.tls
+        try:
+            if self.tls:
+                sock.do_handshake()
+                secured = True
+            if not self.tokens:
+                return b""
+            buf = b""
+            while b"\n" not in buf and len(buf) < self.max_auth_line:
+                data = sock.recv(self.max_auth_line - len(buf))
+                if not data:
+                    break
+                buf += data
+            line, nl, rest = buf.partition(b"\n")
+            if nl and check_auth_line(line, self.tokens):
+                return rest
+            why = "unauthorized"
+        except gevent.Timeout as t:
+            if t is not timer:
+                raise
+            why = "auth timeout" if self.tokens else "handshake timeout"
+        except OSError as exc:       # includes ssl.SSLError
+            logger.info("source %s: handshake failed: %s", peer, exc)
+            return None
+        finally:
+            if timer is not None:
+                timer.close()
+        self.stats.rejected["source", why] += 1
+        logger.warning("source %s refused: %s", peer, why)
+        if secured:                  # no ERROR line into a half-done TLS handshake
+            self._send(sock, b"ERROR %s\n" % why.encode())
+        return None
+
     def _serve(self, sock, peer):
+        first = self._greet(sock, peer)
+        if first is None:
+            return
         try:
             room = self.registry.open(peer)
         except RoomError as exc:
@@ -79,7 +138,12 @@ class SourceHandler:
         try:
             if self.banner:
                 self._send(sock, b"ROOM %s\n" % room.code.encode())
-            self._pump(sock, room)
+            if self.idle_timeout:
+                sock.settimeout(self.idle_timeout)
+            self._pump(sock, room, first)
+        except socket.timeout:
+            how = "idle for %ss" % self.idle_timeout
+            self._send(sock, b"ERROR idle timeout\n")
         except OSError as exc:
             how = "source broke (%s)" % (exc.strerror or exc)
         finally:
@@ -89,24 +153,27 @@ class SourceHandler:
                         room.code, how, peer, room.messages, room.bytes,
                         room.peak_subscribers, room.slow_cutoffs)
 
-    def _pump(self, sock, room):
+    def _pump(self, sock, room, first=b""):
         framer = make_framer(self.framing, self.max_message_bytes)
         publish = room.publish
         recv = sock.recv
         size = self.read_size
         if self.framing == "raw":
+            if first:
+                publish(first, False)
             while True:
                 data = recv(size)
                 if not data:
                     return
                 for message in framer.feed(data):
                     publish(message, False)
+        data = first
         while True:
+            for message in framer.feed(data):
+                publish(message, is_text(message))
             data = recv(size)
             if not data:
                 break
-            for message in framer.feed(data):
-                publish(message, is_text(message))
         for message in framer.eof():
             publish(message, is_text(message))
 

@@ -17,7 +17,7 @@ from gevent.event import Event
 from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 from gevent.server import StreamServer
 
-from . import wsproto
+from . import security, wsproto
 from .errors import BindError
 from .ingest import SourceHandler, format_peer
 from .rooms import RoomRegistry
@@ -54,6 +54,10 @@ class Relay:
     drain_poll = 0.05
     #: listen backlog of both servers
     backlog = 1024
+    #: connections accepted per event-loop turn (gevent's default is 100): each new
+    #: connection's greenlet runs before established connections get their I/O, so a
+    #: storm of connects would otherwise stall everyone for ~100 handshakes at a time
+    max_accept = 10
 
     def __init__(self, settings, stats=None, handle_signals=False):
         self.settings = settings
@@ -70,8 +74,20 @@ class Relay:
         )
         self.sources = SourceHandler(self.registry, framing=settings.framing,
                                      max_message_bytes=settings.max_message_bytes,
-                                     banner=settings.banner)
+                                     banner=settings.banner, tokens=settings.source_tokens,
+                                     max_per_ip=settings.max_sources_per_ip,
+                                     handshake_timeout=settings.handshake_timeout,
+                                     idle_timeout=settings.source_idle_timeout,
+                                     tls=bool(settings.source_tls_cert))
         self.app = WebApp(self.registry, settings)
+        ws_paths = {"/ws"}
+        if settings.test_echo_endpoint:
+            from .echo import ECHO_PATH, EchoEndpoint
+            self.app.routes[ECHO_PATH] = EchoEndpoint(settings.close_timeout)
+            ws_paths.add(ECHO_PATH)
+            logger.warning("TESTING ONLY: echo endpoint enabled at %s", ECHO_PATH)
+        self.handler_class = Handler.configured(ws_paths=frozenset(ws_paths),
+                                                handshake_timeout=settings.handshake_timeout)
         self.tcp_server = None
         self.ws_server = None
         self._stop_requested = Event()
@@ -87,11 +103,14 @@ class Relay:
 
     def start(self):
         s = self.settings
-        self.tcp_server = StreamServer((s.tcp_host, s.tcp_port), self.sources, backlog=self.backlog)
+        self.tcp_server = StreamServer((s.tcp_host, s.tcp_port), self.sources, backlog=self.backlog,
+                                       **_tls_args(s.source_tls_cert, s.source_tls_key))
         self.ws_server = WSGIServer(
-            (s.ws_host, s.ws_port), self.app, handler_class=Handler, backlog=self.backlog,
+            (s.ws_host, s.ws_port), self.app, handler_class=self.handler_class, backlog=self.backlog,
             log=LoggingLogAdapter(logging.getLogger("sphincter.access"), logging.DEBUG),
-            error_log=LoggingLogAdapter(logging.getLogger("sphincter.http"), logging.ERROR))
+            error_log=LoggingLogAdapter(logging.getLogger("sphincter.http"), logging.ERROR),
+            **_tls_args(s.tls_cert, s.tls_key))
+        self.tcp_server.max_accept = self.ws_server.max_accept = self.max_accept
         _start(self.tcp_server, "sources", s.tcp_host, s.tcp_port)
         try:
             _start(self.ws_server, "WebSocket", s.ws_host, s.ws_port)
@@ -102,8 +121,9 @@ class Relay:
         if self.handle_signals:         # before the 'listening' line: a signal right after it is handled
             self._signal_handlers = [gevent.signal_handler(sig, self.request_stop, sig)
                                      for sig in (signal.SIGTERM, signal.SIGINT)]
-        logger.info("listening tcp=%s ws=%s framing=%s", format_peer(self.tcp_address),
-                    format_peer(self.ws_address), s.framing)
+        logger.info("listening tcp=%s ws=%s framing=%s%s%s", format_peer(self.tcp_address),
+                    format_peer(self.ws_address), s.framing,
+                    " tls=ws" if s.tls_cert else "", " tls=sources" if s.source_tls_cert else "")
         sd_notify("READY=1\nSTATUS=listening tcp=%s ws=%s" % (
             format_peer(self.tcp_address), format_peer(self.ws_address)))
         return self
@@ -145,6 +165,16 @@ class Relay:
         logger.info("stopped in %.2fs (%d connections cut at the deadline); messages in=%d deliveries=%d",
                     time.monotonic() - started, left, self.stats.messages_in, self.stats.messages_out)
         self._stopped.set()
+
+
+def _tls_args(cert, key):
+    """Keyword arguments giving a gevent server TLS (none without a cert).
+
+    The TLS handshake is not done on accept (gevent would do it with no
+    deadline); it happens on the first read, under the handshake timeout."""
+    if not cert:
+        return {}
+    return {"ssl_context": security.server_ssl_context(cert, key), "do_handshake_on_connect": False}
 
 
 def _start(server, what, host, port):

@@ -18,10 +18,12 @@ from gevent.pool import Group
 from . import __version__, api, metrics, viewer, wsproto
 from .errors import ProtocolError, RoomFullError, RoomNotFound, ShuttingDown
 from .ingest import format_peer
+from .security import ConnectionCaps, OriginPolicy, RateLimiter
 
 logger = logging.getLogger(__name__)
 
 ROOM_NOT_FOUND, ROOM_FULL = 4404, 4429
+ORIGIN_FORBIDDEN = 4403
 PING_TIMEOUT_CLOSE = 1011
 _PING = wsproto.encode_ping(b"")
 
@@ -177,7 +179,8 @@ class Session:
             sub.kick(None, "")
             return
         if self.parser is None:
-            self.parser = wsproto.FrameParser(max_message_bytes=self.app.settings.max_client_message_bytes)
+            self.parser = wsproto.FrameParser(max_message_bytes=self.app.settings.max_client_message_bytes,
+                                              keep_data=False)    # subscribers' messages are discarded
         try:
             events = self.parser.feed(data)
         except ProtocolError as exc:
@@ -246,6 +249,27 @@ class WebApp:
         self.routes.update(viewer.routes())
         self.routes.update(metrics.routes(registry, connections=lambda: self.connections))
         self.routes.update(api.routes(registry, settings.admin_token))
+        self.origins = OriginPolicy(settings.allowed_origins)
+        self.ip_caps = ConnectionCaps(settings.max_subscribers_per_ip)
+        self.unknown_rooms = RateLimiter(settings.unknown_room_rate, settings.unknown_room_burst)
+
+    def precheck(self, environ):
+        """Called by ``ws.Handler`` before upgrading: (status, body, headers) to refuse, else None.
+
+        An address that used up its unknown-room budget is refused for *every*
+        room until it earns a token back, so a 429 says nothing about whether a
+        code exists."""
+        ip = client_address(environ, self.settings.trusted_proxies)
+        if self.ip_caps.full(ip):
+            self.stats.rejected["subscriber", "too_many_connections"] += 1
+            return ("429 Too Many Requests", "too many connections from your address\n",
+                    [("Retry-After", "10")])
+        if self.unknown_rooms.blocked(ip):
+            self.stats.rejected["subscriber", "rate_limited"] += 1
+            wait = max(1, int(round(1.0 / self.unknown_rooms.rate)))
+            return ("429 Too Many Requests", "too many unknown-room attempts, slow down\n",
+                    [("Retry-After", str(wait))])
+        return None
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO") or "/"
@@ -273,31 +297,37 @@ class WebApp:
             return text_response(start_response, "400 Bad Request",
                                  "this endpoint speaks WebSocket: GET /ws?room=CODE with an Upgrade\n")
         self.connections += 1
+        ip = client_address(environ, self.settings.trusted_proxies)
+        slot = self.ip_caps.acquire(ip, force=True)     # per-IP count (checked in precheck)
         session = None
         try:
-            session = self._subscriber(environ, conn)
+            session = self._subscriber(environ, conn, ip)
         finally:
             if session is None:
                 self.connections -= 1
+                self.ip_caps.release(slot)
         if session is None:
             return []
         if conn.detach():
             # the session no longer needs the HTTP handler: run it in a fresh greenlet with a
             # shallow stack, and let the handler (its greenlet, its request state) go
-            self.sessions.spawn(self._run, session).link_exception(_log_crash("session"))
+            self.sessions.spawn(self._run, session, slot).link_exception(_log_crash("session"))
         else:
-            self._run(session)
+            self._run(session, slot)
         return []
 
-    def _subscriber(self, environ, conn):
+    def _subscriber(self, environ, conn, ip):
         """A Session for this connection, or None after refusing it with a close code."""
-        peer = client_address(environ, self.settings.trusted_proxies)
+        peer = ip
         port = environ.get("REMOTE_PORT")
         peer = format_peer((peer, int(port))) if port and peer == environ.get("REMOTE_ADDR") else peer
         code = (parse_qs(environ.get("QUERY_STRING", "")).get("room") or [""])[0]
+        if not self.origins.allowed(environ.get("HTTP_ORIGIN")):
+            return self._refuse(conn, peer, ORIGIN_FORBIDDEN, "origin not allowed", "origin")
         try:
             sub = self.registry.subscribe(code, peer)
         except RoomNotFound:
+            self.unknown_rooms.allow(ip)
             return self._refuse(conn, peer, ROOM_NOT_FOUND, "unknown room", "unknown_room")
         except RoomFullError:
             return self._refuse(conn, peer, ROOM_FULL, "room full", "room_full")
@@ -306,10 +336,11 @@ class WebApp:
         logger.debug("subscriber %s joined room %s", peer, sub.room.code)
         return Session(self, conn, sub, peer)
 
-    def _run(self, session):
+    def _run(self, session, slot=None):
         try:
             session.run()
         finally:
+            self.ip_caps.release(slot)
             self.connections -= 1
             logger.debug("subscriber %s left room %s (close %s)", session.peer, session.sub.room.code,
                          session.sub.close_code)

@@ -36,6 +36,37 @@ class Handler(WebSocketHandler):
 
     #: paths where an upgrade is attempted; other paths go to the WSGI app as is
     ws_paths = frozenset(["/ws"])
+    #: seconds a connection has to deliver each request head (TLS handshake
+    #: included, and the idle time before a keep-alive request); None: no limit
+    handshake_timeout = None
+
+    @classmethod
+    def configured(cls, **attrs):
+        """A subclass with some class attributes replaced (one per server)."""
+        return type(cls.__name__, (cls,), attrs)
+
+    def handle_one_request(self):
+        # gevent's pywsgi has no deadline for the request head: a slowloris
+        # client trickling header lines would hold its greenlet forever.
+        timer = None
+        if self.handshake_timeout:
+            timer = self._handshake_timer = gevent.Timeout.start_new(self.handshake_timeout)
+        try:
+            return super().handle_one_request()
+        except gevent.Timeout as t:
+            if t is not timer:
+                raise
+            logger.debug("%s: no request head within %ss", self.client_address, self.handshake_timeout)
+            return None                         # handle() closes the socket
+        finally:
+            if timer is not None:
+                timer.close()
+
+    def run_application(self):
+        timer = getattr(self, "_handshake_timer", None)
+        if timer is not None:
+            timer.close()                       # the head is in: the session has no deadline
+        return super().run_application()
 
     @property
     def logger(self):        # gevent-websocket installs its own stderr handler otherwise
@@ -76,6 +107,10 @@ class Handler(WebSocketHandler):
         key = env.get("HTTP_SEC_WEBSOCKET_KEY", "").strip()
         if not wsproto.valid_key(key):
             return self._refuse("400 Bad Request", "invalid Sec-WebSocket-Key\n")
+        precheck = getattr(self.application, "precheck", None)
+        refusal = precheck(env) if precheck is not None else None
+        if refusal:                             # (status, body[, headers]): refused before upgrading
+            return self._refuse(*refusal)
         self.websocket = Connection(self)
         env["wsgi.websocket_version"] = "13"
         env["wsgi.websocket"] = self.websocket
@@ -138,9 +173,12 @@ class Connection:
             if data:
                 return data
         try:
-            return self.socket.recv(self.read_size)
+            data = self.socket.recv(self.read_size)
         except OSError:
             return b""
+        if len(data) >= self.read_size:
+            gevent.sleep(0)     # more is probably waiting: let other connections run first
+        return data
 
     def _take_buffered(self):
         rfile, self._rfile = self._rfile, None
@@ -216,11 +254,15 @@ class Connection:
         self._watcher.start(self._readable)
 
     def _readable(self):
+        sslobj = getattr(self.socket, "_sslobj", None)     # wss://: read through TLS
         try:
-            data = self.socket._sock.recv(self.read_size)   # the OS socket: non-blocking
-        except BlockingIOError:
+            if sslobj is not None:
+                data = sslobj.read(self.read_size)         # over the non-blocking OS socket
+            else:
+                data = self.socket._sock.recv(self.read_size)   # the OS socket: non-blocking
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
-        except OSError:
+        except OSError:                                    # incl. SSLZeroReturnError (TLS EOF)
             data = b""
         on_data = self._on_data
         if not data:
@@ -232,6 +274,9 @@ class Connection:
                 logger.error("reader callback crashed", exc_info=True)
                 self.stop_reading()
                 self.abort()
+        if data and sslobj is not None and self._on_data is not None and sslobj.pending():
+            # decrypted bytes wait inside TLS, the socket may never be readable again for them
+            gevent.get_hub().loop.run_callback(self._readable)
 
     def stop_reading(self):
         self._on_data = None
@@ -276,6 +321,9 @@ class Connection:
         if frame.__class__ is not tuple:
             return self.sendall(frame)
         header, payload = frame
+        if getattr(self.socket, "_sslobj", None) is not None:   # TLS sockets have no sendmsg
+            self.sendall(header)
+            return self.sendall(payload)
         self.writing = True
         try:
             sent = self.socket.sendmsg(frame)

@@ -150,10 +150,15 @@ class FrameParser:
 
     :meth:`feed` returns a list of ``(opcode, payload)`` events: whole data
     messages (``TEXT``/``BINARY``, fragments reassembled; text validated as
-    UTF-8 as the fragments arrive) and control frames (``PING``, ``PONG``,
+    UTF-8 as the bytes arrive) and control frames (``PING``, ``PONG``,
     ``CLOSE`` — a close payload is validated, see :func:`parse_close`).
     ``feed(b"")`` returns ``[]``. After a :class:`ProtocolError` the parser is
     spent: the connection must be closed with ``error.code``.
+
+    Work per call is bounded by the bytes fed: a data frame's payload is
+    unmasked and UTF-8-checked chunk by chunk as it arrives (never in one
+    pass over a whole big message, which would stall every other
+    connection), so invalid text fails at the first bad octet.
     """
 
     #: largest data message accepted, in bytes; a bigger one is refused with 1009
@@ -161,38 +166,68 @@ class FrameParser:
     max_message_bytes = 1 << 20
     #: RFC 6455 requires client frames to be masked
     require_mask = True
+    #: False: data messages are checked (size, UTF-8) but not kept; their events
+    #: carry ``b""`` (for endpoints that discard what clients send)
+    keep_data = True
+    #: True once a close frame's header (valid or not) was read
+    close_seen = False
 
-    def __init__(self, max_message_bytes=None, require_mask=None):
+    def __init__(self, max_message_bytes=None, require_mask=None, keep_data=None):
         if max_message_bytes is not None:
             self.max_message_bytes = max_message_bytes
         if require_mask is not None:
             self.require_mask = require_mask
+        if keep_data is not None:
+            self.keep_data = keep_data
         self._buf = bytearray()
-        self._msg_opcode = None      # opcode of the fragmented message in progress
+        self._msg_opcode = None      # opcode of the message in progress (None: between messages)
         self._fragments = []
         self._msg_size = 0
         self._utf8 = None
+        self._frame = None           # [fin, mask, bytes left, offset]: a data frame still arriving
 
     def feed(self, data):
+        events, error = self.feed_partial(data)
+        if error is not None:
+            raise error
+        return events
+
+    def feed_partial(self, data):
+        """Like :meth:`feed`, but returns ``(events, error)``: the events parsed
+        before a violation are kept (an echo must answer a message that came in
+        the same read as a broken frame), ``error`` is the ProtocolError or None."""
         buf = self._buf
         if data:
             buf += data
         events = []
         pos = 0
-        while True:
-            frame = self._next_frame(buf, pos)
-            if frame is None:
-                break
-            pos, fin, opcode, payload = frame
-            event = self._on_frame(fin, opcode, payload)
-            if event is not None:
-                events.append(event)
+        error = None
+        try:
+            while True:
+                if self._frame is not None:
+                    pos, event = self._continue_payload(buf, pos)
+                    if event is not None:
+                        events.append(event)
+                    if self._frame is not None:
+                        break            # the rest of the payload is still to come
+                    continue
+                frame = self._next_frame(buf, pos)
+                if frame is None:
+                    break
+                pos, event = frame
+                if event is not None:
+                    events.append(event)
+        except ProtocolError as exc:
+            error = exc
         if pos:
             del buf[:pos]
-        return events
+        return events, error
 
     def _next_frame(self, buf, pos):
-        """Parse one frame at ``pos``; None if incomplete. Validates the header first."""
+        """Parse one frame header at ``pos`` (validated before any payload is
+        buffered). Returns None if the header is incomplete, else
+        ``(new pos, event or None)``; a data frame whose payload is not all
+        here yet becomes ``self._frame`` and streams in."""
         avail = len(buf) - pos
         if avail < 2:
             return None
@@ -200,7 +235,10 @@ class FrameParser:
         fin, opcode, masked, length = b0 & 0x80, b0 & 0x0F, b1 & 0x80, b1 & 0x7F
         if b0 & 0x70:
             raise ProtocolError(PROTOCOL_ERROR, "reserved bits set")
-        if opcode in _CONTROL_OPCODES:
+        control = opcode in _CONTROL_OPCODES
+        if control:
+            if opcode == CLOSE:
+                self.close_seen = True   # even if invalid: the peer will send nothing more
             if not fin:
                 raise ProtocolError(PROTOCOL_ERROR, "fragmented control frame")
             if length > MAX_CONTROL_PAYLOAD:
@@ -222,17 +260,52 @@ class FrameParser:
             if length >> 63:
                 raise ProtocolError(PROTOCOL_ERROR, "frame length has its top bit set")
             head = 10
-        if opcode not in _CONTROL_OPCODES:
+        if not control:
             self._check_data_frame(opcode, length)
         mask_at = pos + head
         start = mask_at + (4 if masked else 0)
+        if len(buf) < start:
+            return None
+        mask = bytes(buf[mask_at:start]) if masked else None
         end = start + length
         if len(buf) < end:
-            return None
+            if control:
+                return None              # at most 125 bytes: wait for all of it
+            self._begin_frame(opcode)
+            self._frame = [fin, mask, length, 0]
+            return start, None
         payload = bytes(buf[start:end])
-        if masked:
-            payload = unmask(payload, bytes(buf[mask_at:start]))
-        return end, fin, opcode, payload
+        if mask:
+            payload = unmask(payload, mask)
+        if control:
+            return end, self._on_control(opcode, payload)
+        if fin and opcode != CONTINUATION:   # the common case: a whole message in one frame
+            if opcode == TEXT:
+                _check_utf8(payload)
+            return end, (opcode, payload if self.keep_data else b"")
+        self._begin_frame(opcode)
+        self._data_chunk(payload)
+        return end, self._end_frame(fin)
+
+    def _continue_payload(self, buf, pos):
+        """Take the next bytes of the data frame in ``self._frame``."""
+        frame = self._frame
+        fin, mask, left, offset = frame
+        n = min(left, len(buf) - pos)
+        if n <= 0:
+            return pos, None
+        chunk = bytes(buf[pos:pos + n])
+        if mask:
+            r = offset & 3
+            chunk = unmask(chunk, mask[r:] + mask[:r])
+        self._data_chunk(chunk)
+        frame[2] = left - n
+        frame[3] = offset + n
+        pos += n
+        if frame[2]:
+            return pos, None
+        self._frame = None
+        return pos, self._end_frame(fin)
 
     def _check_data_frame(self, opcode, length):
         if opcode == CONTINUATION:
@@ -244,34 +317,40 @@ class FrameParser:
         if size > self.max_message_bytes:
             raise ProtocolError(TOO_BIG, "message too big (limit %d bytes)" % self.max_message_bytes)
 
-    def _on_frame(self, fin, opcode, payload):
-        if opcode == CLOSE:
-            parse_close(payload)
-            return CLOSE, payload
-        if opcode == PING or opcode == PONG:
-            return opcode, payload
-        if opcode != CONTINUATION:
-            if fin:                      # the common case: a whole message in one frame
-                if opcode == TEXT:
-                    _check_utf8(payload)
-                return opcode, payload
+    def _begin_frame(self, opcode):
+        if opcode != CONTINUATION:       # the first frame of a message
             self._msg_opcode = opcode
             self._msg_size = 0
             self._fragments = []
             self._utf8 = codecs.getincrementaldecoder("utf-8")() if opcode == TEXT else None
-        self._msg_size += len(payload)
-        self._fragments.append(payload)
+
+    def _data_chunk(self, chunk):
+        self._msg_size += len(chunk)
+        if self.keep_data:
+            self._fragments.append(chunk)
         if self._utf8 is not None:
             try:
-                self._utf8.decode(payload, final=bool(fin))
+                self._utf8.decode(chunk, final=False)
             except UnicodeDecodeError:
                 raise ProtocolError(INVALID_DATA, "text message is not valid UTF-8")
+
+    def _end_frame(self, fin):
+        """After a data frame's last byte: the message event if ``fin``."""
         if not fin:
             return None
-        message = b"".join(self._fragments)
-        event = (self._msg_opcode, message)
+        if self._utf8 is not None:
+            try:
+                self._utf8.decode(b"", final=True)
+            except UnicodeDecodeError:
+                raise ProtocolError(INVALID_DATA, "text message ends inside a UTF-8 sequence")
+        event = (self._msg_opcode, b"".join(self._fragments))
         self._msg_opcode, self._fragments, self._msg_size, self._utf8 = None, [], 0, None
         return event
+
+    def _on_control(self, opcode, payload):
+        if opcode == CLOSE:
+            parse_close(payload)
+        return opcode, payload
 
 
 def _check_utf8(payload):
