@@ -149,7 +149,8 @@ class Connection:
         self._rfile = handler.rfile
         self._pending = b""              # bytes taken from the handshake reader at detach()
         self.detached = False
-        self.tls = isinstance(self.socket, ssl.SSLSocket)
+        # wss://: gevent's SSLSocket (or the stdlib's) carries an _sslobj
+        self.tls = isinstance(self.socket, ssl.SSLSocket) or hasattr(self.socket, "_sslobj")
         self.control = []               # prepared control frames waiting for the writer
         self.writing = False            # True while a write is in progress
         self.close_sent = False
@@ -216,7 +217,7 @@ class Connection:
         state can then be freed while the session runs elsewhere.
         """
         handler, sock = self._owner, self.socket
-        if handler is None or isinstance(sock, ssl.SSLSocket) or self.closed:
+        if handler is None or self.tls or self.closed:
             return False
         if self._rfile is not None:
             self._pending = self._take_buffered() or b""
