@@ -78,5 +78,5 @@ class EchoEndpoint:
             if error is not None:
                 logger.debug("echo: protocol error %d %s", error.code, error.reason)
                 conn.close_received = parser.close_seen   # then there is no close to wait for
-                conn.close_with(error.code, error.reason, self.close_timeout)
+                conn.close_with(error.code, error.reason, self.close_timeout, failed=True)
                 return

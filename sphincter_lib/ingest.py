@@ -148,6 +148,8 @@ class SourceHandler:
             how = "source broke (%s)" % (exc.strerror or exc)
         finally:
             self._live.pop(room, None)
+            if self.registry.shutting_down:
+                how = "server shutting down"
             room.close(SOURCE_CLOSED, "source closed")
             logger.info("room %s closed: %s; peer=%s messages=%d bytes=%d peak_subscribers=%d slow_cutoffs=%d",
                         room.code, how, peer, room.messages, room.bytes,

@@ -343,15 +343,24 @@ class Connection:
         self.close_sent = True
         self.sendall(wsproto.encode_close(code, reason))
 
-    def close_with(self, code, reason, timeout):
+    def close_with(self, code, reason, timeout, failed=False):
         """Close handshake from the side of a greenlet that is the only reader and writer.
 
         Sends the close frame, waits up to ``timeout`` for the peer's close
-        (discarding anything else), then drops the connection.
+        (discarding anything else), then drops the connection. ``failed``: the
+        peer broke the protocol, so what follows cannot be parsed — after the
+        close frame the server ends its side of the TCP connection at once (as
+        RFC 6455 7.1.1 prefers) and discards what still arrives until the peer
+        closes too.
         """
         try:
             with gevent.Timeout(timeout, False):
                 self.send_close(code, reason)
+                if failed:
+                    self.socket.shutdown(socket.SHUT_WR)
+                    while self.recv():
+                        pass
+                    return self.abort()
                 parser = wsproto.FrameParser(max_message_bytes=wsproto.MAX_CONTROL_PAYLOAD)
                 parser.require_mask = False
                 while not self.close_received:

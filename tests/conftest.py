@@ -20,23 +20,7 @@ import websocket  # noqa: E402  (websocket-client)
 from sphincter_lib import config  # noqa: E402
 from sphincter_lib.server import Relay  # noqa: E402
 
-#: one timing unit, scaled on slow machines: SPHINCTER_TEST_TIME_FACTOR=3
-TIME_FACTOR = float(os.environ.get("SPHINCTER_TEST_TIME_FACTOR", "1"))
-IN_CI = os.environ.get("CI") == "true"
-
-
-def unit(seconds=1.0):
-    return seconds * TIME_FACTOR
-
-
-def require(what, available, reason=""):
-    """Skip when a real component is missing — but fail under CI=true, where a skip proves nothing."""
-    if available:
-        return
-    msg = "%s not available%s" % (what, (": " + reason) if reason else "")
-    if IN_CI:
-        pytest.fail(msg + " (CI=true: a skipped real component is a failure)")
-    pytest.skip(msg)
+from testkit import IN_CI, TIME_FACTOR, require, unit  # noqa: E402,F401
 
 
 def require_tool(name):

@@ -12,26 +12,10 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-IN_CI = os.environ.get("CI") == "true"
-#: one timing unit, scaled on slow machines: SPHINCTER_TEST_TIME_FACTOR=3
-TIME_FACTOR = float(os.environ.get("SPHINCTER_TEST_TIME_FACTOR", "1"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from testkit import IN_CI, TIME_FACTOR, require, unit  # noqa: E402,F401
+
 LISTENING_RE = re.compile(r"listening tcp=(\S+):(\d+) ws=(\S+):(\d+)")
-
-
-def unit(seconds=1.0):
-    return seconds * TIME_FACTOR
-
-
-def require(what, available, reason=""):
-    """Skip when a real component is missing, but fail under CI=true, where a skip proves nothing."""
-    if available:
-        return
-    import pytest
-
-    msg = "%s not available%s" % (what, (": " + reason) if reason else "")
-    if IN_CI:
-        pytest.fail(msg + " (CI=true: a skipped real component is a failure)")
-    pytest.skip(msg)
 
 
 def require_tools(*tools):
