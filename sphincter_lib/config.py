@@ -59,14 +59,22 @@ def size(text):
     return value
 
 
-def count(text):
-    try:
-        value = int(text)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError("invalid number %r" % text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("invalid number %r (must be at least 1)" % text)
-    return value
+def _integer(minimum, hint):
+    def parse(text):
+        try:
+            value = int(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError("invalid number %r" % text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError("invalid number %r (%s)" % (text, hint))
+        return value
+    return parse
+
+
+#: a count of at least 1
+count = _integer(1, "must be at least 1")
+#: a count where 0 means 'no limit'
+limit = _integer(0, "must be >= 0; 0: no limit")
 
 
 def seconds(text):
@@ -137,21 +145,8 @@ def origins(text):
     return items
 
 
-def limit(text):
-    """A count where 0 means 'no limit'."""
-    try:
-        value = int(text)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError("invalid number %r" % text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("invalid number %r (must be >= 0; 0: no limit)" % text)
-    return value
-
-
-def rate(text):
-    """Events per second (float) where 0 means 'no limit'."""
-    value = seconds(text)
-    return value
+#: events per second (float), 0 meaning 'no limit': parsed like a duration
+rate = seconds
 
 
 def secret(text):
