@@ -154,18 +154,19 @@ class Session:
         conn, sub = self.conn, self.sub
         if conn.writing or conn.closed or conn.control or sub.closing:
             return False                   # (checked before take(): the writer may hold one)
+        send, take, batch = conn.send_now, sub.take, self.batch_bytes
         while True:                        # until caught up, or the kernel takes no more
-            data = sub.take(self.batch_bytes)
+            data = take(batch)
             if data is None:
                 return True
             if data.__class__ is tuple:
                 return False
             try:
-                sent = conn.try_send(data)
-            except OSError:
+                sent = send(data)
+            except OSError:                # BlockingIOError included: the writer retries
                 return False
             if not sent:
-                return False               # None or 0: the writer takes the same frames again
+                return False
             sub.commit()
             if sent < len(data):
                 conn.control.append(data[sent:])

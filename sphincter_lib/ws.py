@@ -151,6 +151,9 @@ class Connection:
         self.detached = False
         # wss://: gevent's SSLSocket (or the stdlib's) carries an _sslobj
         self.tls = isinstance(self.socket, ssl.SSLSocket) or hasattr(self.socket, "_sslobj")
+        #: a non-blocking send on the OS socket (None for TLS), for the event loop's direct writes:
+        #: returns the bytes the kernel took, raises BlockingIOError when it takes none
+        self.send_now = None if self.tls else self.socket._sock.send
         self.control = []               # prepared control frames waiting for the writer
         self.writing = False            # True while a write is in progress
         self.close_sent = False
@@ -222,6 +225,7 @@ class Connection:
         if self._rfile is not None:
             self._pending = self._take_buffered() or b""
         self.socket = sock.dup()
+        self.send_now = self.socket._sock.send
         handler.socket = None
         handler.websocket = None
         self._owner = None
@@ -294,7 +298,7 @@ class Connection:
                 # one plain send first: most writes fit in the socket buffer, and gevent's
                 # sendall costs a getsockopt and a timeout object per call
                 try:
-                    sent = self.socket._sock.send(data)
+                    sent = self.send_now(data)
                 except BlockingIOError:
                     sent = 0
                 if sent == len(data):
@@ -303,19 +307,6 @@ class Connection:
             self.socket.sendall(data)
         finally:
             self.writing = False
-
-    def try_send(self, data):
-        """Send what the kernel takes right now, never waiting (callable from the event loop).
-
-        Returns the number of bytes sent (0: would block), or None when this
-        connection cannot do it (TLS, a write in progress, closed). Raises OSError.
-        """
-        if self.writing or self.closed or self.tls:
-            return None
-        try:
-            return self.socket._sock.send(data)
-        except BlockingIOError:
-            return 0
 
     def send_frame(self, frame):
         """Write one prepared frame: ``bytes`` or a ``(header, payload)`` pair (no copy)."""
