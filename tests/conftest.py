@@ -117,6 +117,16 @@ def recv_close(ws):
             return int.from_bytes(data[:2], "big"), data[2:].decode("utf-8")
 
 
+def read_to_eof(sock):
+    """Everything a peer sends until it closes."""
+    data = b""
+    while True:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return data
+        data += chunk
+
+
 def raw_upgrade(relay, query="", extra_headers=(), rcvbuf=None):
     """A raw socket upgraded to WebSocket by hand (for clients that misbehave)."""
     host, port = relay.ws_address

@@ -10,8 +10,8 @@ import gevent
 import pytest
 import websocket
 
-from conftest import (Source, mask_frame, raw_upgrade, recv_close, subscribe, unit, wait_for,
-                      ws_url)
+from conftest import (Source, mask_frame, raw_upgrade, read_to_eof, recv_close, subscribe, unit,
+                      wait_for, ws_url)
 
 TEXT, BINARY = websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY
 
@@ -145,12 +145,7 @@ def test_bad_handshakes_get_clean_http_errors(relay):
     for request, status in cases.items():
         with socket.create_connection((host, port), timeout=unit(5)) as s:
             s.sendall(request)
-            response = b""
-            while True:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                response += chunk
+            response = read_to_eof(s)
         head, _, body = response.partition(b"\r\n\r\n")
         assert head.split()[1] == status, response
         assert b"Traceback" not in response and body
@@ -204,12 +199,7 @@ def test_protocol_errors_close_with_their_code(relay):
     for frame, code in [(mask_frame(1, b"\xff"), 1007), (b"\x81\x02hi", 1002)]:
         sock = raw_upgrade(relay, "room=" + src.code)
         sock.sendall(frame)
-        data = b""
-        while True:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            data += chunk
+        data = read_to_eof(sock)
         assert data[0] == 0x88 and int.from_bytes(data[2:4], "big") == code
         sock.close()
     wait_for(lambda: relay.registry.subscriber_count == 0, what="subscribers gone")
