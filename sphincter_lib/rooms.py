@@ -227,19 +227,20 @@ class Room:
         """Encode ``payload`` once and queue it for every subscriber. Never blocks."""
         if self.state is not LIVE:
             return
-        frame = self._encode(payload, text)
-        size = len(frame) if frame.__class__ is not tuple else len(frame[0]) + len(frame[1])
         self.messages += 1
         self.bytes += len(payload)
         stats = self.stats
         stats.messages_in += 1
         stats.bytes_in += len(payload)
         self.head_seq += 1
-        self.head_pos += size
         if not self.subscribers:
+            # nobody to deliver to: not even encoded (offsets only need to grow)
+            self.head_pos += len(payload)
             self._base_seq, self._base_pos = self.head_seq, self.head_pos
             self.lead_pos = self.head_pos
             return
+        frame = self._encode(payload, text)
+        self.head_pos += len(frame) if frame.__class__ is not tuple else len(frame[0]) + len(frame[1])
         self._frames.append(frame)
         self._ends.append(self.head_pos)
         if self.head_pos > self._reclaim_at:
