@@ -13,7 +13,7 @@ import gevent
 from .errors import RoomError
 from .security import ConnectionCaps, check_auth_line
 from .framing import is_text, make_framer
-from .rooms import SOURCE_CLOSED
+from .rooms import Source
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,33 @@ def _keepalive(sock, idle=60, interval=10, probes=6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, probes)
     except (OSError, AttributeError):
         pass
+
+
+class TcpSource(Source):
+    """A source connection as its room sees it: an address, and a way to write to it."""
+
+    def __init__(self, sock, peer, write_timeout=5.0):
+        Source.__init__(self, peer)
+        self.sock = sock
+        self.write_timeout = write_timeout
+
+    def send(self, data):
+        """Write ``data`` within ``write_timeout`` seconds; False if it could not be written."""
+        with gevent.Timeout(self.write_timeout, False):
+            try:
+                self.sock.sendall(data)
+                return True
+            except OSError:
+                pass
+        return False
+
+    def hang_up(self, line):
+        """Send a last line (``ERROR ...``), then end the connection (wakes its reader)."""
+        self.send(line)
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 class SourceHandler:
@@ -124,33 +151,34 @@ class SourceHandler:
         first = self._greet(sock, peer)
         if first is None:
             return
+        source = TcpSource(sock, peer, self.write_timeout)
         try:
-            room = self.registry.open(peer)
+            room = self.registry.open(source)
         except RoomError as exc:
             self.stats.rejected["source", exc.reason] += 1
             logger.warning("source %s refused: %s", peer, exc.reason)
             self._send(sock, b"ERROR %s\n" % exc.reason.encode())
             return
-        self._live[room] = sock
+        self._live[room] = source
         _keepalive(sock)
         logger.info("room %s opened by %s", room.code, peer)
         how = "source closed"
         try:
             if self.banner:
-                self._send(sock, b"ROOM %s\n" % room.code.encode())
+                source.send(b"ROOM %s\n" % room.code.encode())
             if self.idle_timeout:
                 sock.settimeout(self.idle_timeout)
             self._pump(sock, room, first)
         except socket.timeout:
             how = "idle for %ss" % self.idle_timeout
-            self._send(sock, b"ERROR idle timeout\n")
+            source.send(b"ERROR idle timeout\n")
         except OSError as exc:
             how = "source broke (%s)" % (exc.strerror or exc)
         finally:
             self._live.pop(room, None)
             if self.registry.shutting_down:
                 how = "server shutting down"
-            room.close(SOURCE_CLOSED, "source closed")
+            room.source_left(source)
             logger.info("room %s closed: %s; peer=%s messages=%d bytes=%d peak_subscribers=%d slow_cutoffs=%d",
                         room.code, how, peer, room.messages, room.bytes,
                         room.peak_subscribers, room.slow_cutoffs)
@@ -173,11 +201,7 @@ class SourceHandler:
         raw = self.framing == "raw"
         publish = room.publish
         recv = sock.recv
-        size = self.read_size
-        if room.flow_control:
-            # one read must not carry the lead from just under high water past the budget;
-            # framing may grow bytes by half (a 1-byte line: 2 bytes read, a 3-byte frame)
-            size = max(1, min(size, (room.buffer_bytes - room.high_water) * 2 // 3))
+        size = room.read_budget(self.read_size)
         must_wait, wait, idle, sleep = room.source_must_wait, room.wait_for_readers, gevent.idle, gevent.sleep
         data = first
         while True:
@@ -197,21 +221,11 @@ class SourceHandler:
             publish(message, False if raw else is_text(message))
 
     def _send(self, sock, data):
-        with gevent.Timeout(self.write_timeout, False):
-            try:
-                sock.sendall(data)
-            except OSError:
-                pass
+        """An ``ERROR`` line to a connection that has no room (yet)."""
+        TcpSource(sock, "", self.write_timeout).send(data)
 
     def shutdown(self, reason="server shutting down"):
         """Tell every live source ``ERROR <reason>`` and end its connection."""
         line = b"ERROR %s\n" % reason.encode()
-        for room, sock in list(self._live.items()):
-            gevent.spawn(self._say_goodbye, sock, line)
-
-    def _say_goodbye(self, sock, line):
-        self._send(sock, line)
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        for source in list(self._live.values()):
+            gevent.spawn(source.hang_up, line)

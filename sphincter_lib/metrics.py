@@ -83,10 +83,7 @@ class RelayCollector:
             if room.source_paused:
                 paused += 1
                 paused_seconds += room.paused_for() - room.paused_seconds
-            for sub in list(room.subscribers):
-                lag = sub.lag_bytes
-                if lag > lag_max:
-                    lag_max = lag
+            lag_max = max(lag_max, room.lag_max())
         yield _gauge("backlog_bytes", "Bytes queued in room backlogs, not yet sent to every "
                      "subscriber.", backlog)
         yield _gauge("sources_paused", "Sources whose reader waits now for its room's fastest "

@@ -126,9 +126,7 @@ class Session:
 
     def run(self):
         sub, conn = self.sub, self.conn
-        sub.interrupt = self._interrupt
-        if not conn.tls:
-            sub.direct = self._direct
+        sub.attach(direct=None if conn.tls else self._direct, interrupt=self._interrupt)
         keepalive = self.app.keepalive
         keepalive.sessions.add(self)
         try:

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sphincter_lib import __version__, config, logformat
 from sphincter_lib.errors import ConfigError
 from sphincter_lib.metrics import RelayCollector
-from sphincter_lib.rooms import RoomRegistry
+from sphincter_lib import rooms
 from sphincter_lib.server import Relay
 from sphincter_lib import wsproto
 
@@ -157,14 +157,14 @@ def test_metrics_openmetrics_and_methods(relay):
 
 def test_collector_reads_state_at_scrape_time():
     """No hook on the data path: a scrape sees whatever the rooms and counters hold now."""
-    reg = RoomRegistry(encode=wsproto.encode_message, buffer_bytes=1 << 20)
+    reg = rooms.RoomRegistry(encode=wsproto.encode_message, buffer_bytes=1 << 20)
     collector = RelayCollector(reg, connections=lambda: 7)
 
     def current():
         return {s.name: s.value for fam in collector.collect() for s in fam.samples if not s.labels}
 
     assert current()["sphincter_rooms_open"] == 0
-    room = reg.open("127.0.0.1:5555")
+    room = reg.open(rooms.Source("127.0.0.1:5555"))
     sub = room.subscribe("127.0.0.1:6666")
     room.publish(b"x" * 100, True)
     now = current()

@@ -1,8 +1,8 @@
 import pytest
 
-from sphincter_lib import wsproto
+from sphincter_lib import rooms, wsproto
 from sphincter_lib.errors import RoomFullError, RoomLimitError, RoomNotFound, ShuttingDown
-from sphincter_lib.rooms import SLOW_CLOSE, RoomRegistry
+from sphincter_lib.rooms import SLOW_CLOSE, SOURCE_CLOSED, RoomRegistry, Source
 from sphincter_lib.stats import Stats
 
 
@@ -23,7 +23,7 @@ def drain(sub, limit=1 << 20):
 
 def test_subscriber_gets_messages_after_joining_in_order():
     reg = registry()
-    room = reg.open("peer")
+    room = reg.open(Source("peer"))
     room.publish(b"before", True)
     sub = room.subscribe("s")
     for i in range(5):
@@ -34,7 +34,7 @@ def test_subscriber_gets_messages_after_joining_in_order():
 
 def test_take_batches_up_to_the_limit_but_at_least_one_frame():
     reg = registry()
-    room = reg.open("p")
+    room = reg.open(Source("p"))
     sub = room.subscribe("s")
     for _ in range(10):
         room.publish(b"x" * 10, True)
@@ -53,7 +53,7 @@ def test_take_batches_up_to_the_limit_but_at_least_one_frame():
 def test_encoded_once_and_shared():
     calls = []
     reg = registry(encode=lambda p, t: calls.append(p) or wsproto.encode_message(p, t))
-    room = reg.open("p")
+    room = reg.open(Source("p"))
     subs = [room.subscribe(i) for i in range(50)]
     room.publish(b"hi", True)
     assert calls == [b"hi"]
@@ -64,7 +64,7 @@ def test_encoded_once_and_shared():
 def test_slow_subscriber_is_cut_and_backlog_stays_bounded():
     stats = Stats()
     reg = registry(buffer_bytes=1000, stats=stats)
-    room = reg.open("p")
+    room = reg.open(Source("p"))
     slow = room.subscribe("slow")
     fast = room.subscribe("fast")
     got = b""
@@ -80,7 +80,7 @@ def test_slow_subscriber_is_cut_and_backlog_stays_bounded():
 
 def test_cut_interrupts_a_blocked_writer():
     reg = registry(buffer_bytes=100)
-    room = reg.open("p")
+    room = reg.open(Source("p"))
     sub = room.subscribe("s")
     hits = []
     sub.interrupt = lambda: hits.append(1)
@@ -92,7 +92,7 @@ def test_cut_interrupts_a_blocked_writer():
 
 def test_close_lets_subscribers_drain_then_close():
     reg = registry()
-    room = reg.open("p")
+    room = reg.open(Source("p"))
     sub = room.subscribe("s")
     room.publish(b"last", True)
     room.close()
@@ -107,20 +107,20 @@ def test_close_lets_subscribers_drain_then_close():
 
 def test_limits():
     reg = registry(max_rooms=2, max_subscribers_per_room=1)
-    a = reg.open("a")
-    reg.open("b")
+    a = reg.open(Source("a"))
+    reg.open(Source("b"))
     with pytest.raises(RoomLimitError):
-        reg.open("c")
+        reg.open(Source("c"))
     a.subscribe("s1")
     with pytest.raises(RoomFullError):
         reg.subscribe(a.code.lower(), "s2")
     a.close()
-    reg.open("c")                                # a closed room frees its place
+    reg.open(Source("c"))                                # a closed room frees its place
 
 
 def test_leaving_frees_the_backlog_and_the_count():
     reg = registry()
-    room = reg.open("p")
+    room = reg.open(Source("p"))
     sub = room.subscribe("s")
     room.publish(b"x" * 100, True)
     assert reg.subscriber_count == 1 and room.backlog_bytes == 100
@@ -131,19 +131,19 @@ def test_leaving_frees_the_backlog_and_the_count():
 
 def test_shutdown_refuses_new_work():
     reg = registry()
-    room = reg.open("p")
+    room = reg.open(Source("p"))
     sub = room.subscribe("s")
     reg.close_all(1001, "server shutting down")
     assert sub.close_code == 1001 and room.state == "closed"
     with pytest.raises(ShuttingDown):
-        reg.open("q")
+        reg.open(Source("q"))
     with pytest.raises(ShuttingDown):
         reg.subscribe(room.code, "t")
 
 
 def test_large_frames_go_alone_and_mixed_batches_still_join():
     reg = registry(encode=wsproto.encode_message)
-    room = reg.open("p")
+    room = reg.open(Source("p"))
     sub = room.subscribe("s")
     big = b"b" * wsproto.LARGE_PAYLOAD
     room.publish(b"s1", True)
@@ -161,7 +161,7 @@ def test_large_frames_go_alone_and_mixed_batches_still_join():
 
 def test_source_waits_only_while_the_fastest_subscriber_is_past_high_water():
     reg = registry(buffer_bytes=1000, high_water=100)
-    room = reg.open("p")
+    room = reg.open(Source("p"))
     assert not room.source_must_wait()           # no subscribers: read freely
     room.publish(b"x" * 500, True)
     assert not room.source_must_wait()
@@ -181,7 +181,7 @@ def test_source_waits_only_while_the_fastest_subscriber_is_past_high_water():
 def test_paused_source_resumes_at_low_water_and_is_counted():
     clock = [100.0]
     reg = registry(buffer_bytes=1000, high_water=100, monotonic=lambda: clock[0])
-    room = reg.open("p")
+    room = reg.open(Source("p"))
     sub = room.subscribe("s")
     for _ in range(4):
         room.publish(b"x" * 40, True)              # 160 behind
@@ -201,7 +201,7 @@ def test_paused_source_resumes_at_low_water_and_is_counted():
 
 def test_lead_is_recomputed_when_the_fastest_leaves_and_a_new_subscriber_unpauses():
     reg = registry(buffer_bytes=1000, high_water=100)
-    room = reg.open("p")
+    room = reg.open(Source("p"))
     fast, slow = room.subscribe("fast"), room.subscribe("slow")
     room.publish(b"x" * 150, True)
     slow.take(1000)                # a batch in flight does not move the cursor
@@ -216,7 +216,7 @@ def test_lead_is_recomputed_when_the_fastest_leaves_and_a_new_subscriber_unpause
 
 def test_flow_control_off_never_waits():
     reg = registry(buffer_bytes=1000, high_water=100, flow_control=False)
-    room = reg.open("p")
+    room = reg.open(Source("p"))
     room.subscribe("s")
     room.publish(b"x" * 900, True)
     assert not room.source_must_wait()
@@ -224,7 +224,7 @@ def test_flow_control_off_never_waits():
 
 def test_skip_policy_jumps_to_the_newest_whole_message():
     reg = registry(buffer_bytes=100, slow_policy="skip")
-    room = reg.open("p")
+    room = reg.open(Source("p"))
     slow, fast = room.subscribe("slow"), room.subscribe("fast")
     for i in range(10):
         room.publish(b"%02d" % i + b"." * 28, True)     # 30-byte frames
@@ -240,7 +240,7 @@ def test_skip_policy_jumps_to_the_newest_whole_message():
 
 def test_skip_while_a_batch_is_in_flight_never_moves_the_cursor_back():
     reg = registry(buffer_bytes=100, slow_policy="skip")
-    room = reg.open("p")
+    room = reg.open(Source("p"))
     sub = room.subscribe("s")
     room.publish(b"a" * 30, True)
     assert sub.take(30) == b"a" * 30                    # being written
@@ -256,7 +256,7 @@ def test_skip_while_a_batch_is_in_flight_never_moves_the_cursor_back():
 
 def test_sweep_cuts_a_subscriber_that_makes_no_progress_with_data_waiting():
     reg = registry(buffer_bytes=1000, stall_timeout=10)
-    room = reg.open("p")
+    room = reg.open(Source("p"))
     idle, stuck = room.subscribe("idle"), room.subscribe("stuck")
     reg.sweep(now=0)
     room.publish(b"x" * 10, True)
@@ -271,7 +271,7 @@ def test_sweep_cuts_a_subscriber_that_makes_no_progress_with_data_waiting():
 
 def test_sweep_spares_a_slow_subscriber_that_moves():
     reg = registry(buffer_bytes=1000, stall_timeout=10)
-    room = reg.open("p")
+    room = reg.open(Source("p"))
     sub = room.subscribe("s")
     reg.sweep(now=0)
     for t in range(1, 40):
@@ -290,9 +290,71 @@ def test_sweep_spares_a_slow_subscriber_that_moves():
 def test_stall_timeout_zero_never_sweeps():
     reg = registry(stall_timeout=0)
     assert reg.sweep_interval is None
-    room = reg.open("p")
+    room = reg.open(Source("p"))
     sub = room.subscribe("s")
     room.publish(b"x", True)
     reg.sweep(now=0)
     reg.sweep(now=1e9)
     assert sub.active
+
+
+# -- the declared interface: events, sources, limits passed in (issue 10) ----------------
+
+class Recorder(rooms.RoomEvents):
+    def __init__(self):
+        self.seen = []
+
+    def subscriber_joined(self, room, sub):
+        self.seen.append(("joined", sub.peer))
+
+    def subscriber_left(self, room, sub):
+        self.seen.append(("left", sub.peer))
+
+    def source_attached(self, room, source):
+        self.seen.append(("attached", source.peer))
+
+    def source_detached(self, room, source):
+        self.seen.append(("detached", source.peer))
+
+    def room_closed(self, room):
+        self.seen.append(("closed", room.close_code))
+
+
+def test_a_room_tells_its_listener_what_happens():
+    events = Recorder()
+    reg = registry(listener=events)
+    source = Source("src")
+    room = reg.open(source)
+    assert room.source is source and room.peer == "src"
+    a, b = room.subscribe("a"), room.subscribe("b")
+    a.leave()
+    room.source_left(Source("someone else"))      # not its source: nothing happens
+    assert room.state == "live"
+    room.source_left(source)
+    assert room.source is None and room.state == "closed" and b.closing
+    b.leave()
+    assert events.seen == [("attached", "src"), ("joined", "a"), ("joined", "b"), ("left", "a"),
+                           ("detached", "src"), ("closed", SOURCE_CLOSED), ("left", "b")]
+    assert reg.subscriber_count == 0 and len(reg) == 0
+
+
+def test_rooms_get_their_limits_explicitly():
+    reg = registry(buffer_bytes=1000, max_subscribers_per_room=3, high_water=300, slow_policy="skip")
+    room = reg.open(Source("p"))
+    limits = room.limits
+    assert (limits.buffer_bytes, limits.max_subscribers, limits.high_water, limits.low_water,
+            limits.slow_policy) == (1000, 3, 300, 150, "skip")
+    assert room.read_budget(256 * 1024) == (1000 - 300) * 2 // 3
+    assert registry(flow_control=False).open(Source("p")).read_budget(4096) == 4096
+    with pytest.raises(ValueError):
+        rooms.RoomLimits(slow_policy="drop")
+
+
+def test_registry_implements_the_declared_model():
+    reg = registry()
+    for name in ("rooms", "open", "get", "subscribe", "sweep", "close_all", "__len__"):
+        assert getattr(type(reg), name) is not getattr(rooms.RoomModel, name), name
+
+
+def test_a_plain_source_cannot_be_written_to():
+    assert Source("x").send(b"hello") is False
