@@ -9,6 +9,7 @@
     │   ├── RoomLimitError   --max-rooms reached
     │   ├── RoomFullError    --max-subscribers-per-room reached (close 4429)
     │   ├── RoomNotFound     unknown or closed code (close 4404)
+    │   ├── CannotResume     a RESUME line with a wrong key, an unknown or expired code
     │   └── ShuttingDown     the server is stopping
     └── ProtocolError        a peer broke the WebSocket protocol; carries the close code
 """
@@ -48,6 +49,10 @@ class RoomFullError(RoomError):
 
 class RoomNotFound(RoomError):
     reason = "unknown room"
+
+
+class CannotResume(RoomError):
+    reason = "cannot resume"
 
 
 class ShuttingDown(RoomError):

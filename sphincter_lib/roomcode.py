@@ -1,10 +1,15 @@
-"""Room codes: six characters from an alphabet without look-alikes.
+"""Room codes and room names.
 
-The alphabet is the uppercase letters and digits minus ``0 O 1 I L``
-(31 symbols, so 31**6 ≈ 887 million codes). Codes are drawn with
-:mod:`secrets`; the RNG is injectable for tests.
+Codes: six characters from an alphabet without look-alikes. The alphabet is
+the uppercase letters and digits minus ``0 O 1 I L`` (31 symbols, so 31**6 ≈
+887 million codes). Codes are drawn with :mod:`secrets`; the RNG is
+injectable for tests.
+
+Names (``--rooms-file``): 3–32 characters from ``A-Z a-z 0-9 _ -``. Codes and
+names share one key space, case-insensitive: :func:`room_key`.
 """
 
+import re
 import secrets
 
 from .errors import RoomNotFound
@@ -32,6 +37,27 @@ def normalize(text):
     if len(code) != LENGTH or not _ALLOWED.issuperset(code):
         raise RoomNotFound()
     return code
+
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]{3,32}$")
+
+
+def is_name(text):
+    """True for a valid room name (as written in a rooms file)."""
+    return bool(_NAME.match(text or ""))
+
+
+def room_key(text):
+    """The lookup key of a code or name typed by a person, or raise RoomNotFound."""
+    key = (text or "").strip()
+    if not _NAME.match(key):
+        raise RoomNotFound()
+    return key.upper()
+
+
+def resume_key(nbytes=16):
+    """A fresh secret for ``RESUME``/``WRITE`` lines: ``nbytes`` (≥ 16) random bytes, URL-safe text."""
+    return secrets.token_urlsafe(max(16, nbytes))
 
 
 def is_valid(text):
