@@ -8,7 +8,8 @@ else gets 401 with ``WWW-Authenticate: Bearer``. Responses are ``no-store``.
 A room is ``{"code", "opened_at" (ISO 8601 UTC), "opened_at_unix", "source" (peer address),
 "subscribers", "peak_subscribers", "messages", "bytes", "backlog_bytes", "slow_cutoffs",
 "skipped_messages", "source_paused" (its reader waits for the fastest subscriber now),
-"source_pauses", "source_paused_seconds"}``.
+"source_pauses", "source_paused_seconds", "state" (live, waiting), "named", "source_present",
+"resumes", "takeovers", "replayed_messages"}``.
 """
 
 import hmac
@@ -28,6 +29,9 @@ PREFIX = "/api/rooms"
 def room_info(room):
     return {
         "code": room.code,
+        "state": room.state,
+        "named": room.named,
+        "source_present": room.source is not None,
         "opened_at": datetime.fromtimestamp(room.opened_at, timezone.utc).isoformat(
             timespec="seconds").replace("+00:00", "Z"),
         "opened_at_unix": round(room.opened_at, 3),
@@ -42,6 +46,9 @@ def room_info(room):
         "source_paused": room.source_paused,
         "source_pauses": room.source_pauses,
         "source_paused_seconds": round(room.paused_for(), 3),
+        "resumes": room.resumes,
+        "takeovers": room.takeovers,
+        "replayed_messages": room.replayed,
     }
 
 

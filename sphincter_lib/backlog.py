@@ -34,7 +34,7 @@ uses is declared in :mod:`sphincter_lib.rooms`.
 
 import logging
 import time
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 
 from gevent import get_hub
 from gevent.event import Event
@@ -43,7 +43,8 @@ from .errors import RoomFullError, RoomNotFound
 
 logger = logging.getLogger(__name__)
 
-LIVE, CLOSED = "live", "closed"
+#: room states: a source feeds it; no source (named room, or grace period); closed for good
+LIVE, WAITING, CLOSED = "live", "waiting", "closed"
 #: slow-subscriber policies: close it (4408), or jump it to the newest whole message
 CUT, SKIP = "cut", "skip"
 
@@ -57,10 +58,10 @@ class RoomLimits:
     """A room's limits and policies, given to it when it is made (one shared instance)."""
 
     __slots__ = ("buffer_bytes", "max_subscribers", "flow_control", "high_water", "low_water",
-                 "slow_policy")
+                 "slow_policy", "replay", "grace")
 
     def __init__(self, buffer_bytes=4 << 20, max_subscribers=10000, flow_control=True,
-                 high_water=None, slow_policy=CUT):
+                 high_water=None, slow_policy=CUT, replay=0, grace=0.0):
         if slow_policy not in (CUT, SKIP):
             raise ValueError("slow_policy must be %r or %r" % (CUT, SKIP))
         #: how far a subscriber may fall behind the head (bytes) before it is cut or skips
@@ -73,6 +74,19 @@ class RoomLimits:
         #: the source reads again once the fastest subscriber is back under this
         self.low_water = self.high_water // 2
         self.slow_policy = slow_policy
+        #: a subscriber that joins first gets up to this many of the newest messages
+        self.replay = replay
+        #: seconds a room waits for its source to come back (``RESUME``); None: forever (named)
+        self.grace = grace
+
+    def but(self, **changes):
+        """A copy with some limits changed (a named room's own options)."""
+        copy = RoomLimits.__new__(RoomLimits)
+        for name in self.__slots__:
+            setattr(copy, name, changes[name] if changes.get(name) is not None else getattr(self, name))
+        if "high_water" not in changes:
+            copy.low_water = copy.high_water // 2
+        return copy
 
 
 class Subscriber:
@@ -199,13 +213,25 @@ class Subscriber:
 
 
 class Room:
-    """A live code, its backlog of encoded frames, and its subscribers."""
+    """A code (or name), its backlog of encoded frames, its subscribers, its source if any.
+
+    Lifecycle: ``live`` while a source feeds it; when the source leaves, a
+    room with a grace period (or a named room, whose grace is endless) goes
+    ``waiting`` — subscribers stay, new ones may join, a source may come back
+    (:meth:`attach`) — else it closes. ``closed`` is final: subscribers drain,
+    then get the close code.
+    """
 
     def __init__(self, code, source, limits, encode, events, stats, clock=time.time,
-                 monotonic=time.monotonic):
+                 monotonic=time.monotonic, named=False):
+        #: the code (or a named room's name as written); ``key`` is its case-folded form
         self.code = code
+        self.key = code.upper()
+        self.named = named
         #: the source feeding the room (an object with ``peer`` and ``send(data)``), or None
         self.source = source
+        #: the secret a source presents to resume this room (set by the registry)
+        self.resume_key = None
         self.limits = limits
         self.events = events
         self.stats = stats
@@ -215,10 +241,17 @@ class Room:
         self.high_water = limits.high_water
         self.low_water = limits.low_water
         self.skip = limits.slow_policy == SKIP
+        self.replay = limits.replay
         self._encode = encode
         self._monotonic = monotonic
         self.opened_at = clock()
-        self.state = LIVE
+        self.state = LIVE if source is not None else WAITING
+        self.resumes = 0                 # sources that came back (RESUME or a named room's AUTH)
+        self.takeovers = 0               # sources replaced by a newer one
+        self.replayed = 0                # messages replayed to joining subscribers
+        self._fed = source is not None  # a source fed it once: the next one resumes it
+        self._grace_timer = None
+        self._presence = Event()         # set and replaced at each presence change
         self.messages = 0
         self.bytes = 0
         self.subscribers = set()
@@ -280,10 +313,19 @@ class Room:
         stats.bytes_in += len(payload)
         self.head_seq += 1
         if not self.subscribers:
-            # nobody to deliver to: not even encoded (offsets only need to grow)
-            self.head_pos += len(payload)
-            self._base_seq, self._base_pos = self.head_seq, self.head_pos
+            if not self.replay:
+                # nobody to deliver to: not even encoded (offsets only need to grow)
+                self.head_pos += len(payload)
+                self._base_seq, self._base_pos = self.head_seq, self.head_pos
+                self.lead_pos = self.head_pos
+                return
+            frame = self._encode(payload, text)
+            self.head_pos += len(frame) if frame.__class__ is not tuple else len(frame[0]) + len(frame[1])
+            self._frames.append(frame)
+            self._ends.append(self.head_pos)
             self.lead_pos = self.head_pos
+            if len(self._frames) >= 2 * self.replay or self.head_pos > self._reclaim_at:
+                self._trim_to(self.head_seq)          # keeps the replay window only
             return
         frame = self._encode(payload, text)
         self.head_pos += len(frame) if frame.__class__ is not tuple else len(frame[0]) + len(frame[1])
@@ -337,8 +379,7 @@ class Room:
                 sub.kick(SLOW_CLOSE, "too slow")
             elif sub.pos < min_pos:
                 min_seq, min_pos = sub.seq, sub.pos
-        self._trim(min_seq, min_pos)
-        self._reclaim_at = min_pos + self.buffer_bytes
+        self._trim_to(min_seq)
 
     def _frame_start(self, seq):
         """Absolute byte offset where frame ``seq`` (still in the backlog) begins."""
@@ -403,22 +444,44 @@ class Room:
                              self.code, sub.peer, now - sub.progress_at, head - sub.pos)
                 sub.kick(SLOW_CLOSE, "stalled")
 
-    def _trim(self, seq, pos):
+    def _trim_to(self, seq):
+        """Drop frames before ``seq`` (what subscribers no longer need), but keep the replay window."""
+        if self.replay:
+            seq = min(seq, self._replay_start())
         k = seq - self._base_seq
         if k > 0:
+            pos = self._ends[k - 1]
             del self._frames[:k]
             del self._ends[:k]
             self._base_seq, self._base_pos = seq, pos
+        self._reclaim_at = self._base_pos + self.buffer_bytes
+
+    def _replay_start(self):
+        """The first frame a joining subscriber gets: the newest ``replay`` frames that fit in
+        ``buffer_bytes`` (whole frames only)."""
+        seq = max(self._base_seq, self.head_seq - self.replay)
+        limit = self.head_pos - self.buffer_bytes
+        if self._frame_start(seq) < limit:
+            seq = self._base_seq + bisect_left(self._ends, limit) + 1
+        return min(seq, self.head_seq)
 
     def subscribe(self, peer):
-        if self.state is not LIVE:
+        if self.state is CLOSED:
             raise RoomNotFound()
         if len(self.subscribers) >= self.max_subscribers:
             raise RoomFullError()
         sub = Subscriber(self, peer)
+        if self.replay and self.head_seq > self._base_seq:
+            start = self._replay_start()
+            sub.seq, sub.pos = start, self._frame_start(start)
+            sub.swept_pos = sub.pos
+            n = self.head_seq - start
+            self.replayed += n
+            self.stats.replayed_messages += n
+        if not self.subscribers or sub.pos > self.lead_pos:
+            self.lead_pos = sub.pos            # the fastest there is (or the only one)
         self.subscribers.add(sub)
-        self.lead_pos = self.head_pos        # it is caught up: the fastest there is
-        if self._source_paused:
+        if self._source_paused and self.head_pos - self.lead_pos <= self.low_water:
             self._resume_source()
         if len(self.subscribers) > self.peak_subscribers:
             self.peak_subscribers = len(self.subscribers)
@@ -432,21 +495,78 @@ class Room:
         self.subscribers.discard(sub)
         self.events.subscriber_left(self, sub)
         if not self.subscribers:
-            self._trim(self.head_seq, self.head_pos)
-            self._reclaim_at = self.head_pos + self.buffer_bytes
+            self._trim_to(self.head_seq)
         if sub.pos >= self.lead_pos or not self.subscribers:
             self._recompute_lead()
+
+    # -- lifecycle -----------------------------------------------------------------
+    def configure(self, limits):
+        """New limits for a named room whose options changed (subscribers stay)."""
+        self.limits = limits
+        self.max_subscribers = limits.max_subscribers
+        self.skip = limits.slow_policy == SKIP
+        self.replay = limits.replay
+
+    @property
+    def presence(self):
+        """``online`` while a source feeds the room, ``offline`` otherwise."""
+        return "online" if self.source is not None else "offline"
+
+    def presence_changed(self):
+        """An Event set at the next presence change (for long-polls)."""
+        return self._presence
+
+    def _presence_change(self):
+        event, self._presence = self._presence, Event()
+        event.set()
+
+    def attach(self, source):
+        """``source`` feeds the room from now on; returns the source it replaced, if any."""
+        if self.state is CLOSED:
+            raise RoomNotFound()
+        old, self.source = self.source, source
+        if self._grace_timer is not None:
+            self._grace_timer.close()
+            self._grace_timer = None
+        self.state = LIVE
+        if old is not None:
+            self.takeovers += 1
+            self.stats.takeovers += 1
+            self.events.source_detached(self, old)
+        elif self._fed:
+            self.resumes += 1
+            self.stats.resumes += 1
+        self._fed = True
+        self._resume_source()                    # the old reader stops; the new one decides afresh
+        self.events.source_attached(self, source)
+        self._presence_change()
+        return old
 
     def source_left(self, source):
         """``source`` stopped feeding the room (its connection ended).
 
-        The room decides what follows; here (no grace period, no named rooms
-        yet) it closes: subscribers drain, then get 4410."""
+        A named room waits for a source forever; a room with a grace period
+        waits that long, then closes (4410); any other room closes now:
+        subscribers drain, then get 4410."""
         if source is not self.source:
-            return
+            return                               # a replaced source: the room moved on
         self.source = None
         self.events.source_detached(self, source)
-        self.close(SOURCE_CLOSED, "source closed")
+        grace = self.limits.grace
+        if self.state is not LIVE or not (self.named or grace):
+            self.close(SOURCE_CLOSED, "source closed")
+            return
+        self.state = WAITING
+        self._resume_source()
+        if not self.named:
+            self._grace_timer = self._loop.timer(grace)
+            self._grace_timer.start(self._grace_over)
+        self._presence_change()
+
+    def _grace_over(self):
+        self._grace_timer = None
+        if self.state is WAITING:
+            self.close(SOURCE_CLOSED, "source closed")
 
     def close(self, code=SOURCE_CLOSED, reason="source closed"):
         """No more messages: subscribers drain their backlog, then get ``code``."""
@@ -454,7 +574,11 @@ class Room:
             return
         self.state = CLOSED
         self.close_code, self.close_reason = code, reason
+        if self._grace_timer is not None:
+            self._grace_timer.close()
+            self._grace_timer = None
         self._resume_source()
+        self._presence_change()
         self.events.room_closed(self)
         for sub in list(self.subscribers):
             sub.close_after_drain(code, reason)

@@ -277,6 +277,17 @@ OPTIONS = (
     Option("stall-timeout", "30", seconds,
            "cut (4408) a subscriber that has data waiting and makes no progress for this many seconds; "
            "0: never", "SECONDS"),
+    # -- room lifecycle (see sphincter_lib/rooms.py, roomsfile.py) --
+    Option("rooms-file", "", path_or_empty,
+           "named rooms, one per line: 'NAME TOKEN [replay=N] [max-subscribers=N] [slow-policy=cut|skip]'; "
+           "a source claims one with 'AUTH <TOKEN>'; they exist from start-up and never close; "
+           "re-read on SIGHUP", "FILE"),
+    Option("room-grace", "0", seconds,
+           "seconds a room waits for its source to come back ('RESUME <CODE> <KEY>') after it left; "
+           "subscribers stay connected meanwhile; 0: the room closes at once (4410)", "SECONDS"),
+    Option("replay", "0", limit,
+           "a subscriber that joins first receives the room's last N messages (at most "
+           "--subscriber-buffer-bytes of them); 1: a 'last value' room; 0: none", "N"),
 )
 
 #: Testing aids: parsed like the others (flag, env var, config key) but not shown by
@@ -342,6 +353,12 @@ def check(s):
         raise ConfigError(
             "argument --subscriber-buffer-bytes: must be at least --max-message-bytes (%d < %d)"
             % (s.subscriber_buffer_bytes, s.max_message_bytes))
+    if s.rooms_file:
+        from .roomsfile import load
+        try:
+            load(s.rooms_file)
+        except ConfigError as exc:
+            raise ConfigError("argument --rooms-file: %s" % exc)
     if s.source_high_water and s.source_high_water >= s.subscriber_buffer_bytes:
         raise ConfigError(
             "argument --source-high-water: must be below --subscriber-buffer-bytes (%d >= %d)"

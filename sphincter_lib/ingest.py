@@ -1,18 +1,25 @@
-"""TCP sources: a ``StreamServer`` handler that turns one connection into one room.
+"""TCP sources: a ``StreamServer`` handler that feeds one room from one connection.
 
-Per connection: open a room (or answer ``ERROR <reason>`` and close), send the
-banner ``ROOM <CODE>``, then read → frame → publish until the source closes.
-The handler owns its socket and closes it in ``finally``.
+Per connection: read the preamble (``AUTH <TOKEN>`` and/or ``RESUME <CODE>
+<KEY>`` when the configuration expects them, see :mod:`.preamble`), then
+claim the named room of that token, resume the room of that code, or open a
+new room — or answer ``ERROR <reason>`` and close. Send the banner ``ROOM
+<CODE>`` (and ``RESUME <CODE> <KEY>`` when the room can be resumed), then read
+→ frame → publish until the source closes or a newer source replaces it. The
+room decides what its source's leaving means (:meth:`Room.source_left`). The
+handler owns its socket and closes it in ``finally``.
 """
 
 import logging
 import socket
+import time
 
 import gevent
 
 from .errors import RoomError
 from .security import ConnectionCaps, check_auth_line
 from .framing import is_text, make_framer
+from .preamble import Preamble
 from .rooms import Source
 
 logger = logging.getLogger(__name__)
@@ -36,6 +43,10 @@ def _keepalive(sock, idle=60, interval=10, probes=6):
         pass
 
 
+def _log_crash(greenlet):
+    logger.error("source greenlet crashed", exc_info=greenlet.exc_info)
+
+
 class TcpSource(Source):
     """A source connection as its room sees it: an address, and a way to write to it."""
 
@@ -54,8 +65,11 @@ class TcpSource(Source):
                 pass
         return False
 
-    def hang_up(self, line):
-        """Send a last line (``ERROR ...``), then end the connection (wakes its reader)."""
+    def hang_up(self, reason):
+        """In a greenlet of its own: ``ERROR <reason>``, then end the connection (wakes its reader)."""
+        gevent.spawn(self._hang_up, b"ERROR %s\n" % reason.encode()).link_exception(_log_crash)
+
+    def _hang_up(self, line):
         self.send(line)
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
@@ -71,8 +85,12 @@ class SourceHandler:
     #: seconds allowed for writing a banner or an ERROR line to a source
     write_timeout = 5.0
 
-    #: longest AUTH line accepted (bytes, newline included)
+    #: longest AUTH or RESUME line accepted (bytes, newline included)
     max_auth_line = 1024
+    #: seconds to wait for an AUTH or RESUME line that may or may not come (named rooms, grace
+    #: period) before a silent source gets a new room; lines sent right after connecting are
+    #: there long before
+    preamble_wait = 1.0
 
     def __init__(self, registry, framing="lines", max_message_bytes=1 << 20, banner=True,
                  tokens=(), max_per_ip=0, handshake_timeout=10.0, idle_timeout=0, tls=False):
@@ -86,7 +104,7 @@ class SourceHandler:
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout    # 0: a source may stay silent forever
         self.tls = tls
-        self._live = {}          # room -> socket, for shutdown
+        self._live = {}          # source -> room, for shutdown
 
     @property
     def active(self):
@@ -109,82 +127,135 @@ class SourceHandler:
             sock.close()
 
     def _greet(self, sock, peer):
-        """TLS handshake and AUTH line, within ``handshake_timeout``.
+        """TLS handshake and the preamble lines (``AUTH``, ``RESUME``), within ``handshake_timeout``.
 
-        Returns the bytes the source sent after its AUTH line (the start of its
-        stream), or None if the source is to be dropped."""
+        Returns a :class:`~sphincter_lib.preamble.Result` (its ``rest`` is the
+        start of the source's data), or None if the source is to be dropped."""
         timer = gevent.Timeout.start_new(self.handshake_timeout) if self.handshake_timeout else None
         secured = not self.tls
         try:
             if self.tls:
                 sock.do_handshake()
                 secured = True
-            if not self.tokens:
-                return b""
-            buf = b""
-            while b"\n" not in buf and len(buf) < self.max_auth_line:
-                data = sock.recv(self.max_auth_line - len(buf))
-                if not data:
-                    break
-                buf += data
-            line, nl, rest = buf.partition(b"\n")
-            if nl and check_auth_line(line, self.tokens):
-                return rest
-            why = "unauthorized"
         except gevent.Timeout as t:
             if t is not timer:
                 raise
-            why = "auth timeout" if self.tokens else "handshake timeout"
+            return self._refuse(sock, peer, "handshake timeout", secured)
         except OSError as exc:       # includes ssl.SSLError
             logger.info("source %s: handshake failed: %s", peer, exc)
             return None
         finally:
             if timer is not None:
                 timer.close()
+        preamble = Preamble(require_auth=bool(self.tokens), accept_auth=self.registry.named_count > 0,
+                            accept_resume=self.registry.limits.grace > 0, max_line=self.max_auth_line)
+        try:
+            result = self._read_preamble(sock, preamble)
+        except OSError as exc:
+            logger.info("source %s: connection failed before its data: %s", peer, exc)
+            return None
+        if result.error:
+            return self._refuse(sock, peer, result.error, secured)
+        return result
+
+    def _read_preamble(self, sock, preamble):
+        """Feed ``preamble`` until it decides: a line that may or may not come is waited for
+        ``preamble_wait`` seconds, a required one up to ``handshake_timeout``."""
+        now = time.monotonic()
+        deadline = now + (self.handshake_timeout or 3600.0)
+        soft = now + self.preamble_wait
+        if not (preamble.require_auth or preamble.accept_auth or preamble.accept_resume):
+            return preamble.timeout()           # no line expected: all of it is data
+        try:
+            while True:
+                now = time.monotonic()
+                if preamble.required_pending:
+                    soft = now + self.preamble_wait     # optional lines may follow the AUTH line
+                    limit = deadline
+                else:
+                    limit = min(deadline, soft)
+                if limit <= now:
+                    return preamble.timeout()
+                sock.settimeout(limit - now)
+                try:
+                    data = sock.recv(self.max_auth_line)
+                except socket.timeout:
+                    return preamble.timeout()
+                result = preamble.feed(data)
+                if result is not None:
+                    return result
+        finally:
+            sock.settimeout(None)
+
+    def _refuse(self, sock, peer, why, secured=True):
         self.stats.rejected["source", why] += 1
         logger.warning("source %s refused: %s", peer, why)
         if secured:                  # no ERROR line into a half-done TLS handshake
             self._send(sock, b"ERROR %s\n" % why.encode())
         return None
 
+    def _join(self, source, greeting):
+        """The room ``source`` feeds, from its preamble: a named room (AUTH with its token), its old
+        room (RESUME), or a new one. Returns (room, how) or raises RoomError."""
+        replaced, how = None, "opened"
+        room = None
+        if greeting.token is not None:
+            claimed = self.registry.claim(greeting.token, source)
+            if claimed is not None:
+                (room, replaced), how = claimed, "claimed"
+            elif not (self.tokens and check_auth_line(b"AUTH " + greeting.token, self.tokens)):
+                raise RoomError("unauthorized")
+        if room is None and greeting.resume is not None:
+            room, replaced = self.registry.resume(greeting.resume[0], greeting.resume[1], source)
+            how = "resumed"
+        if room is None:
+            room = self.registry.open(source)
+        if replaced is not None:
+            how += ", replacing %s" % replaced.peer
+            replaced.hang_up("replaced by a newer source")
+        return room, how
+
     def _serve(self, sock, peer):
-        first = self._greet(sock, peer)
-        if first is None:
+        greeting = self._greet(sock, peer)
+        if greeting is None:
             return
         source = TcpSource(sock, peer, self.write_timeout)
         try:
-            room = self.registry.open(source)
+            room, how = self._join(source, greeting)
         except RoomError as exc:
-            self.stats.rejected["source", exc.reason] += 1
-            logger.warning("source %s refused: %s", peer, exc.reason)
-            self._send(sock, b"ERROR %s\n" % exc.reason.encode())
+            self._refuse(sock, peer, exc.reason)
             return
-        self._live[room] = source
+        self._live[source] = room
         _keepalive(sock)
-        logger.info("room %s opened by %s", room.code, peer)
-        how = "source closed"
+        logger.info("room %s %s by %s%s", room.code, how, peer, " (named)" if room.named else "")
+        end = "source closed"
         try:
             if self.banner:
-                source.send(b"ROOM %s\n" % room.code.encode())
+                lines = b"ROOM %s\n" % room.code.encode()
+                if room.resume_key:
+                    lines += b"RESUME %s %s\n" % (room.code.encode(), room.resume_key.encode())
+                source.send(lines)
             if self.idle_timeout:
                 sock.settimeout(self.idle_timeout)
-            self._pump(sock, room, first)
+            if not self._pump(sock, room, source, greeting.rest):
+                end = "replaced by a newer source"
         except socket.timeout:
-            how = "idle for %ss" % self.idle_timeout
+            end = "idle for %ss" % self.idle_timeout
             source.send(b"ERROR idle timeout\n")
         except OSError as exc:
-            how = "source broke (%s)" % (exc.strerror or exc)
+            end = "source broke (%s)" % (exc.strerror or exc)
         finally:
-            self._live.pop(room, None)
+            self._live.pop(source, None)
             if self.registry.shutting_down:
-                how = "server shutting down"
+                end = "server shutting down"
             room.source_left(source)
-            logger.info("room %s closed: %s; peer=%s messages=%d bytes=%d peak_subscribers=%d slow_cutoffs=%d",
-                        room.code, how, peer, room.messages, room.bytes,
+            after = {"waiting": "waiting for its source", "closed": "closed"}.get(room.state, room.state)
+            logger.info("room %s %s: %s; peer=%s messages=%d bytes=%d peak_subscribers=%d slow_cutoffs=%d",
+                        room.code, after, end, peer, room.messages, room.bytes,
                         room.peak_subscribers, room.slow_cutoffs)
 
-    def _pump(self, sock, room, first=b""):
-        """Read → frame → publish until the source closes.
+    def _pump(self, sock, room, source, first=b""):
+        """Read → frame → publish until the source closes (True) or is replaced (False).
 
         After each read the reader yields to the event loop (a gevent socket's
         ``recv`` only yields when it would block, so a source that keeps its
@@ -206,6 +277,8 @@ class SourceHandler:
         data = first
         while True:
             if data:
+                if room.source is not source:
+                    return False
                 for message in framer.feed(data):
                     publish(message, False if raw else is_text(message))
                 if must_wait():
@@ -217,8 +290,11 @@ class SourceHandler:
             data = recv(size)
             if not data:
                 break
+        if room.source is not source:
+            return False
         for message in framer.eof():
             publish(message, False if raw else is_text(message))
+        return True
 
     def _send(self, sock, data):
         """An ``ERROR`` line to a connection that has no room (yet)."""
@@ -226,6 +302,5 @@ class SourceHandler:
 
     def shutdown(self, reason="server shutting down"):
         """Tell every live source ``ERROR <reason>`` and end its connection."""
-        line = b"ERROR %s\n" % reason.encode()
-        for source in list(self._live.values()):
-            gevent.spawn(source.hang_up, line)
+        for source in list(self._live):
+            source.hang_up(reason)

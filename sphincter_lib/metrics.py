@@ -46,6 +46,10 @@ COUNTERS = (
      "(--slow-policy skip)."),
     ("source_pauses", "source_pauses", "Times a source's reader waited for its room's fastest "
      "subscriber (flow control)."),
+    ("resumes", "room_resumes", "Sources that came back to their room (RESUME, or a named room's "
+     "AUTH after its source left)."),
+    ("takeovers", "room_takeovers", "Sources replaced by a newer source of the same room."),
+    ("replayed_messages", "replayed_messages", "Messages replayed to subscribers as they joined."),
 )
 
 
@@ -69,7 +73,12 @@ class RelayCollector:
     def collect(self):
         stats, registry = self.stats, self.registry
         rooms = registry.rooms()
-        yield _gauge("rooms_open", "Rooms open now (live sources).", len(rooms))
+        yield _gauge("rooms_open", "Rooms open now (live or waiting for their source; named ones "
+                     "included).", len(rooms))
+        yield _gauge("rooms_waiting", "Rooms waiting for their source now (named, or in their grace "
+                     "period).", sum(1 for r in rooms if r.source is None))
+        yield _gauge("rooms_named", "Named rooms configured (--rooms-file).",
+                     getattr(registry, "named_count", 0))
         yield _gauge("subscribers", "Subscribers connected to a room now.", registry.subscriber_count)
         if self.connections is not None:
             yield _gauge("websocket_connections", "Open WebSocket connections (including ones "

@@ -50,6 +50,11 @@ class Preamble:
         self._stage = "auth"
 
     @property
+    def required_pending(self):
+        """True while a required ``AUTH`` line has not arrived."""
+        return self._stage == "auth" and self.require_auth
+
+    @property
     def waiting(self):
         """True while nothing is decided (more bytes or :meth:`timeout` will tell)."""
         return self._stage is not None

@@ -27,21 +27,26 @@ registry implements :class:`RoomModel` the same way without changes to
 ``web`` or ``ingest``.
 """
 
+import hmac
+import logging
 import time
 
-from .backlog import CLOSED, CUT, LIVE, SKIP, SLOW_CLOSE, SOURCE_CLOSED, Room, RoomLimits, Subscriber
-from .errors import RoomLimitError, RoomNotFound, ShuttingDown
-from .roomcode import make_code, normalize
+from .backlog import (CLOSED, CUT, LIVE, SKIP, SLOW_CLOSE, SOURCE_CLOSED, WAITING, Room, RoomLimits,
+                      Subscriber)
+from .errors import CannotResume, RoomLimitError, RoomNotFound, ShuttingDown
+from .roomcode import make_code, resume_key, room_key
 from .stats import Stats
 
+logger = logging.getLogger(__name__)
+
 __all__ = ["RoomModel", "RoomEvents", "Source", "RoomRegistry", "Room", "RoomLimits", "Subscriber",
-           "ROOM_FIGURES", "LIVE", "CLOSED", "CUT", "SKIP", "SLOW_CLOSE", "SOURCE_CLOSED"]
+           "ROOM_FIGURES", "LIVE", "WAITING", "CLOSED", "CUT", "SKIP", "SLOW_CLOSE", "SOURCE_CLOSED"]
 
 #: what the API and metrics may read on a room (attributes; ``paused_for()`` and ``lag_max()``
 #: are methods)
-ROOM_FIGURES = ("code", "state", "peer", "opened_at", "subscribers", "peak_subscribers", "messages",
-                "bytes", "backlog_bytes", "slow_cutoffs", "skipped", "source_paused", "source_pauses",
-                "paused_seconds")
+ROOM_FIGURES = ("code", "state", "named", "presence", "peer", "opened_at", "subscribers",
+                "peak_subscribers", "messages", "bytes", "backlog_bytes", "slow_cutoffs", "skipped",
+                "source_paused", "source_pauses", "paused_seconds", "resumes", "takeovers", "replayed")
 
 
 class Source:
@@ -57,6 +62,9 @@ class Source:
     def send(self, data):
         """Write ``data`` to the source; False if it could not be written."""
         return False
+
+    def hang_up(self, reason):
+        """Tell the source ``ERROR <reason>`` and end its connection; must not block."""
 
 
 class RoomEvents:
@@ -102,6 +110,19 @@ class RoomModel:
         """A new live room fed by ``source``, with a fresh code; RoomLimitError / ShuttingDown."""
         raise NotImplementedError
 
+    def claim(self, token, source):
+        """Feed the named room whose token is ``token`` (bytes) with ``source``.
+
+        Returns ``(room, replaced_source_or_None)``, or None when no named room
+        has that token."""
+        raise NotImplementedError
+
+    def resume(self, code, key, source):
+        """Feed room ``code`` again from ``source`` if ``key`` is its resume key.
+
+        Returns ``(room, replaced_source_or_None)``; CannotResume otherwise."""
+        raise NotImplementedError
+
     def get(self, code):
         """The open room for a code typed by a person (case-insensitive), or RoomNotFound."""
         raise NotImplementedError
@@ -131,12 +152,15 @@ class RoomRegistry(RoomModel, RoomEvents):
     def __init__(self, encode, max_rooms=1000, max_subscribers_per_room=10000,
                  buffer_bytes=4 << 20, stats=None, new_code=make_code, clock=time.time,
                  flow_control=True, high_water=None, slow_policy=CUT, stall_timeout=30.0,
-                 monotonic=time.monotonic, listener=None):
+                 monotonic=time.monotonic, listener=None, grace=0.0, replay=0, named=()):
         self.encode = encode
+        #: most ephemeral rooms (live or waiting for their source); named rooms are not counted
         self.max_rooms = max_rooms
         self.limits = RoomLimits(buffer_bytes=buffer_bytes, max_subscribers=max_subscribers_per_room,
                                  flow_control=flow_control, high_water=high_water,
-                                 slow_policy=slow_policy)
+                                 slow_policy=slow_policy, replay=replay, grace=grace)
+        self._ephemeral = 0
+        self._named = {}                      # key -> (RoomSpec, Room)
         #: seconds a subscriber with data waiting may make no progress (0: forever)
         self.stall_timeout = stall_timeout
         self.stats = stats if stats is not None else Stats()
@@ -147,6 +171,15 @@ class RoomRegistry(RoomModel, RoomEvents):
         self._rooms = {}
         self.subscriber_count = 0
         self.shutting_down = False
+        self.reload(named)
+
+    @property
+    def ephemeral_count(self):
+        return self._ephemeral
+
+    @property
+    def named_count(self):
+        return len(self._named)
 
     def __len__(self):
         return len(self._rooms)
@@ -157,23 +190,86 @@ class RoomRegistry(RoomModel, RoomEvents):
     def open(self, source):
         if self.shutting_down:
             raise ShuttingDown()
-        if len(self._rooms) >= self.max_rooms:
+        if self._ephemeral >= self.max_rooms:
             raise RoomLimitError()
         code = self._new_code(self._rooms)
         room = Room(code, source, self.limits, self.encode, self, self.stats,
                     clock=self._clock, monotonic=self._monotonic)
+        if self.limits.grace:
+            room.resume_key = resume_key()
         self._rooms[code] = room
+        self._ephemeral += 1
         self.stats.rooms_opened += 1
         self.source_attached(room, source)
         return room
 
+    def claim(self, token, source):
+        if self.shutting_down:
+            raise ShuttingDown()
+        found = None
+        for spec, room in self._named.values():     # every token compared: no early exit
+            if hmac.compare_digest(token, spec.token) and found is None:
+                found = room
+        if found is None:
+            return None
+        return found, found.attach(source)
+
+    def resume(self, code, key, source):
+        if self.shutting_down:
+            raise ShuttingDown()
+        try:
+            room = self._rooms.get(room_key(code))
+        except RoomNotFound:
+            room = None
+        expected = room.resume_key if room is not None and not room.named else None
+        if not hmac.compare_digest((expected or "-").encode(), key.encode("utf-8", "replace")) or not expected:
+            raise CannotResume()
+        replaced = room.attach(source)
+        room.resume_key = resume_key()
+        return room, replaced
+
     def get(self, code):
         if self.shutting_down:
             raise ShuttingDown()
-        room = self._rooms.get(normalize(code))
+        room = self._rooms.get(room_key(code))
         if room is None:
             raise RoomNotFound()
         return room
+
+    def reload(self, specs):
+        """Make the named rooms those of ``specs`` (:class:`~sphincter_lib.roomsfile.RoomSpec`).
+
+        New rooms appear (waiting for a source); changed ones take their new
+        token and options (subscribers stay); removed ones close with 4410
+        once their subscribers drained. Returns (added, changed, removed) names."""
+        added, changed, removed = [], [], []
+        wanted = {spec.key: spec for spec in specs}
+        for key, (spec, room) in list(self._named.items()):
+            if key not in wanted:
+                del self._named[key]
+                if room.source is not None:
+                    room.source.hang_up("room removed")
+                room.close(SOURCE_CLOSED, "room removed")
+                removed.append(spec.name)
+        for key, spec in wanted.items():
+            limits = self.limits.but(replay=spec.replay, max_subscribers=spec.max_subscribers,
+                                     slow_policy=spec.slow_policy)
+            if key in self._named:
+                old, room = self._named[key]
+                if old != spec:
+                    room.configure(limits)
+                    changed.append(spec.name)
+                self._named[key] = (spec, room)
+                continue
+            clash = self._rooms.get(key)
+            if clash is not None:               # an ephemeral code that happens to be the name
+                clash.close(SOURCE_CLOSED, "room closed")
+            room = Room(spec.name, None, limits, self.encode, self, self.stats,
+                        clock=self._clock, monotonic=self._monotonic, named=True)
+            self._rooms[key] = room
+            self._named[key] = (spec, room)
+            added.append(spec.name)
+        return added, changed, removed
 
     def subscribe(self, code, peer):
         return self.get(code).subscribe(peer)
@@ -214,7 +310,9 @@ class RoomRegistry(RoomModel, RoomEvents):
         self.listener.source_detached(room, source)
 
     def room_closed(self, room):
-        if self._rooms.get(room.code) is room:
-            del self._rooms[room.code]
+        if self._rooms.get(room.key) is room:
+            del self._rooms[room.key]
+            if not room.named:
+                self._ephemeral -= 1
             self.stats.rooms_closed += 1
         self.listener.room_closed(room)

@@ -17,8 +17,8 @@ from gevent.event import Event
 from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 from gevent.server import StreamServer
 
-from . import security, wsproto
-from .errors import BindError
+from . import roomsfile, security, wsproto
+from .errors import BindError, ConfigError
 from .ingest import SourceHandler, format_peer
 from .rooms import RoomRegistry
 from .stats import Stats
@@ -75,6 +75,9 @@ class Relay:
             high_water=settings.source_high_water or None,
             slow_policy=settings.slow_policy,
             stall_timeout=settings.stall_timeout,
+            grace=settings.room_grace,
+            replay=settings.replay,
+            named=roomsfile.load(settings.rooms_file) if settings.rooms_file else (),
         )
         self._sweeper = None
         self.sources = SourceHandler(self.registry, framing=settings.framing,
@@ -129,6 +132,7 @@ class Relay:
         if self.handle_signals:         # before the 'listening' line: a signal right after it is handled
             self._signal_handlers = [gevent.signal_handler(sig, self.request_stop, sig)
                                      for sig in (signal.SIGTERM, signal.SIGINT)]
+            self._signal_handlers.append(gevent.signal_handler(signal.SIGHUP, self.request_reload))
         logger.info("listening tcp=%s ws=%s framing=%s%s%s", format_peer(self.tcp_address),
                     format_peer(self.ws_address), s.framing,
                     " tls=ws" if s.tls_cert else "", " tls=sources" if s.source_tls_cert else "")
@@ -151,6 +155,28 @@ class Relay:
             for h in self._signal_handlers:
                 h.cancel()
             self._signal_handlers = []
+
+    def request_reload(self):
+        """Schedule a re-read of the rooms file (safe from a signal handler)."""
+        gevent.spawn(self.reload_rooms).link_exception(_log_crash("rooms reload"))
+
+    def reload_rooms(self):
+        """Re-read ``--rooms-file``: added rooms appear, removed ones close (4410) after draining,
+        changed ones take their new token and options. A bad file is logged; the old set stays."""
+        path = self.settings.rooms_file
+        if not path:
+            logger.info("SIGHUP: no --rooms-file to reload")
+            return None
+        try:
+            specs = roomsfile.load(path)
+        except ConfigError as exc:
+            logger.error("rooms file not reloaded, keeping the %d rooms in use: %s",
+                         self.registry.named_count, exc)
+            return None
+        added, changed, removed = self.registry.reload(specs)
+        logger.info("rooms file %s reloaded: %d rooms; added %s; changed %s; removed %s", path,
+                    len(specs), ",".join(added) or "-", ",".join(changed) or "-", ",".join(removed) or "-")
+        return added, changed, removed
 
     def request_stop(self, signum=None):
         """Schedule a graceful stop (safe from a signal handler)."""

@@ -21,6 +21,9 @@ class Stats:
         self.skipped_messages = 0      # messages 'skip' subscribers jumped over
         self.source_pauses = 0         # times a source's reader waited for its room's subscribers
         self.source_paused_seconds = 0.0   # time spent so, finished pauses
+        self.resumes = 0               # sources that came back to their room (RESUME, named AUTH)
+        self.takeovers = 0             # sources replaced by a newer one of the same room
+        self.replayed_messages = 0     # messages replayed to subscribers as they joined
         self.messages_in = 0           # messages published by sources
         self.bytes_in = 0              # payload bytes published by sources
         self.messages_out = 0          # deliveries (message x subscriber)

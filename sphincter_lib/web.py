@@ -15,7 +15,7 @@ from urllib.parse import parse_qs
 import gevent
 from gevent.pool import Group
 
-from . import __version__, api, metrics, viewer, wsproto
+from . import __version__, api, metrics, presence, viewer, wsproto
 from .errors import ProtocolError, RoomFullError, RoomNotFound, ShuttingDown
 from .ingest import format_peer
 from .security import ConnectionCaps, OriginPolicy, RateLimiter
@@ -261,6 +261,7 @@ class WebApp:
         self.routes.update(viewer.routes())
         self.routes.update(metrics.routes(registry, connections=lambda: self.connections))
         self.routes.update(api.routes(registry, settings.admin_token))
+        self.routes.update(presence.routes(registry, self.precheck, self._unknown_room))
         self.origins = OriginPolicy(settings.allowed_origins)
         self.ip_caps = ConnectionCaps(settings.max_subscribers_per_ip)
         self.unknown_rooms = RateLimiter(settings.unknown_room_rate, settings.unknown_room_burst)
@@ -282,6 +283,10 @@ class WebApp:
             return ("429 Too Many Requests", "too many unknown-room attempts, slow down\n",
                     [("Retry-After", str(wait))])
         return None
+
+    def _unknown_room(self, environ):
+        """Count an unknown-room attempt against the client's address."""
+        self.unknown_rooms.allow(client_address(environ, self.settings.trusted_proxies))
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO") or "/"
