@@ -107,14 +107,16 @@ class Relay:
 class Source:
     """A TCP source: connects, reads the ``ROOM CODE`` banner, sends bytes."""
 
-    def __init__(self, relay, timeout=10.0):
+    def __init__(self, relay, timeout=10.0, first=b""):
         self.sock = socket.create_connection(("127.0.0.1", relay.tcp_port), timeout=timeout)
+        if first:
+            self.sock.sendall(first)             # e.g. AUTH <token> for a named room
         banner = b""
         while not banner.endswith(b"\n"):
             chunk = self.sock.recv(1)
             assert chunk, "relay closed before the banner"
             banner += chunk
-        m = re.match(rb"ROOM ([A-Z0-9]+)\n", banner)
+        m = re.match(rb"ROOM ([A-Za-z0-9_-]+)\n", banner)
         assert m, banner
         self.code = m.group(1).decode()
 
@@ -596,3 +598,36 @@ def test_js_reconnects_after_server_restart(browser, relay):
     r.restart()
     lg = wait_js_state(b, "r", "retrying", "unknown-room", timeout=30)
     assert [s[0] for s in lg["states"]].count("connecting") >= 2
+
+
+def test_js_and_overlay_show_a_named_room_whose_source_is_away(browser, relay, tmp_path):
+    """Presence without touching the data stream: sphincter.js's 'source-offline' state, the overlay
+    showing the replayed last value at once, then 'source away' when the source leaves."""
+    b = browser
+    rooms = tmp_path / "rooms.txt"
+    rooms.write_text("stage stage-token-123 replay=1\n")
+    r = relay("--rooms-file", str(rooms))
+    js_page(b, r)
+    b.evaluate("__rec('p', {room: 'stage'}); true")
+    wait_js_state(b, "p", "source-offline")
+    src = Source(r, first=b"AUTH stage-token-123\n")
+    assert src.code == "stage"
+    wait_js_state(b, "p", "open", count=2)               # back from offline, no reconnect
+    src.send(b'{"scene": "Intro"}\n')
+    wait_js_state(b, "p", "live")
+    assert b.evaluate("window.__conns[0].source") == "online"
+    src.close()
+    lg = wait_js_state(b, "p", "source-offline", count=2)
+    assert [s[0] for s in lg["states"]].count("connecting") == 1   # the socket stayed open
+
+    # the overlay, loaded after the last value was sent, shows it at once (replay=1), dimmed
+    page = "file://%s/examples/overlay.html?relay=%s/&room=stage&field=scene&label=Scene" % (ROOT, r.http)
+    b.navigate(page)
+    b.wait_for("document.getElementById('value').textContent === 'Intro'", what="replayed value")
+    b.wait_for("document.body.className === 'source-offline'", what="overlay: source away")
+    assert "source away" in b.evaluate("document.getElementById('state').textContent")
+    src = Source(r, first=b"AUTH stage-token-123\n")
+    src.send(b'{"scene": "Game"}\n')
+    b.wait_for("document.getElementById('value').textContent === 'Game'", what="live again")
+    assert b.evaluate("document.body.className") == "live"
+    src.close()

@@ -5,14 +5,18 @@
  *     url: "wss://relay.example/ws",  // optional; default: the /ws next to where this script was loaded
  *     json: true,                     // parse text messages as JSON (parse errors are reported, not thrown)
  *     staleAfterMs: 10000,            // state "stale" when no message arrived for this long (0 = off)
+ *     presence: true,                 // ask the relay's /status whether the source is there
  *     onMessage: function (data, meta) {},  // meta: {text, binary, bytes, receivedAt, parseError}
  *     onState: function (state, info) {}    // see STATES below
  *   });
  *   conn.close();                      // stop for good (no more reconnects)
  *
  * States: "connecting", "open" (socket open, waiting for data), "live" (messages arriving),
- * "stale" (no message for staleAfterMs), "retrying" (closed; info.retryInMs, info.reason),
- * "stopped" (close() was called).
+ * "stale" (no message for staleAfterMs), "source-offline" (connected, but the room's source is
+ * away: a named room without its source, or a room waiting for its source to resume),
+ * "retrying" (closed; info.retryInMs, info.reason), "stopped" (close() was called).
+ * conn.source is "online", "offline" or null (unknown). Presence comes from a long-poll of
+ * GET /status?room=CODE next to the WebSocket URL, never from the data stream.
  * info.reason for "retrying": "unknown-room" (4404), "room-closed" (4410), "room-full" (4429),
  * "forbidden" (4403), "too-slow" (4408), "server-shutdown" (1001), "network" (anything else).
  *
@@ -96,6 +100,14 @@
     return url.toString();
   }
 
+  /** The /status URL for a ws(s):// room URL (same host, /status beside /ws). Pure. */
+  function statusUrl(wsUrl, extra) {
+    var url = new URL(wsUrl);
+    url.protocol = url.protocol === "wss:" ? "https:" : "http:";
+    url.pathname = url.pathname.replace(/ws$/, "status");
+    return url.toString() + (extra || "");
+  }
+
   function Connection(opts) {
     if (!opts || !opts.room) { throw new Error("Sphincter.connect: room is required"); }
     this.opts = opts;
@@ -112,6 +124,8 @@
     this._staleTimer = null;
     this._stableTimer = null;
     this._stopped = false;
+    this.source = null;
+    this._pollGen = 0;
     var self = this;
     this._onOnline = function () { if (self.state === "retrying") { self.retryNow(); } };
     if (root.addEventListener) { root.addEventListener("online", this._onOnline); }
@@ -148,6 +162,7 @@
       if (ws !== self.ws) { return; }
       self._setState("open", { url: self.url });
       self._armStale();
+      self._pollPresence();
       self._stableTimer = setTimeout(function () { self.attempt = 0; }, self.backoff.stableMs);
     };
     ws.onmessage = function (ev) {
@@ -157,6 +172,7 @@
     ws.onclose = function (ev) {
       if (ws !== self.ws) { return; }
       self.ws = null;
+      self._pollGen += 1;              // stop polling presence
       if (self._stopped) { return; }
       self._scheduleRetry(ev.code, ev.reason);
     };
@@ -180,10 +196,37 @@
         try { value = JSON.parse(data); } catch (e) { value = data; meta.parseError = e.message; }
       }
     }
+    this.source = "online";            // data comes from a source
     if (this.state !== "live") { this._setState("live", {}); }
     this._armStale();
     if (this.opts.onMessage) {
       try { this.opts.onMessage(value, meta); } catch (e) { this._report(e); }
+    }
+  };
+
+  /** Long-poll the relay's /status while the socket is open (one request at a time). */
+  Connection.prototype._pollPresence = function () {
+    var self = this, gen = ++this._pollGen;
+    if (this.opts.presence === false || typeof root.fetch !== "function") { return; }
+    var url = statusUrl(this.url, this.source ? "&source=" + this.source + "&wait=25" : "");
+    root.fetch(url, { cache: "no-store" }).then(function (r) { return r.json(); }).then(function (body) {
+      if (gen !== self._pollGen || !self.ws) { return; }
+      if (body && (body.source === "online" || body.source === "offline")) { self._presence(body.source); }
+      self._pollPresence();
+    }, function () {
+      if (gen !== self._pollGen) { return; }
+      setTimeout(function () { if (gen === self._pollGen && self.ws) { self._pollPresence(); } }, 2000);
+    });
+  };
+
+  Connection.prototype._presence = function (source) {
+    var was = this.source;
+    this.source = source;
+    if (source === "offline" && this.state !== "source-offline") {
+      this._setState("source-offline", { since: Date.now() });
+    } else if (source === "online" && was === "offline" && this.state === "source-offline") {
+      this._setState("open", { url: this.url });
+      this._armStale();
     }
   };
 
@@ -245,6 +288,7 @@
     connect: function (opts) { return new Connection(opts); },
     backoffDelay: backoffDelay,
     closeReason: closeReason,
+    statusUrl: statusUrl,
     roomUrl: roomUrl,
     DEFAULT_BACKOFF: DEFAULT_BACKOFF,
     CLOSE_REASONS: CLOSE_REASONS

@@ -58,6 +58,9 @@
       case "connecting": setStatus(state, "Connecting to room " + room + "…"); break;
       case "open": setStatus(state, "Connected to room " + room + ", waiting for messages."); break;
       case "live": setStatus(state, "Live: room " + room + "."); break;
+      case "source-offline":
+        setStatus(state, "Connected to room " + room + "; its source is away. Waiting for it to come back.");
+        break;
       case "stale":
         setStatus(state, "Connected to room " + room + ", but no message for " +
                   Math.round(STALE_AFTER_MS / 1000) + " s.");
