@@ -78,6 +78,8 @@ class Relay:
             grace=settings.room_grace,
             replay=settings.replay,
             named=roomsfile.load(settings.rooms_file) if settings.rooms_file else (),
+            write_back=settings.write_back,
+            write_queue_bytes=settings.write_queue_bytes,
         )
         self._sweeper = None
         self.sources = SourceHandler(self.registry, framing=settings.framing,
