@@ -10,19 +10,13 @@ import socket
 
 import gevent
 
+from .addresses import format_peer
 from .errors import RoomError
 from .security import ConnectionCaps, check_auth_line
 from .framing import is_text, make_framer
 from .rooms import SOURCE_CLOSED
 
 logger = logging.getLogger(__name__)
-
-
-def format_peer(address):
-    if isinstance(address, tuple) and len(address) >= 2:
-        host = address[0]
-        return ("[%s]:%d" if ":" in host else "%s:%d") % (host, address[1])
-    return str(address)
 
 
 def _keepalive(sock, idle=60, interval=10, probes=6):

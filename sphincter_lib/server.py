@@ -18,8 +18,9 @@ from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 from gevent.server import StreamServer
 
 from . import security, wsproto
+from .addresses import format_peer
 from .errors import BindError
-from .ingest import SourceHandler, format_peer
+from .ingest import SourceHandler
 from .rooms import RoomRegistry
 from .stats import Stats
 from .web import WebApp
@@ -181,5 +182,5 @@ def _start(server, what, host, port):
     try:
         server.start()
     except OSError as exc:
-        shown = ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
-        raise BindError("cannot listen for %s on %s: %s" % (what, shown, exc.strerror or exc))
+        raise BindError("cannot listen for %s on %s: %s" % (what, format_peer((host, port)),
+                                                           exc.strerror or exc))
