@@ -69,6 +69,8 @@ class SourceHandler:
                 self._send(sock, b"ERROR too many connections\n")
             else:
                 self._serve(sock, peer)
+        except OSError as exc:           # the connection broke (reset, TLS garbage): not a bug
+            logger.info("source %s: connection broke: %s", peer, exc.strerror or exc)
         except Exception:
             logger.error("source %s: handler crashed", peer, exc_info=True)
         finally:

@@ -48,6 +48,31 @@ def sd_notify(state, environ=os.environ):
     return True
 
 
+class _TLSWrapQuietly:
+    """Server mixin: a TLS listener's client that breaks while its socket is being wrapped
+    (reset right after connecting) is one line at INFO, not a traceback from the hub."""
+
+    #: what its clients are called in the log line
+    what = "client"
+
+    def wrap_socket_and_handle(self, client_socket, address):
+        try:
+            tls_socket = self.wrap_socket(client_socket, **self.ssl_args)
+        except OSError as exc:                  # the server closes client_socket
+            logger.info("%s %s: connection broke before TLS: %s", self.what, format_peer(address),
+                        exc.strerror or exc)
+            return None
+        return self.handle(tls_socket, address)
+
+
+class SourceServer(_TLSWrapQuietly, StreamServer):
+    what = "source"
+
+
+class WebServer(_TLSWrapQuietly, WSGIServer):
+    what = "http"
+
+
 class Relay:
     """The whole server: a source listener, a WebSocket/HTTP listener, the rooms between."""
 
@@ -104,9 +129,9 @@ class Relay:
 
     def start(self):
         s = self.settings
-        self.tcp_server = StreamServer((s.tcp_host, s.tcp_port), self.sources, backlog=self.backlog,
+        self.tcp_server = SourceServer((s.tcp_host, s.tcp_port), self.sources, backlog=self.backlog,
                                        **_tls_args(s.source_tls_cert, s.source_tls_key))
-        self.ws_server = WSGIServer(
+        self.ws_server = WebServer(
             (s.ws_host, s.ws_port), self.app, handler_class=self.handler_class, backlog=self.backlog,
             log=LoggingLogAdapter(logging.getLogger("sphincter.access"), logging.DEBUG),
             error_log=LoggingLogAdapter(logging.getLogger("sphincter.http"), logging.ERROR),
