@@ -61,11 +61,21 @@ def canonical(text):
 
 
 def is_trusted(addr, trusted):
-    """True if *addr* (text) is an IP address inside one of the *trusted* networks."""
+    """True if *addr* (text) is an IP address inside one of the *trusted* networks.
+
+    An IPv4 address also matches networks written in IPv4-mapped form
+    (``::ffff:127.0.0.1``), as a dual-stack workaround might list them."""
     ip = parse_ip(addr)
     if ip is None:
         return False
-    return any(ip.version == net.version and ip in net for net in trusted)
+    mapped = ipaddress.IPv6Address("::ffff:%s" % ip) if ip.version == 4 else None
+    for net in trusted:
+        if ip.version == net.version:
+            if ip in net:
+                return True
+        elif mapped is not None and mapped in net:
+            return True
+    return False
 
 
 def client_address(environ, trusted):

@@ -62,7 +62,8 @@ class Handler(WebSocketHandler):
         except gevent.Timeout as t:
             if t is not timer:
                 raise
-            logger.debug("%s: no request head within %ss", self.client_address, self.handshake_timeout)
+            logger.debug("http %s: no request head within %ss", format_peer(self.client_address),
+                         self.handshake_timeout)
             return None                         # handle() closes the socket
         finally:
             if timer is not None:

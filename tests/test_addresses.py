@@ -69,6 +69,13 @@ def test_ipv4_mapped_peer_matches_ipv4_trusted_network():
     assert not is_trusted("127.0.0.1", ())
 
 
+def test_trusted_networks_in_ipv4_mapped_form_still_match():
+    mapped = networks("::ffff:127.0.0.1,::ffff:10.0.0.0/104")
+    assert is_trusted("::ffff:127.0.0.1", mapped) and is_trusted("127.0.0.1", mapped)
+    assert is_trusted("10.20.30.40", mapped) and not is_trusted("11.0.0.1", mapped)
+    assert not is_trusted("::1", mapped)
+
+
 # ------------------------------------------------------------------ client_address
 
 def test_untrusted_peer_is_the_client_whatever_it_claims():
