@@ -227,7 +227,8 @@ OPTIONS = (
     Option("banner", "on", boolean,
            "send 'ROOM <CODE>' to each source (off: sources receive nothing; the code is logged)", "on|off"),
     Option("trusted-proxies", "127.0.0.1,::1", networks,
-           "comma-separated proxy addresses/networks whose X-Forwarded-For is believed ('' for none)", "NETS"),
+           "comma-separated proxy addresses/networks believed about the client address: "
+           "X-Forwarded-For, or X-Real-IP without it ('' for none)", "NETS"),
     Option("log-level", "info", choice(*LOG_LEVELS), "log level: " + ", ".join(LOG_LEVELS), "LEVEL"),
     Option("log-format", "text", choice("text", "json"),
            "log line format: 'text', or 'json' (one object per line, for log shippers)", "FORMAT"),
@@ -249,8 +250,9 @@ OPTIONS = (
     Option("allowed-origins", "", origins,
            "comma-separated Origin allowlist for subscribers (https://example.com, "
            "https://*.example.com); others are closed with 4403; '' allows any", "ORIGINS"),
-    Option("max-sources-per-ip", "0", limit,
-           "most concurrent sources from one address (IPv6: one /64); 0: no limit", "N"),
+    Option("max-sources-per-ip", "32", limit,
+           "most concurrent sources from one address (IPv6: one /64), so one address cannot "
+           "take every room; 0: no limit", "N"),
     Option("max-subscribers-per-ip", "0", limit,
            "most concurrent WebSocket/HTTP connections from one address (IPv6: one /64); "
            "more get HTTP 429; 0: no limit", "N"),

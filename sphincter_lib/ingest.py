@@ -16,6 +16,7 @@ import time
 
 import gevent
 
+from .addresses import format_peer
 from .errors import RoomError
 from .security import ConnectionCaps, check_auth_line
 from .framing import is_text, make_framer
@@ -23,13 +24,6 @@ from .preamble import Preamble
 from .rooms import Source
 
 logger = logging.getLogger(__name__)
-
-
-def format_peer(address):
-    if isinstance(address, tuple) and len(address) >= 2:
-        host = address[0]
-        return ("[%s]:%d" if ":" in host else "%s:%d") % (host, address[1])
-    return str(address)
 
 
 def _keepalive(sock, idle=60, interval=10, probes=6):
@@ -122,6 +116,8 @@ class SourceHandler:
                 self._send(sock, b"ERROR too many connections\n")
             else:
                 self._serve(sock, peer)
+        except OSError as exc:           # the connection broke (reset, TLS garbage): not a bug
+            logger.info("source %s: connection broke: %s", peer, exc.strerror or exc)
         except Exception:
             logger.error("source %s: handler crashed", peer, exc_info=True)
         finally:
