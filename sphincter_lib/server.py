@@ -18,6 +18,7 @@ from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 from gevent.server import StreamServer
 
 from . import security, wsproto
+from .closecodes import CloseCode
 from .errors import BindError
 from .ingest import SourceHandler, format_peer
 from .rooms import RoomRegistry
@@ -166,7 +167,7 @@ class Relay:
         started = time.monotonic()
         self.tcp_server.close()
         self.ws_server.close()
-        self.registry.close_all(wsproto.GOING_AWAY, SHUTDOWN_REASON)
+        self.registry.close_all(CloseCode.GOING_AWAY, SHUTDOWN_REASON)
         self.sources.shutdown(SHUTDOWN_REASON)
         deadline = started + self.settings.shutdown_timeout
         while (self.app.connections or self.sources.active) and time.monotonic() < deadline:

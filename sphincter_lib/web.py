@@ -16,15 +16,13 @@ import gevent
 from gevent.pool import Group
 
 from . import __version__, api, metrics, viewer, wsproto
+from .closecodes import CloseCode
 from .errors import ProtocolError, RoomFullError, RoomNotFound, ShuttingDown
 from .ingest import format_peer
 from .security import ConnectionCaps, OriginPolicy, RateLimiter
 
 logger = logging.getLogger(__name__)
 
-ROOM_NOT_FOUND, ROOM_FULL = 4404, 4429
-ORIGIN_FORBIDDEN = 4403
-PING_TIMEOUT_CLOSE = 1011
 _PING = wsproto.encode_ping(b"")
 
 
@@ -83,7 +81,7 @@ class Keepalive:
                 if now - s.ping_sent_at > self.timeout:
                     logger.debug("subscriber %s: no pong in %.1fs, dropping", s.peer, self.timeout)
                     s.conn.expect_close = False
-                    s.sub.kick(PING_TIMEOUT_CLOSE, "ping timeout")
+                    s.sub.kick(CloseCode.INTERNAL_ERROR, "ping timeout")
                     self.sessions.discard(s)
             elif now - s.last_ping_at >= self.interval:
                 s.ping_sent_at = now
@@ -337,16 +335,16 @@ class WebApp:
         peer = format_peer((peer, int(port))) if port and peer == environ.get("REMOTE_ADDR") else peer
         code = (parse_qs(environ.get("QUERY_STRING", "")).get("room") or [""])[0]
         if not self.origins.allowed(environ.get("HTTP_ORIGIN")):
-            return self._refuse(conn, peer, ORIGIN_FORBIDDEN, "origin not allowed", "origin")
+            return self._refuse(conn, peer, CloseCode.ORIGIN_FORBIDDEN, "origin not allowed", "origin")
         try:
             sub = self.registry.subscribe(code, peer)
         except RoomNotFound:
             self.unknown_rooms.allow(ip)
-            return self._refuse(conn, peer, ROOM_NOT_FOUND, "unknown room", "unknown_room")
+            return self._refuse(conn, peer, CloseCode.ROOM_NOT_FOUND, "unknown room", "unknown_room")
         except RoomFullError:
-            return self._refuse(conn, peer, ROOM_FULL, "room full", "room_full")
+            return self._refuse(conn, peer, CloseCode.ROOM_FULL, "room full", "room_full")
         except ShuttingDown:
-            return self._refuse(conn, peer, wsproto.GOING_AWAY, "server shutting down", "shutting_down")
+            return self._refuse(conn, peer, CloseCode.GOING_AWAY, "server shutting down", "shutting_down")
         logger.debug("subscriber %s joined room %s", peer, sub.room.code)
         return Session(self, conn, sub, peer)
 
