@@ -16,9 +16,8 @@ import time
 from urllib.parse import parse_qs
 
 import gevent
-from gevent.pool import Group
-
 from gevent.event import Event
+from gevent.pool import Group
 
 from . import __version__, api, metrics, viewer, wsproto
 from .closecodes import CloseCode
@@ -29,7 +28,6 @@ from .ws import close_blocking
 from .wssession import CLOSING, OPEN, PING_TIMEOUT, ServerSession
 
 logger = logging.getLogger(__name__)
-
 
 
 def client_address(environ, trusted):

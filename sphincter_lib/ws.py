@@ -17,7 +17,6 @@ import socket
 import ssl
 
 import gevent
-from gevent.event import Event
 from gevent.pywsgi import WSGIHandler
 from geventwebsocket.handler import WebSocketHandler
 
