@@ -6,7 +6,9 @@ a request must carry ``Authorization: Bearer <token>`` (compared in constant tim
 else gets 401 with ``WWW-Authenticate: Bearer``. Responses are ``no-store``.
 
 A room is ``{"code", "opened_at" (ISO 8601 UTC), "opened_at_unix", "source" (peer address),
-"subscribers", "peak_subscribers", "messages", "bytes", "backlog_bytes", "slow_cutoffs"}``.
+"subscribers", "peak_subscribers", "messages", "bytes", "backlog_bytes", "slow_cutoffs",
+"skipped_messages", "source_paused" (its reader waits for the fastest subscriber now),
+"source_pauses", "source_paused_seconds"}``.
 """
 
 import hmac
@@ -36,6 +38,10 @@ def room_info(room):
         "bytes": room.bytes,
         "backlog_bytes": room.backlog_bytes,
         "slow_cutoffs": room.slow_cutoffs,
+        "skipped_messages": room.skipped,
+        "source_paused": room.source_paused,
+        "source_pauses": room.source_pauses,
+        "source_paused_seconds": round(room.paused_for(), 3),
     }
 
 

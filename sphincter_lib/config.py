@@ -59,6 +59,13 @@ def size(text):
     return value
 
 
+def size_or_auto(text):
+    """A size, or ``auto`` (0) for a default derived from other options."""
+    if str(text).strip().lower() == "auto":
+        return 0
+    return size(text)
+
+
 def _integer(minimum, hint):
     def parse(text):
         try:
@@ -257,6 +264,19 @@ OPTIONS = (
            "beyond the burst; more get HTTP 429; 0: no limit", "PER_SECOND"),
     Option("unknown-room-burst", "10", count,
            "unknown-room attempts an address may make at once before the rate applies", "N"),
+    # -- flow control (see sphincter_lib/rooms.py) --
+    Option("flow-control", "on", boolean,
+           "read a source only while its room's fastest subscriber is less than "
+           "--source-high-water behind (off: the source never waits; slow subscribers are cut)", "on|off"),
+    Option("source-high-water", "auto", size_or_auto,
+           "how far (bytes) a room's fastest subscriber may fall behind before the source's reader "
+           "waits; 'auto': half of --subscriber-buffer-bytes; must be below it", "SIZE"),
+    Option("slow-policy", "cut", choice("cut", "skip"),
+           "a subscriber more than --subscriber-buffer-bytes behind: 'cut' (close 4408, no gaps ever) or "
+           "'skip' (jump to the newest whole message and go on: gaps, for state streams)", "POLICY"),
+    Option("stall-timeout", "30", seconds,
+           "cut (4408) a subscriber that has data waiting and makes no progress for this many seconds; "
+           "0: never", "SECONDS"),
 )
 
 #: Testing aids: parsed like the others (flag, env var, config key) but not shown by
@@ -322,6 +342,10 @@ def check(s):
         raise ConfigError(
             "argument --subscriber-buffer-bytes: must be at least --max-message-bytes (%d < %d)"
             % (s.subscriber_buffer_bytes, s.max_message_bytes))
+    if s.source_high_water and s.source_high_water >= s.subscriber_buffer_bytes:
+        raise ConfigError(
+            "argument --source-high-water: must be below --subscriber-buffer-bytes (%d >= %d)"
+            % (s.source_high_water, s.subscriber_buffer_bytes))
     for cert, key in (("tls-cert", "tls-key"), ("source-tls-cert", "source-tls-key")):
         c, k = getattr(s, cert.replace("-", "_")), getattr(s, key.replace("-", "_"))
         if bool(c) != bool(k):

@@ -6,10 +6,11 @@ scrapes; the relay bumps plain integers as it already does. No room code appears
 so the endpoint can be public without leaking codes.
 
 Exposed (``sphincter_`` prefix): ``rooms_open``, ``subscribers``, ``websocket_connections``,
-``backlog_bytes``, ``subscriber_lag_bytes_max`` (gauges); ``rooms_opened_total``,
+``backlog_bytes``, ``subscriber_lag_bytes_max``, ``sources_paused`` (gauges); ``rooms_opened_total``,
 ``rooms_closed_total``, ``subscribers_joined_total``, ``subscribers_left_total``,
 ``messages_in_total``, ``bytes_in_total``, ``messages_out_total``, ``bytes_out_total``,
-``slow_subscribers_cut_total``, ``rejected_connections_total{kind,reason}``,
+``slow_subscribers_cut_total``, ``stall_cutoffs_total``, ``skipped_messages_total``,
+``source_pauses_total``, ``source_paused_seconds_total``, ``rejected_connections_total{kind,reason}``,
 ``close_codes_total{code}`` (counters); ``start_time_seconds``; ``build_info{version,python,gevent}``;
 plus the standard ``process_*`` and ``python_info`` collectors.
 """
@@ -39,6 +40,12 @@ COUNTERS = (
     ("messages_out", "messages_out", "Messages delivered to subscribers (message x subscriber)."),
     ("bytes_out", "bytes_out", "WebSocket frame bytes written to subscribers."),
     ("slow_cutoffs", "slow_subscribers_cut", "Subscribers cut off as too slow (close 4408)."),
+    ("stall_cutoffs", "stall_cutoffs", "Subscribers cut off for making no progress with data "
+     "waiting (--stall-timeout; close 4408; also counted in slow_subscribers_cut)."),
+    ("skipped_messages", "skipped_messages", "Messages 'skip' subscribers jumped over "
+     "(--slow-policy skip)."),
+    ("source_pauses", "source_pauses", "Times a source's reader waited for its room's fastest "
+     "subscriber (flow control)."),
 )
 
 
@@ -69,14 +76,23 @@ class RelayCollector:
                          "being refused or closed).", self.connections())
         backlog = 0
         lag_max = 0
+        paused = 0
+        paused_seconds = stats.source_paused_seconds
         for room in rooms:
             backlog += room.backlog_bytes
+            if room.source_paused:
+                paused += 1
+                paused_seconds += room.paused_for() - room.paused_seconds
             for sub in list(room.subscribers):
                 lag = sub.lag_bytes
                 if lag > lag_max:
                     lag_max = lag
         yield _gauge("backlog_bytes", "Bytes queued in room backlogs, not yet sent to every "
                      "subscriber.", backlog)
+        yield _gauge("sources_paused", "Sources whose reader waits now for its room's fastest "
+                     "subscriber (flow control).", paused)
+        yield CounterMetricFamily(PREFIX + "source_paused_seconds", "Time sources' readers spent "
+                                  "waiting for their rooms' fastest subscribers.", value=paused_seconds)
         yield _gauge("subscriber_lag_bytes_max", "Bytes the furthest-behind subscriber still has "
                      "to receive.", lag_max)
         for attr, name, help_text in COUNTERS:

@@ -71,7 +71,12 @@ class Relay:
             max_subscribers_per_room=settings.max_subscribers_per_room,
             buffer_bytes=settings.subscriber_buffer_bytes,
             stats=self.stats,
+            flow_control=settings.flow_control,
+            high_water=settings.source_high_water or None,
+            slow_policy=settings.slow_policy,
+            stall_timeout=settings.stall_timeout,
         )
+        self._sweeper = None
         self.sources = SourceHandler(self.registry, framing=settings.framing,
                                      max_message_bytes=settings.max_message_bytes,
                                      banner=settings.banner, tokens=settings.source_tokens,
@@ -118,6 +123,9 @@ class Relay:
             self.tcp_server.stop()
             raise
         self.app.keepalive.start()
+        if self.registry.sweep_interval:
+            self._sweeper = gevent.spawn(self._sweep, self.registry.sweep_interval)
+            self._sweeper.link_exception(_log_crash("stall sweeper"))
         if self.handle_signals:         # before the 'listening' line: a signal right after it is handled
             self._signal_handlers = [gevent.signal_handler(sig, self.request_stop, sig)
                                      for sig in (signal.SIGTERM, signal.SIGINT)]
@@ -127,6 +135,12 @@ class Relay:
         sd_notify("READY=1\nSTATUS=listening tcp=%s ws=%s" % (
             format_peer(self.tcp_address), format_peer(self.ws_address)))
         return self
+
+    def _sweep(self, interval):
+        """Cut stalled subscribers (see ``--stall-timeout``), every ``interval`` seconds."""
+        while True:
+            gevent.sleep(interval)
+            self.registry.sweep()
 
     def serve_forever(self):
         """Run until a signal or :meth:`request_stop`, then stop gracefully."""
@@ -159,12 +173,20 @@ class Relay:
             gevent.sleep(self.drain_poll)
         left = self.app.connections + self.sources.active
         self.app.keepalive.stop()
+        if self._sweeper is not None:
+            self._sweeper.kill(block=False)
         self.app.sessions.kill(block=False)
         self.tcp_server.stop(timeout=0)
         self.ws_server.stop(timeout=0)
         logger.info("stopped in %.2fs (%d connections cut at the deadline); messages in=%d deliveries=%d",
                     time.monotonic() - started, left, self.stats.messages_in, self.stats.messages_out)
         self._stopped.set()
+
+
+def _log_crash(what):
+    def log(greenlet):
+        logger.error("%s crashed", what, exc_info=greenlet.exc_info)
+    return log
 
 
 def _tls_args(cert, key):

@@ -1,4 +1,4 @@
-"""Process-wide counters, read at scrape time (``/healthz``, later ``/metrics``).
+"""Process-wide counters, read at scrape time (``/healthz``, ``/metrics``).
 
 Plain integer attributes and :class:`collections.Counter` objects, bumped on
 the paths that already do the work (per message, per batch, per connection),
@@ -16,7 +16,11 @@ class Stats:
         self.rooms_closed = 0
         self.subscribers_joined = 0
         self.subscribers_left = 0
-        self.slow_cutoffs = 0          # subscribers closed with 4408
+        self.slow_cutoffs = 0          # subscribers closed with 4408 (too far behind, or stalled)
+        self.stall_cutoffs = 0         # of those, cut for making no progress (--stall-timeout)
+        self.skipped_messages = 0      # messages 'skip' subscribers jumped over
+        self.source_pauses = 0         # times a source's reader waited for its room's subscribers
+        self.source_paused_seconds = 0.0   # time spent so, finished pauses
         self.messages_in = 0           # messages published by sources
         self.bytes_in = 0              # payload bytes published by sources
         self.messages_out = 0          # deliveries (message x subscriber)

@@ -111,6 +111,10 @@ class Session:
     #: most bytes written to one subscriber per write (small frames are joined up to this;
     #: a frame this big or bigger goes alone, uncopied)
     batch_bytes = wsproto.LARGE_PAYLOAD
+    #: most bytes written to one subscriber before its writer yields to the event loop (a
+    #: socket that stays writable never blocks, so a fast reader would otherwise hold the loop);
+    #: also the most one direct write from the event loop sends before handing over to the writer
+    yield_bytes = 4 * wsproto.LARGE_PAYLOAD
 
     __slots__ = ("conn", "sub", "peer", "app", "ping_sent_at", "last_ping_at", "parser")
 
@@ -155,12 +159,16 @@ class Session:
         if conn.writing or conn.closed or conn.control or sub.closing:
             return False                   # (checked before take(): the writer may hold one)
         send, take, batch = conn.send_now, sub.take, self.batch_bytes
+        budget = self.yield_bytes
         while True:                        # until caught up, or the kernel takes no more
+            if budget <= 0:
+                return False               # much to send: the writer goes on, yielding as it goes
             data = take(batch)
             if data is None:
                 return True
             if data.__class__ is tuple:
                 return False
+            budget -= len(data)
             try:
                 sent = send(data)
             except OSError:                # BlockingIOError included: the writer retries
@@ -206,7 +214,7 @@ class Session:
 
     def _write(self):
         conn, sub, stats = self.conn, self.sub, self.app.stats
-        batch = self.batch_bytes
+        batch, budget = self.batch_bytes, self.yield_bytes
         try:
             while True:
                 if conn.control:
@@ -216,10 +224,15 @@ class Session:
                     break
                 data = sub.take(batch)
                 if data is None:
+                    budget = self.yield_bytes
                     sub.wait()
                     continue
                 conn.send_frame(data)
                 sub.commit()
+                budget -= len(data) if data.__class__ is not tuple else len(data[1])
+                if budget <= 0:
+                    budget = self.yield_bytes
+                    gevent.sleep(0)
             code, timeout = sub.close_code, self.app.settings.close_timeout
             if conn.closed:
                 return

@@ -155,3 +155,144 @@ def test_large_frames_go_alone_and_mixed_batches_still_join():
     sub.commit()
     room.publish(big, False)
     assert sub.take(wsproto.LARGE_PAYLOAD).__class__ is tuple      # alone, uncopied
+
+
+# -- flow control, skip, stall (issue 9) ------------------------------------------------
+
+def test_source_waits_only_while_the_fastest_subscriber_is_past_high_water():
+    reg = registry(buffer_bytes=1000, high_water=100)
+    room = reg.open("p")
+    assert not room.source_must_wait()           # no subscribers: read freely
+    room.publish(b"x" * 500, True)
+    assert not room.source_must_wait()
+    fast, slow = room.subscribe("fast"), room.subscribe("slow")
+    room.publish(b"a" * 60, True)
+    assert not room.source_must_wait()
+    room.publish(b"b" * 60, True)                  # both 120 behind
+    assert room.source_must_wait()
+    fast.take(60)
+    fast.commit()                                  # lead 60 behind: under high water, not yet low
+    assert not room.source_must_wait()
+    fast.take(60)
+    fast.commit()
+    assert room.lead_pos == room.head_pos and slow.lag_bytes == 120
+
+
+def test_paused_source_resumes_at_low_water_and_is_counted():
+    clock = [100.0]
+    reg = registry(buffer_bytes=1000, high_water=100, monotonic=lambda: clock[0])
+    room = reg.open("p")
+    sub = room.subscribe("s")
+    for _ in range(4):
+        room.publish(b"x" * 40, True)              # 160 behind
+    assert room.source_must_wait()
+    room._source_paused = True                     # as wait_for_readers does before blocking
+    room._paused_since = clock[0]
+    room._readers.clear()
+    clock[0] += 2.5
+    sub.take(40)
+    sub.commit()                                   # 120 behind: above low water (50)
+    assert room.source_paused
+    sub.take(80)
+    sub.commit()                                   # 40 behind: resume
+    assert not room.source_paused and room._readers.is_set()
+    assert room.paused_seconds == pytest.approx(2.5) and reg.stats.source_paused_seconds == pytest.approx(2.5)
+
+
+def test_lead_is_recomputed_when_the_fastest_leaves_and_a_new_subscriber_unpauses():
+    reg = registry(buffer_bytes=1000, high_water=100)
+    room = reg.open("p")
+    fast, slow = room.subscribe("fast"), room.subscribe("slow")
+    room.publish(b"x" * 150, True)
+    slow.take(1000)                # a batch in flight does not move the cursor
+    fast.take(1000)
+    fast.commit()
+    assert not room.source_must_wait()
+    fast.leave()
+    assert room.lead_pos == slow.pos and room.source_must_wait()
+    room.subscribe("new")          # caught up by definition: the room may read again
+    assert not room.source_must_wait()
+
+
+def test_flow_control_off_never_waits():
+    reg = registry(buffer_bytes=1000, high_water=100, flow_control=False)
+    room = reg.open("p")
+    room.subscribe("s")
+    room.publish(b"x" * 900, True)
+    assert not room.source_must_wait()
+
+
+def test_skip_policy_jumps_to_the_newest_whole_message():
+    reg = registry(buffer_bytes=100, slow_policy="skip")
+    room = reg.open("p")
+    slow, fast = room.subscribe("slow"), room.subscribe("fast")
+    for i in range(10):
+        room.publish(b"%02d" % i + b"." * 28, True)     # 30-byte frames
+        assert drain(fast)
+    assert slow.active and slow.close_code is None
+    got = drain(slow)
+    assert got.startswith(b"0")                        # it jumped, then got whole frames
+    assert len(got) % 30 == 0 and got[-30:].startswith(b"09")
+    numbers = [int(got[k:k + 2]) for k in range(0, len(got), 30)]
+    assert numbers == sorted(numbers) and len(numbers) < 10
+    assert reg.stats.skipped_messages == room.skipped == 10 - len(numbers)
+
+
+def test_skip_while_a_batch_is_in_flight_never_moves_the_cursor_back():
+    reg = registry(buffer_bytes=100, slow_policy="skip")
+    room = reg.open("p")
+    sub = room.subscribe("s")
+    room.publish(b"a" * 30, True)
+    assert sub.take(30) == b"a" * 30                    # being written
+    for _ in range(5):
+        room.publish(b"b" * 30, True)
+    # the 4th publish put it 120 > 100 bytes behind: it jumped to the newest frame then (seq 3)
+    assert sub.seq == 3 and sub.lag_bytes == 90
+    sub.commit()                                        # the old batch finished: no step back
+    assert sub.seq == 3
+    assert drain(sub) == b"b" * 90
+    assert room.skipped == 2                            # a, the in-flight one, is not counted
+
+
+def test_sweep_cuts_a_subscriber_that_makes_no_progress_with_data_waiting():
+    reg = registry(buffer_bytes=1000, stall_timeout=10)
+    room = reg.open("p")
+    idle, stuck = room.subscribe("idle"), room.subscribe("stuck")
+    reg.sweep(now=0)
+    room.publish(b"x" * 10, True)
+    drain(idle)
+    reg.sweep(now=5)                    # the first sweep that sees data waiting starts the clock
+    reg.sweep(now=14.9)
+    assert stuck.active
+    reg.sweep(now=15)
+    assert not stuck.active and stuck.close_code == SLOW_CLOSE
+    assert idle.active and reg.stats.stall_cutoffs == 1
+
+
+def test_sweep_spares_a_slow_subscriber_that_moves():
+    reg = registry(buffer_bytes=1000, stall_timeout=10)
+    room = reg.open("p")
+    sub = room.subscribe("s")
+    reg.sweep(now=0)
+    for t in range(1, 40):
+        room.publish(b"x" * 10, True)
+        room.publish(b"y" * 10, True)
+        sub.take(10)
+        sub.commit()                    # one message per second: always behind, always moving
+        reg.sweep(now=t)
+    assert sub.active
+    reg.sweep(now=39 + 9.9)
+    assert sub.active
+    reg.sweep(now=39 + 10)
+    assert not sub.active
+
+
+def test_stall_timeout_zero_never_sweeps():
+    reg = registry(stall_timeout=0)
+    assert reg.sweep_interval is None
+    room = reg.open("p")
+    sub = room.subscribe("s")
+    room.publish(b"x", True)
+    reg.sweep(now=0)
+    reg.sweep(now=1e9)
+    assert sub.active
