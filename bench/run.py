@@ -296,11 +296,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny, seconds-long run (the test)")
     ap.add_argument("--reps", type=int, help="repetitions (default 3; smoke 1)")
-    ap.add_argument("--targets", default="sphincter,asyncio,nchan",
+    ap.add_argument("--targets", default="sphincter,asyncio,nchan",  # also: sphincter-flow-off
                     help="relay targets (tunnel adds websockify,socat)")
     ap.add_argument("--tunnel-targets", default="sphincter,asyncio,websockify,socat")
-    ap.add_argument("--blast-targets", default="sphincter,asyncio",
-                    help="relay targets of the blast scenario (nchan works too, by HTTP POST)")
+    ap.add_argument("--blast-targets", default="sphincter,asyncio,nchan",
+                    help="relay targets of the blast scenario (nchan's blaster publishes by POST)")
     ap.add_argument("--scenarios", "--only", default=",".join(SCENARIOS),
                     help="comma-separated subset of: " + ",".join(SCENARIOS))
     ap.add_argument("--out-dir", default=str(BENCH / "results"))
