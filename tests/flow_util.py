@@ -48,12 +48,12 @@ class RelayProcess:
             m = _LISTENING.search(self.log())
             if m:
                 break
-            if self.proc.poll() is not None:
-                raise AssertionError("relay refused %s: %s" % (" ".join(self.args),
-                                                               self.log().strip()[-600:]))
-            if time.monotonic() > deadline:
+            exited = self.proc.poll() is not None
+            if exited or time.monotonic() > deadline:
+                log = self.log().strip()[-600:]
                 self.stop()
-                raise AssertionError("relay did not start: %s" % self.log()[-600:])
+                raise AssertionError("relay %s %s: %s" % ("refused" if exited else "did not start",
+                                                         " ".join(self.args), log))
             time.sleep(0.02)
         self.tcp = (m.group(1), int(m.group(2)))
         self.ws = (m.group(3), int(m.group(4)))

@@ -361,3 +361,39 @@ def test_source_never_waits(relay_proc, case):
     if frozen is not None:
         assert ends_closed(frozen, time.monotonic() + unit(15)) in (TOO_SLOW, None)
         assert m["sphincter_slow_subscribers_cut_total"] == 1
+
+
+def test_stall_timeout_spares_idle_subscribers(relay_proc):
+    """--stall-timeout only cuts a subscriber that has data waiting: a caught-up subscriber of a
+    quiet room stays, however long the silence."""
+    stall = 0.5
+    relay = relay_proc("--stall-timeout", str(stall), *SMALL)
+    src, code = open_source(relay.tcp)
+    sub = ws_connect(relay.ws, code, timeout=unit(5))
+    wait_subscribers(relay, 1)
+    reader = FrameReader(sub)
+    src.sendall(b"before\n")
+    assert reader.next() == (1, b"before")
+    deadline = time.monotonic() + 5 * stall      # several stall periods with nothing to send
+    while time.monotonic() < deadline:
+        assert relay.metric("sphincter_stall_cutoffs_total", 0) == 0
+        time.sleep(stall / 2)
+    src.sendall(b"after\n")
+    assert reader.next() == (1, b"after")
+    assert relay.healthz()["subscribers"] == 1
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--flow-control", "maybe"], "--flow-control"),
+    (["--slow-policy", "drop"], "--slow-policy"),
+    (["--stall-timeout", "-1"], "--stall-timeout"),
+    (["--source-high-water", "lots"], "--source-high-water"),
+    (["--subscriber-buffer-bytes", "256KiB", "--max-message-bytes", "64KiB",
+      "--source-high-water", "256KiB"], "--source-high-water"),
+])
+def test_bad_flow_options_are_one_line_errors(args, needle):
+    with pytest.raises(AssertionError) as refused:
+        RelayProcess(*args).stop()
+    message = str(refused.value)
+    assert "sphincter: error:" in message and needle in message, message
+    assert "Traceback" not in message and message.count("\n") == 0, message
