@@ -159,7 +159,9 @@ def _flow_sections(meta, summary):
               "A second load generator process opens another room (no subscribers) and writes "
               "100-byte lines into it as fast as the relay reads them, for the whole paced run "
               "(issue 9, case 1: before flow control, p50 513 ms and max 2,020 ms). Latency is "
-              "source write → subscriber read, measured by the paced load generator on one clock."
+              "source write → subscriber read, measured by the paced load generator on one clock; "
+              "the paced source is never held back by a window (it may run all its messages "
+              "ahead), so a stalled relay shows as latency, not as a slower rate."
               + _measured(meta, "blast"), "",
               "| target | next door | p50 ms | p99 ms | max ms | loss | blaster MB/s | "
               "max vs quiet |", "|---|---|---|---|---|---|---|---|"]

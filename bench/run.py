@@ -258,7 +258,11 @@ def run_blast(target, P, blasting):
         try:
             r = loadgen(_common(target, ws, src, rooms) +
                         ["--subs", P["blast_subs"], "--count", P["blast_count"],
-                         "--rate", P["blast_rate"], "--window", P["window"]], on_phase, P["timeout"])
+                         # window = every message: a stalled relay must not stop the paced source
+                         # (messages held back by a window would be stamped late: coordinated
+                         # omission); the pacing alone sets the rate
+                         "--rate", P["blast_rate"], "--window", P["blast_count"]],
+                        on_phase, P["timeout"])
         finally:
             b = blaster[0].finish() if blaster else None
         r["server_cpu_s"] = round(marks["done"] - marks["subs"], 3)
