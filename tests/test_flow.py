@@ -261,7 +261,7 @@ def test_stall_timeout_cuts_frozen_subscriber_and_source_resumes(relay_proc):
 class Trickle:
     """A socket read slowly: at most ``size`` bytes per ``recv``, after a pause."""
 
-    def __init__(self, sock, size=32768, pause=0.008):
+    def __init__(self, sock, size=32768, pause=0.005):
         self.sock, self.size, self.pause = sock, size, pause
 
     def recv(self, n):
@@ -277,11 +277,11 @@ def test_skip_policy_jumps_to_whole_newer_messages(relay_proc, slow_kind):
     relay = relay_proc("--slow-policy", "skip", "--stall-timeout", "0", *SMALL)
     src, code = open_source(relay.tcp)
     fast = ws_connect(relay.ws, code)
-    slow = ws_connect(relay.ws, code, rcvbuf=FROZEN_RCVBUF, timeout=unit(20))
+    slow = ws_connect(relay.ws, code, rcvbuf=65536 if trickle else FROZEN_RCVBUF, timeout=unit(20))
     wait_subscribers(relay, 2)
-    # frozen: 20 MB at once. Slowly throughout: 40 MB at 10 MB/s against a reader taking about
-    # 4 MB/s, so that it falls behind again after each jump (kernel buffers hold ~3 MB).
-    n, slices, filler = (200000, 40, b"y" * 190) if trickle else (100000, 1, b"y" * 190)
+    # frozen: 20 MB at once. Slowly throughout: 60 MB at 20 MB/s against a reader taking at most
+    # ~6 MB/s: it empties the kernel buffers (~3 MB) well before the end, and falls behind again.
+    n, slices, filler = (30000, 30, b"y" * 1990) if trickle else (100000, 1, b"y" * 190)
 
     def line(i):
         return b"%08d %s" % (i, filler)
