@@ -5,7 +5,7 @@ sharing the test's event loop); a load that must not hog the test's loop (the bl
 is a separate OS process too. Small buffers (256 KiB) keep the volumes small. Timed assertions
 are loose and scaled by the timing factor; each prints what it measured.
 
-The contract (docs/PROTOCOL.md, README "Flow control"): ``--flow-control on`` (default) reads a
+The contract (docs/PROTOCOL.md and README, "Flow control"): ``--flow-control on`` (default) reads a
 room's source only while its fastest subscriber is less than ``--source-high-water`` behind the
 head; a room with no subscriber reads freely. A subscriber more than
 ``--subscriber-buffer-bytes`` behind is cut (4408), or with ``--slow-policy skip`` jumps to the
@@ -66,7 +66,7 @@ def ends_closed(sock, deadline):
 
 def test_fast_source_does_not_freeze_other_rooms(relay_proc):
     """Issue case 1: a source blasting into a room without subscribers must not delay a paced
-    room next door (today: p50 513 ms, max 2 s). Target on this machine: max < 100 ms."""
+    room next door (before issue 9: p50 513 ms, max 2 s). Target on this machine: max < 100 ms."""
     relay = relay_proc()
     src, code = open_source(relay.tcp)
     sub = ws_connect(relay.ws, code)
