@@ -106,6 +106,7 @@ def merge(datas):
             meta["params"].setdefault(k, v)
         dates.update({s: d["meta"]["date"] for s in newer})
     meta["scenario_dates"] = dates
+    meta["notes"] = [n for d in datas for n in d["meta"].get("notes", [])]
     return meta, runs
 
 
@@ -204,6 +205,9 @@ def markdown(meta, summary, chart_rel):
          "process (one core, like Sphincter's single process), published by pipelined HTTP POST "
          "on one keep-alive connection, `nchan_message_buffer_length 1024` (≥ the window). Sphincter and the asyncio relay get the source over TCP.",
          ""]
+    L += [f"Note: {n}" for n in meta.get("notes") or []]
+    if meta.get("notes"):
+        L.append("")
     if meta.get("skipped"):
         L += ["Skipped targets: " + "; ".join(f"{k}: {v}" for k, v in meta["skipped"].items()), ""]
 

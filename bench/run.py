@@ -311,6 +311,8 @@ def main(argv=None):
     ap.add_argument("--docs", help="markdown report path (default docs/BENCHMARKS.md; "
                                    "smoke: <out-dir>/BENCHMARKS.md)")
     ap.add_argument("--no-chart", action="store_true")
+    ap.add_argument("--note", action="append", default=[],
+                    help="a sentence for the report (what a sphincter@... target is, say)")
     ap.add_argument("--require", action="store_true",
                     help="fail if a requested target is unavailable (CI)")
     ap.add_argument("--from-json", metavar="FILE", nargs="+",
@@ -413,6 +415,7 @@ def main(argv=None):
         "versions": report.versions(),
         "total_wall_s": round(time.monotonic() - t_start, 1),
         "scenarios": scenarios,
+        "notes": a.note,
     }
     meta["scenario_dates"] = {s: meta["date"] for s in scenarios}
     out_dir = Path(a.out_dir)
