@@ -106,7 +106,8 @@ def merge(datas):
             meta["params"].setdefault(k, v)
         dates.update({s: d["meta"]["date"] for s in newer})
     meta["scenario_dates"] = dates
-    meta["notes"] = [n for d in datas for n in d["meta"].get("notes", [])]
+    meta["notes"] = [n if i == 0 else f"(run of {d['meta']['date']}): {n}"
+                     for i, d in enumerate(datas) for n in d["meta"].get("notes", [])]
     return meta, runs
 
 
@@ -147,7 +148,7 @@ def _flow_sections(meta, summary):
             corrupt = sum(int(x) for x in [_get(summary, "tunnel-open", t, 1, "corrupt", "max")]
                           if x is not None)
             L.append(f"| {t} | {_cell(summary, 'tunnel-open', t, 1, 'mb_per_s')} | "
-                     f"{e.get('loss_total', '–')} | {corrupt} | "
+                     f"{_fmt(e.get('loss_total'))} | {corrupt} | "
                      f"{', '.join(map(str, e.get('close_codes', []))) or 'none'} | "
                      f"{_ratio(v, _get(summary, 'tunnel-open', 'websockify', 1, 'mb_per_s'))} | "
                      f"{_ratio(v, _get(summary, 'tunnel-open', 'socat', 1, 'mb_per_s'))} | "
@@ -205,9 +206,8 @@ def markdown(meta, summary, chart_rel):
          "process (one core, like Sphincter's single process), published by pipelined HTTP POST "
          "on one keep-alive connection, `nchan_message_buffer_length 1024` (≥ the window). Sphincter and the asyncio relay get the source over TCP.",
          ""]
-    L += [f"Note: {n}" for n in meta.get("notes") or []]
-    if meta.get("notes"):
-        L.append("")
+    for n in meta.get("notes") or []:
+        L += [f"Note {n}" if n.startswith("(") else f"Note: {n}", ""]
     if meta.get("skipped"):
         L += ["Skipped targets: " + "; ".join(f"{k}: {v}" for k, v in meta["skipped"].items()), ""]
 
@@ -368,9 +368,12 @@ def _targets_section(meta, summary):
             f"{e['loss_total']} bytes lost, {corrupt:.0f} corrupt reads, close "
             f"{', '.join(map(str, e['close_codes'])) or 'none'}",
             e["loss_total"] == 0 and not corrupt and not e["errors"])
-    s, w = (g("tunnel-open", t, 1, "mb_per_s") for t in ("sphincter", "websockify"))
-    if s is not None and w:
-        row("open-loop tunnel ≥ websockify", f"{s / w:.2f}×", s >= w)
+    s, w, so = (g("tunnel-open", t, 1, "mb_per_s") for t in ("sphincter", "websockify", "socat"))
+    if s is not None and w and so:
+        c, cw = (g("tunnel-open", t, 1, "cpu_us_per_mb") for t in ("sphincter", "websockify"))
+        row("(context) open-loop tunnel MB/s vs websockify, socat; server CPU/MB vs websockify",
+            f"{s / w:.2f}×, {s / so:.2f}×; {c / cw:.2f}×" if c and cw else f"{s / w:.2f}×, {s / so:.2f}×",
+            None)
     s, q = g("blast", "sphincter", 1, "lat_max_us"), g("blast", "sphincter", 0, "lat_max_us")
     if s is not None:
         row("paced room next to a blast: max latency < 100 ms (issue 9)",

@@ -322,8 +322,10 @@ def main(argv=None):
     if a.from_json:
         meta, runs = report.merge([json.loads(Path(f).read_text()) for f in a.from_json])
         docs = Path(a.docs) if a.docs else T.ROOT / "docs" / "BENCHMARKS.md"
+        one = len(a.from_json) == 1             # re-rendered in place: <date><tag>.json
         for p in report.write_all(meta, runs, Path(a.from_json[0]).parent, docs,
-                                  with_chart=not a.no_chart, write_json=len(a.from_json) == 1):
+                                  with_chart=not a.no_chart, write_json=one,
+                                  tag=Path(a.from_json[0]).stem[10:] if one else ""):
             print(f"bench: wrote {p}", file=sys.stderr)
         return 0
     P = dict(PROFILES["smoke" if a.smoke else "full"])
