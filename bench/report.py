@@ -14,6 +14,9 @@ METRICS = {
     "memory": ["kb_per_sub", "rss_kb_before", "rss_kb_after", "connected"],
     "tunnel": ["mb_per_s", "loss", "server_cpu_s", "cpu_us_per_mb"],
     "scale": ["connected", "deliveries", "loss", "connect_s", "kb_per_sub", "closed"],
+    "tunnel-open": ["mb_per_s", "loss", "corrupt", "bytes", "source_bytes", "server_cpu_s",
+                    "cpu_us_per_mb"],
+    "blast": ["lat_p50_us", "lat_p99_us", "lat_max_us", "loss", "blast_mb_per_s", "server_cpu_s"],
 }
 
 
@@ -54,6 +57,7 @@ def summarize(runs):
         entry["loss_total"] = sum(r.get("loss", 0) or 0 for r in ok)
         entry["closed_total"] = sum(r.get("closed", 0) or 0 for r in ok)
         entry["stalls"] = sum(1 for r in ok if r.get("stalled") or "stalled" in r.get("stderr", ""))
+        entry["close_codes"] = sorted({c for r in ok for c in r.get("close_codes") or []})
         summary.setdefault(scenario, {}).setdefault(target, {})[str(n)] = entry
     return summary
 
@@ -87,13 +91,104 @@ def _ratio(a, b):
     return "–" if a is None or not b else f"{a / b:.2f}×"
 
 
+def merge(datas):
+    """One (meta, runs) from several results files: a full run first, then partial runs (for
+    instance ``--only tunnel-open,blast``) whose scenarios replace the full run's."""
+    meta = dict(datas[0]["meta"])
+    meta["params"] = dict(meta["params"])
+    dates = dict(meta.get("scenario_dates") or
+                 {s: meta["date"] for s in {r["scenario"] for r in datas[0]["runs"]}})
+    runs = list(datas[0]["runs"])
+    for d in datas[1:]:
+        newer = {r["scenario"] for r in d["runs"]}
+        runs = [r for r in runs if r["scenario"] not in newer] + list(d["runs"])
+        for k, v in d["meta"]["params"].items():
+            meta["params"].setdefault(k, v)
+        dates.update({s: d["meta"]["date"] for s in newer})
+    meta["scenario_dates"] = dates
+    meta["notes"] = [n if i == 0 else f"(run of {d['meta']['date']}): {n}"
+                     for i, d in enumerate(datas) for n in d["meta"].get("notes", [])]
+    return meta, runs
+
+
+def _measured(meta, scenario):
+    date = (meta.get("scenario_dates") or {}).get(scenario)
+    return f" *Measured {date}.*" if date and date != meta["date"] else ""
+
+
+def _later_runs(meta):
+    later = sorted({(d, s) for s, d in (meta.get("scenario_dates") or {}).items() if d != meta["date"]})
+    if not later:
+        return ""
+    return (" Sections marked *Measured <date>* come from a later run of only those scenarios "
+            "(`make bench-flow`, or `BENCH_ARGS=\"--only ...\"`), rendered together with "
+            "`bench/run.py --from-json FULL.json PARTIAL.json`: " +
+            ", ".join(f"{s} ({d})" for d, s in later) + ".")
+
+
+def _flow_sections(meta, summary):
+    """Issue 9: the open-loop tunnel and the paced room next to a blast."""
+    P, L = meta["params"], []
+    op = summary.get("tunnel-open", {})
+    if op:
+        L += ["## Open-loop tunnel: 1 source → 1 subscriber, raw, 64 KiB writes, no window", "",
+              "The source writes as fast as the relay takes its bytes "
+              + (f"for {P['open_duration']:g} s " if P.get("open_duration") else "")
+              + f"(at most {P['open_bytes'] >> 20:,} MiB), "
+              "then waits for the subscriber to receive everything: nothing but the relay's own flow "
+              "control keeps the tunnel lossless. Byte loss = bytes the subscriber lacks at the end "
+              "(a subscriber that was cut lost everything after its cut); corrupt = received reads "
+              "that differ from the source's byte pattern." + _measured(meta, "tunnel-open"), "",
+              "| target | MB/s | byte loss | corrupt | close codes | vs websockify | vs socat | "
+              "server CPU µs/MB |",
+              "|---|---|---|---|---|---|---|---|"]
+        for t in sorted(op):
+            e = op[t].get("1", {})
+            v = _get(summary, "tunnel-open", t, 1, "mb_per_s")
+            corrupt = sum(int(x) for x in [_get(summary, "tunnel-open", t, 1, "corrupt", "max")]
+                          if x is not None)
+            L.append(f"| {t} | {_cell(summary, 'tunnel-open', t, 1, 'mb_per_s')} | "
+                     f"{_fmt(e.get('loss_total'))} | {corrupt} | "
+                     f"{', '.join(map(str, e.get('close_codes', []))) or 'none'} | "
+                     f"{_ratio(v, _get(summary, 'tunnel-open', 'websockify', 1, 'mb_per_s'))} | "
+                     f"{_ratio(v, _get(summary, 'tunnel-open', 'socat', 1, 'mb_per_s'))} | "
+                     f"{_cell(summary, 'tunnel-open', t, 1, 'cpu_us_per_mb')} |")
+        L.append("")
+    bl = summary.get("blast", {})
+    if bl:
+        L += [f"## Blast next door: a paced room ({P['blast_rate']:g} msg/s, {P['blast_subs']} "
+              f"subscriber, {P['blast_count']} messages) alone and next to a blasting room", "",
+              "A second load generator process opens another room (no subscribers) and writes "
+              "100-byte lines into it as fast as the relay reads them, for the whole paced run "
+              "(issue 9, case 1: before flow control, p50 513 ms and max 2,020 ms). Latency is "
+              "source write → subscriber read, measured by the paced load generator on one clock; "
+              "the paced source is never held back by a window (it may run all its messages "
+              "ahead), so a stalled relay shows as latency, not as a slower rate."
+              + _measured(meta, "blast"), "",
+              "| target | next door | p50 ms | p99 ms | max ms | loss | blaster MB/s | "
+              "max vs quiet |", "|---|---|---|---|---|---|---|---|"]
+        for t in sorted(bl):
+            quiet = _get(summary, "blast", t, 0, "lat_max_us")
+            for n, what in ((0, "quiet"), (1, "blasting")):
+                if str(n) not in bl[t]:
+                    continue
+                L.append(f"| {t} | {what} | {_cell(summary, 'blast', t, n, 'lat_p50_us', 2, 1000)} | "
+                         f"{_cell(summary, 'blast', t, n, 'lat_p99_us', 2, 1000)} | "
+                         f"{_cell(summary, 'blast', t, n, 'lat_max_us', 2, 1000)} | "
+                         f"{bl[t][str(n)].get('loss_total', '–')} | "
+                         f"{_cell(summary, 'blast', t, n, 'blast_mb_per_s', 1) if n else '–'} | "
+                         f"{_ratio(_get(summary, 'blast', t, n, 'lat_max_us'), quiet) if n else '–'} |")
+        L.append("")
+    return L
+
+
 def markdown(meta, summary, chart_rel):
     P = meta["params"]
     reps = P["reps"]
     L = ["# Benchmarks", "",
          f"Generated by `make bench` (`bench/run.py`, profile `{meta['profile']}`) on "
          f"{meta['date']}; {meta['host']['nproc']} CPUs, Linux {meta['host']['kernel']}, "
-         f"Python {meta['host']['python']}; total {meta['total_wall_s']} s.", "",
+         f"Python {meta['host']['python']}; total {meta['total_wall_s']} s." + _later_runs(meta), "",
          "**Read the ratios, not the absolute numbers.** The machine has 2 cores shared with other "
          "work; the server, the load generator and the source all run on it. Every scenario runs "
          f"the targets interleaved (order rotated each repetition), {reps} repetition(s); cells show "
@@ -111,6 +206,8 @@ def markdown(meta, summary, chart_rel):
          "process (one core, like Sphincter's single process), published by pipelined HTTP POST "
          "on one keep-alive connection, `nchan_message_buffer_length 1024` (≥ the window). Sphincter and the asyncio relay get the source over TCP.",
          ""]
+    for n in meta.get("notes") or []:
+        L += [f"Note {n}" if n.startswith("(") else f"Note: {n}", ""]
     if meta.get("skipped"):
         L += ["Skipped targets: " + "; ".join(f"{k}: {v}" for k, v in meta["skipped"].items()), ""]
 
@@ -220,6 +317,7 @@ def markdown(meta, summary, chart_rel):
               "'load generator busy' column is the client's CPU over the run's wall time: well "
               "below 100 % means the client was not the bottleneck.", ""]
 
+    L += _flow_sections(meta, summary)
     L += _targets_section(meta, summary)
     L += ["## Versions", "", "| component | version |", "|---|---|"]
     L += [f"| {k} | {v} |" for k, v in sorted(meta.get("versions", {}).items())]
@@ -263,6 +361,24 @@ def _targets_section(meta, summary):
     c, cs = g("tunnel", "sphincter", 1, "cpu_us_per_mb"), g("tunnel", "socat", 1, "cpu_us_per_mb")
     if c is not None and cs:
         row("(context) tunnel server CPU per MB vs socat", f"{c / cs:.2f}× socat's", None)
+    e = summary.get("tunnel-open", {}).get("sphincter", {}).get("1")
+    if e:
+        corrupt = g("tunnel-open", "sphincter", 1, "corrupt", "max") or 0
+        row("open-loop tunnel lossless (issue 9)",
+            f"{e['loss_total']} bytes lost, {corrupt:.0f} corrupt reads, close "
+            f"{', '.join(map(str, e['close_codes'])) or 'none'}",
+            e["loss_total"] == 0 and not corrupt and not e["errors"])
+    s, w, so = (g("tunnel-open", t, 1, "mb_per_s") for t in ("sphincter", "websockify", "socat"))
+    if s is not None and w and so:
+        c, cw = (g("tunnel-open", t, 1, "cpu_us_per_mb") for t in ("sphincter", "websockify"))
+        row("(context) open-loop tunnel MB/s vs websockify, socat; server CPU/MB vs websockify",
+            f"{s / w:.2f}×, {s / so:.2f}×; {c / cw:.2f}×" if c and cw else f"{s / w:.2f}×, {s / so:.2f}×",
+            None)
+    s, q = g("blast", "sphincter", 1, "lat_max_us"), g("blast", "sphincter", 0, "lat_max_us")
+    if s is not None:
+        row("paced room next to a blast: max latency < 100 ms (issue 9)",
+            f"{s / 1000:.1f} ms" + (f" (quiet: {q / 1000:.1f} ms)" if q is not None else ""),
+            s < 100_000)
     e = summary.get("scale", {}).get("sphincter", {}).get(str(P["scale_subs"]))
     if e:
         conn = g("scale", "sphincter", P["scale_subs"], "connected")
@@ -271,7 +387,7 @@ def _targets_section(meta, summary):
             f"{_fmt(conn)} connected, {e['loss_total']} lost", ok)
     if not rows:
         return []
-    return ["## Issue 4 targets (Sphincter, this run)", "", "| target | measured | verdict |",
+    return ["## Targets (Sphincter, this run)", "", "| target | measured | verdict |",
             "|---|---|---|", *rows, ""]
 
 
@@ -315,21 +431,23 @@ def chart(meta, summary, path):
     return path
 
 
-def write_all(meta, runs, out_dir, docs, with_chart=True):
+def write_all(meta, runs, out_dir, docs, with_chart=True, tag="", write_json=True):
+    """JSON <out_dir>/<date><tag>.json, the fan-out chart (when there is a fan-out), markdown."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = meta["date"][:10]
+    stamp = meta["date"][:10] + tag
     summary = summarize(runs)
     paths = []
     png = None
-    if with_chart:
-        png = chart(meta, summary, out_dir / f"{stamp}-fanout.png")
+    if with_chart and summary.get("fanout"):
+        png = chart(meta, summary, out_dir / f"{meta['date'][:10]}-fanout.png")
         if png:
             paths.append(png)
-    js = out_dir / f"{stamp}.json"
-    js.write_text(json.dumps({"meta": meta, "summary": summary, "runs": runs}, indent=1,
-                             default=str))
-    paths.append(js)
+    if write_json:
+        js = out_dir / f"{stamp}.json"
+        js.write_text(json.dumps({"meta": meta, "summary": summary, "runs": runs}, indent=1,
+                                 default=str))
+        paths.append(js)
     docs = Path(docs)
     docs.parent.mkdir(parents=True, exist_ok=True)
     rel = os.path.relpath(png, docs.parent) if png else None

@@ -7,7 +7,13 @@ websockify and socat), all on loopback, driven by the compiled load generator be
 
 Scenarios (each bounded in count and time): fanout (N = 10/100/1000, closed loop), latency
 (N = 100, 1000 msg/s paced), memory (1000 idle subscribers over 10 rooms), tunnel (1 -> 1, raw,
-64 KiB writes), scale (10,000 subscribers receive probes), ceiling (wsbench vs a trivial C sink).
+64 KiB writes), scale (10,000 subscribers receive probes), ceiling (wsbench vs a trivial C sink);
+issue 9 (flow control): tunnel-open (the tunnel, open loop: the source writes as fast as it can;
+MB/s and losslessness) and blast (a paced room's latency, alone and next to a room whose source
+blasts 100-byte lines as fast as it can, from a second load generator process).
+Run only some: --only tunnel-open,blast (make bench BENCH_ARGS="--only tunnel-open,blast"); a
+partial run writes <out-dir>/<date>-<scenarios>.json and .md and leaves docs/ alone;
+--from-json A.json B.json renders docs/BENCHMARKS.md from several runs.
 Targets are interleaved inside every repetition (order rotated each time); the report gives
 medians with min..max.  Writes <out-dir>/<date>.json, <docs> (markdown) and a PNG chart.
 """
@@ -36,15 +42,19 @@ PROFILES = {
                  mem_subs=1000, mem_rooms=10,
                  tunnel_bytes=16 << 30, tunnel_duration=3.0, tunnel_rounds=2,
                  scale_subs=10000, scale_probes=10,
-                 ceiling_ns=[100, 1000], ceiling_total=10_000_000, timeout=120),
+                 ceiling_ns=[100, 1000], ceiling_total=10_000_000,
+                 open_bytes=16 << 30, open_duration=3.0, open_rounds=1,
+                 blast_subs=1, blast_rate=100, blast_count=300, timeout=120),
     "smoke": dict(reps=1, fanout_ns=[3, 10], duration=0, count=300, window=32,
                   lat_n=5, lat_rate=500, lat_count=200,
                   mem_subs=20, mem_rooms=2,
                   tunnel_bytes=4 << 20, tunnel_duration=0, tunnel_rounds=1,
                   scale_subs=50, scale_probes=3,
-                  ceiling_ns=[10], ceiling_total=20_000, timeout=60),
+                  ceiling_ns=[10], ceiling_total=20_000,
+                  open_bytes=8 << 20, open_duration=0, open_rounds=1,
+                  blast_subs=1, blast_rate=100, blast_count=50, timeout=60),
 }
-SCENARIOS = ["ceiling", "fanout", "latency", "memory", "tunnel", "scale"]
+SCENARIOS = ["ceiling", "fanout", "latency", "memory", "tunnel", "scale", "tunnel-open", "blast"]
 
 
 def build_wsbench(force=False):
@@ -173,6 +183,97 @@ def run_tunnel(target, P):
     return with_server(target, fn, "raw")
 
 
+def run_tunnel_open(target, P):
+    """The tunnel, open loop (issue 9): the source writes 64 KiB chunks as fast as the relay takes
+    them, no window; the relay's flow control alone keeps it lossless (or not: loss, close codes)."""
+    def fn(server, ws, src, rooms):
+        marks = {}
+
+        def on_phase(name):
+            marks[name] = T.cpu_seconds(server.pid)
+
+        r = loadgen(_common(target, ws, src, rooms) +
+                    ["--subs", 1, "--chunk", 65536, "--window", 0,
+                     "--total-bytes", P["open_bytes"], "--duration", P["open_duration"]],
+                    on_phase, P["timeout"])
+        r["server_cpu_s"] = round(marks["done"] - marks["subs"], 3)
+        if r["bytes"]:
+            r["cpu_us_per_mb"] = r["server_cpu_s"] * 1e6 / (r["bytes"] / 1e6)
+        return r
+    return with_server(target, fn, "raw")
+
+
+class Blaster:
+    """A second wsbench process with no subscribers: its source writes 100-byte lines into a room
+    of its own as fast as the relay reads them (open loop), for ``seconds``."""
+
+    def __init__(self, target, ws, src, rooms, seconds, timeout):
+        args = ["--ws", ws, "--source", src, "--path-fmt", target.path_fmt, "--sub", target.sub,
+                "--subs", 0, "--window", 0, "--count", 10**12, "--duration", seconds]
+        if rooms:                     # nchan: a channel of its own
+            args += ["--room-names", "blast%dx%d" % (os.getpid(), time.monotonic_ns() % 10**9)]
+        self.proc = subprocess.Popen([str(WSBENCH), "client", *map(str, args), "--pause",
+                                      "--timeout", str(timeout)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.started, self.result, self.wait_s = threading.Event(), None, seconds + 30
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        if not self.started.wait(20):
+            self.finish()
+            raise RuntimeError("blaster did not start")
+
+    def _read(self):
+        for line in self.proc.stdout:
+            if line.startswith("PHASE "):
+                self.proc.stdin.write("go\n")
+                self.proc.stdin.flush()
+                if line.split()[1] == "subs":          # its source is open: blasting now
+                    self.started.set()
+            elif line.startswith("{"):
+                self.result = json.loads(line)
+
+    def finish(self):
+        self.reader.join(self.wait_s)
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        if self.result is None:
+            raise RuntimeError("blaster rc=%s: %s" % (self.proc.returncode,
+                                                      self.proc.stderr.read()[-300:]))
+        return self.result
+
+
+def run_blast(target, P, blasting):
+    """A paced room (blast_rate msg/s, blast_subs subscribers): its latency alone (blasting=0) or
+    while another room's source blasts as fast as it can (blasting=1; issue 9 case 1)."""
+    def fn(server, ws, src, rooms):
+        marks, blaster = {}, []
+
+        def on_phase(name):
+            if name == "subs" and blasting:
+                blaster.append(Blaster(target, ws, src, rooms,
+                                       P["blast_count"] / P["blast_rate"] + 0.5, P["timeout"]))
+            marks[name] = T.cpu_seconds(server.pid)
+
+        try:
+            r = loadgen(_common(target, ws, src, rooms) +
+                        ["--subs", P["blast_subs"], "--count", P["blast_count"],
+                         # window = every message: a stalled relay must not stop the paced source
+                         # (messages held back by a window would be stamped late: coordinated
+                         # omission); the pacing alone sets the rate
+                         "--rate", P["blast_rate"], "--window", P["blast_count"]],
+                        on_phase, P["timeout"])
+        finally:
+            b = blaster[0].finish() if blaster else None
+        r["server_cpu_s"] = round(marks["done"] - marks["subs"], 3)
+        if b:
+            r["blast_mb_per_s"] = b["source_mb_per_s"]
+            r["blast_bytes"] = b["source_bytes"]
+            r["blast_s"] = b["elapsed_s"]
+        return r
+    return with_server(target, fn)
+
+
 def run_ceiling(P, n):
     count = max(P["ceiling_total"] // n, 1)
     sink = subprocess.Popen([str(WSBENCH), "sink", "--port", "0", "--count", str(count),
@@ -199,35 +300,51 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny, seconds-long run (the test)")
     ap.add_argument("--reps", type=int, help="repetitions (default 3; smoke 1)")
-    ap.add_argument("--targets", default="sphincter,asyncio,nchan",
+    ap.add_argument("--targets", default="sphincter,asyncio,nchan",  # also: sphincter-flow-off
                     help="relay targets (tunnel adds websockify,socat)")
     ap.add_argument("--tunnel-targets", default="sphincter,asyncio,websockify,socat")
-    ap.add_argument("--scenarios", default=",".join(SCENARIOS))
+    ap.add_argument("--blast-targets", default="sphincter,asyncio,nchan",
+                    help="relay targets of the blast scenario (nchan's blaster publishes by POST)")
+    ap.add_argument("--scenarios", "--only", default=",".join(SCENARIOS),
+                    help="comma-separated subset of: " + ",".join(SCENARIOS))
     ap.add_argument("--out-dir", default=str(BENCH / "results"))
     ap.add_argument("--docs", help="markdown report path (default docs/BENCHMARKS.md; "
                                    "smoke: <out-dir>/BENCHMARKS.md)")
     ap.add_argument("--no-chart", action="store_true")
+    ap.add_argument("--note", action="append", default=[],
+                    help="a sentence for the report (what a sphincter@... target is, say)")
     ap.add_argument("--require", action="store_true",
                     help="fail if a requested target is unavailable (CI)")
-    ap.add_argument("--from-json", metavar="FILE",
-                    help="only re-render the report (markdown, chart) from a results JSON")
+    ap.add_argument("--from-json", metavar="FILE", nargs="+",
+                    help="only re-render the report (markdown, chart) from results JSON files "
+                         "(several: a full run, then partial runs of other scenarios)")
     a = ap.parse_args(argv)
     if a.from_json:
-        data = json.loads(Path(a.from_json).read_text())
+        meta, runs = report.merge([json.loads(Path(f).read_text()) for f in a.from_json])
         docs = Path(a.docs) if a.docs else T.ROOT / "docs" / "BENCHMARKS.md"
-        for p in report.write_all(data["meta"], data["runs"], Path(a.from_json).parent, docs,
-                                  with_chart=not a.no_chart):
+        one = len(a.from_json) == 1             # re-rendered in place: <date><tag>.json
+        for p in report.write_all(meta, runs, Path(a.from_json[0]).parent, docs,
+                                  with_chart=not a.no_chart, write_json=one,
+                                  tag=Path(a.from_json[0]).stem[10:] if one else ""):
             print(f"bench: wrote {p}", file=sys.stderr)
         return 0
     P = dict(PROFILES["smoke" if a.smoke else "full"])
     if a.reps:
         P["reps"] = a.reps
     scenarios = [s for s in a.scenarios.split(",") if s]
+    unknown = sorted(set(scenarios) - set(SCENARIOS))
+    if unknown:
+        ap.error("unknown scenario(s) %s (choose from %s)" % (",".join(unknown), ",".join(SCENARIOS)))
+    partial = set(scenarios) != set(SCENARIOS)
     build_wsbench()
 
-    relays, tunnels, skipped = [], [], {}
-    for names, get, out in ((a.targets, T.relay, relays),
-                            (a.tunnel_targets, T.tunnel, tunnels)):
+    relays, tunnels, blasts, skipped = [], [], [], {}
+    wanted = lambda *names: any(s in scenarios for s in names)  # noqa: E731
+    for names, get, out in ((a.targets if wanted("fanout", "latency", "memory", "scale") else "",
+                             T.relay, relays),
+                            (a.tunnel_targets if wanted("tunnel", "tunnel-open") else "",
+                             T.tunnel, tunnels),
+                            (a.blast_targets if wanted("blast") else "", T.relay, blasts)):
         for name in [n for n in names.split(",") if n]:
             target = get(name)
             why = target.available()
@@ -253,9 +370,10 @@ def main(argv=None):
                  wall_s=round(time.monotonic() - t0, 2))
         runs.append(r)
         brief = {k: r.get(k) for k in ("deliveries_per_s", "cpu_us_per_delivery", "loss",
-                                       "lat_p99_us", "kb_per_sub", "mb_per_s", "connected",
+                                       "lat_p99_us", "lat_max_us", "kb_per_sub", "mb_per_s",
+                                       "blast_mb_per_s", "close_codes", "connected",
                                        "error") if r.get(k) is not None}
-        print(f"bench: {scenario:8} {target:10} n={n:<6} rep={rep} {brief}", file=sys.stderr,
+        print(f"bench: {scenario:11} {target:10} n={n:<6} rep={rep} {brief}", file=sys.stderr,
               flush=True)
 
     for rep in range(P["reps"]):
@@ -279,6 +397,14 @@ def main(argv=None):
         if "scale" in scenarios and rep == 0:
             for t in relays:
                 record("scale", t.name, P["scale_subs"], rep, lambda t=t: run_scale(t, P))
+        if "tunnel-open" in scenarios:
+            for k in range(P.get("open_rounds", 1)):
+                for t in rotate(tunnels, rep + k):
+                    record("tunnel-open", t.name, 1, rep, lambda t=t: run_tunnel_open(t, P))
+        if "blast" in scenarios:       # n: rooms blasting next door (0: the quiet baseline)
+            for t in rotate(blasts, rep):
+                for b in rotate([0, 1], rep):
+                    record("blast", t.name, b, rep, lambda t=t, b=b: run_blast(t, P, b))
 
     meta = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -290,11 +416,16 @@ def main(argv=None):
         "skipped": skipped,
         "versions": report.versions(),
         "total_wall_s": round(time.monotonic() - t_start, 1),
+        "scenarios": scenarios,
+        "notes": a.note,
     }
+    meta["scenario_dates"] = {s: meta["date"] for s in scenarios}
     out_dir = Path(a.out_dir)
+    tag = "-" + "+".join(scenarios) if partial else ""
     docs = Path(a.docs) if a.docs else (out_dir / "BENCHMARKS.md" if a.smoke
+                                        else out_dir / f"{meta['date'][:10]}{tag}.md" if partial
                                         else T.ROOT / "docs" / "BENCHMARKS.md")
-    paths = report.write_all(meta, runs, out_dir, docs, with_chart=not a.no_chart)
+    paths = report.write_all(meta, runs, out_dir, docs, with_chart=not a.no_chart, tag=tag)
     for p in paths:
         print(f"bench: wrote {p}", file=sys.stderr)
     errors = [r for r in runs if r.get("error")]

@@ -260,6 +260,19 @@ class SphincterRaw(Sphincter):
         return super().start(workdir, "raw")
 
 
+class SphincterFlowOff(Sphincter):
+    """Sphincter with --flow-control off (issue 9): the source is read freely, as before."""
+    name = "sphincter-flow-off"
+
+    def extra_args(self):
+        return ["--flow-control", "off"]
+
+
+class SphincterRawFlowOff(SphincterFlowOff):
+    def start(self, workdir, framing="raw"):
+        return super().start(workdir, "raw")
+
+
 class AsyncioRaw(AsyncioRelay):
     name = "asyncio"
 
@@ -300,9 +313,9 @@ class Socat(Target):
 
 
 RELAYS = {"sphincter": Sphincter(), "asyncio": AsyncioRelay(), "nchan": Nchan(),
-          "asyncio-broadcast": AsyncioBroadcast()}
+          "asyncio-broadcast": AsyncioBroadcast(), "sphincter-flow-off": SphincterFlowOff()}
 TUNNELS = {"sphincter": SphincterRaw(), "asyncio": AsyncioRaw(), "websockify": Websockify(),
-           "socat": Socat()}
+           "socat": Socat(), "sphincter-flow-off": SphincterRawFlowOff()}
 
 
 def relay(name, raw=None):

@@ -8,6 +8,10 @@
  * message seq s is sent only when every live subscriber has received every message < s - K
  * (K = --window).  Each message starts with "<seq:10> <send-time-ns:19> " so every subscriber
  * checks loss/order and measures latency (CLOCK_MONOTONIC, same process, same clock).
+ * --window 0 is the OPEN LOOP: the source writes as fast as the socket takes it (the relay's own
+ * flow control, if any, is all that holds it back).  --subs 0 with a source is a blaster: it
+ * only writes (into a room nobody watches) until --duration/--count/--total-bytes.
+ * Raw subscribers check every byte against the source's pattern ("corrupt": mismatching reads).
  *
  * Source kinds (--source):
  *   none                      subscribers only (sink / idle memory probe)
@@ -138,7 +142,7 @@ static int ep;
 static conn_t *conns;
 static uint8_t rbuf[RBUF];
 static uint32_t *hist;
-static uint64_t hist_over, lat_max, lat_n;
+static uint64_t hist_over, lat_max, lat_n, corrupt;
 static uint64_t batch_now;
 
 /* closed-loop accounting */
@@ -207,6 +211,18 @@ static void send_pong(conn_t *c) {
     if (write(c->fd, f, 6 + c->ctl_have) < 0) { /* best effort */ }
 }
 
+/* raw streams: stream byte o is chunkbuf[o % chunk] (the source always writes from the pattern) */
+static void check_raw(uint64_t off, const uint8_t *p, size_t n) {
+    while (n) {
+        size_t at = (size_t)(off % (uint64_t)opt.chunk), k = (size_t)opt.chunk - at;
+        if (k > n) k = n;
+        if (memcmp(p, chunkbuf + at, k) != 0) corrupt++;
+        p += k;
+        n -= k;
+        off += k;
+    }
+}
+
 /* streaming frame parser: any split of the byte stream works */
 static void feed(conn_t *c, const uint8_t *p, size_t n) {
     const uint8_t *end = p + n;
@@ -241,6 +257,7 @@ static void feed(conn_t *c, const uint8_t *p, size_t n) {
                     memcpy(c->pre + c->pre_have, p, t);
                     c->pre_have += t;
                 }
+                if (opt.src_kind == SRC_RAW || opt.src_kind == SRC_LISTEN) check_raw(c->bytes, p, take);
                 c->bytes += take;
             }
             p += take;
@@ -329,7 +346,7 @@ static void on_readable(conn_t *c) {
         return;
     }
     if (c->state == ST_HANDSHAKE) { on_handshake_data(c, rbuf, (size_t)n); return; }
-    if (opt.sub_tcp) { c->bytes += (uint64_t)n; c->received++; last_delivery = batch_now; return; }
+    if (opt.sub_tcp) { check_raw(c->bytes, rbuf, (size_t)n); c->bytes += (uint64_t)n; c->received++; last_delivery = batch_now; return; }
     feed(c, rbuf, (size_t)n);
 }
 
@@ -428,7 +445,7 @@ static int src_out_fd(void) {
 }
 
 static void fill_messages(uint64_t t) {
-    uint64_t limit = acked + (uint64_t)opt.window;
+    uint64_t limit = opt.window > 0 ? acked + (uint64_t)opt.window : opt.count;
     if (opt.count < limit) limit = opt.count;
     if (opt.src_kind == SRC_POST && opt.post_depth > 0 && post_responses + (uint64_t)opt.post_depth < limit)
         limit = post_responses + (uint64_t)opt.post_depth;
@@ -461,7 +478,9 @@ static int pump_source(uint64_t t) {
             if (ooff == 0) {
                 if (source_done_sending(t)) return 0;
                 uint64_t mb = min_bytes_cache;
-                if (src_bytes_sent - mb + (uint64_t)opt.chunk > (uint64_t)opt.window * (uint64_t)opt.chunk) return 0;
+                if (opt.window > 0 &&
+                    src_bytes_sent - mb + (uint64_t)opt.chunk > (uint64_t)opt.window * (uint64_t)opt.chunk)
+                    return 0;
                 oout = (size_t)opt.chunk;
                 if (opt.total_bytes - src_bytes_sent < oout) oout = opt.total_bytes - src_bytes_sent;
             }
@@ -657,7 +676,7 @@ static int client_main(void) {
             finished = mn == UINT64_MAX || mn >= opt.count;
             total = mn == UINT64_MAX ? 0 : mn;
         }
-        if (finished || alive == 0) break;
+        if (finished || (alive == 0 && opt.subs > 0)) break;
         if (total != last_total) { last_total = total; last_progress = t; }
         if (t > hard_deadline || t - last_progress > 5000000000ull) {
             fprintf(stderr, "wsbench: stalled or timed out (alive=%d total=%llu sent=%llu)\n", alive,
@@ -669,7 +688,8 @@ static int client_main(void) {
         handle_events(tmo);
     }
     double client_cpu = self_cpu_s() - cpu0;
-    uint64_t end = last_delivery > send_start ? last_delivery : now_ns();
+    /* a blaster (no subscribers) is timed by its own sending */
+    uint64_t end = opt.subs == 0 ? now_ns() : last_delivery > send_start ? last_delivery : now_ns();
     if (opt.src_kind == SRC_NONE && first_delivery && first_delivery < end) send_start = first_delivery;
     phase("done");
 
@@ -692,20 +712,27 @@ static int client_main(void) {
             if (cl < sizeof codes - 16 && closed <= 8) cl += (size_t)snprintf(codes + cl, sizeof codes - cl, "%s%d", cl ? "," : "", c->close_code);
         }
     }
-    if (raw && opt.subs > 0) loss = src_bytes_sent > min_bytes_cache ? src_bytes_sent - min_bytes_cache : 0;
+    if (raw) { /* bytes the worst subscriber lacks, closed ones included (a cut tunnel lost them) */
+        loss = 0;
+        for (int i = 0; i < opt.subs; i++)
+            if (src_bytes_sent > conns[i].bytes && src_bytes_sent - conns[i].bytes > loss)
+                loss = src_bytes_sent - conns[i].bytes;
+    }
     double el = (double)(end - send_start) / 1e9;
     if (el <= 0) el = 1e-9;
     printf("{\"subs\":%d,\"connected\":%d,\"connect_failed\":%d,\"connect_s\":%.3f,\"closed\":%d,"
            "\"close_codes\":[%s],\"sent\":%llu,\"source_bytes\":%llu,\"deliveries\":%llu,\"bytes\":%llu,"
            "\"loss\":%llu,\"gaps\":%llu,\"reorder\":%llu,\"pub_errors\":%llu,\"elapsed_s\":%.6f,"
            "\"deliveries_per_s\":%.1f,\"mb_per_s\":%.2f,\"lat_n\":%llu,\"lat_p50_us\":%.0f,"
-           "\"lat_p99_us\":%.0f,\"lat_max_us\":%llu,\"client_cpu_s\":%.3f,\"post_responses\":%llu}\n",
+           "\"lat_p99_us\":%.0f,\"lat_max_us\":%llu,\"client_cpu_s\":%.3f,\"post_responses\":%llu,"
+           "\"corrupt\":%llu,\"source_mb_per_s\":%.2f}\n",
            opt.subs, connected, failed, connect_s, closed, codes, (unsigned long long)sent,
            (unsigned long long)src_bytes_sent, (unsigned long long)deliveries, (unsigned long long)bytes,
            (unsigned long long)loss, (unsigned long long)gaps, (unsigned long long)reorder,
            (unsigned long long)pub_errors, el, (double)deliveries / el, (double)bytes / el / 1e6,
            (unsigned long long)lat_n, pct(0.50), pct(0.99), (unsigned long long)lat_max, client_cpu,
-           (unsigned long long)post_responses);
+           (unsigned long long)post_responses, (unsigned long long)corrupt,
+           (double)src_bytes_sent / el / 1e6);
     fflush(stdout);
     for (int i = 0; i < opt.subs; i++) conn_close(&conns[i], 0);
     for (int r = 0; r < nsrc; r++) close(src_fd[r]);
@@ -892,8 +919,12 @@ int main(int argc, char **argv) {
             } else usage();
         } else usage();
     }
-    if (!have_ws || opt.subs < 0 || opt.rooms < 1 || opt.rooms > MAXROOMS || opt.window < 1 ||
+    if (!have_ws || opt.subs < 0 || opt.rooms < 1 || opt.rooms > MAXROOMS || opt.window < 0 ||
         opt.msg_bytes < 40 || opt.msg_bytes > OBUF / 4 || opt.chunk < 1 || opt.conc < 1)
         usage();
+    if (opt.window == 0 && opt.subs > 0 && opt.src_kind != SRC_RAW && opt.src_kind != SRC_LISTEN) {
+        fputs("wsbench: --window 0 (open loop) is for raw tunnels and blasters (--subs 0)\n", stderr);
+        return 2;
+    }
     return client_main();
 }

@@ -1,11 +1,12 @@
 # Benchmarks (issue 4): `make bench` (full, < 15 min) and `make bench-smoke` (seconds).
 # The full run compares Sphincter with an asyncio relay, nginx+nchan, websockify and socat;
 # as root on Debian it installs the missing peers itself. Results: bench/results/<date>.json,
-# bench/results/<date>-fanout.png, docs/BENCHMARKS.md.
+# bench/results/<date>-fanout.png, docs/BENCHMARKS.md. Some scenarios only:
+# make bench BENCH_ARGS="--only tunnel-open,blast" (= make bench-flow): bench/results/<date>-<scenarios>.{json,md}.
 BENCH_ARGS ?=
 BENCH_PKGS := nginx libnginx-mod-nchan socat
 
-.PHONY: bench bench-smoke bench-deps bench-profile
+.PHONY: bench bench-flow bench-smoke bench-deps bench-profile
 
 $(VENV)/.bench: $(VENV)/.runtime requirements-bench.txt
 	$(VPY) -m pip install -q --disable-pip-version-check -r requirements-bench.txt
@@ -24,6 +25,10 @@ bench-deps:
 
 bench: $(VENV)/.bench bench-deps
 	$(VPY) bench/run.py $(BENCH_ARGS)
+
+# issue 9 (flow control) cases only: open-loop tunnel and blast next door
+bench-flow: $(VENV)/.bench bench-deps
+	$(VPY) bench/run.py --only tunnel-open,blast $(BENCH_ARGS)
 
 bench-smoke: $(VENV)/.dev
 	$(VPY) -m gevent.monkey --module pytest tests/test_bench_smoke.py $(PYTEST_ARGS)

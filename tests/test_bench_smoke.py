@@ -48,7 +48,7 @@ def test_bench_smoke(tmp_path):
     data = json.loads(results[0].read_text())
     runs = data["runs"]
     assert {r["scenario"] for r in runs} == {"ceiling", "fanout", "latency", "memory", "tunnel",
-                                             "scale"}
+                                             "scale", "tunnel-open", "blast"}
     assert {r["target"] for r in runs if r["scenario"] == "fanout"} == {"sphincter", "asyncio"}
     for r in runs:
         assert not r.get("error"), r
@@ -58,7 +58,12 @@ def test_bench_smoke(tmp_path):
         if r["scenario"] in ("fanout", "latency", "scale"):
             assert r["sent"] > 0 and r["deliveries"] == r["sent"] * r["subs"], r
             assert r["closed"] == 0, r
-        if r["scenario"] == "tunnel":
-            assert r["bytes"] == r["source_bytes"] > 0, r
+        if r["scenario"] in ("tunnel", "tunnel-open"):
+            assert r["bytes"] == r["source_bytes"] > 0 and r["corrupt"] == 0, r
+            assert r["closed"] == 0, r
+        if r["scenario"] == "blast":
+            assert r["sent"] > 0 and r["deliveries"] == r["sent"] * r["subs"], r
+            assert (r.get("blast_bytes", 0) > 0) == (r["n"] == 1), r
     md = (tmp_path / "BENCHMARKS.md").read_text()
     assert "## Fan-out" in md and "sphincter" in md and "asyncio" in md
+    assert "## Open-loop tunnel" in md and "## Blast next door" in md
