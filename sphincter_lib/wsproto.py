@@ -17,6 +17,9 @@ import struct
 
 from .errors import ProtocolError
 
+#: ``bytes.isascii`` (CPython 3.7+); on 3.6 a stand-in answering False (the full check runs)
+_isascii = getattr(bytes, "isascii", lambda data: False)
+
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 _DATA_OPCODES = frozenset((CONTINUATION, TEXT, BINARY))
 _CONTROL_OPCODES = frozenset((CLOSE, PING, PONG))
@@ -354,7 +357,7 @@ class FrameParser:
 
 
 def _check_utf8(payload):
-    if not payload.isascii():
+    if not _isascii(payload):
         try:
             payload.decode("utf-8")
         except UnicodeDecodeError:
