@@ -38,7 +38,7 @@ INSTALLED = {  # file under DESTDIR -> mode
     "etc/default/sphincter": 0o600,  # may hold SPHINCTER_ADMIN_TOKEN
     "etc/systemd/system/sphincter.service": 0o644,
 }
-HELP_SKIP = {"help", "version", "config"}
+HELP_SKIP = {"help", "version", "config", "check-config"}
 
 
 def build(outdir):
