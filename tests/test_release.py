@@ -478,7 +478,7 @@ def test_nginx_wss_in_front(unpacked, tmp_path):
 
 # --- single-file mode on every CPython 3.9 .. 3.13 the machine has ------------------------
 
-PYTHONS = ["3.9", "3.10", "3.11", "3.12", "3.13"]
+PYTHONS = ["3.6", "3.7", "3.8", "3.9", "3.10", "3.11", "3.12", "3.13"]
 
 
 def pyenv_python(version):
@@ -503,6 +503,9 @@ def test_single_file_mode_on_cpython(version, tmp_path):
     if not (os.path.exists(stamp) and open(stamp).read() == wanted):
         shutil.rmtree(venv, ignore_errors=True)
         run([python, "-m", "venv", venv], timeout=unit(120))
+        if version == "3.6":   # its pip 18.1 cannot install manylinux2014 wheels (gevent's)
+            run([os.path.join(venv, "bin", "python"), "-m", "pip", "install", "-q",
+                 "--disable-pip-version-check", "pip==21.3.1"], timeout=unit(300))
         run([os.path.join(venv, "bin", "python"), "-m", "pip", "install", "-q",
              "--disable-pip-version-check", "-r", os.path.join(ROOT, "requirements.txt")],
             timeout=unit(600))
