@@ -210,3 +210,46 @@ def test_check_config_errors_exit_2_with_one_line(bad_config):
         assert len(lines) == 1 and lines[0].startswith("sphincter: error:") and needle in lines[0], \
             (what, r.stderr)
         assert r.stdout == "", what
+
+
+def test_install_sh_checks_the_settings_before_touching_anything(tmp_path):
+    """install.sh runs the new binary's --check-config on the settings first (staged install,
+    DESTDIR; the release tier does the same under systemd with a running service)."""
+    rel = tmp_path / "release"
+    rel.mkdir()
+    for name in ("install.sh", os.path.join("conf", "sphincter.env"),
+                 os.path.join("conf", "sphincter.service")):
+        with open(os.path.join(ROOT, name), "rb") as f:
+            (rel / os.path.basename(name)).write_bytes(f.read())
+    (rel / "sphincter").write_text("#!/bin/sh\nexec %s %s \"$@\"\n" % (sys.executable, ENTRY))
+    (rel / "sphincter").chmod(0o755)
+    root = tmp_path / "root"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPHINCTER_")}
+    # the caller's environment is not the service's: this does not leak into the check
+    env.update(DESTDIR=str(root), SPHINCTER_WS_PORT="8099")
+
+    def install():
+        return subprocess.run(["sh", str(rel / "install.sh")], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, universal_newlines=True, env=env,
+                              timeout=unit(60))
+
+    p = install()
+    assert p.returncode == 0 and "WebSockets on 0.0.0.0:8080" in p.stdout, p.stdout + p.stderr
+    conf = root / "etc" / "default" / "sphincter"
+    binary = root / "usr" / "local" / "bin" / "sphincter"
+    # the admin's edit, in systemd's EnvironmentFile= syntax (quotes, spaces around '=')
+    conf.write_text(conf.read_text() + 'SPHINCTER_WS_PORT = "8081"\n'
+                    "SPHINCTER_ADMIN_TOKEN='0123456789abcdef0123'\n")
+    binary.unlink()
+    p = install()
+    assert p.returncode == 0 and "WebSockets on 0.0.0.0:8081" in p.stdout, p.stdout + p.stderr
+    assert binary.exists()
+    # a bad edit: refused with the one-line reason, and nothing is touched
+    conf.write_text(conf.read_text() + "SPHINCTER_WS_PORT=99999\n")
+    edited = conf.read_text()
+    binary.unlink()
+    p = install()
+    assert p.returncode != 0, p.stdout + p.stderr
+    assert "sphincter: error: argument --ws-port: invalid port '99999'" in p.stderr
+    assert "nothing was installed or restarted" in p.stderr and "Traceback" not in p.stderr
+    assert not binary.exists() and conf.read_text() == edited

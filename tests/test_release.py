@@ -299,6 +299,7 @@ def test_systemd_cycle_in_nspawn(unpacked, tmp_path):
         # install -> active on 9000/8080 -> relay works
         out = ct.sh("%s/install.sh" % rel, timeout=unit(120))
         assert "sphincter is running" in out.stdout, out.stdout + out.stderr
+        assert "/etc/default/sphincter: sphincter: configuration OK" in out.stdout, out.stdout
         assert svc("ActiveState")["ActiveState"] == "active"
         assert ct.sh("id -u sphincter && stat -c '%a %U' /etc/default/sphincter"
                      " /usr/local/bin/sphincter /etc/systemd/system/sphincter.service").stdout.split()[1:] \
@@ -342,20 +343,27 @@ def test_systemd_cycle_in_nspawn(unpacked, tmp_path):
         wait_for(restarted, unit(30), "systemd to restart sphincter after kill -9", interval=0.2)
         ct.relay(9100, 8080)
 
-        # a bad value -> restart fails (exit 2, no restart loop), the message is in the journal
+        # a bad edit -> install.sh refuses (the new binary's --check-config, run as the service
+        # user) and leaves the running service alone: the same process, still relaying
+        message = ct.sh("SPHINCTER_WS_PORT=99999 /usr/local/bin/sphincter", check=False).stderr
+        assert len(message.strip().splitlines()) == 1, message
+        running = svc("MainPID")["MainPID"]
         ct.sh("echo SPHINCTER_WS_PORT=99999 >> /etc/default/sphincter")
+        p = ct.sh("%s/install.sh" % rel, check=False, timeout=unit(120))
+        assert p.returncode != 0 and message.strip() in p.stderr, p.stdout + p.stderr
+        assert "nothing was installed or restarted" in p.stderr, p.stderr
+        assert svc("ActiveState", "MainPID") == {"ActiveState": "active", "MainPID": running}
+        ct.relay(9100, 8080)
+
+        # restarted by hand anyway -> the restart fails (exit 2, no restart loop), the message
+        # is in the journal
         p = ct.sh("systemctl restart sphincter", check=False, timeout=unit(60))
         assert p.returncode != 0
         st = svc("ActiveState", "Result", "ExecMainStatus")
         assert st["ActiveState"] == "failed" and st["ExecMainStatus"] == "2", st
-        message = ct.sh("SPHINCTER_WS_PORT=99999 /usr/local/bin/sphincter", check=False).stderr
-        assert len(message.strip().splitlines()) == 1, message
         journal = wait_for(
             lambda: message.strip() in ct.sh("journalctl -u sphincter --no-pager -o cat").stdout,
             unit(10), "the config error in the journal")
-        # install.sh on a bad config fails and shows the journal
-        p = ct.sh("%s/install.sh" % rel, check=False, timeout=unit(120))
-        assert p.returncode != 0 and message.strip() in p.stderr, p.stdout + p.stderr
 
         # uninstall keeps the config and the user; twice is harmless; --purge removes them
         ct.sh("sed -i /99999/d /etc/default/sphincter")
