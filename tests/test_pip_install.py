@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from release_helpers import ROOT, Server, relay_line, run, unit
+from release_helpers import ROOT, Server, relay_line, require, run, unit
 from sphincter_lib import __version__
 
 pytestmark = pytest.mark.timeout(600)
@@ -80,6 +80,24 @@ def test_python_m_sphincter_lib_relays(installed, tmp_path):
         with urllib.request.urlopen("http://127.0.0.1:%d/" % srv.ws_port, timeout=unit(5)) as r:
             assert b"<html" in r.read()     # package data installed
     assert got.startswith("hello from the source")
+
+
+def test_pipx_install_gives_the_command(tmp_path):
+    try:
+        import pipx  # noqa: F401  (requirements-dev.txt)
+        have = True
+    except ImportError:
+        have = False
+    require("pipx", have, "pip install -r requirements-dev.txt")
+    src = source_copy(str(tmp_path / "src"))
+    where = {"PIPX_HOME": str(tmp_path / "pipx"), "PIPX_BIN_DIR": str(tmp_path / "bin"),
+             "PIPX_MAN_DIR": str(tmp_path / "man")}
+    run([sys.executable, "-m", "pipx", "install", src], env=dict(os.environ, **where),
+        timeout=unit(400))
+    sphincter = str(tmp_path / "bin" / "sphincter")
+    assert run([sphincter, "--version"]).stdout.strip() == "sphincter " + __version__
+    out = run([sphincter, "--check-config", "-c", config_file(tmp_path)]).stdout
+    assert out.startswith("sphincter: configuration OK")
 
 
 def test_installed_metadata_repeats_requirements_txt():
