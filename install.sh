@@ -7,6 +7,8 @@
 #
 # An existing /etc/default/sphincter is never overwritten: when the shipped defaults differ
 # they are written beside it as /etc/default/sphincter.new. Running it twice is harmless.
+# Before anything is touched, the new binary checks the settings (sphincter --check-config):
+# a bad value stops the install and the running service is left alone.
 set -eu
 
 BINDIR=/usr/local/bin
@@ -23,7 +25,7 @@ say() { printf 'install.sh: %s\n' "$*"; }
 die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-    sed -n '2,9s/^# \{0,1\}//p' "$0"
+    sed -n '2,11s/^# \{0,1\}//p' "$0"
 }
 
 for arg in "$@"; do
@@ -49,6 +51,48 @@ if [ -z "$destdir" ] && [ "$(id -u)" != 0 ]; then
     die "run as root (sudo $0), or set DESTDIR= to stage the files"
 fi
 
+# check_config ENVFILE: the new binary validates the settings the service would get (like
+# nginx -t; it binds nothing). ENVFILE is read as the unit's EnvironmentFile= reads KEY=VALUE
+# lines (blank and #/; comment lines skipped, white space around key and value and one pair
+# of surrounding quotes removed) into an otherwise empty environment; as the service user
+# when it exists, so a key file it cannot read fails here too.
+check_config() {
+    envfile=$1
+    set --
+    while IFS= read -r line || [ -n "$line" ]; do
+        line=${line#"${line%%[![:space:]]*}"}
+        case $line in ''|'#'*|';'*) continue ;; esac
+        key=${line%%=*}
+        value=${line#*=}
+        key=${key%"${key##*[![:space:]]}"}
+        value=${value#"${value%%[![:space:]]*}"}
+        value=${value%"${value##*[![:space:]]}"}
+        case $key in ''|[0-9]*|*[!A-Za-z0-9_]*) continue ;; esac
+        case $value in
+            \"*\") value=${value#\"}; value=${value%\"} ;;
+            \'*\') value=${value#\'}; value=${value%\'} ;;
+        esac
+        set -- "$@" "$key=$value"
+    done <"$envfile"
+    as=""   # as root when the user does not exist yet or cannot reach this directory
+    if [ -z "$destdir" ] && id "$USERNAME" >/dev/null 2>&1 && command -v runuser >/dev/null 2>&1 &&
+        runuser -u "$USERNAME" -- test -x "$here/sphincter" 2>/dev/null; then
+        as="runuser -u $USERNAME --"
+    fi
+    # shellcheck disable=SC2086  # $as: the runuser prefix, or nothing
+    (cd / && $as env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@" "$here/sphincter" --check-config 2>&1)
+}
+
+# 2. The settings must pass the new binary's check before anything is touched.
+conf=$destdir$CONFFILE
+checked=$conf
+[ -e "$conf" ] || checked=$here/sphincter.env
+if ! result=$(check_config "$checked"); then
+    printf 'install.sh: error: the settings in %s do not pass the check:\n%s\n' "$checked" "$result" >&2
+    die "nothing was installed or restarted; fix $checked and run install.sh again"
+fi
+say "$checked: $result"
+
 # install_file SRC DEST MODE: write DEST atomically (temp file + rename in its directory).
 install_file() {
     mkdir -p "$(dirname "$2")"
@@ -58,13 +102,12 @@ install_file() {
     mv -f "$tmp" "$2"
 }
 
-# 2. Binary and unit.
+# 3. Binary and unit.
 install_file "$here/sphincter" "$destdir$BINDIR/sphincter" 0755
 install_file "$here/sphincter.service" "$destdir$UNITDIR/$SERVICE" 0644
 
-# 3. Configuration: kept if present. Root-only (0600): it may hold SPHINCTER_ADMIN_TOKEN;
+# 4. Configuration: kept if present. Root-only (0600): it may hold SPHINCTER_ADMIN_TOKEN;
 #    systemd reads it as root for EnvironmentFile=.
-conf=$destdir$CONFFILE
 if [ ! -e "$conf" ]; then
     install_file "$here/sphincter.env" "$conf" 0600
     say "wrote $CONFFILE"
@@ -80,7 +123,7 @@ if [ -n "$destdir" ]; then
     exit 0
 fi
 
-# 4. The service user.
+# 5. The service user.
 if ! id "$USERNAME" >/dev/null 2>&1; then
     nologin=/usr/sbin/nologin
     [ -x "$nologin" ] || nologin=/bin/false
@@ -94,7 +137,7 @@ if [ "$start" = 0 ]; then
     exit 0
 fi
 
-# 5. (Re)start and report the truth.
+# 6. (Re)start and report the truth.
 command -v systemctl >/dev/null 2>&1 || die "systemctl not found (use --no-start)"
 systemctl daemon-reload
 systemctl enable --quiet "$SERVICE"

@@ -1,16 +1,14 @@
 #!/usr/bin/env python3
-"""Sphincter: a TCP-to-WebSocket relay. Run ``python sphincter.py --help``."""
+"""Sphincter: a TCP-to-WebSocket relay. Run ``python sphincter.py --help``.
 
-from gevent import config as gevent_config
-from gevent import monkey
+The single-file way to run it, next to ``sphincter_lib/`` (CPython 3.6 to 3.13, with
+``requirements.txt``). ``sphincter_lib.__main__.main`` patches the standard library with
+gevent before anything else is imported.
+"""
 
-monkey.patch_all()  # first, before anything else imports socket/ssl/threading
-# Greenlets need not record who spawned them (a captured stack per subscriber session).
-gevent_config.track_greenlet_tree = False
+import sys
 
-import sys  # noqa: E402
-
-from sphincter_lib import cli  # noqa: E402
+from sphincter_lib.__main__ import main
 
 if __name__ == "__main__":
-    sys.exit(cli.main())
+    sys.exit(main())

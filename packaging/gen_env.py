@@ -18,7 +18,7 @@ import textwrap
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(HERE, "conf", "sphincter.env")
 # Options that make no sense in the environment file of the service.
-SKIP = {"help", "version", "config"}
+SKIP = {"help", "version", "config", "check-config"}
 
 HEADER = """\
 # /etc/default/sphincter: settings of sphincter.service, one KEY=VALUE per line.

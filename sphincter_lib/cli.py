@@ -2,6 +2,7 @@
 
 Exit status: 0 after a clean stop, 2 for a configuration error (one line on
 stderr naming the option), 1 when a port cannot be bound or the server fails.
+``--check-config`` stops after validation: 0 with one line on stdout, or 2.
 """
 
 import logging
@@ -18,9 +19,20 @@ def setup_logging(level, fmt="text"):
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 
+def check_only(settings):
+    """``--check-config``: what parsing did not cover (host names), then one line."""
+    config.check_hosts(settings)
+    print("sphincter: configuration OK (sources on %s:%d, WebSockets on %s:%d, config file: %s)"
+          % (settings.tcp_host, settings.tcp_port, settings.ws_host, settings.ws_port,
+             settings.config or "none"))
+
+
 def main(argv=None):
     try:
         settings = config.parse(argv)
+        if settings.check_config:
+            check_only(settings)
+            return 0
     except ConfigError as exc:
         print("sphincter: error: %s" % exc, file=sys.stderr)
         return 2

@@ -10,7 +10,6 @@ import argparse
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, field, make_dataclass
 
 import configargparse
 
@@ -177,15 +176,41 @@ def choice(*choices):
 
 # --- the options ----------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Option:
-    name: str                  # long flag without dashes; also the config-file key
-    default: str               # as a user would write it (parsed by ``type``)
-    type: object
-    help: str
-    metavar: str = None
-    short: tuple = field(default_factory=tuple)
-    hidden: bool = False       # testing aids: accepted everywhere, not shown by --help
+class _ReadOnly(object):
+    """Attributes set once in ``__init__``; assigning later raises (plain class: CPython 3.6
+    has no ``dataclasses``)."""
+
+    def _set(self, **values):
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name, value=None):
+        raise AttributeError("%s is read-only (attribute %r)" % (type(self).__name__, name))
+
+    __delattr__ = __setattr__
+
+    def __eq__(self, other):
+        return type(other) is type(self) and vars(other) == vars(self)
+
+    def __ne__(self, other):
+        return not self == other
+
+    def __hash__(self):
+        return hash(tuple(sorted(vars(self))))
+
+    def __repr__(self):
+        return "%s(%s)" % (type(self).__name__,
+                           ", ".join("%s=%r" % kv for kv in sorted(vars(self).items())))
+
+
+class Option(_ReadOnly):
+    """One option: ``name`` (long flag without dashes; also the config-file key), ``default``
+    (as a user would write it, parsed by ``type``), ``type``, ``help``, ``metavar``, ``short``
+    flags, ``hidden`` (testing aids: accepted everywhere, not shown by --help)."""
+
+    def __init__(self, name, default, type, help, metavar=None, short=(), hidden=False):
+        self._set(name=name, default=default, type=type, help=help, metavar=metavar,
+                  short=tuple(short), hidden=hidden)
 
     @property
     def flag(self):
@@ -307,12 +332,23 @@ HIDDEN_OPTIONS = (
            "on|off", hidden=True),
 )
 
-Settings = make_dataclass(
-    "Settings",
-    [(opt.attr, object) for opt in OPTIONS + HIDDEN_OPTIONS] + [("config", object, field(default=None))],
-    frozen=True,
-)
-Settings.__doc__ = "The parsed, validated options (attribute names use underscores)."
+#: Settings attributes that are not options: the config file read, and --check-config.
+EXTRA_FIELDS = {"config": None, "check_config": False}
+
+
+class Settings(_ReadOnly):
+    """The parsed, validated options (attribute names use underscores); read-only."""
+
+    FIELDS = tuple(opt.attr for opt in OPTIONS + HIDDEN_OPTIONS)
+
+    def __init__(self, **values):
+        missing = [name for name in self.FIELDS if name not in values]
+        unknown = [name for name in values if name not in self.FIELDS and name not in EXTRA_FIELDS]
+        if missing or unknown:
+            raise TypeError("Settings: missing %s, unknown %s" % (missing, unknown))
+        extra = dict(EXTRA_FIELDS)
+        extra.update(values)
+        self._set(**extra)
 
 
 class _Parser(configargparse.ArgParser):
@@ -339,6 +375,11 @@ def build_parser():
         parser.add_argument(*opt.short, opt.flag, env_var=opt.env, type=opt.type,
                             default=opt.default, metavar=opt.metavar,
                             help=argparse.SUPPRESS if opt.hidden else opt.help)
+    parser.add_argument("--check-config", action="store_true",
+                        help="only check the configuration (options, config file, TLS certificates "
+                             "and keys, token files, host names), like nginx -t: print "
+                             "'sphincter: configuration OK' and exit 0, or the error and exit 2; "
+                             "binds no port")
     parser.add_argument("--version", action="version", version="sphincter " + __version__)
     return parser
 
@@ -351,7 +392,8 @@ def parse(argv=None, env=None):
     except OSError as exc:   # config file unreadable
         raise ConfigError("cannot read config file: %s" % exc)
     values = {opt.attr: getattr(ns, opt.attr) for opt in OPTIONS + HIDDEN_OPTIONS}
-    settings = Settings(config=getattr(ns, "config_file", None), **values)
+    settings = Settings(config=getattr(ns, "config_file", None), check_config=ns.check_config,
+                        **values)
     check(settings)
     return settings
 
@@ -385,6 +427,19 @@ def check(s):
                                   % (cert, getattr(exc, "strerror", None) or exc))
 
 
+def check_hosts(s, resolve=None):
+    """--check-config: the listening host names resolve (nothing is bound)."""
+    import socket
+    resolve = resolve or socket.getaddrinfo
+    for name in ("tcp-host", "ws-host"):
+        text = getattr(s, name.replace("-", "_"))
+        try:
+            resolve(text, None, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+        except (OSError, UnicodeError) as exc:   # socket.gaierror is an OSError
+            raise ConfigError("argument --%s: cannot resolve %r: %s"
+                              % (name, text, getattr(exc, "strerror", None) or exc))
+
+
 def defaults():
     """Settings with every default (for tests and embedding)."""
     return parse([], env={})
@@ -392,7 +447,8 @@ def defaults():
 
 def with_overrides(settings, **changes):
     """A copy of ``settings`` with some attributes replaced, checked again."""
-    from dataclasses import replace
-    s = replace(settings, **changes)
+    values = vars(settings).copy()
+    values.update(changes)
+    s = Settings(**values)
     check(s)
     return s

@@ -28,7 +28,10 @@ def server_ssl_context(certfile, keyfile, cafile=None):
     Raises OSError / ssl.SSLError if the files are missing or do not match;
     config validation turns that into a one-line error."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if hasattr(ssl, "TLSVersion"):
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    else:   # CPython 3.6: no minimum_version; PROTOCOL_TLS_SERVER already excludes SSLv2/3
+        ctx.options |= ssl.OP_NO_TLSv1 | ssl.OP_NO_TLSv1_1
     ctx.load_cert_chain(certfile, keyfile)
     if cafile:
         ctx.load_verify_locations(cafile)

@@ -15,7 +15,7 @@ path prefix behind a reverse proxy.
 """
 
 import hashlib
-from importlib import resources
+import pkgutil
 from urllib.parse import parse_qs
 
 __all__ = ["routes", "StaticFiles"]
@@ -51,7 +51,11 @@ def _etag(body):
 
 
 def _read(name):
-    return resources.files("sphincter_lib").joinpath("static").joinpath(name).read_bytes()
+    try:
+        from importlib.resources import files          # CPython 3.9+
+    except ImportError:                                # 3.6 to 3.8
+        return pkgutil.get_data("sphincter_lib", "static/" + name)
+    return files("sphincter_lib").joinpath("static").joinpath(name).read_bytes()
 
 
 class StaticFiles:

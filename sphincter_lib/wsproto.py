@@ -20,6 +20,9 @@ import struct
 from .closecodes import CloseCode
 from .errors import ProtocolError
 
+#: ``bytes.isascii`` (CPython 3.7+); on 3.6 a stand-in answering False (the full check runs)
+_isascii = getattr(bytes, "isascii", lambda data: False)
+
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 _DATA_OPCODES = frozenset((CONTINUATION, TEXT, BINARY))
 _CONTROL_OPCODES = frozenset((CLOSE, PING, PONG))
@@ -361,11 +364,9 @@ class FrameParser:
 
 
 def _check_utf8(payload):
-    if _isascii is None or not _isascii(payload):     # bytes.isascii: CPython 3.7+
+    if not _isascii(payload):
         try:
             payload.decode("utf-8")
         except UnicodeDecodeError:
             raise ProtocolError(CloseCode.INVALID_DATA, "text message is not valid UTF-8")
 
-
-_isascii = getattr(bytes, "isascii", None)

@@ -135,3 +135,121 @@ def test_runs_from_the_example_config_with_env_override(tmp_path):
     finally:
         if srv.proc.poll() is None:
             srv.proc.kill()
+
+
+# --- --check-config: validate everything, bind nothing (like nginx -t) ----------------------
+
+def check_config(*args, env=None):
+    r = run("--check-config", *args, env=env)
+    assert "Traceback" not in r.stderr
+    return r
+
+
+def test_check_config_ok_binds_nothing(tmp_path):
+    from hardening_util import make_cert
+
+    cert, key = make_cert(str(tmp_path))
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# sources\ns3cret-token\n")
+    conf = tmp_path / "sphincter.conf"
+    with open(os.path.join(ROOT, "conf", "sphincter.conf")) as f:
+        conf.write_text(f.read() + "\ntls-cert = %s\ntls-key = %s\nsource-tokens = @%s\n"
+                        % (cert, key, tokens))
+    with socket.socket() as busy:   # the configured port is taken: a real start would fail
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        r = check_config("-c", str(conf), *LOCAL, "--tcp-port", str(port),
+                         env={"SPHINCTER_WS_PORT": str(port)})
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    assert r.stdout.startswith("sphincter: configuration OK") and len(r.stdout.splitlines()) == 1
+    assert "127.0.0.1:%d" % port in r.stdout and str(conf) in r.stdout
+
+
+def test_check_config_in_help():
+    assert "--check-config" in run("--help").stdout
+
+
+@pytest.fixture
+def bad_config(tmp_path):
+    """name -> (argv, needle): a bad configuration of each kind, and what the error names."""
+    from hardening_util import make_cert
+
+    cert, key = make_cert(str(tmp_path))
+    (tmp_path / "other").mkdir()
+    _, other_key = make_cert(str(tmp_path / "other"), cn="other")
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a pem file\n")
+    conf_bad_port = tmp_path / "bad-port.conf"
+    conf_bad_port.write_text("tcp-port = 90000\n")
+    conf_unknown = tmp_path / "unknown-key.conf"
+    conf_unknown.write_text("tcp-prot = 9000\n")
+    return {
+        "port in the config file": (["-c", str(conf_bad_port)], "--tcp-port"),
+        "unknown config key": (["-c", str(conf_unknown)], "tcp-prot"),
+        "port syntax": (["--ws-port", "80x"], "--ws-port"),
+        "missing certificate": (["--tls-cert", str(tmp_path / "none.pem"), "--tls-key", key],
+                                "--tls-cert"),
+        "not a certificate": (["--tls-cert", str(garbage), "--tls-key", key], "--tls-cert"),
+        "key of another certificate": (["--source-tls-cert", cert, "--source-tls-key", other_key],
+                                       "--source-tls-cert"),
+        "key without certificate": (["--tls-key", key], "--tls-key"),
+        "token file missing": (["--source-tokens", "@" + str(tmp_path / "no-tokens")],
+                               "--source-tokens"),
+        "host that does not resolve": (["--ws-host", "no-such-host.invalid"], "--ws-host"),
+        "config file missing": (["-c", str(tmp_path / "absent.conf")], "absent.conf"),
+    }
+
+
+def test_check_config_errors_exit_2_with_one_line(bad_config):
+    for what, (args, needle) in sorted(bad_config.items()):
+        r = check_config(*args)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2, (what, r.stdout, r.stderr)
+        assert len(lines) == 1 and lines[0].startswith("sphincter: error:") and needle in lines[0], \
+            (what, r.stderr)
+        assert r.stdout == "", what
+
+
+def test_install_sh_checks_the_settings_before_touching_anything(tmp_path):
+    """install.sh runs the new binary's --check-config on the settings first (staged install,
+    DESTDIR; the release tier does the same under systemd with a running service)."""
+    rel = tmp_path / "release"
+    rel.mkdir()
+    for name in ("install.sh", os.path.join("conf", "sphincter.env"),
+                 os.path.join("conf", "sphincter.service")):
+        with open(os.path.join(ROOT, name), "rb") as f:
+            (rel / os.path.basename(name)).write_bytes(f.read())
+    (rel / "sphincter").write_text("#!/bin/sh\nexec %s %s \"$@\"\n" % (sys.executable, ENTRY))
+    (rel / "sphincter").chmod(0o755)
+    root = tmp_path / "root"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPHINCTER_")}
+    # the caller's environment is not the service's: this does not leak into the check
+    env.update(DESTDIR=str(root), SPHINCTER_WS_PORT="8099")
+
+    def install():
+        return subprocess.run(["sh", str(rel / "install.sh")], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, universal_newlines=True, env=env,
+                              timeout=unit(60))
+
+    p = install()
+    assert p.returncode == 0 and "WebSockets on 0.0.0.0:8080" in p.stdout, p.stdout + p.stderr
+    conf = root / "etc" / "default" / "sphincter"
+    binary = root / "usr" / "local" / "bin" / "sphincter"
+    # the admin's edit, in systemd's EnvironmentFile= syntax (quotes, spaces around '=')
+    conf.write_text(conf.read_text() + 'SPHINCTER_WS_PORT = "8081"\n'
+                    "SPHINCTER_ADMIN_TOKEN='0123456789abcdef0123'\n")
+    binary.unlink()
+    p = install()
+    assert p.returncode == 0 and "WebSockets on 0.0.0.0:8081" in p.stdout, p.stdout + p.stderr
+    assert binary.exists()
+    # a bad edit: refused with the one-line reason, and nothing is touched
+    conf.write_text(conf.read_text() + "SPHINCTER_WS_PORT=99999\n")
+    edited = conf.read_text()
+    binary.unlink()
+    p = install()
+    assert p.returncode != 0, p.stdout + p.stderr
+    assert "sphincter: error: argument --ws-port: invalid port '99999'" in p.stderr
+    assert "nothing was installed or restarted" in p.stderr and "Traceback" not in p.stderr
+    assert not binary.exists() and conf.read_text() == edited

@@ -98,3 +98,19 @@ def test_readme_option_table_lists_every_option():
     text = open(os.path.join(ROOT, "README.md")).read()
     for opt in config.OPTIONS:
         assert "| `%s` | `%s` | `%s` |" % (opt.flag, opt.env, opt.name) in text, opt.name
+
+
+def test_settings_are_read_only_values():
+    """Plain classes (CPython 3.6 has no dataclasses), still frozen and compared by value."""
+    s = config.defaults()
+    with pytest.raises(AttributeError):
+        s.tcp_port = 1
+    with pytest.raises(AttributeError):
+        del s.tcp_port
+    t = config.with_overrides(s, tcp_port=1)
+    assert (t.tcp_port, s.tcp_port) == (1, 9000) and t != s
+    assert config.with_overrides(t, tcp_port=9000) == s and not s.check_config
+    with pytest.raises(ConfigError):
+        config.with_overrides(s, subscriber_buffer_bytes=1)
+    with pytest.raises(TypeError):
+        config.Settings(tcp_port=1)

@@ -1,7 +1,7 @@
 """The viewer's static routes: package data, content types, caching, no outside resources."""
 
 import re
-from importlib import resources
+import pkgutil
 
 import pytest
 
@@ -37,7 +37,7 @@ def test_paths_and_content_types(routes):
 
 
 def test_files_come_from_package_data(routes):
-    shipped = resources.files("sphincter_lib").joinpath("static").joinpath("sphincter.js").read_bytes()
+    shipped = pkgutil.get_data("sphincter_lib", "static/sphincter.js")
     assert call(routes["/sphincter.js"])[2] == shipped
 
 
@@ -73,13 +73,15 @@ def test_page_links_versioned_assets_cached_for_a_year(routes):
 
 def test_no_outside_resources_and_relative_links():
     """Works offline and under a path prefix behind a proxy: no CDN, no absolute links."""
-    static = resources.files("sphincter_lib").joinpath("static")
+    def static(name):   # package data (pkgutil: importlib.resources.files is 3.9+)
+        return pkgutil.get_data("sphincter_lib", "static/" + name).decode("utf-8")
+
     for name in ("index.html", "viewer.js", "viewer.css"):
-        text = static.joinpath(name).read_text("utf-8")
+        text = static(name)
         assert not re.search(r"""(src|href)\s*=\s*["'](https?:)?//""", text), name
         assert not re.search(r"""(src|href)\s*=\s*["']/""", text), name
         assert "@import" not in text and "url(" not in text, name
-    page = static.joinpath("index.html").read_text("utf-8")
+    page = static("index.html")
     # every form control has a label
     for control in re.findall(r'<input[^>]*id="([^"]+)"', page):
         assert re.search(r'<label[^>]*for="%s"' % control, page) or \

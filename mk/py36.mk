@@ -1,0 +1,45 @@
+# CPython 3.6 tier (issue 14): the oldest supported Python runs the relay contract tests.
+#
+#   make test-py36    .venv36 from requirements.txt + requirements-py36.txt (rebuilt only when
+#                     they change), then PY36_TESTS under CPython 3.6 (about a minute)
+#
+# `make test` runs it first. CPython 3.6: PY36=..., else pyenv's (PYENV_ROOT, `pyenv root`,
+# ~/.pyenv), else python3.6 in /usr/bin or /usr/local/bin (never a pyenv shim). When none is
+# found the tier is skipped with a message, and fails under CI=true.
+
+PY36 ?= $(firstword $(wildcard $(addsuffix /versions/3.6*/bin/python3.6,$(PYENV_ROOT) \
+          $(shell pyenv root 2>/dev/null) /root/.pyenv $(HOME)/.pyenv) \
+          /usr/bin/python3.6 /usr/local/bin/python3.6))
+VENV36 := .venv36
+# The relay contract end to end (real server, real sockets, real WebSocket client, the real
+# `python3.6 sphincter.py` process) and the pure protocol modules under it.
+PY36_TESTS ?= tests/test_relay.py tests/test_cli.py tests/test_config.py tests/test_framing.py \
+              tests/test_wsproto.py tests/test_wsproto_props.py tests/test_rooms.py \
+              tests/test_roomcode.py tests/test_security.py tests/test_security_policy.py \
+              tests/test_metrics_api.py tests/test_viewer_static.py
+
+.PHONY: test-py36
+test: test-py36
+
+# pip 18.1 (3.6's ensurepip) cannot install manylinux2014 wheels: 21.3.1 (the last for 3.6) first.
+$(VENV36)/.ok: requirements.txt requirements-py36.txt
+	rm -rf $(VENV36)
+	$(PY36) -m venv $(VENV36)
+	$(VENV36)/bin/python -m pip install -q --disable-pip-version-check "pip==21.3.1"
+	$(VENV36)/bin/python -m pip install -q --disable-pip-version-check \
+	    -r requirements.txt -r requirements-py36.txt
+	touch $@
+
+test-py36:
+	@if [ -z "$(PY36)" ]; then \
+	    echo "test-py36: no CPython 3.6 found (set PY36=, or pyenv install 3.6.15)"; \
+	    if [ "$$CI" = true ]; then echo "test-py36: CI=true: the 3.6 tier must run"; exit 1; fi; \
+	else \
+	    $(MAKE) --no-print-directory $(VENV36)/.ok && \
+	    $(VENV36)/bin/python -m gevent.monkey --module pytest -p no:cacheprovider $(PY36_TESTS); \
+	fi
+
+.PHONY: clean-py36
+clean: clean-py36
+clean-py36:
+	rm -rf $(VENV36)
