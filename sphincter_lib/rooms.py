@@ -4,15 +4,22 @@ A *room* is one source's messages fanned out to its subscribers under a code.
 Who may call what:
 
 - the **TCP side** (``ingest``): :meth:`RoomModel.open` with a source object
-  (:class:`Source`), then on the room :meth:`~Room.publish`,
-  :meth:`~Room.read_budget`, :meth:`~Room.source_must_wait` /
-  :meth:`~Room.wait_for_readers` (flow control) and, when its connection
+  (:class:`Source`), :meth:`RoomModel.claim` (a named room's token) or
+  :meth:`RoomModel.resume` (a ``RESUME`` line); then on the room its
+  ``code``, ``resume_key`` and ``write_key`` (the banner lines),
+  :meth:`~Room.publish`, :meth:`~Room.read_budget`,
+  :meth:`~Room.source_must_wait` / :meth:`~Room.wait_for_readers` (flow
+  control), ``room.source is source`` (not replaced), the write-back
+  ``outbox`` (``take``/``done``/``wait``/``closed``) and, when its connection
   ends, :meth:`~Room.source_left`;
 - the **HTTP side** (``web``): :meth:`RoomModel.subscribe`, then on the
   subscriber (:class:`Subscriber`) :meth:`~Subscriber.attach` its delivery
   hooks, :meth:`~Subscriber.take` / :meth:`~Subscriber.commit` /
   :meth:`~Subscriber.wait` to write, :meth:`~Subscriber.kick` to cut it and
-  :meth:`~Subscriber.leave` when its connection is gone;
+  :meth:`~Subscriber.leave` when its connection is gone; for writers, the
+  room's ``write_key``, :meth:`~Room.write` and ``outbox.when_writable``;
+  ``presence`` routes read ``state``, ``presence``, ``named`` and
+  :meth:`~Room.presence_changed`;
 - the **API and metrics**: :meth:`RoomModel.rooms`, :meth:`RoomModel.get`,
   ``len()``, :attr:`RoomModel.subscriber_count`, :attr:`RoomModel.stats` and,
   on a room, the read-only figures listed in :data:`ROOM_FIGURES`;
@@ -21,8 +28,8 @@ Who may call what:
 
 A room tells a :class:`RoomEvents` listener what happens to it: subscriber
 joined/left, source attached/detached, closed. The room model owns the room
-lifecycle (``live`` → ``closed``); the TCP and HTTP sides only call it and
-react. :class:`RoomRegistry` keeps rooms in this process; a shared (Redis)
+lifecycle (``live`` → ``waiting`` for its source → ``closed``; named rooms
+never close unless removed); the TCP and HTTP sides only call it and react. :class:`RoomRegistry` keeps rooms in this process; a shared (Redis)
 registry implements :class:`RoomModel` the same way without changes to
 ``web`` or ``ingest``.
 """

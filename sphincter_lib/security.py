@@ -9,7 +9,7 @@ Brute-forcing room codes: a code is 6 symbols from a 31-symbol alphabet, so
 one with probability R / 31**6.  Unknown-room attempts are limited per client
 address (IPv6: per /64) by a token bucket of ``rate`` attempts per second with a
 burst of ``burst``; past that the upgrade is refused with HTTP 429 and no room
-lookup happens.  See notes/hardening.md for the arithmetic.
+lookup happens (README "Security" has the arithmetic).
 """
 import collections
 import hmac
