@@ -165,7 +165,8 @@ def run_memory(target, P):
     return with_server(target, fn)
 
 
-def run_tunnel(target, P):
+def _tunnel(target, P, window, total, duration):
+    """One source, one subscriber, raw framing, 64 KiB chunks; server CPU per MB relayed."""
     def fn(server, ws, src, rooms):
         marks = {}
 
@@ -173,34 +174,24 @@ def run_tunnel(target, P):
             marks[name] = T.cpu_seconds(server.pid)
 
         r = loadgen(_common(target, ws, src, rooms) +
-                    ["--subs", 1, "--chunk", 65536, "--window", 64,
-                     "--total-bytes", P["tunnel_bytes"], "--duration", P["tunnel_duration"]],
+                    ["--subs", 1, "--chunk", 65536, "--window", window,
+                     "--total-bytes", total, "--duration", duration],
                     on_phase, P["timeout"])
         r["server_cpu_s"] = round(marks["done"] - marks["subs"], 3)
         if r["bytes"]:
             r["cpu_us_per_mb"] = r["server_cpu_s"] * 1e6 / (r["bytes"] / 1e6)
         return r
     return with_server(target, fn, "raw")
+
+
+def run_tunnel(target, P):
+    return _tunnel(target, P, 64, P["tunnel_bytes"], P["tunnel_duration"])
 
 
 def run_tunnel_open(target, P):
     """The tunnel, open loop (issue 9): the source writes 64 KiB chunks as fast as the relay takes
     them, no window; the relay's flow control alone keeps it lossless (or not: loss, close codes)."""
-    def fn(server, ws, src, rooms):
-        marks = {}
-
-        def on_phase(name):
-            marks[name] = T.cpu_seconds(server.pid)
-
-        r = loadgen(_common(target, ws, src, rooms) +
-                    ["--subs", 1, "--chunk", 65536, "--window", 0,
-                     "--total-bytes", P["open_bytes"], "--duration", P["open_duration"]],
-                    on_phase, P["timeout"])
-        r["server_cpu_s"] = round(marks["done"] - marks["subs"], 3)
-        if r["bytes"]:
-            r["cpu_us_per_mb"] = r["server_cpu_s"] * 1e6 / (r["bytes"] / 1e6)
-        return r
-    return with_server(target, fn, "raw")
+    return _tunnel(target, P, 0, P["open_bytes"], P["open_duration"])
 
 
 class Blaster:

@@ -307,7 +307,8 @@ OPTIONS = (
            "0: never", "SECONDS"),
     # -- room lifecycle (see sphincter_lib/rooms.py, roomsfile.py) --
     Option("rooms-file", "", path_or_empty,
-           "named rooms, one per line: 'NAME TOKEN [replay=N] [max-subscribers=N] [slow-policy=cut|skip]'; "
+           "named rooms, one per line: 'NAME TOKEN [replay=N] [max-subscribers=N] [slow-policy=cut|skip] "
+           "[write=KEY]'; "
            "a source claims one with 'AUTH <TOKEN>'; they exist from start-up and never close; "
            "re-read on SIGHUP", "FILE"),
     Option("room-grace", "0", seconds,
