@@ -314,6 +314,9 @@ OPTIONS = (
     Option("room-grace", "0", seconds,
            "seconds a room waits for its source to come back ('RESUME <CODE> <KEY>') after it left; "
            "subscribers stay connected meanwhile; 0: the room closes at once (4410)", "SECONDS"),
+    Option("max-presence-waits", "1000", limit,
+           "most GET /status long-polls waiting at once (each holds a connection); more are "
+           "answered at once and their clients poll again later; 0: no long-polls", "N"),
     Option("write-back", "off", boolean,
            "let subscribers that present the room's write key (/ws?room=CODE&key=KEY) send messages to "
            "the source; sources get a 'WRITE <KEY>' line with their banner", "on|off"),

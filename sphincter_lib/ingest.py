@@ -15,6 +15,7 @@ import socket
 import time
 
 import gevent
+from gevent.exceptions import ConcurrentObjectUseError
 
 from .addresses import format_peer
 from .errors import RoomError
@@ -55,7 +56,7 @@ class TcpSource(Source):
             try:
                 self.sock.sendall(data)
                 return True
-            except OSError:
+            except (OSError, ConcurrentObjectUseError):   # (the write-back greenlet is writing)
                 pass
         return False
 

@@ -10,7 +10,10 @@ The data stream stays exactly the source's bytes; a page that wants to tell
 source, or an ephemeral room in its grace period); ``source`` is ``online`` or
 ``offline``. Long-poll: with ``&wait=SECONDS`` (at most :data:`MAX_WAIT`) and
 ``&source=online|offline`` (what the page knows), the answer comes as soon as
-the source's presence differs from that, or when the wait is over. An unknown
+the source's presence differs from that, or when the wait is over. Each
+waiting request holds a connection and a greenlet: at most ``max_waiting``
+(``--max-presence-waits``) wait at once, further ones are answered at once
+(``"waited": false``; clients then poll again a few seconds later). An unknown
 or closed room is ``404 {"room": ..., "state": "unknown"}`` and counts as an
 unknown-room attempt (the same per-address rate limit as ``/ws``, so the route
 cannot be used to guess codes faster). Answers are ``no-store`` and allow any
@@ -36,10 +39,13 @@ class PresenceRoute:
     """``/status``. ``refuse(environ)``: (status, body, headers) to refuse a request before anything
     (per-address limits), else None; ``unknown(environ)``: count an unknown-room attempt."""
 
-    def __init__(self, registry, refuse=None, unknown=None):
+    def __init__(self, registry, refuse=None, unknown=None, max_waiting=1000):
         self.registry = registry
         self.refuse = refuse
         self.unknown = unknown
+        #: most long-polls waiting at once (each holds a connection and a greenlet)
+        self.max_waiting = max_waiting
+        self.waiting = 0
 
     def __call__(self, environ, start_response):
         if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
@@ -61,11 +67,20 @@ class PresenceRoute:
             return _respond(start_response, "503 Service Unavailable", {"room": code, "state": "stopping"})
         known = (query.get("source") or [""])[0]
         wait = _seconds((query.get("wait") or ["0"])[0])
+        body = status(room)
         if wait and known == room.presence and room.state != "closed":
-            room.presence_changed().wait(wait)
+            if self.waiting >= self.max_waiting:
+                body["waited"] = False
+                return _respond(start_response, "200 OK", body)
+            self.waiting += 1
+            try:
+                room.presence_changed().wait(wait)
+            finally:
+                self.waiting -= 1
             if room.state == "closed":
                 return _respond(start_response, "404 Not Found", {"room": code, "state": "unknown"})
-        return _respond(start_response, "200 OK", status(room))
+            body = status(room)
+        return _respond(start_response, "200 OK", body)
 
 
 def _seconds(text):
@@ -86,5 +101,5 @@ def _respond(start_response, status_line, body, extra=()):
     return [data]
 
 
-def routes(registry, refuse=None, unknown=None):
-    return {PATH: PresenceRoute(registry, refuse, unknown)}
+def routes(registry, refuse=None, unknown=None, max_waiting=1000):
+    return {PATH: PresenceRoute(registry, refuse, unknown, max_waiting)}

@@ -269,7 +269,8 @@ class WebApp:
         self.routes.update(viewer.routes())
         self.routes.update(metrics.routes(registry, connections=lambda: self.connections))
         self.routes.update(api.routes(registry, settings.admin_token))
-        self.routes.update(presence.routes(registry, self.precheck, self._unknown_room))
+        self.routes.update(presence.routes(registry, self.precheck, self._unknown_room,
+                                           settings.max_presence_waits))
         self.origins = OriginPolicy(settings.allowed_origins)
         self.ip_caps = ConnectionCaps(settings.max_subscribers_per_ip)
         self.unknown_rooms = RateLimiter(settings.unknown_room_rate, settings.unknown_room_burst)

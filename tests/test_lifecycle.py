@@ -314,3 +314,17 @@ def test_presence_of_an_unknown_room_is_404_and_rate_limited(make_relay):
     get_json(relay, "/status?room=ZZZZZY")
     status, body = get_json(relay, "/status?room=ZZZZZX")
     assert status == 429
+
+
+def test_presence_long_polls_are_bounded(named):
+    route = named.app.routes["/status"]
+    route.max_waiting = 1
+    first = gevent.spawn(get_json, named, "/status?room=scores&source=offline&wait=10")
+    wait_for(lambda: route.waiting == 1, what="one long-poll waiting")
+    started = time.monotonic()
+    status, body = get_json(named, "/status?room=scores&source=offline&wait=10")
+    assert status == 200 and body["waited"] is False and time.monotonic() - started < unit(2)
+    src = Src(named.tcp_address, b"AUTH score-token-456\n")
+    assert src.line() == b"ROOM scores\n"
+    assert first.get(timeout=unit(5))[1]["source"] == "online"
+    assert route.waiting == 0

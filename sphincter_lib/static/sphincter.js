@@ -219,9 +219,15 @@
     var self = this, gen = ++this._pollGen;
     if (this.opts.presence === false || typeof root.fetch !== "function") { return; }
     var url = statusUrl(this.url, this.source ? "&source=" + this.source + "&wait=25" : "");
+    var asked = this.source;
     root.fetch(url, { cache: "no-store" }).then(function (r) { return r.json(); }).then(function (body) {
       if (gen !== self._pollGen || !self.ws) { return; }
       if (body && (body.source === "online" || body.source === "offline")) { self._presence(body.source); }
+      if (body && body.waited === false && self.source === asked) {
+        // the relay has too many long-polls waiting: ask again a little later
+        setTimeout(function () { if (gen === self._pollGen && self.ws) { self._pollPresence(); } }, 5000);
+        return;
+      }
       self._pollPresence();
     }, function () {
       if (gen !== self._pollGen) { return; }
