@@ -63,7 +63,7 @@ if [ ! -x "$root$venv/bin/pyinstaller" ]; then
     # setuptools first (hash-checked too): it builds greenlet, without build isolation.
     awk '/^setuptools==/ {p=1} p {print} p && !/\\$/ {p=0}' "$req" >"$root/tmp/requirements-setuptools.txt"
     rm -rf "$root$venv"
-    run_in_root "$root" env CC=$zigvenv/bin/zig-cc CXX=$zigvenv/bin/zig-c++ \
+    run_in_root "$root" env CC="$zigvenv/bin/zig-cc" CXX="$zigvenv/bin/zig-c++" \
         LDSHARED="$zigvenv/bin/zig-cc -shared" LDCXXSHARED="$zigvenv/bin/zig-c++ -shared" LDFLAGS=-s \
         sh -c "python3 -m venv $venv &&
         $venv/bin/pip install -q --require-hashes --no-deps --only-binary :all: \
@@ -77,7 +77,7 @@ fi
 mkdir -p "$root/tmp/pyi"
 cp "$here/packaging/relink.sh" "$here/packaging/glibc_compat.c" "$here/packaging/elfvers.py" \
     "$root/tmp/pyi/"
-run_in_root "$root" sh /tmp/pyi/relink.sh $zigvenv/bin/python >"$here/build/relink.log" 2>&1 \
+run_in_root "$root" sh /tmp/pyi/relink.sh "$zigvenv/bin/python" >"$here/build/relink.log" 2>&1 \
     || { cat "$here/build/relink.log" >&2; exit 1; }
 
 # 2. A clean copy of the sources, every mtime pinned.
