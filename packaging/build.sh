@@ -1,7 +1,10 @@
 #!/bin/sh
 # Build dist/sphincter-linux-x64.tar.gz: a PyInstaller --onefile binary of sphincter.py,
-# built inside a Debian 11 (bullseye) root so it runs on glibc >= the floor recorded below,
-# plus install.sh, uninstall.sh, the env file, the unit, the nginx block and a README.
+# built inside a Debian 11 (bullseye) root, plus install.sh, uninstall.sh, the env file,
+# the unit, the nginx block and a README. The binary runs on glibc >= GLIBC_FLOOR (2.17):
+# zig (from PyPI, hash-pinned in packaging/requirements-zig.txt) relinks Debian's libpython
+# and builds greenlet against glibc 2.17's symbol versions (packaging/relink.sh), and the
+# build fails if the binary or anything it bundles needs more than GLIBC_MAX.
 #
 # Usage: packaging/build.sh [OUTDIR]        (default OUTDIR: dist)
 # Env:   SRC=dir            tree to build (default: this checkout)
@@ -12,7 +15,7 @@ set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
 src=$(cd "${SRC:-$here}" && pwd)
 outdir=${1:-$here/dist}
-GLIBC_MAX=${GLIBC_MAX:-2.29}
+GLIBC_MAX=${GLIBC_MAX:-2.17}
 name=sphincter-linux-x64
 if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
     SOURCE_DATE_EPOCH=$(git -C "$src" log -1 --format=%ct 2>/dev/null || echo 315532800)
@@ -31,17 +34,51 @@ root=$here/build/roots/build
 # shellcheck disable=SC1091  # sourced helper, checked on its own
 . "$here/packaging/chroot-env.sh"
 
-# 1. A venv per lock-file content, reused across builds of one run.
-req=$here/packaging/requirements-build.txt
-venv=/opt/venv-$(sha256sum "$req" | cut -c1-12)
-if [ ! -x "$root$venv/bin/pyinstaller" ]; then
-    log "installing the hash-pinned build requirements into $venv"
-    cp "$req" "$root/tmp/requirements-build.txt"
-    rm -rf "$root$venv"
-    run_in_root "$root" sh -c "python3 -m venv $venv &&
-        $venv/bin/pip install -q --require-hashes --no-deps --only-binary :all: \
-            -r /tmp/requirements-build.txt"
+# 1. zig, then the build venv, each per lock-file content, reused across builds. greenlet is
+#    the one C++ extension: built from its (hash-pinned) sdist by zig c++, which links LLVM's
+#    libc++ in statically, so no libstdc++.so.6 (GLIBC_2.18) is bundled.
+zigreq=$here/packaging/requirements-zig.txt
+zigvenv=/opt/zig-$(sha256sum "$zigreq" | cut -c1-12)
+if [ ! -x "$root$zigvenv/bin/zig-c++" ]; then
+    log "installing the hash-pinned zig toolchain into $zigvenv"
+    cp "$zigreq" "$root/tmp/requirements-zig.txt"
+    rm -rf "$root$zigvenv"
+    run_in_root "$root" sh -c "python3 -m venv $zigvenv &&
+        $zigvenv/bin/pip install -q --require-hashes --no-deps --only-binary :all: \
+            -r /tmp/requirements-zig.txt"
+    for tool in cc c++; do
+        # zig brings its own libc headers; /usr/include comes after them (Debian's
+        # pyconfig.h includes <x86_64-linux-gnu/python3.9/pyconfig.h>).
+        printf '#!/bin/sh\nexec %s/bin/python -m ziglang %s -target x86_64-linux-gnu.2.17 -idirafter /usr/include "$@"\n' \
+            "$zigvenv" "$tool" >"$root$zigvenv/bin/zig-$tool.tmp"
+        chmod 0755 "$root$zigvenv/bin/zig-$tool.tmp"
+        mv "$root$zigvenv/bin/zig-$tool.tmp" "$root$zigvenv/bin/zig-$tool"
+    done
 fi
+req=$here/packaging/requirements-build.txt
+venv=/opt/venv-$(cat "$req" "$zigreq" | sha256sum | cut -c1-12)
+if [ ! -x "$root$venv/bin/pyinstaller" ]; then
+    log "installing the hash-pinned build requirements into $venv (greenlet built by zig c++)"
+    cp "$req" "$root/tmp/requirements-build.txt"
+    # setuptools first (hash-checked too): it builds greenlet, without build isolation.
+    awk '/^setuptools==/ {p=1} p {print} p && !/\\$/ {p=0}' "$req" >"$root/tmp/requirements-setuptools.txt"
+    rm -rf "$root$venv"
+    run_in_root "$root" env CC="$zigvenv/bin/zig-cc" CXX="$zigvenv/bin/zig-c++" \
+        LDSHARED="$zigvenv/bin/zig-cc -shared" LDCXXSHARED="$zigvenv/bin/zig-c++ -shared" LDFLAGS=-s \
+        sh -c "python3 -m venv $venv &&
+        $venv/bin/pip install -q --require-hashes --no-deps --only-binary :all: \
+            -r /tmp/requirements-setuptools.txt &&
+        $venv/bin/pip install -q --require-hashes --no-deps --only-binary :all: \
+            --no-binary greenlet --no-build-isolation -r /tmp/requirements-build.txt" \
+        >"$here/build/venv.log" 2>&1 || { cat "$here/build/venv.log" >&2; exit 1; }
+fi
+
+# 1b. libpython and libcrypto with the lower floor (every build: a link, under a second).
+mkdir -p "$root/tmp/pyi"
+cp "$here/packaging/relink.sh" "$here/packaging/glibc_compat.c" "$here/packaging/elfvers.py" \
+    "$root/tmp/pyi/"
+run_in_root "$root" sh /tmp/pyi/relink.sh "$zigvenv/bin/python" >"$here/build/relink.log" 2>&1 \
+    || { cat "$here/build/relink.log" >&2; exit 1; }
 
 # 2. A clean copy of the sources, every mtime pinned.
 rm -rf "$root/src" "$root/tmp/pyi"
@@ -54,13 +91,16 @@ if [ -d "$src/sphincter_lib/static" ]; then
     cp -R "$src/sphincter_lib/static" "$root/src/sphincter_lib/static"
     adddata="--add-data /src/sphincter_lib/static:sphincter_lib/static"
 fi
-cp "$here/packaging/glibc_floor.py" "$root/tmp/pyi/"
+cp "$here/packaging/glibc_floor.py" "$here/packaging/elfvers.py" "$root/tmp/pyi/"
 find "$root/src" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 
 # 3. PyInstaller --onefile, then the glibc floor of the binary and everything it bundles.
+#    _uuid is left out: it would bundle libuuid.so.1 (getrandom, GLIBC_2.25), and the uuid
+#    module (which nothing here uses) works without it.
 log "pyinstaller --onefile (SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH PYTHONHASHSEED=$PYTHONHASHSEED)"
 run_in_root "$root" sh -c "cd /tmp/pyi &&
     $venv/bin/pyinstaller --onefile --name sphincter --noconfirm --clean --log-level WARN \
+        --exclude-module _uuid \
         --distpath /tmp/pyi/dist --workpath /tmp/pyi/work --specpath /tmp/pyi $adddata /src/sphincter.py &&
     $venv/bin/python /tmp/pyi/glibc_floor.py --max $GLIBC_MAX /tmp/pyi/dist/sphincter" \
     >"$here/build/pyinstaller.log" 2>&1 || { cat "$here/build/pyinstaller.log" >&2; exit 1; }

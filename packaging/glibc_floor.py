@@ -1,27 +1,27 @@
-"""Print the glibc floor of a PyInstaller one-file binary: the highest GLIBC_x.y symbol
-version needed by the executable itself or by any shared object bundled in its archive.
+"""Print the glibc floor of a PyInstaller one-file binary: the highest GLIBC_x.y version
+that the dynamic linker will insist on for the executable itself or for any shared object
+bundled in its archive (elfvers.glibc_floor: every needed version not flagged weak).
 
 Usage: python glibc_floor.py [--max X.Y] BINARY
-Runs with the PyInstaller of the build (to read the archive) and binutils' objdump.
+Runs with the PyInstaller of the build (to read the archive); elfvers.py beside it.
 Exit 1 if the floor is above --max.
 """
 import argparse
 import os
-import re
-import subprocess
 import sys
 import tempfile
 
 from PyInstaller.archive.readers import CArchiveReader
 
-VERSION_RE = re.compile(r"GLIBC_(\d+)\.(\d+)(?:\.(\d+))?")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import elfvers  # noqa: E402
 
 
 def needed_versions(path):
-    """The set of GLIBC_x.y versions `path` references in its dynamic symbol table."""
-    out = subprocess.run(["objdump", "-T", path], stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL, check=False).stdout.decode("latin-1")
-    return {tuple(int(p or 0) for p in m.groups()) for m in VERSION_RE.finditer(out)}
+    """{the glibc floor of `path`} (an x.y.z tuple), or an empty set if it needs none."""
+    with open(path, "rb") as f:
+        floor = elfvers.glibc_floor(f.read())
+    return {floor} if floor else set()
 
 
 def bundled_binaries(binary, dest):

@@ -7,13 +7,18 @@ import os
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
+import zlib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from testkit import IN_CI, TIME_FACTOR, require, unit  # noqa: E402,F401
+
+sys.path.insert(0, os.path.join(ROOT, "packaging"))
+import elfvers  # noqa: E402,F401  (packaging/elfvers.py: symbol versions, stdlib only)
 
 LISTENING_RE = re.compile(r"listening tcp=(\S+):(\d+) ws=(\S+):(\d+)")
 
@@ -47,6 +52,33 @@ def run(argv, timeout=60, check=True, **kw):
         raise AssertionError("%s exited %s\nstdout:\n%s\nstderr:\n%s"
                              % (argv, proc.returncode, proc.stdout[-4000:], proc.stderr[-4000:]))
     return proc
+
+
+def onefile_members(binary):
+    """{name: bytes} of every file in a PyInstaller one-file executable's archive.
+
+    The format (PyInstaller.archive.readers.CArchiveReader): a cookie at the end, magic
+    MEI\\014\\013\\012\\013\\016 then "!IIII64s" (archive length, TOC offset and length, Python
+    version, libpython name); TOC entries "!IIIIBc" (entry length, offset, stored length,
+    length, zlib flag, type) followed by the NUL-padded name."""
+    with open(binary, "rb") as f:
+        data = f.read()
+    magic = b"MEI\014\013\012\013\016"
+    cookie = data.rfind(magic)
+    assert cookie >= 0, "%s has no PyInstaller archive" % binary
+    length, toc_offset, toc_length, _pyver, _pylib = struct.unpack_from("!IIII64s", data, cookie + 8)
+    start = cookie + 8 + struct.calcsize("!IIII64s") - length
+    toc = data[start + toc_offset:start + toc_offset + toc_length]
+    members, pos, head = {}, 0, struct.calcsize("!IIIIBc")
+    while pos < len(toc):
+        entry_len, offset, stored, _size, compressed, typecode = struct.unpack_from("!IIIIBc", toc, pos)
+        name = toc[pos + head:pos + entry_len].rstrip(b"\0").decode("utf-8")
+        pos += entry_len
+        if typecode == b"o":
+            continue
+        blob = data[start + offset:start + offset + stored]
+        members[name] = zlib.decompress(blob) if compressed else blob
+    return members
 
 
 class Server:
