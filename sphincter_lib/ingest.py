@@ -86,6 +86,8 @@ class SourceHandler:
     #: period) before a silent source gets a new room; lines sent right after connecting are
     #: there long before
     preamble_wait = 1.0
+    #: bytes of short reads after which the reader yields (``sleep(0)``) all the same
+    yield_bytes = 64 * 1024
     #: most write-back bytes written to a source at once (whole messages; one bigger goes alone)
     write_batch = 64 * 1024
 
@@ -264,16 +266,17 @@ class SourceHandler:
     def _pump(self, sock, room, source, first=b""):
         """Read → frame → publish until the source closes (True) or is replaced (False).
 
-        After each read the reader yields to the event loop (a gevent socket's
-        ``recv`` only yields when it would block, so a source that keeps its
-        socket readable would otherwise hold the loop), or, while its room's
-        fastest subscriber is far behind, waits for it: the source is then not
-        read and TCP flow control slows it down. After a full read (more is
-        surely waiting) it yields until the loop is idle — every other
-        connection's pending I/O first: a blasting source then costs its
-        neighbours about one read's work of latency (1 ms for 256 KiB of
-        lines), where ``sleep(0)`` let it run again for up to the switch
-        interval before the loop polled.
+        The reader yields to the event loop after a bounded amount of work (a
+        gevent socket's ``recv`` only yields when it would block, so a source
+        that keeps its socket readable would otherwise hold the loop), or,
+        while its room's fastest subscriber is far behind, waits for it: the
+        source is then not read and TCP flow control slows it down. After a
+        full read (more is surely waiting) it yields until the loop is idle —
+        every other connection's pending I/O first: a blasting source then
+        costs its neighbours about one read's work of latency (1 ms for 256 KiB
+        of lines), where ``sleep(0)`` let it run again for up to the switch
+        interval before the loop polled. Short reads yield every
+        ``yield_bytes`` (a paced source's next ``recv`` blocks, and yields, anyway).
         """
         framer = make_framer(self.framing, self.max_message_bytes)
         raw = self.framing == "raw"
@@ -281,6 +284,7 @@ class SourceHandler:
         recv = sock.recv
         size = room.read_budget(self.read_size)
         must_wait, wait, idle, sleep = room.source_must_wait, room.wait_for_readers, gevent.idle, gevent.sleep
+        budget = self.yield_bytes
         data = first
         while True:
             if data:
@@ -288,12 +292,16 @@ class SourceHandler:
                     return False
                 for message in framer.feed(data):
                     publish(message, False if raw else is_text(message))
+                budget -= len(data)
                 if must_wait():
                     wait()
+                    budget = self.yield_bytes
                 elif len(data) >= size:
                     idle()
-                else:
+                    budget = self.yield_bytes
+                elif budget <= 0:
                     sleep(0)
+                    budget = self.yield_bytes
             data = recv(size)
             if not data:
                 break
