@@ -1,0 +1,445 @@
+"""``sphincter connect`` end to end: the real relay, the real ``sphincter.py connect`` process,
+a local TCP service (or stdin, or an obs-websocket double), real WebSocket subscribers; a TCP
+proxy in the middle to cut the relay link."""
+
+import hashlib
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+
+import gevent
+import gevent.event
+import pytest
+import websocket
+from gevent.server import StreamServer
+
+from conftest import subscribe, unit, wait_for
+from obs_double import ObsDouble
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENTRY = os.path.join(ROOT, "sphincter.py")
+TEXT = websocket.ABNF.OPCODE_TEXT
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+class Connect:
+    """``python sphincter.py connect ...`` as a child process; its log goes to a file."""
+
+    def __init__(self, tmp_path, *args, stdin=subprocess.DEVNULL, env=None):
+        self.log_path = str(tmp_path / ("connect-%d.log" % random.randrange(1 << 30)))
+        self._err = open(self.log_path, "w")
+        e = dict(os.environ)
+        e.update(env or {})
+        self.proc = subprocess.Popen(
+            [sys.executable, ENTRY, "connect", "--retry-min", str(unit(0.1)), "--retry-max",
+             str(unit(0.5)), "--stats-interval", "0", "--log-level", "debug"] + list(args),
+            stdin=stdin, stdout=subprocess.PIPE, stderr=self._err, env=e)
+
+    def stdout_line(self, timeout=None):
+        with gevent.Timeout(timeout or unit(10), AssertionError("no line on stdout; log:\n" + self.log())):
+            return self.proc.stdout.readline().decode()
+
+    def room(self):
+        line = self.stdout_line()
+        assert line.startswith("ROOM "), (line, self.log())
+        return line.split()[1]
+
+    def log(self):
+        with open(self.log_path) as f:
+            return f.read()
+
+    def wait_log(self, needle, count=1, timeout=None):
+        wait_for(lambda: self.log().count(needle) >= count, timeout=timeout or unit(10),
+                 what="%r x%d in the connect log" % (needle, count))
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=unit(10))
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._err.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def connects():
+    started = []
+
+    def start(*args, **kwargs):
+        c = Connect(*args, **kwargs)
+        started.append(c)
+        return c
+
+    yield start
+    for c in started:
+        c.stop()
+
+
+class Service:
+    """A local TCP service on a fixed port: keeps what it receives; ``send`` goes to the newest
+    connection; ``stop``/``start`` is a restart."""
+
+    def __init__(self, port=0):
+        self.port = port
+        self.conns = []
+        self.received = bytearray()
+        self.accepted = 0
+        self.server = None
+        self.on_connect = None      # called (in the handler) with each new socket
+
+    def start(self):
+        self.server = StreamServer(("127.0.0.1", self.port), self._handle)
+        self.server.start()
+        self.port = self.server.server_port
+        return self
+
+    def _handle(self, sock, address):
+        self.conns.append(sock)
+        self.accepted += 1
+        if self.on_connect is not None:
+            gevent.spawn(self.on_connect, sock)
+        try:
+            while True:
+                data = sock.recv(256 * 1024)
+                if not data:
+                    return
+                self.received += data
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+    def send(self, data):
+        wait_for(lambda: self.conns, what="connect's connection to the service")
+        self.conns[-1].sendall(data)
+
+    def stop(self):
+        self.server.stop(timeout=0)
+        for sock in self.conns:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.conns = []
+
+
+@pytest.fixture
+def service():
+    s = Service().start()
+    yield s
+    s.stop()
+
+
+class Proxy:
+    """A TCP proxy we control between ``connect`` and the relay; ``cut()`` breaks every link."""
+
+    def __init__(self, target):
+        self.target = target
+        self.pairs = []
+        self.server = StreamServer(("127.0.0.1", 0), self._handle)
+        self.server.start()
+        self.address = ("127.0.0.1", self.server.server_port)
+
+    def _handle(self, client, address):
+        try:
+            upstream = socket.create_connection(self.target)
+        except OSError:
+            client.close()
+            return
+        self.pairs.append((client, upstream))
+        gevent.joinall([gevent.spawn(self._pipe, client, upstream), gevent.spawn(self._pipe, upstream, client)])
+        client.close()
+        upstream.close()
+
+    @staticmethod
+    def _pipe(a, b):
+        try:
+            while True:
+                data = a.recv(65536)
+                if not data:
+                    break
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self):
+        pairs, self.pairs = self.pairs, []
+        for pair in pairs:
+            for s in pair:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        return len(pairs)
+
+    def stop(self):
+        self.cut()
+        self.server.stop(timeout=0)
+
+
+def relay_arg(relay):
+    return "%s:%d" % relay.tcp_address
+
+
+def recv_text(ws):
+    op, data = ws.recv_data()
+    assert op == TEXT, (op, data)
+    return data.decode()
+
+
+# --- the TCP tunnel ----------------------------------------------------------------------
+
+def test_tcp_service_lines_reach_the_room(make_relay, service, connects, tmp_path):
+    relay = make_relay()
+    c = connects(tmp_path, "--relay", relay_arg(relay), "--from", "tcp:127.0.0.1:%d" % service.port)
+    code = c.room()
+    c.wait_log("local service tcp:127.0.0.1:%d connected" % service.port)
+    ws = subscribe(relay, code)
+    wait_for(lambda: len(relay.registry.get(code).subscribers) == 1, what="subscriber joined")
+    service.send(b"hello\nworld\n")
+    assert [recv_text(ws), recv_text(ws)] == ["hello", "world"]
+    assert "the relay has no grace period" in c.log()
+    assert c.stop() == 0
+
+
+def test_raw_50mib_byte_exact_with_flow_control(make_relay, service, connects, tmp_path):
+    """50 MiB from the local service to a subscriber, sha256 equal; the room's flow control
+    (small buffers) makes connect wait for the subscriber all along."""
+    relay = make_relay(framing="raw", subscriber_buffer_bytes=1 << 20, max_message_bytes=256 * 1024)
+    total = 50 << 20
+    block = os.urandom(1 << 20)
+    go = gevent.event.Event()
+    sent = hashlib.sha256()
+
+    def produce(sock):
+        go.wait()
+        for i in range(total // len(block)):
+            chunk = block[i:] + block[:i]
+            sent.update(chunk)
+            sock.sendall(chunk)
+
+    service.on_connect = produce
+    c = connects(tmp_path, "--relay", relay_arg(relay), "--from", "tcp:127.0.0.1:%d" % service.port)
+    code = c.room()
+    ws = subscribe(relay, code, timeout=unit(30), bulk=True)
+    wait_for(lambda: len(relay.registry.get(code).subscribers) == 1, what="subscriber joined")
+    got, n, stalled = hashlib.sha256(), 0, False
+    go.set()
+    with gevent.Timeout(unit(50)):
+        while n < total:
+            op, data = ws.recv_data()
+            got.update(data)
+            n += len(data)
+            if n > (5 << 20) and not stalled:       # a slow reader for a moment: the room
+                stalled = True                       # stops reading connect, which stops
+                gevent.sleep(unit(0.5))              # reading the service; nothing is lost
+    assert n == total
+    assert got.hexdigest() == sent.hexdigest()
+    assert relay.registry.stats.source_pauses > 0
+
+
+def test_local_service_restart_keeps_the_room(make_relay, connects, tmp_path):
+    relay = make_relay()
+    svc = Service().start()
+    port = svc.port
+    c = connects(tmp_path, "--relay", relay_arg(relay), "--from", "tcp:127.0.0.1:%d" % port)
+    code = c.room()
+    ws = subscribe(relay, code)
+    wait_for(lambda: len(relay.registry.get(code).subscribers) == 1, what="subscriber joined")
+    svc.send(b"before\n")
+    assert recv_text(ws) == "before"
+    svc.stop()                                   # the service goes away ...
+    c.wait_log("local service tcp:127.0.0.1:%d lost" % port)
+    c.wait_log("Connection refused")             # ... connect keeps trying ...
+    svc2 = Service(port).start()                 # ... and it comes back
+    try:
+        svc2.send(b"after\n")
+        assert recv_text(ws) == "after"
+        assert relay.registry.get(code) is not None
+        assert c.log().count("relay connected") == 1, c.log()   # the relay link stayed up
+    finally:
+        svc2.stop()
+
+
+def test_relay_link_cut_resumes_the_same_room(make_relay, service, connects, tmp_path):
+    relay = make_relay(room_grace=unit(30))
+    proxy = Proxy(relay.tcp_address)
+    try:
+        c = connects(tmp_path, "--relay", "%s:%d" % proxy.address, "--from", "tcp:127.0.0.1:%d" % service.port)
+        code = c.room()
+        ws = subscribe(relay, code)
+        wait_for(lambda: len(relay.registry.get(code).subscribers) == 1, what="subscriber joined")
+        service.send(b"one\n")
+        assert recv_text(ws) == "one"
+        for n in (2, 3):                          # two blips in a row
+            assert proxy.cut() == 1
+            c.wait_log("relay connected: room %s" % code, count=n)
+            service.send(b"blip %d\n" % n)
+            assert recv_text(ws) == "blip %d" % n
+        assert "room code changed" not in c.log()
+        assert service.accepted == 1               # the local service never noticed
+    finally:
+        proxy.stop()
+
+
+def test_relay_restart_without_grace_gets_a_new_room_and_says_so(make_relay, service, connects, tmp_path):
+    relay = make_relay()
+    proxy = Proxy(relay.tcp_address)
+    try:
+        c = connects(tmp_path, "--relay", "%s:%d" % proxy.address, "--from", "tcp:127.0.0.1:%d" % service.port)
+        first = c.room()
+        proxy.cut()
+        second = c.room()                          # a new code is printed again
+        assert second != first
+        c.wait_log("the room code changed from %s to %s" % (first, second))
+    finally:
+        proxy.stop()
+
+
+def test_relay_down_at_start_then_up(connects, service, tmp_path, make_relay):
+    relay = make_relay()
+    proxy = Proxy(relay.tcp_address)
+    address = proxy.address
+    proxy.stop()                                   # nothing listens there yet
+    c = connects(tmp_path, "--relay", "%s:%d" % address, "--from", "tcp:127.0.0.1:%d" % service.port)
+    c.wait_log("retrying in", count=2)
+    proxy2 = Proxy(relay.tcp_address)
+    proxy2.server.stop()
+    proxy2.server = StreamServer(address, proxy2._handle)
+    proxy2.server.start()
+    try:
+        assert len(c.room()) == 6
+    finally:
+        proxy2.stop()
+
+
+# --- stdin / stdout ------------------------------------------------------------------------
+
+def test_stdin_to_the_room_banner_on_stderr(make_relay, connects, tmp_path):
+    relay = make_relay()
+    r, w = os.pipe()
+    c = connects(tmp_path, "--relay", relay_arg(relay), "--from", "-", stdin=r)
+    os.close(r)
+    c.wait_log("ROOM ")
+    code = [l for l in c.log().splitlines() if l.startswith("ROOM ")][0].split()[1]
+    ws = subscribe(relay, code)
+    wait_for(lambda: len(relay.registry.get(code).subscribers) == 1, what="subscriber joined")
+    os.write(w, b"from stdin\n")
+    assert recv_text(ws) == "from stdin"
+    os.close(w)                                    # end of input: connect exits 0
+    assert c.proc.wait(timeout=unit(10)) == 0
+    assert c.proc.stdout.read() == b""             # stdout carries data only
+
+
+# --- relay options -------------------------------------------------------------------------
+
+def test_named_room_with_token(make_relay, service, connects, tmp_path):
+    rooms = tmp_path / "rooms.txt"
+    rooms.write_text("scene 0123456789abcdef replay=1\n")
+    relay = make_relay(rooms_file=str(rooms))
+    c = connects(tmp_path, "--relay", relay_arg(relay), "--from", "tcp:127.0.0.1:%d" % service.port,
+                 env={"SPHINCTER_CONNECT_TOKEN": "0123456789abcdef"})
+    assert c.room() == "scene"
+    service.send(b"{\"scene\": \"Live\"}\n")
+    wait_for(lambda: service.conns, what="service connection")
+    ws = subscribe(relay, "scene")
+    assert json.loads(recv_text(ws)) == {"scene": "Live"}       # replayed on join
+
+
+def test_wrong_token_exits_1_with_one_line(make_relay, service, connects, tmp_path):
+    relay = make_relay(source_tokens=(b"right-token-123",))
+    c = connects(tmp_path, "--relay", relay_arg(relay), "--from", "tcp:127.0.0.1:%d" % service.port,
+                 "--token", "wrong-token-456")
+    assert c.proc.wait(timeout=unit(10)) == 1
+    assert "ERROR unauthorized" in c.log()
+    assert "Traceback" not in c.log()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--from", "-"], "--relay"),
+    (["--relay", "localhost", "--from", "-"], "--relay"),
+    (["--relay", "localhost:9000", "--from", "udp:1"], "--from"),
+    (["--relay", "localhost:9000", "--from", "tcp:host"], "--from"),
+    (["--relay", "localhost:9000", "--from", "-", "--retry-min", "x"], "--retry-min"),
+    (["--relay", "localhost:9000", "--from", "-", "--obs-allow-requests"], "--obs-allow-requests"),
+    (["--relay", "localhost:9000", "--from", "-", "--tls-ca", "/nonexistent"], "--tls-ca"),
+])
+def test_bad_options_exit_2_with_one_line(args, needle):
+    p = subprocess.run([sys.executable, ENTRY, "connect"] + args, capture_output=True, text=True,
+                       timeout=unit(30))
+    assert p.returncode == 2, p
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], p.stderr
+
+
+# --- obs-websocket 5 -----------------------------------------------------------------------
+
+@pytest.fixture
+def obs():
+    double = ObsDouble(password="s3cret pass").start()
+    yield double
+    double.stop()
+
+
+def test_obs_events_reach_the_room_unchanged_and_survive_an_obs_restart(make_relay, obs, connects, tmp_path):
+    relay = make_relay(replay=1)
+    c = connects(tmp_path, "--relay", relay_arg(relay), "--from", "obs://127.0.0.1:%d" % obs.port,
+                 env={"SPHINCTER_OBS_PASSWORD": "s3cret pass"})
+    code = c.room()
+    c.wait_log("obs identified")
+    ws = subscribe(relay, code)
+    wait_for(lambda: len(relay.registry.get(code).subscribers) == 1, what="subscriber joined")
+    obs.emit("CurrentProgramSceneChanged", {"sceneName": "Starting \u2728"})
+    line = recv_text(ws)
+    assert json.loads(line) == {"op": 5, "d": {"eventType": "CurrentProgramSceneChanged", "eventIntent": 4,
+                                               "eventData": {"sceneName": "Starting \u2728"}}}
+    port = obs.port
+    obs.stop()                                          # OBS quits ...
+    c.wait_log("local service obs://127.0.0.1:%d lost" % port)
+    obs.start()                                         # ... and starts again, same port
+    c.wait_log("obs identified", count=2)
+    obs.emit("CurrentProgramSceneChanged", {"sceneName": "Live"})
+    assert json.loads(recv_text(ws))["d"]["eventData"] == {"sceneName": "Live"}
+    assert c.log().count("relay connected") == 1
+    late = subscribe(relay, code)                       # the last value is replayed on load
+    assert json.loads(recv_text(late))["d"]["eventData"] == {"sceneName": "Live"}
+
+
+def test_obs_wrong_password_is_reported_and_retried(make_relay, obs, connects, tmp_path):
+    relay = make_relay()
+    c = connects(tmp_path, "--relay", relay_arg(relay), "--from", "obs://127.0.0.1:%d" % obs.port,
+                 "--obs-password", "wrong")
+    c.room()                                            # the relay side is up regardless
+    c.wait_log("4009 authentication failed: wrong obs-websocket password", count=2)
+    assert obs.auth_failures >= 2
+    assert "Traceback" not in c.log()
+
+
+def test_obs_without_password_when_obs_needs_one(make_relay, obs, connects, tmp_path):
+    relay = make_relay()
+    c = connects(tmp_path, "--relay", relay_arg(relay), "--from", "obs://127.0.0.1:%d" % obs.port,
+                 env={"SPHINCTER_OBS_PASSWORD": ""})
+    c.wait_log("obs requires a password")
+
+
+def test_obs_kick_stops_connect(make_relay, obs, connects, tmp_path):
+    relay = make_relay()
+    c = connects(tmp_path, "--relay", relay_arg(relay), "--from", "obs://127.0.0.1:%d" % obs.port,
+                 "--obs-password", "s3cret pass")
+    c.room()
+    c.wait_log("obs identified")
+    obs.kick()
+    assert c.proc.wait(timeout=unit(10)) == 1
+    assert "4011 session invalidated" in c.log()
