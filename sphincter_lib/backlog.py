@@ -58,10 +58,10 @@ class RoomLimits:
     """A room's limits and policies, given to it when it is made (one shared instance)."""
 
     __slots__ = ("buffer_bytes", "max_subscribers", "flow_control", "high_water", "low_water",
-                 "slow_policy", "replay", "grace")
+                 "slow_policy", "replay", "grace", "write_queue_bytes")
 
     def __init__(self, buffer_bytes=4 << 20, max_subscribers=10000, flow_control=True,
-                 high_water=None, slow_policy=CUT, replay=0, grace=0.0):
+                 high_water=None, slow_policy=CUT, replay=0, grace=0.0, write_queue_bytes=1 << 20):
         if slow_policy not in (CUT, SKIP):
             raise ValueError("slow_policy must be %r or %r" % (CUT, SKIP))
         #: how far a subscriber may fall behind the head (bytes) before it is cut or skips
@@ -78,6 +78,8 @@ class RoomLimits:
         self.replay = replay
         #: seconds a room waits for its source to come back (``RESUME``); None: forever (named)
         self.grace = grace
+        #: bytes of write-back messages queued toward the source before writers are paused
+        self.write_queue_bytes = write_queue_bytes
 
     def but(self, **changes):
         """A copy with some limits changed (a named room's own options)."""
@@ -232,6 +234,9 @@ class Room:
         self.source = source
         #: the secret a source presents to resume this room (set by the registry)
         self.resume_key = None
+        #: the secret a subscriber presents to write to the source (None: no writers)
+        self.write_key = None
+        self.outbox = Outbox(limits.write_queue_bytes)
         self.limits = limits
         self.events = events
         self.stats = stats
@@ -520,6 +525,17 @@ class Room:
         event, self._presence = self._presence, Event()
         event.set()
 
+    def write(self, data):
+        """A writer's message for the source (whole, never interleaved with another). Never blocks.
+
+        Returns False when the queue toward the source is full: the writer
+        should stop reading until :meth:`Outbox.when_writable` calls it back."""
+        if self.state is CLOSED:
+            return True                            # dropped: nobody will ever read it
+        self.stats.writes_in += 1
+        self.stats.write_bytes += len(data)
+        return self.outbox.put(data)
+
     def attach(self, source):
         """``source`` feeds the room from now on; returns the source it replaced, if any."""
         if self.state is CLOSED:
@@ -540,6 +556,7 @@ class Room:
         self._resume_source()                    # the old reader stops; the new one decides afresh
         self.events.source_attached(self, source)
         self._presence_change()
+        self.outbox.wake()                       # the old drainer stops, the new one starts
         return old
 
     def source_left(self, source):
@@ -562,6 +579,7 @@ class Room:
             self._grace_timer = self._loop.timer(grace)
             self._grace_timer.start(self._grace_over)
         self._presence_change()
+        self.outbox.wake()                       # its drainer stops; writes wait for the next source
 
     def _grace_over(self):
         self._grace_timer = None
@@ -579,6 +597,85 @@ class Room:
             self._grace_timer = None
         self._resume_source()
         self._presence_change()
+        self.outbox.close()
         self.events.room_closed(self)
         for sub in list(self.subscribers):
             sub.close_after_drain(code, reason)
+
+
+class Outbox:
+    """Write-back messages queued toward a room's source: bounded, whole messages, FIFO.
+
+    Writers :meth:`put` (from the event loop: never blocks); one drainer at a
+    time — the current source's writer — :meth:`take` s whole messages,
+    writes them, then :meth:`done`. Past ``limit`` bytes :meth:`put` returns
+    False and the writer pauses its reading until :meth:`when_writable` calls
+    it back (once the queue is under half the limit), so a room holds at most
+    ``limit`` plus one message per writer. Messages wait here while the room
+    has no source and go to the next one.
+    """
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.messages = []
+        self.bytes = 0
+        self.closed = False
+        self._ready = Event()
+        self._paused = []
+        self._taken = 0
+
+    def put(self, data):
+        if self.closed:
+            return True
+        self.messages.append(data)
+        self.bytes += len(data)
+        self._ready.set()
+        return self.bytes < self.limit
+
+    def when_writable(self, callback):
+        """Call ``callback()`` once the queue has room again (paused writers)."""
+        self._paused.append(callback)
+
+    def take(self, limit=64 * 1024):
+        """Whole messages from the head, joined, at most ``limit`` bytes (at least one); None if empty."""
+        msgs = self.messages
+        if not msgs:
+            self._ready.clear()
+            return None
+        n, size = 1, len(msgs[0])
+        while n < len(msgs) and size + len(msgs[n]) <= limit:
+            size += len(msgs[n])
+            n += 1
+        self._taken = n
+        return msgs[0] if n == 1 else b"".join(msgs[:n])
+
+    def done(self):
+        """The last :meth:`take` was written: drop those messages (returns how many); wake paused
+        writers."""
+        n, self._taken = self._taken, 0
+        if not n:
+            return 0
+        self.bytes -= sum(len(m) for m in self.messages[:n])
+        del self.messages[:n]
+        if self._paused and self.bytes <= self.limit // 2:
+            paused, self._paused = self._paused, []
+            for callback in paused:
+                callback()
+        return n
+
+    def wait(self, timeout=None):
+        """Block the drainer until there may be something to take (or a wake-up)."""
+        self._ready.wait(timeout)
+
+    def wake(self):
+        self._taken = 0
+        self._ready.set()
+
+    def close(self):
+        """The room closed: drop what waits; resume paused writers (their messages go nowhere)."""
+        self.closed = True
+        self.messages, self.bytes, self._taken = [], 0, 0
+        self._ready.set()
+        paused, self._paused = self._paused, []
+        for callback in paused:
+            callback()

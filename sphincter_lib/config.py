@@ -217,7 +217,8 @@ OPTIONS = (
            "how far (bytes) a subscriber may fall behind before it is cut off with 4408; "
            "also bounds each room's backlog; must be >= --max-message-bytes", "SIZE"),
     Option("max-client-message-bytes", "4KiB", size,
-           "largest message a subscriber may send (they are read and discarded); bigger: close 1009", "SIZE"),
+           "largest message a subscriber may send (read and discarded, or sent to the source by writers); "
+           "bigger: close 1009", "SIZE"),
     Option("ping-interval", "20", seconds, "seconds between pings to each subscriber (0: never)", "SECONDS"),
     Option("ping-timeout", "20", positive_seconds,
            "seconds a subscriber has to answer a ping before it is dropped", "SECONDS"),
@@ -226,7 +227,8 @@ OPTIONS = (
     Option("banner", "on", boolean,
            "send 'ROOM <CODE>' to each source (off: sources receive nothing; the code is logged)", "on|off"),
     Option("trusted-proxies", "127.0.0.1,::1", networks,
-           "comma-separated proxy addresses/networks whose X-Forwarded-For is believed ('' for none)", "NETS"),
+           "comma-separated proxy addresses/networks believed about the client address: "
+           "X-Forwarded-For, or X-Real-IP without it ('' for none)", "NETS"),
     Option("log-level", "info", choice(*LOG_LEVELS), "log level: " + ", ".join(LOG_LEVELS), "LEVEL"),
     Option("log-format", "text", choice("text", "json"),
            "log line format: 'text', or 'json' (one object per line, for log shippers)", "FORMAT"),
@@ -248,8 +250,9 @@ OPTIONS = (
     Option("allowed-origins", "", origins,
            "comma-separated Origin allowlist for subscribers (https://example.com, "
            "https://*.example.com); others are closed with 4403; '' allows any", "ORIGINS"),
-    Option("max-sources-per-ip", "0", limit,
-           "most concurrent sources from one address (IPv6: one /64); 0: no limit", "N"),
+    Option("max-sources-per-ip", "32", limit,
+           "most concurrent sources from one address (IPv6: one /64), so one address cannot "
+           "take every room; 0: no limit", "N"),
     Option("max-subscribers-per-ip", "0", limit,
            "most concurrent WebSocket/HTTP connections from one address (IPv6: one /64); "
            "more get HTTP 429; 0: no limit", "N"),
@@ -285,6 +288,12 @@ OPTIONS = (
     Option("room-grace", "0", seconds,
            "seconds a room waits for its source to come back ('RESUME <CODE> <KEY>') after it left; "
            "subscribers stay connected meanwhile; 0: the room closes at once (4410)", "SECONDS"),
+    Option("write-back", "off", boolean,
+           "let subscribers that present the room's write key (/ws?room=CODE&key=KEY) send messages to "
+           "the source; sources get a 'WRITE <KEY>' line with their banner", "on|off"),
+    Option("write-queue-bytes", "1MiB", size,
+           "write-back bytes queued toward one source (also while it is away) before writers are "
+           "paused (TCP backpressure); must be >= --max-client-message-bytes", "SIZE"),
     Option("replay", "0", limit,
            "a subscriber that joins first receives the room's last N messages (at most "
            "--subscriber-buffer-bytes of them); 1: a 'last value' room; 0: none", "N"),
@@ -359,6 +368,10 @@ def check(s):
             load(s.rooms_file)
         except ConfigError as exc:
             raise ConfigError("argument --rooms-file: %s" % exc)
+    if s.write_queue_bytes < s.max_client_message_bytes:
+        raise ConfigError(
+            "argument --write-queue-bytes: must be at least --max-client-message-bytes (%d < %d)"
+            % (s.write_queue_bytes, s.max_client_message_bytes))
     if s.source_high_water and s.source_high_water >= s.subscriber_buffer_bytes:
         raise ConfigError(
             "argument --source-high-water: must be below --subscriber-buffer-bytes (%d >= %d)"

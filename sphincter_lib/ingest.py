@@ -16,6 +16,7 @@ import time
 
 import gevent
 
+from .addresses import format_peer
 from .errors import RoomError
 from .security import ConnectionCaps, check_auth_line
 from .framing import is_text, make_framer
@@ -23,13 +24,6 @@ from .preamble import Preamble
 from .rooms import Source
 
 logger = logging.getLogger(__name__)
-
-
-def format_peer(address):
-    if isinstance(address, tuple) and len(address) >= 2:
-        host = address[0]
-        return ("[%s]:%d" if ":" in host else "%s:%d") % (host, address[1])
-    return str(address)
 
 
 def _keepalive(sock, idle=60, interval=10, probes=6):
@@ -91,6 +85,8 @@ class SourceHandler:
     #: period) before a silent source gets a new room; lines sent right after connecting are
     #: there long before
     preamble_wait = 1.0
+    #: most write-back bytes written to a source at once (whole messages; one bigger goes alone)
+    write_batch = 64 * 1024
 
     def __init__(self, registry, framing="lines", max_message_bytes=1 << 20, banner=True,
                  tokens=(), max_per_ip=0, handshake_timeout=10.0, idle_timeout=0, tls=False):
@@ -120,6 +116,8 @@ class SourceHandler:
                 self._send(sock, b"ERROR too many connections\n")
             else:
                 self._serve(sock, peer)
+        except OSError as exc:           # the connection broke (reset, TLS garbage): not a bug
+            logger.info("source %s: connection broke: %s", peer, exc.strerror or exc)
         except Exception:
             logger.error("source %s: handler crashed", peer, exc_info=True)
         finally:
@@ -229,12 +227,18 @@ class SourceHandler:
         _keepalive(sock)
         logger.info("room %s %s by %s%s", room.code, how, peer, " (named)" if room.named else "")
         end = "source closed"
+        writer = None
         try:
             if self.banner:
                 lines = b"ROOM %s\n" % room.code.encode()
                 if room.resume_key:
                     lines += b"RESUME %s %s\n" % (room.code.encode(), room.resume_key.encode())
+                if room.write_key:
+                    lines += b"WRITE %s\n" % room.write_key.encode()
                 source.send(lines)
+            if room.write_key:
+                writer = gevent.spawn(self._write_back, sock, room, source, peer)
+                writer.link_exception(_log_crash)
             if self.idle_timeout:
                 sock.settimeout(self.idle_timeout)
             if not self._pump(sock, room, source, greeting.rest):
@@ -245,6 +249,8 @@ class SourceHandler:
         except OSError as exc:
             end = "source broke (%s)" % (exc.strerror or exc)
         finally:
+            if writer is not None:
+                writer.kill(block=False)
             self._live.pop(source, None)
             if self.registry.shutting_down:
                 end = "server shutting down"
@@ -295,6 +301,25 @@ class SourceHandler:
         for message in framer.eof():
             publish(message, False if raw else is_text(message))
         return True
+
+    def _write_back(self, sock, room, source, peer):
+        """Write the room's write-back messages to its source, whole, in order, while it is the
+        room's source. A source that does not read blocks this greenlet (not the relay): the queue
+        fills and the room's writers are paused."""
+        outbox, stats = room.outbox, self.stats
+        try:
+            while room.source is source and not outbox.closed:
+                data = outbox.take(self.write_batch)
+                if data is None:
+                    outbox.wait()
+                    continue
+                sock.sendall(data)
+                if room.source is not source:
+                    return                     # replaced meanwhile: the next source gets them
+                stats.writes_out += outbox.done()
+                gevent.sleep(0)                # a source that reads fast must not hold the loop
+        except OSError as exc:                 # incl. socket.timeout (--source-idle-timeout)
+            logger.info("source %s: write-back stopped: %s", peer, exc)
 
     def _send(self, sock, data):
         """An ``ERROR`` line to a connection that has no room (yet)."""

@@ -152,13 +152,17 @@ class RoomRegistry(RoomModel, RoomEvents):
     def __init__(self, encode, max_rooms=1000, max_subscribers_per_room=10000,
                  buffer_bytes=4 << 20, stats=None, new_code=make_code, clock=time.time,
                  flow_control=True, high_water=None, slow_policy=CUT, stall_timeout=30.0,
-                 monotonic=time.monotonic, listener=None, grace=0.0, replay=0, named=()):
+                 monotonic=time.monotonic, listener=None, grace=0.0, replay=0, named=(),
+                 write_back=False, write_queue_bytes=1 << 20):
         self.encode = encode
         #: most ephemeral rooms (live or waiting for their source); named rooms are not counted
         self.max_rooms = max_rooms
         self.limits = RoomLimits(buffer_bytes=buffer_bytes, max_subscribers=max_subscribers_per_room,
                                  flow_control=flow_control, high_water=high_water,
-                                 slow_policy=slow_policy, replay=replay, grace=grace)
+                                 slow_policy=slow_policy, replay=replay, grace=grace,
+                                 write_queue_bytes=write_queue_bytes)
+        #: rooms accept writers (subscribers with the room's write key)
+        self.write_back = write_back
         self._ephemeral = 0
         self._named = {}                      # key -> (RoomSpec, Room)
         #: seconds a subscriber with data waiting may make no progress (0: forever)
@@ -197,6 +201,8 @@ class RoomRegistry(RoomModel, RoomEvents):
                     clock=self._clock, monotonic=self._monotonic)
         if self.limits.grace:
             room.resume_key = resume_key()
+        if self.write_back:
+            room.write_key = resume_key()
         self._rooms[code] = room
         self._ephemeral += 1
         self.stats.rooms_opened += 1
@@ -258,6 +264,8 @@ class RoomRegistry(RoomModel, RoomEvents):
                 old, room = self._named[key]
                 if old != spec:
                     room.configure(limits)
+                    if spec.write or not self.write_back:
+                        room.write_key = spec.write
                     changed.append(spec.name)
                 self._named[key] = (spec, room)
                 continue
@@ -266,6 +274,7 @@ class RoomRegistry(RoomModel, RoomEvents):
                 clash.close(SOURCE_CLOSED, "room closed")
             room = Room(spec.name, None, limits, self.encode, self, self.stats,
                         clock=self._clock, monotonic=self._monotonic, named=True)
+            room.write_key = spec.write or (resume_key() if self.write_back else None)
             self._rooms[key] = room
             self._named[key] = (spec, room)
             added.append(spec.name)

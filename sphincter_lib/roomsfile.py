@@ -14,10 +14,15 @@ case-insensitive and unique. TOKEN: the secret a source presents with
 ``replay=N``           the last N messages go to each subscriber that joins (default: ``--replay``)
 ``max-subscribers=N``  most subscribers at once (default: ``--max-subscribers-per-room``)
 ``slow-policy=cut|skip``  as ``--slow-policy``, for this room only
+``write=KEY``          writers (``/ws?room=NAME&key=KEY``) reach the source; KEY: 16+ URL-safe
+                       characters (``A-Z a-z 0-9 _ -``); default: a key made at start-up with
+                       ``--write-back on``, no writers otherwise
 
 A bad line raises :class:`~sphincter_lib.errors.ConfigError` naming the file
 and line number.
 """
+
+import re
 
 from .errors import ConfigError
 from .roomcode import is_name
@@ -31,15 +36,17 @@ MAX_REPLAY = 100000
 class RoomSpec:
     """One named room as configured: ``name`` (as written), ``key``, ``token`` (bytes), options."""
 
-    __slots__ = ("name", "key", "token", "replay", "max_subscribers", "slow_policy", "line")
+    __slots__ = ("name", "key", "token", "replay", "max_subscribers", "slow_policy", "write", "line")
 
-    def __init__(self, name, token, replay=None, max_subscribers=None, slow_policy=None, line=0):
+    def __init__(self, name, token, replay=None, max_subscribers=None, slow_policy=None, write=None,
+                 line=0):
         self.name = name
         self.key = name.upper()
         self.token = token
         self.replay = replay                    # None: the relay's --replay
         self.max_subscribers = max_subscribers  # None: --max-subscribers-per-room
         self.slow_policy = slow_policy          # None: --slow-policy
+        self.write = write                      # the write key, or None
         self.line = line
 
     def __eq__(self, other):
@@ -65,10 +72,20 @@ def _policy(value):
     return value
 
 
+_WRITE_KEY = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+
+
+def _write_key(value):
+    if not _WRITE_KEY.match(value):
+        raise ValueError("must be 16-128 characters from A-Z a-z 0-9 _ -")
+    return value
+
+
 _OPTIONS = {
     "replay": ("replay", lambda v: _number(v, 0, MAX_REPLAY)),
     "max-subscribers": ("max_subscribers", lambda v: _number(v, 1, 10 ** 9)),
     "slow-policy": ("slow_policy", _policy),
+    "write": ("write", _write_key),
 }
 
 

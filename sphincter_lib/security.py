@@ -13,10 +13,11 @@ lookup happens.  See notes/hardening.md for the arithmetic.
 """
 import collections
 import hmac
-import ipaddress
 import ssl
 import threading
 import time
+
+from .addresses import ip_key
 
 CODE_SPACE = 31 ** 6
 
@@ -125,27 +126,17 @@ class OriginPolicy:
         return False
 
 
-# --------------------------------------------------------------- per-IP keys
+# --------------------------------------------------------------- per-IP limits
 
-def ip_key(addr):
-    """The unit limits apply to: the IPv4 address, or the IPv6 /64 (one
-    customer usually owns a whole /64, so per-address limits would be moot)."""
-    try:
-        ip = ipaddress.ip_address(addr.split("%", 1)[0])
-    except (ValueError, AttributeError):
-        return str(addr)
-    if ip.version == 6:
-        if ip.ipv4_mapped:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.ip_network("%s/64" % ip, strict=False))
-    return str(ip)
-
+#: the slot ``ConnectionCaps.acquire`` gives an unknown client (nothing counted)
+UNCOUNTED = object()
 
 class ConnectionCaps:
     """Concurrent connections per client key, at most *limit* (0 = unlimited).
 
     ``acquire(addr)`` returns a key to pass to ``release`` or None when the cap
-    is reached."""
+    is reached.  An unknown client (*addr* None: a trusted proxy did not say
+    who it is) is not counted and never refused: its key is :data:`UNCOUNTED`."""
 
     def __init__(self, limit):
         self.limit = limit
@@ -154,10 +145,13 @@ class ConnectionCaps:
 
     def full(self, addr):
         """True if *addr* is at its cap (without taking a slot)."""
-        return bool(self.limit) and self.counts.get(ip_key(addr), 0) >= self.limit
+        key = ip_key(addr)
+        return bool(self.limit) and key is not None and self.counts.get(key, 0) >= self.limit
 
     def acquire(self, addr, force=False):
         key = ip_key(addr)
+        if key is None:
+            return UNCOUNTED
         with self._lock:
             if self.limit and self.counts[key] >= self.limit and not force:
                 return None
@@ -165,7 +159,7 @@ class ConnectionCaps:
         return key
 
     def release(self, key):
-        if key is None:
+        if key is None or key is UNCOUNTED:
             return
         with self._lock:
             self.counts[key] -= 1
@@ -179,7 +173,8 @@ class ConnectionCaps:
 class RateLimiter:
     """Token bucket per client key: *rate* events per second, bursts of
     *burst*; at most *max_keys* buckets (least recently used evicted, so an
-    attacker with many addresses cannot grow memory).  rate <= 0: unlimited."""
+    attacker with many addresses cannot grow memory).  rate <= 0: unlimited.
+    An unknown client (*addr* None) is not limited."""
 
     def __init__(self, rate, burst, max_keys=65536, clock=time.monotonic):
         self.rate = float(rate)
@@ -191,9 +186,9 @@ class RateLimiter:
 
     def allow(self, addr, cost=1.0):
         """Take *cost* tokens for *addr*; False if not enough are left."""
-        if self.rate <= 0:
-            return True
         key = ip_key(addr)
+        if self.rate <= 0 or key is None:
+            return True
         now = self.clock()
         with self._lock:
             tokens, stamp = self.buckets.pop(key, (self.burst, now))
@@ -208,9 +203,9 @@ class RateLimiter:
 
     def blocked(self, addr):
         """True if *addr* has no token left (without taking one)."""
-        if self.rate <= 0:
-            return False
         key = ip_key(addr)
+        if self.rate <= 0 or key is None:
+            return False
         now = self.clock()
         with self._lock:
             tokens, stamp = self.buckets.get(key, (self.burst, now))

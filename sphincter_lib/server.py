@@ -18,8 +18,9 @@ from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 from gevent.server import StreamServer
 
 from . import roomsfile, security, wsproto
+from .addresses import format_peer
 from .errors import BindError, ConfigError
-from .ingest import SourceHandler, format_peer
+from .ingest import SourceHandler
 from .rooms import RoomRegistry
 from .stats import Stats
 from .web import WebApp
@@ -45,6 +46,31 @@ def sd_notify(state, environ=os.environ):
         logger.warning("sd_notify to %s failed: %s", addr, exc)
         return False
     return True
+
+
+class _TLSWrapQuietly:
+    """Server mixin: a TLS listener's client that breaks while its socket is being wrapped
+    (reset right after connecting) is one line at INFO, not a traceback from the hub."""
+
+    #: what its clients are called in the log line
+    what = "client"
+
+    def wrap_socket_and_handle(self, client_socket, address):
+        try:
+            tls_socket = self.wrap_socket(client_socket, **self.ssl_args)
+        except OSError as exc:                  # the server closes client_socket
+            logger.info("%s %s: connection broke before TLS: %s", self.what, format_peer(address),
+                        exc.strerror or exc)
+            return None
+        return self.handle(tls_socket, address)
+
+
+class SourceServer(_TLSWrapQuietly, StreamServer):
+    what = "source"
+
+
+class WebServer(_TLSWrapQuietly, WSGIServer):
+    what = "http"
 
 
 class Relay:
@@ -78,6 +104,8 @@ class Relay:
             grace=settings.room_grace,
             replay=settings.replay,
             named=roomsfile.load(settings.rooms_file) if settings.rooms_file else (),
+            write_back=settings.write_back,
+            write_queue_bytes=settings.write_queue_bytes,
         )
         self._sweeper = None
         self.sources = SourceHandler(self.registry, framing=settings.framing,
@@ -111,9 +139,9 @@ class Relay:
 
     def start(self):
         s = self.settings
-        self.tcp_server = StreamServer((s.tcp_host, s.tcp_port), self.sources, backlog=self.backlog,
+        self.tcp_server = SourceServer((s.tcp_host, s.tcp_port), self.sources, backlog=self.backlog,
                                        **_tls_args(s.source_tls_cert, s.source_tls_key))
-        self.ws_server = WSGIServer(
+        self.ws_server = WebServer(
             (s.ws_host, s.ws_port), self.app, handler_class=self.handler_class, backlog=self.backlog,
             log=LoggingLogAdapter(logging.getLogger("sphincter.access"), logging.DEBUG),
             error_log=LoggingLogAdapter(logging.getLogger("sphincter.http"), logging.ERROR),
@@ -229,5 +257,5 @@ def _start(server, what, host, port):
     try:
         server.start()
     except OSError as exc:
-        shown = ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
-        raise BindError("cannot listen for %s on %s: %s" % (what, shown, exc.strerror or exc))
+        raise BindError("cannot listen for %s on %s: %s" % (what, format_peer((host, port)),
+                                                           exc.strerror or exc))

@@ -24,6 +24,10 @@ class Stats:
         self.resumes = 0               # sources that came back to their room (RESUME, named AUTH)
         self.takeovers = 0             # sources replaced by a newer one of the same room
         self.replayed_messages = 0     # messages replayed to subscribers as they joined
+        self.writes_in = 0             # write-back messages from writers
+        self.write_bytes = 0           # their bytes (lines framing: newline included)
+        self.writes_out = 0            # write-back messages written to sources
+        self.writer_pauses = 0         # writers paused because the queue toward the source was full
         self.messages_in = 0           # messages published by sources
         self.bytes_in = 0              # payload bytes published by sources
         self.messages_out = 0          # deliveries (message x subscriber)

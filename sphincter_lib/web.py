@@ -6,7 +6,6 @@ subscriber's cursor, one ``sendall`` per batch). All writes to a connection go
 through its writer, so frames never interleave.
 """
 
-import ipaddress
 import json
 import logging
 import time
@@ -16,8 +15,8 @@ import gevent
 from gevent.pool import Group
 
 from . import __version__, api, metrics, presence, viewer, wsproto
+from .addresses import client_address, peer_name
 from .errors import ProtocolError, RoomFullError, RoomNotFound, ShuttingDown
-from .ingest import format_peer
 from .security import ConnectionCaps, OriginPolicy, RateLimiter
 
 logger = logging.getLogger(__name__)
@@ -26,28 +25,6 @@ ROOM_NOT_FOUND, ROOM_FULL = 4404, 4429
 ORIGIN_FORBIDDEN = 4403
 PING_TIMEOUT_CLOSE = 1011
 _PING = wsproto.encode_ping(b"")
-
-
-def client_address(environ, trusted):
-    """The client's address: REMOTE_ADDR, or the X-Forwarded-For hop a trusted proxy vouches for."""
-    remote = environ.get("REMOTE_ADDR", "")
-    chain = [remote]
-    forwarded = environ.get("HTTP_X_FORWARDED_FOR")
-    if forwarded and trusted:
-        chain = [h.strip() for h in forwarded.split(",") if h.strip()] + [remote]
-    # walk from the nearest hop back while the hop is a trusted proxy
-    for i in range(len(chain) - 1, 0, -1):
-        if not _trusted(chain[i], trusted):
-            return chain[i]
-    return chain[0]
-
-
-def _trusted(addr, trusted):
-    try:
-        ip = ipaddress.ip_address(addr.strip("[]"))
-    except ValueError:
-        return False
-    return any(ip in net for net in trusted)
 
 
 class Keepalive:
@@ -265,6 +242,20 @@ class WebApp:
         self.origins = OriginPolicy(settings.allowed_origins)
         self.ip_caps = ConnectionCaps(settings.max_subscribers_per_ip)
         self.unknown_rooms = RateLimiter(settings.unknown_room_rate, settings.unknown_room_burst)
+        self._warned_unforwarded = False
+
+    def client(self, environ):
+        """The client's address (see ``addresses.client_address``); None when a trusted proxy
+        did not say who its client is: then no per-address limit applies (it would hold every
+        viewer behind the proxy to one budget), and a warning says so, once."""
+        ip = client_address(environ, self.settings.trusted_proxies)
+        if ip is None and not self._warned_unforwarded:
+            self._warned_unforwarded = True
+            logger.warning("trusted proxy %s sent neither X-Forwarded-For nor X-Real-IP: per-address "
+                           "limits are off for its clients; make it forward the client address "
+                           "(nginx: proxy_set_header X-Real-IP $remote_addr;)",
+                           environ.get("REMOTE_ADDR"))
+        return ip
 
     def precheck(self, environ):
         """Called by ``ws.Handler`` before upgrading: (status, body, headers) to refuse, else None.
@@ -272,7 +263,7 @@ class WebApp:
         An address that used up its unknown-room budget is refused for *every*
         room until it earns a token back, so a 429 says nothing about whether a
         code exists."""
-        ip = client_address(environ, self.settings.trusted_proxies)
+        ip = self.client(environ)
         if self.ip_caps.full(ip):
             self.stats.rejected["subscriber", "too_many_connections"] += 1
             return ("429 Too Many Requests", "too many connections from your address\n",
@@ -286,7 +277,7 @@ class WebApp:
 
     def _unknown_room(self, environ):
         """Count an unknown-room attempt against the client's address."""
-        self.unknown_rooms.allow(client_address(environ, self.settings.trusted_proxies))
+        self.unknown_rooms.allow(self.client(environ))
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO") or "/"
@@ -314,7 +305,7 @@ class WebApp:
             return text_response(start_response, "400 Bad Request",
                                  "this endpoint speaks WebSocket: GET /ws?room=CODE with an Upgrade\n")
         self.connections += 1
-        ip = client_address(environ, self.settings.trusted_proxies)
+        ip = self.client(environ)
         slot = self.ip_caps.acquire(ip, force=True)     # per-IP count (checked in precheck)
         session = None
         try:
@@ -335,9 +326,7 @@ class WebApp:
 
     def _subscriber(self, environ, conn, ip):
         """A Session for this connection, or None after refusing it with a close code."""
-        peer = ip
-        port = environ.get("REMOTE_PORT")
-        peer = format_peer((peer, int(port))) if port and peer == environ.get("REMOTE_ADDR") else peer
+        peer = peer_name(environ, ip)
         code = (parse_qs(environ.get("QUERY_STRING", "")).get("room") or [""])[0]
         if not self.origins.allowed(environ.get("HTTP_ORIGIN")):
             return self._refuse(conn, peer, ORIGIN_FORBIDDEN, "origin not allowed", "origin")

@@ -21,8 +21,14 @@ from gevent.pywsgi import WSGIHandler
 from geventwebsocket.handler import WebSocketHandler
 
 from . import wsproto
+from .addresses import format_peer
 
 logger = logging.getLogger(__name__)
+
+_BAD_REQUEST = (b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain\r\n"
+                b"Content-Length: 12\r\n\r\nbad request\n")
+#: longest reason quoted from a malformed request in its log line
+_MAX_REASON = 200
 
 # Stands in for pywsgi's buffered reader once a connection is upgraded, so the
 # reader's 8 KiB buffer is freed for every idle subscriber (pywsgi only asks
@@ -56,11 +62,20 @@ class Handler(WebSocketHandler):
         except gevent.Timeout as t:
             if t is not timer:
                 raise
-            logger.debug("%s: no request head within %ss", self.client_address, self.handshake_timeout)
+            logger.debug("http %s: no request head within %ss", format_peer(self.client_address),
+                         self.handshake_timeout)
             return None                         # handle() closes the socket
         finally:
             if timer is not None:
                 timer.close()
+
+    def _handle_client_error(self, ex):
+        """A malformed or hostile request head (pywsgi's hook): a 400 and one line at INFO
+        with the address and the reason. pywsgi would log it at ERROR, and print a traceback
+        for errors that are not ValueErrors (e.g. more than 100 header lines)."""
+        reason = getattr(ex, "formatted_message", None) or str(ex) or ex.__class__.__name__
+        logger.info("http %s: bad request: %s", format_peer(self.client_address), _one_line(reason))
+        return ("400", _BAD_REQUEST)
 
     def run_application(self):
         timer = getattr(self, "_handshake_timer", None)
@@ -128,6 +143,13 @@ class Handler(WebSocketHandler):
                                      ("Content-Length", str(len(data))),
                                      ("Connection", "close")] + list(headers))
         return [data]
+
+
+def _one_line(text, limit=_MAX_REASON):
+    """*text* (which may quote a client's bytes) safe for one log line: control characters
+    escaped, at most *limit* characters."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    return shown + ("..." if len(text) > limit else "")
 
 
 class Connection:

@@ -174,8 +174,11 @@ class RawWS:
             pass
 
 
-def connect_tcp(host, port, timeout=5.0, tls=False, cafile=None):
-    sock = socket.create_connection((host, port), timeout=timeout)
+def connect_tcp(host, port, timeout=5.0, tls=False, cafile=None, source=None):
+    """*source*: the local address to connect from (e.g. 127.0.0.2, a loopback client that
+    is not the trusted proxy 127.0.0.1)."""
+    sock = socket.create_connection((host, port), timeout=timeout,
+                                    source_address=(source, 0) if source else None)
     if tls:
         ctx = ssl.create_default_context(cafile=cafile)
         if cafile is None:
@@ -232,14 +235,14 @@ def read_http_body(sock, headers, leftover=b"", timeout=5.0):
     return body
 
 
-def ws_connect(url, extra_headers=(), timeout=5.0, cafile=None, expect=101):
+def ws_connect(url, extra_headers=(), timeout=5.0, cafile=None, expect=101, source=None):
     """Open a WebSocket with a raw handshake; return RawWS (status in .status).
 
     With *expect* set and a different status, raises AssertionError."""
     u = urlsplit(url)
     tls = u.scheme == "wss"
     port = u.port or (443 if tls else 80)
-    sock = connect_tcp(u.hostname, port, timeout, tls=tls, cafile=cafile)
+    sock = connect_tcp(u.hostname, port, timeout, tls=tls, cafile=cafile, source=source)
     path = (u.path or "/") + ("?" + u.query if u.query else "")
     sock.sendall(http_request(path, "%s:%s" % (u.hostname, port), extra_headers))
     status, headers, rest = read_http_response(sock, timeout)

@@ -309,7 +309,7 @@ def test_presence_long_poll_answers_when_the_source_arrives(named):
 
 
 def test_presence_of_an_unknown_room_is_404_and_rate_limited(make_relay):
-    relay = make_relay(unknown_room_burst=2, unknown_room_rate=0.01)
+    relay = make_relay(unknown_room_burst=2, unknown_room_rate=0.01, trusted_proxies=())  # a direct client
     assert get_json(relay, "/status?room=ZZZZZZ") == (404, {"room": "ZZZZZZ", "state": "unknown"})
     get_json(relay, "/status?room=ZZZZZY")
     status, body = get_json(relay, "/status?room=ZZZZZX")

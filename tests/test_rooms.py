@@ -1,6 +1,6 @@
 import pytest
 
-from sphincter_lib import rooms, wsproto
+from sphincter_lib import backlog, rooms, wsproto
 from sphincter_lib.errors import RoomFullError, RoomLimitError, RoomNotFound, ShuttingDown
 from sphincter_lib.rooms import SLOW_CLOSE, SOURCE_CLOSED, RoomRegistry, Source
 from sphincter_lib.stats import Stats
@@ -358,3 +358,43 @@ def test_registry_implements_the_declared_model():
 
 def test_a_plain_source_cannot_be_written_to():
     assert Source("x").send(b"hello") is False
+
+
+# -- write-back: the outbox toward the source (issue 12) ----------------------------------
+
+def test_outbox_is_fifo_whole_messages_and_pauses_writers_past_its_limit():
+    box = backlog.Outbox(limit=100)
+    resumed = []
+    assert box.put(b"a" * 40) and box.put(b"b" * 40)
+    assert not box.put(b"c" * 40)                  # 120 >= 100: the writer must pause
+    box.when_writable(lambda: resumed.append(1))
+    assert box.take(limit=90) == b"a" * 40 + b"b" * 40   # whole messages only
+    assert box.done() == 2 and resumed == [1]     # 40 <= 50: room again
+    assert box.take(limit=10) == b"c" * 40        # one message bigger than the batch goes alone
+    assert box.done() == 1 and box.take() is None and box.bytes == 0
+
+
+def test_outbox_take_without_done_is_taken_again_by_the_next_drainer():
+    box = backlog.Outbox(limit=100)
+    box.put(b"x")
+    assert box.take() == b"x"
+    box.wake()                                    # the source was replaced mid-write
+    assert box.done() == 0                        # the old drainer's done() is ignored
+    assert box.take() == b"x"
+
+
+def test_room_write_goes_to_the_outbox_and_close_drops_it_and_resumes_writers():
+    reg = registry(write_back=True, write_queue_bytes=10)
+    room = reg.open(Source("p"))
+    assert room.write_key and len(room.write_key) >= 22
+    resumed = []
+    assert not room.write(b"0123456789\n")
+    room.outbox.when_writable(lambda: resumed.append(1))
+    room.close()
+    assert resumed == [1] and room.outbox.bytes == 0
+    assert room.write(b"late") is True            # dropped: nobody will read it
+    assert reg.stats.writes_in == 1
+
+
+def test_no_write_key_without_write_back():
+    assert registry().open(Source("p")).write_key is None

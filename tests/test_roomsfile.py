@@ -49,3 +49,11 @@ def test_names_and_codes_share_one_case_insensitive_key_space():
     for bad in ("", "ab", "a" * 33, "no spaces", "semi;colon"):
         with pytest.raises(RoomNotFound):
             room_key(bad)
+
+
+def test_write_key_option():
+    (spec,) = roomsfile.parse("obs obs-token-1234 write=Wk_0123456789abcdef\n")
+    assert spec.write == "Wk_0123456789abcdef"
+    with pytest.raises(ConfigError) as err:
+        roomsfile.parse("obs obs-token-1234 write=short\n", "r.txt")
+    assert "r.txt:1: write=short: must be 16-128 characters" in str(err.value)

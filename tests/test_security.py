@@ -213,13 +213,18 @@ def test_max_sources_per_ip():
         d.close()
 
 
+# A direct client on loopback connects from 127.0.0.2: 127.0.0.1 is the trusted proxy
+# (--trusted-proxies default), whose requests without a forwarded address are not limited.
+DIRECT = "127.0.0.2"
+
+
 def test_max_subscribers_per_ip_and_trusted_proxy():
     with ServerProcess("--max-subscribers-per-ip", "2") as server:
         src = Source(server.tcp_port)
         url = server.ws_url("/ws?room=%s" % src.room)
-        w1, w2 = ws_connect(url), ws_connect(url)
+        w1, w2 = ws_connect(url, source=DIRECT), ws_connect(url, source=DIRECT)
         with pytest.raises(AssertionError, match="429"):
-            ws_connect(url)
+            ws_connect(url, source=DIRECT)
         # behind the trusted proxy (127.0.0.1 by default) the forwarded address counts
         w3 = ws_connect(url, [("X-Forwarded-For", "203.0.113.7")])
         w4 = ws_connect(url, [("X-Forwarded-For", "203.0.113.7")])
@@ -230,7 +235,7 @@ def test_max_subscribers_per_ip_and_trusted_proxy():
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and ok is None:
             try:
-                ok = ws_connect(url)
+                ok = ws_connect(url, source=DIRECT)
             except AssertionError:
                 time.sleep(0.05)
         assert ok is not None
@@ -300,10 +305,10 @@ def test_unknown_room_rate_limit():
     with ServerProcess("--unknown-room-rate", "2", "--unknown-room-burst", "3") as server:
         src = Source(server.tcp_port)
         for _ in range(3):
-            assert close_code(ws_connect(server.ws_url("/ws?room=ZZZZZZ"))) == 4404
+            assert close_code(ws_connect(server.ws_url("/ws?room=ZZZZZZ"), source=DIRECT)) == 4404
         # out of tokens: refused before the upgrade, for unknown AND live rooms alike
         for room in ("ZZZZZZ", src.room):
-            s = connect_tcp("127.0.0.1", server.ws_port)
+            s = connect_tcp("127.0.0.1", server.ws_port, source=DIRECT)
             s.sendall(http_request("/ws?room=%s" % room, "x"))
             status, headers, _ = read_http_response(s)
             s.close()
@@ -317,7 +322,7 @@ def test_unknown_room_rate_limit():
         deadline = time.monotonic() + 5
         while ok is None and time.monotonic() < deadline:
             try:
-                ok = ws_connect(server.ws_url("/ws?room=%s" % src.room))
+                ok = ws_connect(server.ws_url("/ws?room=%s" % src.room), source=DIRECT)
             except AssertionError:
                 time.sleep(0.1)
         assert ok is not None

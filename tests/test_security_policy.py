@@ -67,13 +67,6 @@ def test_origin_policy_require_and_wildcard():
     assert security.OriginPolicy(["*"]).allowed("null")
 
 
-def test_ip_key_groups_ipv6_by_64():
-    assert security.ip_key("2001:db8:1:2::5") == security.ip_key("2001:db8:1:2:ffff::1")
-    assert security.ip_key("2001:db8:1:2::5") != security.ip_key("2001:db8:1:3::5")
-    assert security.ip_key("::ffff:10.1.2.3") == "10.1.2.3"
-    assert security.ip_key("127.0.0.1") == "127.0.0.1"
-
-
 def test_connection_caps():
     caps = security.ConnectionCaps(2)
     a = caps.acquire("127.0.0.1")
@@ -96,6 +89,19 @@ def test_rate_limiter_bucket_refills():
     assert rl.allow("1.2.3.4") and not rl.allow("1.2.3.4")
     now[0] += 100
     assert sum(rl.allow("1.2.3.4") for _ in range(10)) == 3   # capped at burst
+
+
+def test_unknown_client_is_neither_counted_nor_limited():
+    caps = security.ConnectionCaps(1)
+    slots = [caps.acquire(None) for _ in range(5)]
+    assert all(slot is security.UNCOUNTED for slot in slots) and not caps.full(None)
+    assert len(caps) == 0
+    for slot in slots:
+        caps.release(slot)
+    assert caps.acquire("127.0.0.1") and caps.full("127.0.0.1")
+    rl = security.RateLimiter(rate=1, burst=1)
+    assert all(rl.allow(None) for _ in range(10)) and not rl.blocked(None)
+    assert not rl.buckets
 
 
 def test_rate_limiter_memory_bounded():

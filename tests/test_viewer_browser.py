@@ -21,6 +21,7 @@ import urllib.request
 import pytest
 
 from cdp_browser import Browser, find_chromium
+from nginxkit import Nginx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTRY = os.path.join(ROOT, "sphincter.py")
@@ -350,18 +351,7 @@ def test_overlay_example_shows_a_live_field(browser, relay):
     assert "source disconnected" in b.evaluate("document.getElementById('state').textContent")
 
 
-NGINX_CONF = """
-worker_processes 1;
-error_log {d}/error.log warn;
-pid {d}/nginx.pid;
-events {{ worker_connections 64; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;
-  uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
-  map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
-  server {{
-    listen 127.0.0.1:{port} ssl;
+NGINX_RELAY = """
     ssl_certificate {d}/cert.pem;
     ssl_certificate_key {d}/key.pem;
     location /relay/ {{
@@ -372,60 +362,28 @@ http {{
       proxy_set_header Host $host;
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
       proxy_read_timeout 1h;
-    }}
-  }}
-}}
-"""
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    }}"""
 
 
 @pytest.fixture
 def nginx_tls(tmp_path):
     """nginx terminating TLS on 127.0.0.1 and proxying /relay/ to a relay (the README's setup)."""
-    nginx = require(shutil.which("nginx") or (os.path.exists("/usr/sbin/nginx") and "/usr/sbin/nginx"),
-                    "nginx")
     openssl = require(shutil.which("openssl"), "openssl")
     d = str(tmp_path)
     subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                     "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
                     "-keyout", d + "/key.pem", "-out", d + "/cert.pem"],
                    check=True, capture_output=True, timeout=60)
-    os.chmod(d, 0o755)
-    procs = []
+    proxies = []
 
     def start(relay):
-        port = free_port()
-        with open(d + "/nginx.conf", "w") as f:
-            f.write(NGINX_CONF.format(d=d, port=port, ws_port=relay.ws_port))
-        proc = subprocess.Popen([nginx, "-p", d, "-c", d + "/nginx.conf", "-g", "daemon off;"],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
-        procs.append(proc)
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return "https://127.0.0.1:%d/relay/" % port
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError("nginx did not start: %s %s" % (
-                        proc.stderr.read().decode(errors="replace"),
-                        open(d + "/error.log").read() if os.path.exists(d + "/error.log") else ""))
-                time.sleep(0.05)
+        proxy = Nginx(d, NGINX_RELAY.format(d=d, ws_port=relay.ws_port), listen_options=" ssl")
+        proxies.append(proxy.__enter__())
+        return "https://127.0.0.1:%d/relay/" % proxy.port
 
     yield start
-    for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    for proxy in proxies:
+        proxy.__exit__()
 
 
 def test_page_behind_nginx_over_https_under_a_prefix(browser, relay, nginx_tls):

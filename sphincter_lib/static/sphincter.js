@@ -6,9 +6,11 @@
  *     json: true,                     // parse text messages as JSON (parse errors are reported, not thrown)
  *     staleAfterMs: 10000,            // state "stale" when no message arrived for this long (0 = off)
  *     presence: true,                 // ask the relay's /status whether the source is there
+ *     key: "…",                       // the room's write key: conn.send() then reaches the source
  *     onMessage: function (data, meta) {},  // meta: {text, binary, bytes, receivedAt, parseError}
  *     onState: function (state, info) {}    // see STATES below
  *   });
+ *   conn.send("text" | ArrayBuffer);   // with a key: to the source (false when not connected)
  *   conn.close();                      // stop for good (no more reconnects)
  *
  * States: "connecting", "open" (socket open, waiting for data), "live" (messages arriving),
@@ -100,9 +102,17 @@
     return url.toString();
   }
 
+  function withKey(url, key) {
+    if (!key) { return url; }
+    var u = new URL(url);
+    u.searchParams.set("key", String(key));
+    return u.toString();
+  }
+
   /** The /status URL for a ws(s):// room URL (same host, /status beside /ws). Pure. */
   function statusUrl(wsUrl, extra) {
     var url = new URL(wsUrl);
+    url.searchParams.delete("key");            // never sent where it is not needed
     url.protocol = url.protocol === "wss:" ? "https:" : "http:";
     url.pathname = url.pathname.replace(/ws$/, "status");
     return url.toString() + (extra || "");
@@ -111,7 +121,7 @@
   function Connection(opts) {
     if (!opts || !opts.room) { throw new Error("Sphincter.connect: room is required"); }
     this.opts = opts;
-    this.url = roomUrl(opts.room, opts.url);
+    this.url = withKey(roomUrl(opts.room, opts.url), opts.key);
     this.backoff = merge(DEFAULT_BACKOFF, opts.backoff);
     this.random = opts.random || Math.random;
     this.WebSocket = opts.WebSocket || root.WebSocket;
@@ -258,6 +268,13 @@
     if (this._retryTimer) { clearTimeout(this._retryTimer); this._retryTimer = null; }
     if (this._staleTimer) { clearTimeout(this._staleTimer); this._staleTimer = null; }
     if (this._stableTimer) { clearTimeout(this._stableTimer); this._stableTimer = null; }
+  };
+
+  /** Send a message to the room's source (needs the write key); false when not connected. */
+  Connection.prototype.send = function (data) {
+    if (!this.ws || this.ws.readyState !== 1) { return false; }
+    this.ws.send(data);
+    return true;
   };
 
   /** Skip the wait: reconnect now if a retry is pending. */

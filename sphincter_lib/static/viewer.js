@@ -19,7 +19,8 @@
     retryNow: $("retry-now"), count: $("stat-count"), rate: $("stat-rate"),
     bytes: $("stat-bytes"), pause: $("pause"), clear: $("clear"), copy: $("copy"),
     pretty: $("pretty"), pausedNote: $("paused-note"), copyNote: $("copy-note"),
-    list: $("messages"), empty: $("empty")
+    list: $("messages"), empty: $("empty"),
+    sendForm: $("send-form"), sendText: $("send-text"), sendNote: $("send-note")
   };
 
   var conn = null, room = "";
@@ -282,7 +283,9 @@
   }
 
   function normaliseCode(value) {
-    return value.replace(/[\s-]+/g, "").toUpperCase();
+    var v = value.replace(/\s+/g, "").toUpperCase();
+    var code = v.replace(/-/g, "");              // "K7P-Q2X" typed for a code
+    return /^[2-9A-HJKMNP-Z]{6}$/.test(code) && v !== code ? code : v;
   }
 
   function watch(code) {
@@ -295,15 +298,29 @@
     url.searchParams.set("room", code);
     history.replaceState(null, "", url.toString());
     ui.stop.hidden = false;
+    var key = new URLSearchParams(location.search).get("key") || "";
     conn = Sphincter.connect({ room: code, onMessage: onMessage, onState: onState,
-                               staleAfterMs: STALE_AFTER_MS });
+                               staleAfterMs: STALE_AFTER_MS, key: key });
+    ui.sendForm.hidden = !key;
     window.sphincterViewer.conn = conn;
   }
+
+  ui.sendForm.addEventListener("submit", function (ev) {
+    ev.preventDefault();
+    var text = ui.sendText.value;
+    if (!text || !conn) { return; }
+    if (conn.send(text)) {
+      ui.sendText.value = "";
+      ui.sendNote.textContent = "Sent to the source.";
+    } else {
+      ui.sendNote.textContent = "Not connected: not sent.";
+    }
+  });
 
   ui.form.addEventListener("submit", function (ev) {
     ev.preventDefault();
     var code = normaliseCode(ui.room.value);
-    if (!/^[A-Z0-9]{1,32}$/.test(code)) {
+    if (!/^[A-Z0-9_-]{3,32}$/.test(code)) {
       ui.room.setAttribute("aria-invalid", "true");
       setStatus("idle", "A room code is letters and digits, like K7PQ2X.");
       ui.room.focus();
