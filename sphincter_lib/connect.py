@@ -117,6 +117,10 @@ class BannerParser:
 
 # --- the relay link --------------------------------------------------------------
 
+#: write-back bytes kept to recognise an ERROR line right before the relay closes
+_TAIL = 128
+
+
 class RelayLink:
     """One source connection to the relay, after its banner: ``code``, ``resume`` (code, key)
     or None, ``write_key`` or None; :meth:`read` returns parser events, :meth:`send` data."""
@@ -127,6 +131,7 @@ class RelayLink:
         self.sock, self.parser = sock, parser
         self.code, self.resume, self.write_key = code, resume, write_key
         self.pending = events          # events that came with the banner
+        self._tail = b""               # the last bytes of write-back data (see _eof)
         self.opened_at = time.monotonic()
 
     @classmethod
@@ -200,8 +205,19 @@ class RelayLink:
         except OSError:
             data = b""
         if not data:
-            return [("eof",)]
+            return self._eof()
+        if self.parser.data_mode:
+            self._tail = (self._tail + data)[-_TAIL:]
         return self.parser.feed(data)
+
+    def _eof(self):
+        """After a WRITE line the relay's last ERROR line is mixed with write-back data: an
+        ``ERROR`` line right before the end is taken for what it says (it was passed on too)."""
+        if self.parser.data_mode and self._tail.endswith(b"\n"):
+            last = self._tail[:-1].rpartition(b"\n")[2]
+            if last.startswith(b"ERROR "):
+                return [("error", last[6:].decode("utf-8", "replace").strip()), ("eof",)]
+        return [("eof",)]
 
     def send(self, data):
         self.sock.sendall(data)

@@ -16,7 +16,7 @@ import pytest
 import websocket
 from gevent.server import StreamServer
 
-from conftest import subscribe, unit, wait_for
+from conftest import subscribe, unit, wait_for, ws_url
 from obs_double import ObsDouble
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -443,3 +443,134 @@ def test_obs_kick_stops_connect(make_relay, obs, connects, tmp_path):
     obs.kick()
     assert c.proc.wait(timeout=unit(10)) == 1
     assert "4011 session invalidated" in c.log()
+
+
+# --- write-back: writers -> the local service ---------------------------------------------
+
+def writer(relay, code, key, timeout=None, bulk=False):
+    return websocket.create_connection(ws_url(relay, "room=%s&key=%s" % (code, key)),
+                                       timeout=timeout or unit(5), skip_utf8_validation=bulk)
+
+
+def room_and_key(c):
+    code = c.room()
+    line = c.stdout_line()
+    assert line.startswith("WRITE "), (line, c.log())
+    return code, line.split()[1]
+
+
+def test_two_way_raw_50mib_each_way_byte_exact(make_relay, service, connects, tmp_path):
+    """The tunnel, both directions at once: 50 MiB service -> writer and 50 MiB writer ->
+    service through relay + connect, sha256 equal both ways, with flow control both ways."""
+    relay = make_relay(framing="raw", write_back=True, subscriber_buffer_bytes=1 << 20,
+                       max_message_bytes=256 * 1024, max_client_message_bytes=256 * 1024,
+                       write_queue_bytes=1 << 20)
+    total, block = 50 << 20, os.urandom(1 << 20)
+    go = gevent.event.Event()
+    down_sent, up_sent = hashlib.sha256(), hashlib.sha256()
+
+    def chunks():
+        for i in range(total // len(block)):
+            yield block[i:] + block[:i]
+
+    def produce(sock):
+        go.wait()
+        for chunk in chunks():
+            down_sent.update(chunk)
+            sock.sendall(chunk)
+
+    service.on_connect = produce
+    c = connects(tmp_path, "--relay", relay_arg(relay), "--from", "tcp:127.0.0.1:%d" % service.port,
+                 "--framing", "raw")
+    code, key = room_and_key(c)
+    ws = writer(relay, code, key, timeout=unit(30), bulk=True)
+    wait_for(lambda: len(relay.registry.get(code).subscribers) == 1, what="writer joined")
+
+    def upload():
+        for chunk in chunks():
+            up_sent.update(chunk)
+            for i in range(0, len(chunk), 256 * 1024):
+                ws.send_binary(chunk[i:i + 256 * 1024])
+
+    go.set()
+    up = gevent.spawn(upload)
+    got, n = hashlib.sha256(), 0
+    with gevent.Timeout(unit(55)):
+        while n < total:
+            op, data = ws.recv_data()
+            got.update(data)
+            n += len(data)
+        up.get()
+        wait_for(lambda: len(service.received) >= total, timeout=unit(30), what="upload at the service")
+    assert n == total and got.hexdigest() == down_sent.hexdigest()
+    assert len(service.received) == total
+    assert hashlib.sha256(service.received).hexdigest() == up_sent.hexdigest()
+
+
+def test_write_back_lines_reach_the_service(make_relay, service, connects, tmp_path):
+    relay = make_relay(write_back=True)
+    c = connects(tmp_path, "--relay", relay_arg(relay), "--from", "tcp:127.0.0.1:%d" % service.port)
+    code, key = room_and_key(c)
+    c.wait_log("local service tcp:127.0.0.1:%d connected" % service.port)
+    w = writer(relay, code, key)
+    w.send("left")
+    w.send_binary(b"\xff\x00")
+    wait_for(lambda: bytes(service.received) == b"left\n\xff\x00\n", what="write-back at the service")
+
+
+def test_write_back_refused_without_key_or_with_a_wrong_key(make_relay, service, connects, tmp_path):
+    relay = make_relay(write_back=True)
+    c = connects(tmp_path, "--relay", relay_arg(relay), "--from", "tcp:127.0.0.1:%d" % service.port)
+    code, key = room_and_key(c)
+    c.wait_log("local service tcp:127.0.0.1:%d connected" % service.port)
+    plain = subscribe(relay, code)                  # no key: what it sends is discarded
+    plain.send("not for the source")
+    bad = writer(relay, code, key[:-1] + ("A" if key[-1] != "A" else "B"))
+    op, data = bad.recv_data(control_frame=True)
+    assert op == websocket.ABNF.OPCODE_CLOSE and int.from_bytes(data[:2], "big") == 4403
+    good = writer(relay, code, key)
+    good.send("marker")
+    wait_for(lambda: bytes(service.received) == b"marker\n", what="only the keyed writer's line")
+
+
+def test_write_back_to_a_websocket_service_and_back(make_relay, connects, tmp_path):
+    """--from ws://: write-back lines become messages to the local WebSocket service (here the
+    relay's own test echo endpoint), whose messages come back into the room as lines."""
+    relay = make_relay(write_back=True)
+    echo = make_relay(test_echo_endpoint=True)
+    host, port = echo.ws_address
+    c = connects(tmp_path, "--relay", relay_arg(relay), "--from", "ws://%s:%d/_test/echo" % (host, port))
+    code, key = room_and_key(c)
+    c.wait_log("/_test/echo connected")
+    w = writer(relay, code, key)
+    w.send("ping \u00e9")
+    assert recv_text(w) == "ping \u00e9"
+
+
+def test_obs_requests_need_allow_requests(make_relay, obs, connects, tmp_path):
+    relay = make_relay(write_back=True)
+    request = {"op": 6, "d": {"requestType": "SetCurrentProgramScene", "requestId": "r1",
+                              "requestData": {"sceneName": "BRB"}}}
+    c = connects(tmp_path, "--relay", relay_arg(relay), "--from", "obs://127.0.0.1:%d" % obs.port,
+                 "--obs-password", "s3cret pass")
+    code, key = room_and_key(c)
+    c.wait_log("obs identified")
+    w = writer(relay, code, key)
+    w.send(json.dumps(request))
+    c.wait_log("obs request from a writer dropped")
+    assert obs.requests == []
+    c.stop()
+
+    c2 = connects(tmp_path, "--relay", relay_arg(relay), "--from", "obs://127.0.0.1:%d" % obs.port,
+                  "--obs-password", "s3cret pass", "--obs-allow-requests")
+    code, key = room_and_key(c2)
+    c2.wait_log("obs identified")
+    w = writer(relay, code, key)
+    w.send(json.dumps(request))
+    w.send(json.dumps({"op": 1, "d": {"rpcVersion": 1}}))     # not a request: dropped
+    got = [json.loads(recv_text(w)) for _ in range(2)]
+    by_op = {m["op"]: m["d"] for m in got}
+    assert by_op[7]["requestId"] == "r1" and by_op[7]["requestStatus"]["result"] is True
+    assert by_op[5]["eventData"] == {"sceneName": "BRB"}
+    assert obs.requests == [request["d"]]
+    c2.wait_log("writers may only send requests")
