@@ -166,7 +166,8 @@ class ObsLocal(WsLocal):
     def __init__(self, spec, opts):
         WsLocal.__init__(self, spec, opts, subprotocols=(obsws.SUBPROTOCOL,))
         self.lines = True
-        self.session = obsws.ObsSession(opts.obs_password, opts.obs_events, opts.obs_allow_requests)
+        self.session = obsws.ObsSession(opts.obs_password, opts.obs_events, opts.obs_allow_requests,
+                                        opts.obs_initial_requests)
 
     def open(self):
         self.conn.open()

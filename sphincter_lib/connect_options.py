@@ -99,6 +99,14 @@ def _token(text):
     return value
 
 
+def _names(text):
+    names = tuple(n.strip() for n in str(text).split(",") if n.strip())
+    for n in names:
+        if not n.isalnum():
+            raise argparse.ArgumentTypeError("invalid request type %r (letters and digits)" % n)
+    return names
+
+
 def _opt(name, default, type, help, metavar=None, env=None):
     return Opt(name, default, type, help, metavar, env or ENV_PREFIX + name.upper().replace("-", "_"))
 
@@ -134,6 +142,9 @@ OPTIONS = (
          "non-high-volume event)", "MASK"),
     _opt("obs-allow-requests", "off", config.boolean, "forward writers' obs-websocket requests "
          "(op 6/8) to OBS; off: they are dropped and logged", "on|off"),
+    _opt("obs-initial-requests", "GetCurrentProgramScene", _names, "obs-websocket requests (comma-"
+         "separated types, no data) sent after each connection to OBS; their responses go to the room "
+         "so it knows the current state at once; '' for none", "TYPES"),
     _opt("log-level", "info", config.choice(*config.LOG_LEVELS), "log level: debug, info, warning, "
          "error", "LEVEL"),
     _opt("log-format", "text", config.choice("text", "json"), "log line format: text or json", "FORMAT"),

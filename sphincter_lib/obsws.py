@@ -94,10 +94,14 @@ class ObsSession:
     rpc_version)`` the session is ready. :class:`ObsError` ends the session.
     """
 
-    def __init__(self, password=None, event_subscriptions=EVENTS_ALL, allow_requests=False):
+    def __init__(self, password=None, event_subscriptions=EVENTS_ALL, allow_requests=False,
+                 initial_requests=()):
         self.password = password or None
         self.event_subscriptions = event_subscriptions
         self.allow_requests = allow_requests
+        #: request types (no data) sent right after Identified; their responses go to the room,
+        #: so the room's last value is current from the start (e.g. GetCurrentProgramScene)
+        self.initial_requests = tuple(initial_requests)
         self.state = "hello"          # -> "identifying" -> "identified"
         self.obs_version = None
         self.rpc_version = None
@@ -121,7 +125,10 @@ class ObsSession:
                 raise ObsError("obs sent op %d instead of identified" % op)
             self.state = "identified"
             self.rpc_version = d.get("negotiatedRpcVersion", RPC_VERSION)
-            return [("identified", self.rpc_version)]
+            return [("identified", self.rpc_version)] + [
+                ("send", json.dumps({"op": REQUEST, "d": {"requestType": kind, "requestId": "sphincter-%s" % kind}},
+                                    separators=(",", ":")))
+                for kind in self.initial_requests]
         if op in (EVENT, REQUEST_RESPONSE, REQUEST_BATCH_RESPONSE):
             return [("relay", text)]     # unchanged: one JSON text line
         if op == IDENTIFIED:

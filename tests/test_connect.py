@@ -398,9 +398,11 @@ def test_obs_events_reach_the_room_unchanged_and_survive_an_obs_restart(make_rel
     c = connects(tmp_path, "--relay", relay_arg(relay), "--from", "obs://127.0.0.1:%d" % obs.port,
                  env={"SPHINCTER_OBS_PASSWORD": "s3cret pass"})
     code = c.room()
-    c.wait_log("obs identified")
-    ws = subscribe(relay, code)
-    wait_for(lambda: len(relay.registry.get(code).subscribers) == 1, what="subscriber joined")
+    wait_for(lambda: len(obs.requests) == 1, what="the initial GetCurrentProgramScene")
+    wait_for(lambda: relay.registry.get(code).messages == 1, what="its response published")
+    ws = subscribe(relay, code)                         # replay=1: the current scene at once
+    first = json.loads(recv_text(ws))
+    assert first["op"] == 7 and first["d"]["responseData"]["currentProgramSceneName"] == "Intro"
     obs.emit("CurrentProgramSceneChanged", {"sceneName": "Starting \u2728"})
     line = recv_text(ws)
     assert json.loads(line) == {"op": 5, "d": {"eventType": "CurrentProgramSceneChanged", "eventIntent": 4,
@@ -410,6 +412,7 @@ def test_obs_events_reach_the_room_unchanged_and_survive_an_obs_restart(make_rel
     c.wait_log("local service obs://127.0.0.1:%d lost" % port)
     obs.start()                                         # ... and starts again, same port
     c.wait_log("obs identified", count=2)
+    assert json.loads(recv_text(ws))["op"] == 7         # the state again, after the restart
     obs.emit("CurrentProgramSceneChanged", {"sceneName": "Live"})
     assert json.loads(recv_text(ws))["d"]["eventData"] == {"sceneName": "Live"}
     assert c.log().count("relay connected") == 1
@@ -552,7 +555,7 @@ def test_obs_requests_need_allow_requests(make_relay, obs, connects, tmp_path):
     request = {"op": 6, "d": {"requestType": "SetCurrentProgramScene", "requestId": "r1",
                               "requestData": {"sceneName": "BRB"}}}
     c = connects(tmp_path, "--relay", relay_arg(relay), "--from", "obs://127.0.0.1:%d" % obs.port,
-                 "--obs-password", "s3cret pass")
+                 "--obs-password", "s3cret pass", "--obs-initial-requests", "")
     code, key = room_and_key(c)
     c.wait_log("obs identified")
     w = writer(relay, code, key)
@@ -562,7 +565,7 @@ def test_obs_requests_need_allow_requests(make_relay, obs, connects, tmp_path):
     c.stop()
 
     c2 = connects(tmp_path, "--relay", relay_arg(relay), "--from", "obs://127.0.0.1:%d" % obs.port,
-                  "--obs-password", "s3cret pass", "--obs-allow-requests")
+                  "--obs-password", "s3cret pass", "--obs-allow-requests", "--obs-initial-requests", "")
     code, key = room_and_key(c2)
     c2.wait_log("obs identified")
     w = writer(relay, code, key)

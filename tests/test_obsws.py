@@ -116,3 +116,12 @@ def test_line_splitter_bounds_memory():
     assert s.feed(b"ab\ncdefgh") == [b"ab", b"cdef"]
     assert s.feed(b"i\r\n\n") == [b"ghi"]
     assert s.feed(b"123456789\n") == [b"1234", b"5678", b"9"]
+
+
+def test_initial_requests_follow_identified():
+    s = obsws.ObsSession(password="x", initial_requests=("GetCurrentProgramScene",))
+    s.from_obs(hello())
+    actions = s.from_obs('{"op": 2, "d": {"negotiatedRpcVersion": 1}}')
+    assert actions[0] == ("identified", 1)
+    assert json.loads(actions[1][1]) == {"op": 6, "d": {"requestType": "GetCurrentProgramScene",
+                                                        "requestId": "sphincter-GetCurrentProgramScene"}}
