@@ -325,6 +325,23 @@ def test_relay_down_at_start_then_up(connects, service, tmp_path, make_relay):
         proxy2.stop()
 
 
+def test_tls_to_the_relay_with_a_ca_file_and_server_name(make_relay, service, connects, tmp_path):
+    from hardening_util import make_cert
+    cert, key = make_cert(str(tmp_path), cn="relay.test")
+    relay = make_relay(source_tls_cert=cert, source_tls_key=key)
+    c = connects(tmp_path, "--relay", relay_arg(relay), "--from", "tcp:127.0.0.1:%d" % service.port,
+                 "--tls", "--tls-ca", cert, "--tls-server-name", "relay.test")
+    code = c.room()
+    ws = subscribe(relay, code)
+    wait_for(lambda: len(relay.registry.get(code).subscribers) == 1, what="subscriber joined")
+    service.send(b"over tls\n")
+    assert recv_text(ws) == "over tls"
+    bad = connects(tmp_path, "--relay", relay_arg(relay), "--from", "tcp:127.0.0.1:%d" % service.port,
+                   "--tls", "--tls-ca", cert, "--tls-server-name", "other.test")
+    bad.wait_log("certificate verify failed", count=2)      # one line per attempt, retried
+    assert "Traceback" not in bad.log()
+
+
 # --- stdin / stdout ------------------------------------------------------------------------
 
 def test_stdin_to_the_room_banner_on_stderr(make_relay, connects, tmp_path):
@@ -418,6 +435,21 @@ def test_obs_events_reach_the_room_unchanged_and_survive_an_obs_restart(make_rel
     assert c.log().count("relay connected") == 1
     late = subscribe(relay, code)                       # the last value is replayed on load
     assert json.loads(recv_text(late))["d"]["eventData"] == {"sceneName": "Live"}
+
+
+def test_plain_websocket_service_messages_become_lines(make_relay, connects, tmp_path):
+    """--from ws://: any WebSocket service (here the obs double, spoken to as a plain service:
+    its Hello message arrives in the room as one line, unchanged)."""
+    double = ObsDouble(password=None).start()
+    try:
+        relay = make_relay(replay=1)
+        c = connects(tmp_path, "--relay", relay_arg(relay), "--from", "ws://127.0.0.1:%d/" % double.port)
+        code = c.room()
+        wait_for(lambda: relay.registry.get(code).messages >= 1, what="hello published")
+        ws = subscribe(relay, code)
+        assert json.loads(recv_text(ws))["d"]["obsWebSocketVersion"] == "5.9.9-double"
+    finally:
+        double.stop()
 
 
 def test_obs_wrong_password_is_reported_and_retried(make_relay, obs, connects, tmp_path):
