@@ -609,3 +609,35 @@ def test_obs_requests_need_allow_requests(make_relay, obs, connects, tmp_path):
     assert by_op[5]["eventData"] == {"sceneName": "BRB"}
     assert obs.requests == [request["d"]]
     c2.wait_log("writers may only send requests")
+
+
+# --- the example overlay, in a real browser ------------------------------------------------
+
+def test_obs_scene_overlay_in_chromium(make_relay, obs, connects, tmp_path):
+    """examples/obs-scene.html opened from disk (as OBS does): OBS double -> connect -> named
+    room with replay -> the page shows the current scene at once, then each scene change."""
+    from cdp_browser import Browser, find_chromium
+    from testkit import require
+    binary = find_chromium()
+    require("chromium", binary, "apt-get install chromium (scripts/apt-deps.d/viewer.txt)")
+    rooms = tmp_path / "rooms.txt"
+    rooms.write_text("scene scene-token-0123 replay=10\n")
+    relay = make_relay(rooms_file=str(rooms))
+    c = connects(tmp_path, "--relay", relay_arg(relay), "--from", "obs://127.0.0.1:%d" % obs.port,
+                 "--obs-events", "4", env={"SPHINCTER_CONNECT_TOKEN": "scene-token-0123",
+                                           "SPHINCTER_OBS_PASSWORD": "s3cret pass"})
+    assert c.room() == "scene"
+    wait_for(lambda: relay.registry.get("scene").messages == 1, what="the current scene published")
+    b = Browser(binary)
+    try:
+        host, port = relay.ws_address
+        b.navigate("file://%s/examples/obs-scene.html?relay=http://%s:%d/&room=scene&label=Now%%20showing"
+                   % (ROOT, host, port))
+        b.wait_for("document.getElementById('value').textContent === 'Intro'", what="replayed scene")
+        obs.emit("CurrentProgramSceneChanged", {"sceneName": "Caf\u00e9 live"})
+        b.wait_for("document.getElementById('value').textContent === 'Caf\u00e9 live'", what="scene change")
+        b.call("Emulation.setDefaultBackgroundColorOverride", color={"r": 40, "g": 90, "b": 60, "a": 1})
+        b.screenshot(os.path.join(ROOT, "artifacts", "obs-scene.png"))
+        assert not b.errors, b.errors
+    finally:
+        b.close()
