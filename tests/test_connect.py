@@ -641,3 +641,13 @@ def test_obs_scene_overlay_in_chromium(make_relay, obs, connects, tmp_path):
         assert not b.errors, b.errors
     finally:
         b.close()
+
+
+def test_readme_documents_every_connect_option():
+    from sphincter_lib.connect_options import OPTIONS
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    section = readme[readme.index("## `sphincter connect`"):readme.index("## OBS overlay in five minutes")]
+    for opt in OPTIONS:
+        assert "`--%s`" % opt.name in section, opt.name
+        assert opt.env in section or opt.env.rsplit("_", 1)[1] in section, opt.env
