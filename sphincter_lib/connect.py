@@ -283,7 +283,7 @@ class Side:
             except RetryNow as exc:
                 logger.warning("%s: %s", self.name, exc)
                 continue
-            except (OSError, SphincterError) as exc:
+            except (OSError, SphincterError, ssl.CertificateError) as exc:   # the latter: Python 3.6
                 if isinstance(exc, Fatal):
                     raise
                 delay = self.backoff.next()

@@ -342,6 +342,37 @@ def test_tls_to_the_relay_with_a_ca_file_and_server_name(make_relay, service, co
     assert "Traceback" not in bad.log()
 
 
+def test_relay_restart_gives_a_new_room_when_the_old_one_is_gone(make_relay, service, connects, tmp_path):
+    relay = make_relay(room_grace=unit(30))
+    tcp_port = relay.tcp_address[1]
+    c = connects(tmp_path, "--relay", relay_arg(relay), "--from", "tcp:127.0.0.1:%d" % service.port)
+    first = c.room()
+    relay.stop()                                   # SIGTERM-like: ERROR server shutting down
+    c.wait_log("ERROR server shutting down")
+    relay2 = make_relay(room_grace=unit(30), tcp_port=tcp_port)
+    second = c.room()                              # RESUME refused: a new room, announced
+    assert second != first
+    c.wait_log("room %s is gone" % first)
+    ws = subscribe(relay2, second)
+    wait_for(lambda: len(relay2.registry.get(second).subscribers) == 1, what="subscriber joined")
+    service.send(b"new room\n")
+    assert recv_text(ws) == "new room"
+
+
+def test_two_connects_for_one_named_room_the_older_one_stops(make_relay, service, connects, tmp_path):
+    rooms = tmp_path / "rooms.txt"
+    rooms.write_text("scene 0123456789abcdef\n")
+    relay = make_relay(rooms_file=str(rooms))
+    env = {"SPHINCTER_CONNECT_TOKEN": "0123456789abcdef"}
+    old = connects(tmp_path, "--relay", relay_arg(relay), "--from", "tcp:127.0.0.1:%d" % service.port, env=env)
+    assert old.room() == "scene"
+    new = connects(tmp_path, "--relay", relay_arg(relay), "--from", "tcp:127.0.0.1:%d" % service.port, env=env)
+    assert new.room() == "scene"
+    assert old.proc.wait(timeout=unit(10)) == 1     # no takeover ping-pong
+    assert "replaced by a newer source" in old.log()
+    assert new.proc.poll() is None
+
+
 # --- stdin / stdout ------------------------------------------------------------------------
 
 def test_stdin_to_the_room_banner_on_stderr(make_relay, connects, tmp_path):
