@@ -199,6 +199,9 @@ class RelayLink:
         """The next events (``[("eof",)]`` when the connection ended)."""
         if self.pending:
             events, self.pending = self.pending, []
+            for event in events:
+                if event[0] == "data":
+                    self._tail = (self._tail + event[1])[-_TAIL:]
             return events
         try:
             data = self.sock.recv(self.read_size)

@@ -511,6 +511,81 @@ def test_obs_kick_stops_connect(make_relay, obs, connects, tmp_path):
     assert "4011 session invalidated" in c.log()
 
 
+# --- the relay's side of the wire, scripted (what connect must understand) ---------------
+
+class FakeRelay:
+    """A source port that answers each connection with ``script(sock, first_bytes)``."""
+
+    def __init__(self, script):
+        self.script = script
+        self.firsts = []
+        self.server = StreamServer(("127.0.0.1", 0), self._handle)
+        self.server.start()
+        self.address = "127.0.0.1:%d" % self.server.server_port
+
+    def _handle(self, sock, address):
+        sock.settimeout(unit(0.3))
+        try:
+            first = sock.recv(4096)
+        except socket.timeout:
+            first = b""
+        sock.settimeout(None)
+        self.firsts.append(first)
+        try:
+            self.script(sock, first)
+        finally:
+            sock.close()
+
+    def stop(self):
+        self.server.stop(timeout=0)
+
+
+def test_write_back_bytes_after_the_write_line_reach_the_service(service, connects, tmp_path):
+    """After a WRITE line everything is data, even bytes that look like banner lines."""
+    done = gevent.event.Event()
+
+    def script(sock, first):
+        sock.sendall(b"ROOM ABCDEF\nRESUME ABCDEF k3yk3yk3yk3yk3yk3yk3yk\nWRITE wk" + b"x" * 20 + b"\n")
+        sock.sendall(b"ROOM not a banner\nWRITE neither\n\x00\xff")
+        done.wait()
+
+    fake = FakeRelay(script)
+    try:
+        c = connects(tmp_path, "--relay", fake.address, "--from", "tcp:127.0.0.1:%d" % service.port)
+        assert c.room() == "ABCDEF"
+        assert c.stdout_line() == "WRITE wk%s\n" % ("x" * 20)
+        wait_for(lambda: bytes(service.received) == b"ROOM not a banner\nWRITE neither\n\x00\xff",
+                 what="write-back at the service")
+    finally:
+        done.set()
+        fake.stop()
+
+
+def test_resume_line_is_sent_after_a_drop_and_error_tail_after_write_stops(service, connects, tmp_path):
+    """Connect sends RESUME <CODE> <KEY> (with its AUTH line) when it reconnects; an ERROR line
+    right before the relay closes is understood even after a WRITE line."""
+    calls = []
+
+    def script(sock, first):
+        calls.append(first)
+        if len(calls) == 1:
+            sock.sendall(b"ROOM ABCDEF\nRESUME ABCDEF key1key1key1key1key1ke\nWRITE wkwkwkwkwkwkwkwkwkwk\n")
+            return                                        # a drop
+        sock.sendall(b"ROOM ABCDEF\nRESUME ABCDEF key2key2key2key2key2ke\nWRITE wkwkwkwkwkwkwkwkwkwk\n"
+                     b"data\nERROR replaced by a newer source\n")
+
+    fake = FakeRelay(script)
+    try:
+        c = connects(tmp_path, "--relay", fake.address, "--from", "tcp:127.0.0.1:%d" % service.port,
+                     "--token", "tok-123456")
+        assert c.proc.wait(timeout=unit(10)) == 1
+        assert calls[0] == b"AUTH tok-123456\n"
+        assert calls[1] == b"AUTH tok-123456\nRESUME ABCDEF key1key1key1key1key1ke\n"
+        assert "replaced by a newer source" in c.log()
+    finally:
+        fake.stop()
+
+
 # --- write-back: writers -> the local service ---------------------------------------------
 
 def writer(relay, code, key, timeout=None, bulk=False):
