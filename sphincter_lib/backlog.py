@@ -39,6 +39,7 @@ from bisect import bisect_left, bisect_right
 from gevent import get_hub
 from gevent.event import Event
 
+from .closecodes import CloseCode
 from .errors import RoomFullError, RoomNotFound
 
 logger = logging.getLogger(__name__)
@@ -49,9 +50,9 @@ LIVE, WAITING, CLOSED = "live", "waiting", "closed"
 CUT, SKIP = "cut", "skip"
 
 #: close code for a subscriber cut off because it fell too far behind (or stalled)
-SLOW_CLOSE = 4408
-#: close code for subscribers of a room whose source closed
-SOURCE_CLOSED = 4410
+SLOW_CLOSE = CloseCode.TOO_SLOW
+#: close code for subscribers of a room whose source closed (or that was removed)
+SOURCE_CLOSED = CloseCode.SOURCE_CLOSED
 
 
 class RoomLimits:

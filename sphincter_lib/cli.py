@@ -11,8 +11,6 @@ from . import config, logformat
 from .errors import BindError, ConfigError
 from .server import Relay
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
 
 def setup_logging(level, fmt="text"):
     handler = logging.StreamHandler(sys.stderr)

@@ -4,14 +4,18 @@ Mounted at :data:`ECHO_PATH` only with the hidden ``--test-echo-endpoint on``
 (never in production); it exists so an independent conformance suite
 (Autobahn|Testsuite's fuzzingclient, ``tests/test_autobahn.py``) exercises
 exactly the code subscribers meet: ``ws.Handler``'s handshake,
-``ws.Connection`` and ``wsproto.FrameParser``/encoders.
+``ws.Connection``, ``wssession.ServerSession`` and the ``wsproto`` parser and
+encoders.
 
-One greenlet per connection is both the reader and the only writer.
+One greenlet per connection is both the reader and the only writer; the
+session answers pings and closes, this module only echoes data messages.
 """
 
 import logging
 
 from . import wsproto
+from .ws import close_blocking
+from .wssession import OPEN, ServerSession
 
 logger = logging.getLogger(__name__)
 
@@ -40,43 +44,26 @@ class EchoEndpoint:
         try:
             self.run(conn)
         finally:
-            conn.abort()
+            conn.close()
         return []
 
     def run(self, conn):
-        parser = wsproto.FrameParser(max_message_bytes=self.max_message_bytes)
-        while True:
+        ws = ServerSession(max_message_bytes=self.max_message_bytes)
+
+        def echo(opcode, payload):
+            ws.send_message(payload, opcode == wsproto.TEXT)
+
+        while ws.state is OPEN:
             data = conn.recv()
             if not data:
+                ws.receive_eof()
                 return
-            events, error = parser.feed_partial(data)
-            out = []
-            for opcode, payload in events:
-                if opcode == wsproto.TEXT or opcode == wsproto.BINARY:
-                    frame = wsproto.encode_message(payload, opcode == wsproto.TEXT)
-                    if frame.__class__ is tuple:          # a big frame: (header, payload)
-                        out.extend(frame)
-                    else:
-                        out.append(frame)
-                elif opcode == wsproto.PING:
-                    out.append(wsproto.encode_pong(payload))
-                elif opcode == wsproto.CLOSE:
-                    code, _reason = wsproto.parse_close(payload)
-                    conn.close_received = True
-                    try:
-                        if out:
-                            conn.sendall(b"".join(out))
-                        conn.send_close(code)
-                    except OSError:
-                        pass
-                    return
-            if out:
+            ws.receive_data(data, echo)
+            if ws.state is OPEN and ws.pending:
                 try:
-                    conn.sendall(b"".join(out))
+                    conn.sendall(ws.data_to_send())
                 except OSError:
                     return
-            if error is not None:
-                logger.debug("echo: protocol error %d %s", error.code, error.reason)
-                conn.close_received = parser.close_seen   # then there is no close to wait for
-                conn.close_with(error.code, error.reason, self.close_timeout, failed=True)
-                return
+        if ws.failed:
+            logger.debug("echo: protocol error %s %s", ws.close_code, ws.close_reason)
+        close_blocking(conn, ws, self.close_timeout)    # the echoes, then the close frame

@@ -19,6 +19,7 @@ from gevent.server import StreamServer
 
 from . import roomsfile, security, wsproto
 from .addresses import format_peer
+from .closecodes import CloseCode
 from .errors import BindError, ConfigError
 from .ingest import SourceHandler
 from .rooms import RoomRegistry
@@ -220,7 +221,7 @@ class Relay:
         started = time.monotonic()
         self.tcp_server.close()
         self.ws_server.close()
-        self.registry.close_all(wsproto.GOING_AWAY, SHUTDOWN_REASON)
+        self.registry.close_all(CloseCode.GOING_AWAY, SHUTDOWN_REASON)
         self.sources.shutdown(SHUTDOWN_REASON)
         deadline = started + self.settings.shutdown_timeout
         while (self.app.connections or self.sources.active) and time.monotonic() < deadline:

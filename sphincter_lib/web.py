@@ -1,9 +1,12 @@
 """The HTTP side: a WSGI app with ``/ws`` (subscribers), ``/healthz``, and a route table.
 
-A subscriber session is two greenlets: the handler's (reads frames: pings,
-pongs, close; discards data) and a writer (drains the room's backlog from the
-subscriber's cursor, one ``sendall`` per batch). All writes to a connection go
-through its writer, so frames never interleave.
+A subscriber :class:`Session` is one greenlet, its writer (it drains the
+room's backlog from the subscriber's cursor and writes what the protocol
+session queued), plus an I/O watcher that feeds what the client sends to the
+sans-IO :class:`~sphincter_lib.wssession.ServerSession` from the event loop.
+While the writer sleeps, the event loop writes new frames itself with
+non-blocking sends (:meth:`Session._direct`); it never does while the writer
+is awake, so frames never interleave.
 """
 
 import json
@@ -12,19 +15,18 @@ import time
 from urllib.parse import parse_qs
 
 import gevent
+from gevent.event import Event
 from gevent.pool import Group
 
 from . import __version__, api, metrics, presence, viewer, wsproto
 from .addresses import client_address, peer_name
-from .errors import ProtocolError, RoomFullError, RoomNotFound, ShuttingDown
+from .closecodes import CloseCode
+from .errors import RoomFullError, RoomNotFound, ShuttingDown
 from .security import ConnectionCaps, OriginPolicy, RateLimiter
+from .ws import close_blocking
+from .wssession import CLOSING, OPEN, PING_TIMEOUT, ServerSession
 
 logger = logging.getLogger(__name__)
-
-ROOM_NOT_FOUND, ROOM_FULL = 4404, 4429
-ORIGIN_FORBIDDEN = 4403
-PING_TIMEOUT_CLOSE = 1011
-_PING = wsproto.encode_ping(b"")
 
 
 class Keepalive:
@@ -56,16 +58,14 @@ class Keepalive:
     def sweep(self):
         now = self.clock()
         for s in list(self.sessions):
-            if s.ping_sent_at is not None:
-                if now - s.ping_sent_at > self.timeout:
-                    logger.debug("subscriber %s: no pong in %.1fs, dropping", s.peer, self.timeout)
-                    s.conn.expect_close = False
-                    s.sub.kick(PING_TIMEOUT_CLOSE, "ping timeout")
-                    self.sessions.discard(s)
-            elif now - s.last_ping_at >= self.interval:
-                s.ping_sent_at = now
-                s.last_ping_at = now
-                s.conn.control.append(_PING)
+            ws = s.ws
+            if ws.ping_overdue(now, self.timeout):
+                logger.debug("subscriber %s: no pong in %.1fs, dropping", s.peer, self.timeout)
+                ws.fail(*PING_TIMEOUT)
+                s.sub.kick(*PING_TIMEOUT)
+                self.sessions.discard(s)
+            elif ws.ping_due(now, self.interval):
+                ws.send_ping(now)
                 s.sub.wake()
 
 
@@ -76,13 +76,17 @@ def _log_crash(what):
 
 
 class Session:
-    """One subscriber connection, one greenlet.
+    """One subscriber connection: a room cursor, a protocol session, one greenlet.
 
     The calling (handler) greenlet is the writer: it drains the room's backlog
-    from the subscriber's cursor and sends control frames. Incoming frames
-    (pongs, pings, close, discarded data) are handled by :meth:`_on_data` from
-    the event loop, without a greenlet of their own, so an idle subscriber
-    costs one parked greenlet and one I/O watcher.
+    from the subscriber's cursor and writes the frames the protocol session
+    :attr:`ws` queued (pongs, pings, the close frame). Incoming bytes go to
+    :attr:`ws` from the event loop (:meth:`_on_data`), without a greenlet of
+    their own, so an idle subscriber costs one parked greenlet and one I/O
+    watcher. Who closes: the room (``sub.kick``: too slow; ``close_after_drain``:
+    source gone, shutdown), the protocol session (the client's close is echoed,
+    a protocol error, keepalive) — each decision reaches the other side, and
+    the first close frame queued is the one sent.
     """
 
     #: most bytes written to one subscriber per write (small frames are joined up to this;
@@ -93,13 +97,14 @@ class Session:
     #: also the most one direct write from the event loop sends before handing over to the writer
     yield_bytes = 4 * wsproto.LARGE_PAYLOAD
 
-    __slots__ = ("conn", "sub", "peer", "app", "ping_sent_at", "last_ping_at", "parser")
+    __slots__ = ("conn", "sub", "peer", "app", "ws", "_peer_closed")
 
     def __init__(self, app, conn, sub, peer):
         self.app, self.conn, self.sub, self.peer = app, conn, sub, peer
-        self.ping_sent_at = None
-        self.last_ping_at = app.keepalive.clock()
-        self.parser = None              # made when the first bytes arrive
+        self.ws = ServerSession(max_message_bytes=app.settings.max_client_message_bytes,
+                                keep_data=False,          # subscribers' messages are discarded
+                                now=app.keepalive.clock())
+        self._peer_closed = None        # an Event while the writer waits for the client's close
 
     def run(self):
         sub, conn = self.sub, self.conn
@@ -112,26 +117,37 @@ class Session:
         finally:
             keepalive.sessions.discard(self)
             sub.leave()
-            conn.release()
+            conn.close()
 
     def _interrupt(self):
-        """Kicked while a write is in progress: let the write finish (then the close frame
-        goes out) for at most ``close_timeout`` seconds, else drop the connection."""
+        """Kicked (from anywhere; must not block): the close frame is queued at once. A
+        write in progress may finish (then the close frame goes out) for at most
+        ``close_timeout`` seconds, else the connection is dropped."""
+        sub = self.sub
+        self.ws.send_close(sub.close_code, sub.close_reason)   # no-op if one is queued already
         if self.conn.writing:
             timer = gevent.get_hub().loop.timer(self.app.settings.close_timeout)
-            timer.start(self.conn.abort)
+            timer.start(self._drop)
+
+    def _drop(self):
+        self.conn.close()
+        self._wake_closer()
+
+    def _wake_closer(self):
+        if self._peer_closed is not None:
+            self._peer_closed.set()
 
     def _direct(self):
         """New frames while the writer sleeps (called from the event loop, must not block).
 
         Sends them with non-blocking sends: True once all went (the writer
         stays asleep), False to wake the writer — for a large frame, a close,
-        pending control frames, or a send that would block. A partial send's
-        remainder goes first in ``conn.control``, which the writer sends before
-        anything else, so the byte stream stays in order.
+        queued control frames, or a send that would block. A partial send's
+        remainder is handed to ``conn.defer``: the writer's next write sends
+        it before anything else, so the byte stream stays in order.
         """
         conn, sub = self.conn, self.sub
-        if conn.writing or conn.closed or conn.control or sub.closing:
+        if conn.writing or conn.closed or conn.unsent or self.ws.pending or sub.closing:
             return False                   # (checked before take(): the writer may hold one)
         send, take, batch = conn.send_now, sub.take, self.batch_bytes
         budget = self.yield_bytes
@@ -152,51 +168,42 @@ class Session:
                 return False
             sub.commit()
             if sent < len(data):
-                conn.control.append(data[sent:])
+                conn.defer(data[sent:])
                 return False
 
     def _on_data(self, data):
         """Incoming bytes (from the event loop: must not block). ``b""``: the peer is gone."""
-        conn, sub = self.conn, self.sub
+        ws, sub = self.ws, self.sub
         if not data:                       # gone without a close frame: just drop it
-            conn.abort()
+            ws.receive_eof()
+            self._drop()
             sub.kick(None, "")
             return
-        if self.parser is None:
-            self.parser = wsproto.FrameParser(max_message_bytes=self.app.settings.max_client_message_bytes,
-                                              keep_data=False)    # subscribers' messages are discarded
-        try:
-            events = self.parser.feed(data)
-        except ProtocolError as exc:
-            logger.debug("subscriber %s: protocol error %d %s", self.peer, exc.code, exc.reason)
-            conn.stop_reading()
-            conn.expect_close = False      # a broken peer: send the code, then drop
-            sub.kick(exc.code, exc.reason)
+        was_open, was_failed = ws.state is OPEN, ws.failed
+        ws.receive_data(data)
+        if ws.state is OPEN:
+            if ws.pending:
+                sub.wake()                 # a pong to send
             return
-        if events:
-            self.ping_sent_at = None       # any frame proves the peer is alive
-        for opcode, payload in events:
-            if opcode == wsproto.PING:
-                conn.control.append(wsproto.encode_pong(payload))
-                sub.wake()
-            elif opcode == wsproto.CLOSE:
-                conn.stop_reading()
-                conn.close_received = True
-                conn.peer_closed.set()
-                if not conn.close_sent:
-                    sub.kick(wsproto.parse_close(payload)[0], "")   # echo the peer's code
-                return
+        if ws.state is CLOSING:            # our close is queued or out, the client's is still to come
+            return
+        self.conn.stop_reading()           # the client's close came, or it broke the protocol
+        if ws.failed and not was_failed:
+            logger.debug("subscriber %s: protocol error, close %s %s", self.peer, ws.close_code, ws.close_reason)
+        self._wake_closer()
+        if was_open:
+            sub.kick(ws.close_code, ws.close_reason)     # the writer sends the close frame now
 
     def _write(self):
-        conn, sub, stats = self.conn, self.sub, self.app.stats
+        conn, sub, ws = self.conn, self.sub, self.ws
         batch, budget = self.batch_bytes, self.yield_bytes
         try:
             while True:
-                if conn.control:
-                    frames, conn.control = b"".join(conn.control), []
-                    conn.sendall(frames)
                 if sub.closing and (sub.close_now or sub.caught_up()):
                     break
+                if conn.unsent or ws.pending:
+                    conn.sendall(ws.data_to_send())
+                    continue               # (that write may have blocked: check for a close again)
                 data = sub.take(batch)
                 if data is None:
                     budget = self.yield_bytes
@@ -208,19 +215,25 @@ class Session:
                 if budget <= 0:
                     budget = self.yield_bytes
                     gevent.sleep(0)
-            code, timeout = sub.close_code, self.app.settings.close_timeout
-            if conn.closed:
-                return
-            with gevent.Timeout(timeout, False):
-                conn.send_close(code, sub.close_reason)
-                if code is not None:
-                    stats.close_codes[code] += 1
-                if conn.expect_close:
-                    conn.peer_closed.wait(timeout)
+            if not conn.closed:
+                self._close()
         except OSError as exc:
             logger.debug("subscriber %s: write failed: %s", self.peer, exc)
         finally:
-            conn.abort()
+            conn.close()
+
+    def _close(self):
+        """The closing handshake, within ``close_timeout``: write what is queued and the
+        close frame; if ours went first, wait for the client's."""
+        conn, sub, ws = self.conn, self.sub, self.ws
+        with gevent.Timeout(self.app.settings.close_timeout, False):
+            ws.send_close(sub.close_code, sub.close_reason)     # no-op if one is queued already
+            conn.sendall(ws.data_to_send())
+            if ws.close_sent and ws.close_code is not None:
+                self.app.stats.close_codes[ws.close_code] += 1
+            if ws.state is CLOSING:
+                self._peer_closed = Event()
+                self._peer_closed.wait()
 
 
 class WebApp:
@@ -329,16 +342,16 @@ class WebApp:
         peer = peer_name(environ, ip)
         code = (parse_qs(environ.get("QUERY_STRING", "")).get("room") or [""])[0]
         if not self.origins.allowed(environ.get("HTTP_ORIGIN")):
-            return self._refuse(conn, peer, ORIGIN_FORBIDDEN, "origin not allowed", "origin")
+            return self._refuse(conn, peer, CloseCode.ORIGIN_FORBIDDEN, "origin not allowed", "origin")
         try:
             sub = self.registry.subscribe(code, peer)
         except RoomNotFound:
             self.unknown_rooms.allow(ip)
-            return self._refuse(conn, peer, ROOM_NOT_FOUND, "unknown room", "unknown_room")
+            return self._refuse(conn, peer, CloseCode.ROOM_NOT_FOUND, "unknown room", "unknown_room")
         except RoomFullError:
-            return self._refuse(conn, peer, ROOM_FULL, "room full", "room_full")
+            return self._refuse(conn, peer, CloseCode.ROOM_FULL, "room full", "room_full")
         except ShuttingDown:
-            return self._refuse(conn, peer, wsproto.GOING_AWAY, "server shutting down", "shutting_down")
+            return self._refuse(conn, peer, CloseCode.GOING_AWAY, "server shutting down", "shutting_down")
         logger.debug("subscriber %s joined room %s", peer, sub.room.code)
         return Session(self, conn, sub, peer)
 
@@ -355,7 +368,9 @@ class WebApp:
         self.stats.rejected["subscriber", key] += 1
         self.stats.close_codes[code] += 1
         logger.debug("subscriber %s refused: %d %s", peer, code, reason)
-        conn.close_with(code, reason, self.settings.close_timeout)
+        ws = ServerSession(max_message_bytes=self.settings.max_client_message_bytes, keep_data=False)
+        ws.send_close(code, reason)
+        close_blocking(conn, ws, self.settings.close_timeout)     # and wait for the client's close
 
 
 def text_response(start_response, status, text):

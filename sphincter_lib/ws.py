@@ -4,10 +4,11 @@ gevent-websocket does the HTTP upgrade plumbing (its ``WebSocketHandler`` runs
 the WSGI application with ``environ['wsgi.websocket']`` set). Everything else
 is ours: :class:`Handler` replaces its handshake checks (clean 400/426 answers
 with bytes bodies, HTTP/1.0 refused, bad keys refused), and :class:`Connection`
-replaces its ``WebSocket`` class: frames are parsed by
-:class:`~sphincter_lib.wsproto.FrameParser` (size caps, strict UTF-8, close
-codes) and written as prepared bytes, by one writer at a time, with explicit
-close codes (gevent-websocket 0.10.1 drops them).
+replaces its ``WebSocket`` class with socket I/O only: the protocol (parsing,
+pongs, the closing handshake with explicit close codes, which gevent-websocket
+0.10.1 drops) is a sans-IO :class:`~sphincter_lib.wssession.ServerSession`
+that the endpoints (``web.py``, ``echo.py``) drive over a Connection;
+:func:`close_blocking` ends one from a greenlet that reads and writes itself.
 """
 
 import io
@@ -16,11 +17,10 @@ import socket
 import ssl
 
 import gevent
-from gevent.event import Event
 from gevent.pywsgi import WSGIHandler
 from geventwebsocket.handler import WebSocketHandler
 
-from . import wsproto
+from . import wsproto, wssession
 from .addresses import format_peer
 
 logger = logging.getLogger(__name__)
@@ -153,15 +153,26 @@ def _one_line(text, limit=_MAX_REASON):
 
 
 class Connection:
-    """One upgraded connection: read frames, write prepared bytes, close with a code.
+    """One upgraded connection's socket I/O, for a :class:`~sphincter_lib.wssession.ServerSession`.
 
-    Exactly one greenlet writes at a time: the caller arranges it (see
-    ``web.py``: the subscriber's writer greenlet); control frames produced while
-    reading (pongs) are queued in :attr:`control` for that writer.
+    Reading: :meth:`recv` (a greenlet that reads and writes itself: the echo
+    endpoint, refusals) or :meth:`start_reading` (bytes delivered from the
+    event loop, no greenlet). Writing: :meth:`sendall` and :meth:`send_frame`
+    block the calling greenlet, :attr:`writing` is True meanwhile; the event
+    loop may also write with one non-blocking :attr:`send_now` while no
+    greenlet writes, handing an unsent rest to :meth:`defer`. Whoever writes
+    must make sure writes never overlap (``web.Session``: its writer greenlet,
+    and direct sends only while that greenlet sleeps). :meth:`close` is the one
+    way to end the connection. Protocol state (close frames, pings) is the
+    session's, not this object's.
     """
 
     #: bytes asked of each read (subscribers send little: pongs and closes)
     read_size = 16 * 1024
+
+    # one per subscriber: no __dict__
+    __slots__ = ("environ", "socket", "_handler", "_owner", "_rfile", "_pending", "detached", "tls",
+                 "send_now", "unsent", "writing", "closed", "_on_data", "_watcher")
 
     def __init__(self, handler):
         self.environ = handler.environ
@@ -176,13 +187,11 @@ class Connection:
         #: a non-blocking send on the OS socket (None for TLS), for the event loop's direct writes:
         #: returns the bytes the kernel took, raises BlockingIOError when it takes none
         self.send_now = None if self.tls else self.socket._sock.send
-        self.control = []               # prepared control frames waiting for the writer
-        self.writing = False            # True while a write is in progress
-        self.close_sent = False
-        self.close_received = False
-        self.expect_close = True        # after our close frame, wait for the peer's
-        self.peer_closed = Event()      # set when the peer's close frame (or EOF) arrived
-        self.closed = False
+        #: bytes that must go out before anything else (the rest of a partial direct send);
+        #: the next sendall() writes them first
+        self.unsent = b""
+        self.writing = False            # True while a blocking write is in progress
+        self.closed = False             # True once close() was called
         self._on_data = None
         self._watcher = None
 
@@ -239,7 +248,8 @@ class Connection:
         The socket is duplicated and the handler forgets the original, so
         pywsgi closes only its own descriptor (the connection stays up) and
         neither drains nor writes to it. The handler's greenlet and request
-        state can then be freed while the session runs elsewhere.
+        state can then be freed while the session runs elsewhere; the
+        session's :meth:`close` then closes the duplicate.
         """
         handler, sock = self._owner, self.socket
         if handler is None or self.tls or self.closed:
@@ -253,12 +263,6 @@ class Connection:
         self._owner = None
         self.detached = True
         return True
-
-    def release(self):
-        """End of the session: drop the connection and, if detached, close our descriptor."""
-        self.abort()
-        if self.detached:
-            self.socket.close()
 
     def start_reading(self, on_data):
         """Deliver incoming bytes to ``on_data(data)`` from the event loop, with no greenlet.
@@ -299,8 +303,7 @@ class Connection:
                 on_data(data)
             except Exception:
                 logger.error("reader callback crashed", exc_info=True)
-                self.stop_reading()
-                self.abort()
+                self.close()
         if data and sslobj is not None and self._on_data is not None and sslobj.pending():
             # decrypted bytes wait inside TLS, the socket may never be readable again for them
             gevent.get_hub().loop.run_callback(self._readable)
@@ -313,7 +316,16 @@ class Connection:
             watcher.close()
 
     # -- writing (one writer at a time) --------------------------------------------------
+    def defer(self, rest):
+        """Keep ``rest`` (the tail of a partial :attr:`send_now`) to go out first with the next write."""
+        self.unsent += rest
+
     def sendall(self, data):
+        """Write ``unsent`` and ``data``; blocks the calling greenlet. Raises OSError if gone."""
+        if self.unsent:
+            data, self.unsent = self.unsent + data, b""
+        if not data:
+            return
         self.writing = True
         try:
             if not self.tls:
@@ -335,8 +347,8 @@ class Connection:
         if frame.__class__ is not tuple:
             return self.sendall(frame)
         header, payload = frame
-        if getattr(self.socket, "_sslobj", None) is not None:   # TLS sockets have no sendmsg
-            self.sendall(header)
+        if self.unsent or getattr(self.socket, "_sslobj", None) is not None:
+            self.sendall(header)                    # TLS sockets have no sendmsg
             return self.sendall(payload)
         self.writing = True
         try:
@@ -349,59 +361,57 @@ class Connection:
         finally:
             self.writing = False
 
-    def send_close(self, code, reason=""):
-        """Send a close frame carrying ``code`` (None: no status). Raises OSError if gone."""
-        if self.close_sent:
-            return
-        self.close_sent = True
-        self.sendall(wsproto.encode_close(code, reason))
-
-    def close_with(self, code, reason, timeout, failed=False):
-        """Close handshake from the side of a greenlet that is the only reader and writer.
-
-        Sends the close frame, waits up to ``timeout`` for the peer's close
-        (discarding anything else), then drops the connection. ``failed``: the
-        peer broke the protocol, so what follows cannot be parsed — after the
-        close frame the server ends its side of the TCP connection at once (as
-        RFC 6455 7.1.1 prefers) and discards what still arrives until the peer
-        closes too.
-        """
+    def shutdown_write(self):
+        """End our direction of the TCP connection (the peer reads EOF); reading goes on."""
         try:
-            with gevent.Timeout(timeout, False):
-                self.send_close(code, reason)
-                if failed:
-                    self.socket.shutdown(socket.SHUT_WR)
-                    while self.recv():
-                        pass
-                    return self.abort()
-                parser = wsproto.FrameParser(max_message_bytes=wsproto.MAX_CONTROL_PAYLOAD)
-                parser.require_mask = False
-                while not self.close_received:
-                    data = self.recv()
-                    if not data:
-                        break
-                    try:
-                        events = parser.feed(data)
-                    except Exception:
-                        break
-                    self.close_received = any(op == wsproto.CLOSE for op, _ in events)
+            self.socket.shutdown(socket.SHUT_WR)
         except OSError:
             pass
-        self.abort()
 
-    def abort(self):
-        """Drop the connection now: wakes a blocked reader and writer."""
+    # -- the end -----------------------------------------------------------------------
+    def close(self):
+        """End the connection now, from anywhere (a greenlet, a timer, the reader callback).
+
+        Stops reading and shuts the socket down, which wakes a greenlet blocked
+        in a read or write on it (it gets EOF or an OSError). A detached
+        connection's own descriptor is closed too; otherwise pywsgi closes its
+        socket when the handler returns (gevent-websocket's handler calls this
+        method then). Idempotent.
+        """
         if self.closed:
             return
         self.closed = True
         self.stop_reading()
-        self.peer_closed.set()
         try:
             self.socket.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+        if self.detached:
+            self.socket.close()
 
-    # gevent-websocket's handler calls close() when the application returns
-    def close(self, *args):
-        if self._owner is not None:        # not once detached: the session owns the socket
-            self.abort()
+
+def close_blocking(conn, session, timeout):
+    """Finish ``session`` from a greenlet that is ``conn``'s only reader and writer, then close.
+
+    Writes what the session has queued (answers, its close frame). Then, by
+    the session's state: ``CLOSING`` (our close went first) — read until the
+    peer's close; failed — end our side of the TCP connection and discard
+    what still arrives until the peer closes too, as RFC 6455 7.1.1 prefers
+    (what a broken peer sends cannot be parsed); otherwise done. All of it
+    within ``timeout`` seconds.
+    """
+    try:
+        with gevent.Timeout(timeout, False):
+            conn.sendall(session.data_to_send())
+            if session.failed:
+                conn.shutdown_write()
+                while conn.recv():
+                    pass
+            while session.state is wssession.CLOSING:
+                data = conn.recv()
+                if not data:
+                    break
+                session.receive_data(data)
+    except OSError:
+        pass
+    conn.close()

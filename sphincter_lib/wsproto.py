@@ -6,7 +6,9 @@ every subscriber. :class:`FrameParser` is fed the bytes a client sends and
 returns complete events; it raises :class:`~sphincter_lib.errors.ProtocolError`
 with the close code to answer (1002 protocol error, 1007 invalid UTF-8,
 1009 too big) as soon as a violation is visible, and checks sizes from the
-frame header *before* any payload is buffered.
+frame header *before* any payload is buffered. What a server does with those
+events (pongs, the closing handshake) is :mod:`sphincter_lib.wssession`'s
+business; every close code is in :mod:`sphincter_lib.closecodes`.
 """
 
 import base64
@@ -15,16 +17,12 @@ import codecs
 import hashlib
 import struct
 
+from .closecodes import CloseCode
 from .errors import ProtocolError
 
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 _DATA_OPCODES = frozenset((CONTINUATION, TEXT, BINARY))
 _CONTROL_OPCODES = frozenset((CLOSE, PING, PONG))
-
-# Close codes (RFC 6455 section 7.4 and Sphincter's own 4xxx range; see docs/PROTOCOL.md).
-NORMAL, GOING_AWAY, PROTOCOL_ERROR, UNSUPPORTED = 1000, 1001, 1002, 1003
-NO_STATUS = 1005
-INVALID_DATA, POLICY, TOO_BIG, INTERNAL_ERROR = 1007, 1008, 1009, 1011
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_CONTROL_PAYLOAD = 125
@@ -68,8 +66,7 @@ def encode_message(payload, text):
     """A whole data message as one frame (text if ``text`` else binary).
 
     Returns ``bytes`` — or, for payloads of :data:`LARGE_PAYLOAD` bytes and
-    more, a ``(header, payload)`` tuple that shares the payload (see
-    :func:`frame_size`).
+    more, a ``(header, payload)`` tuple that shares the payload.
     """
     n = len(payload)
     b0 = 0x81 if text else 0x82
@@ -78,13 +75,6 @@ def encode_message(payload, text):
     if n < LARGE_PAYLOAD:
         return _header(b0, n) + payload
     return _header(b0, n), payload
-
-
-def frame_size(frame):
-    """Bytes on the wire of an encoded frame (``bytes`` or a ``(header, payload)`` pair)."""
-    if frame.__class__ is tuple:
-        return len(frame[0]) + len(frame[1])
-    return len(frame)
 
 
 def _header(b0, n):
@@ -134,14 +124,14 @@ def parse_close(payload):
     if not payload:
         return None, ""
     if len(payload) == 1:
-        raise ProtocolError(PROTOCOL_ERROR, "close frame with a 1-byte payload")
+        raise ProtocolError(CloseCode.PROTOCOL_ERROR, "close frame with a 1-byte payload")
     (code,) = _CODE.unpack_from(payload)
     if not valid_close_code(code):
-        raise ProtocolError(PROTOCOL_ERROR, "invalid close code %d" % code)
+        raise ProtocolError(CloseCode.PROTOCOL_ERROR, "invalid close code %d" % code)
     try:
         reason = payload[2:].decode("utf-8")
     except UnicodeDecodeError:
-        raise ProtocolError(INVALID_DATA, "close reason is not valid UTF-8")
+        raise ProtocolError(CloseCode.INVALID_DATA, "close reason is not valid UTF-8")
     return code, reason
 
 
@@ -224,29 +214,35 @@ class FrameParser:
         return events, error
 
     def _next_frame(self, buf, pos):
-        """Parse one frame header at ``pos`` (validated before any payload is
-        buffered). Returns None if the header is incomplete, else
-        ``(new pos, event or None)``; a data frame whose payload is not all
-        here yet becomes ``self._frame`` and streams in."""
+        """Parse the frame at ``pos``. Returns None if its header is incomplete, else
+        ``(new pos, event or None)``; a data frame whose payload is not all here
+        yet becomes ``self._frame`` and streams in (:meth:`_continue_payload`)."""
+        header = self._read_header(buf, pos)
+        if header is None:
+            return None
+        fin, opcode, mask, start, length = header
+        end = start + length
+        if len(buf) < end:
+            if opcode >= CLOSE:
+                return None              # a control frame: at most 125 bytes, wait for all of it
+            self._begin_frame(opcode)
+            self._frame = [fin, mask, length, 0]
+            return start, None
+        payload = bytes(buf[start:end])
+        if mask:
+            payload = unmask(payload, mask)
+        return end, self._deliver(fin, opcode, payload)
+
+    def _read_header(self, buf, pos):
+        """The validated header at ``pos`` — ``(fin, opcode, mask or None, payload
+        start, payload length)`` — or None until all of it is in ``buf``. Raises
+        ProtocolError before any of the payload is buffered."""
         avail = len(buf) - pos
         if avail < 2:
             return None
         b0, b1 = buf[pos], buf[pos + 1]
         fin, opcode, masked, length = b0 & 0x80, b0 & 0x0F, b1 & 0x80, b1 & 0x7F
-        if b0 & 0x70:
-            raise ProtocolError(PROTOCOL_ERROR, "reserved bits set")
-        control = opcode in _CONTROL_OPCODES
-        if control:
-            if opcode == CLOSE:
-                self.close_seen = True   # even if invalid: the peer will send nothing more
-            if not fin:
-                raise ProtocolError(PROTOCOL_ERROR, "fragmented control frame")
-            if length > MAX_CONTROL_PAYLOAD:
-                raise ProtocolError(PROTOCOL_ERROR, "control frame too long")
-        elif opcode not in _DATA_OPCODES:
-            raise ProtocolError(PROTOCOL_ERROR, "unknown opcode %d" % opcode)
-        if not masked and self.require_mask:
-            raise ProtocolError(PROTOCOL_ERROR, "client frame not masked")
+        self._check_first_bytes(b0, opcode, fin, masked, length)
         head = 2
         if length == 126:
             if avail < 4:
@@ -258,34 +254,43 @@ class FrameParser:
                 return None
             length = int.from_bytes(buf[pos + 2:pos + 10], "big")
             if length >> 63:
-                raise ProtocolError(PROTOCOL_ERROR, "frame length has its top bit set")
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "frame length has its top bit set")
             head = 10
-        if not control:
+        if opcode < CLOSE:
             self._check_data_frame(opcode, length)
         mask_at = pos + head
         start = mask_at + (4 if masked else 0)
         if len(buf) < start:
             return None
-        mask = bytes(buf[mask_at:start]) if masked else None
-        end = start + length
-        if len(buf) < end:
-            if control:
-                return None              # at most 125 bytes: wait for all of it
-            self._begin_frame(opcode)
-            self._frame = [fin, mask, length, 0]
-            return start, None
-        payload = bytes(buf[start:end])
-        if mask:
-            payload = unmask(payload, mask)
-        if control:
-            return end, self._on_control(opcode, payload)
+        return fin, opcode, (bytes(buf[mask_at:start]) if masked else None), start, length
+
+    def _check_first_bytes(self, b0, opcode, fin, masked, length):
+        """What the first two bytes of a header tell: RSV bits, opcode, control frame rules, mask."""
+        if b0 & 0x70:
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "reserved bits set")
+        if opcode in _CONTROL_OPCODES:
+            if opcode == CLOSE:
+                self.close_seen = True   # even if invalid: the peer will send nothing more
+            if not fin:
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "fragmented control frame")
+            if length > MAX_CONTROL_PAYLOAD:
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "control frame too long")
+        elif opcode not in _DATA_OPCODES:
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "unknown opcode %d" % opcode)
+        if not masked and self.require_mask:
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "client frame not masked")
+
+    def _deliver(self, fin, opcode, payload):
+        """A whole frame's (unmasked) payload is here: the event it completes, or None."""
+        if opcode >= CLOSE:
+            return self._on_control(opcode, payload)
         if fin and opcode != CONTINUATION:   # the common case: a whole message in one frame
             if opcode == TEXT:
                 _check_utf8(payload)
-            return end, (opcode, payload if self.keep_data else b"")
+            return opcode, payload if self.keep_data else b""
         self._begin_frame(opcode)
         self._data_chunk(payload)
-        return end, self._end_frame(fin)
+        return self._end_frame(fin)
 
     def _continue_payload(self, buf, pos):
         """Take the next bytes of the data frame in ``self._frame``."""
@@ -310,12 +315,14 @@ class FrameParser:
     def _check_data_frame(self, opcode, length):
         if opcode == CONTINUATION:
             if self._msg_opcode is None:
-                raise ProtocolError(PROTOCOL_ERROR, "continuation frame with no message to continue")
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR,
+                                    "continuation frame with no message to continue")
         elif self._msg_opcode is not None:
-            raise ProtocolError(PROTOCOL_ERROR, "new message before the previous one finished")
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "new message before the previous one finished")
         size = (self._msg_size if opcode == CONTINUATION else 0) + length
         if size > self.max_message_bytes:
-            raise ProtocolError(TOO_BIG, "message too big (limit %d bytes)" % self.max_message_bytes)
+            raise ProtocolError(CloseCode.MESSAGE_TOO_BIG,
+                                "message too big (limit %d bytes)" % self.max_message_bytes)
 
     def _begin_frame(self, opcode):
         if opcode != CONTINUATION:       # the first frame of a message
@@ -332,7 +339,7 @@ class FrameParser:
             try:
                 self._utf8.decode(chunk, final=False)
             except UnicodeDecodeError:
-                raise ProtocolError(INVALID_DATA, "text message is not valid UTF-8")
+                raise ProtocolError(CloseCode.INVALID_DATA, "text message is not valid UTF-8")
 
     def _end_frame(self, fin):
         """After a data frame's last byte: the message event if ``fin``."""
@@ -342,7 +349,7 @@ class FrameParser:
             try:
                 self._utf8.decode(b"", final=True)
             except UnicodeDecodeError:
-                raise ProtocolError(INVALID_DATA, "text message ends inside a UTF-8 sequence")
+                raise ProtocolError(CloseCode.INVALID_DATA, "text message ends inside a UTF-8 sequence")
         event = (self._msg_opcode, b"".join(self._fragments))
         self._msg_opcode, self._fragments, self._msg_size, self._utf8 = None, [], 0, None
         return event
@@ -354,8 +361,11 @@ class FrameParser:
 
 
 def _check_utf8(payload):
-    if not payload.isascii():
+    if _isascii is None or not _isascii(payload):     # bytes.isascii: CPython 3.7+
         try:
             payload.decode("utf-8")
         except UnicodeDecodeError:
-            raise ProtocolError(INVALID_DATA, "text message is not valid UTF-8")
+            raise ProtocolError(CloseCode.INVALID_DATA, "text message is not valid UTF-8")
+
+
+_isascii = getattr(bytes, "isascii", None)
