@@ -16,6 +16,7 @@ import ssl
 import struct
 
 from . import wsproto
+from .closecodes import CloseCode
 from .errors import ProtocolError, SphincterError
 from .wsproto import BINARY, CLOSE, PING, PONG, TEXT
 
@@ -147,7 +148,7 @@ def encode_client_frame(opcode, payload, mask=None):
     return head + mask + wsproto.unmask(payload, mask)
 
 
-def encode_client_close(code=wsproto.NORMAL, reason="", mask=None):
+def encode_client_close(code=CloseCode.NORMAL, reason="", mask=None):
     payload = b"" if code is None else _CODE.pack(code) + reason.encode("utf-8")[:wsproto.MAX_CLOSE_REASON]
     return encode_client_frame(CLOSE, payload, mask)
 
@@ -188,7 +189,7 @@ class ClientSession:
                 break
         return messages, replies
 
-    def close_frame(self, code=wsproto.NORMAL, reason=""):
+    def close_frame(self, code=CloseCode.NORMAL, reason=""):
         """The close frame to send (once); None if one was sent already."""
         if self.close_sent:
             return None
@@ -294,7 +295,7 @@ class Connection:
         if frame:
             self.sock.sendall(frame)
 
-    def close(self, code=wsproto.NORMAL, reason=""):
+    def close(self, code=CloseCode.NORMAL, reason=""):
         """Send a close frame (best effort) and close the socket."""
         if self.sock is None:
             return

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from sphincter_lib import wsclient, wsproto
+from sphincter_lib.closecodes import CloseCode
 from sphincter_lib.errors import ProtocolError
 from sphincter_lib.wsclient import HandshakeError, check_handshake
 
@@ -100,6 +101,6 @@ def test_session_limits_and_validates():
     s = wsclient.ClientSession(max_message_bytes=10)
     with pytest.raises(ProtocolError) as exc:
         s.receive(wsproto.encode_frame(wsproto.BINARY, b"x" * 11))
-    assert exc.value.code == wsproto.TOO_BIG
+    assert exc.value.code == CloseCode.MESSAGE_TOO_BIG
     with pytest.raises(ProtocolError):
         wsclient.ClientSession().receive(wsproto.encode_frame(wsproto.TEXT, b"\xff"))
