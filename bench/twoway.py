@@ -205,7 +205,6 @@ class CpuSampler:
 
 def run_once(target, total, timeout):
     import tempfile
-    import targets as T
     workdir = tempfile.mkdtemp(prefix="sphincter-twoway-")
     service, port = start_service(workdir, total)
     url, pids, stop = (start_sphincter if target == "sphincter" else start_websockify)(workdir, port)

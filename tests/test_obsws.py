@@ -8,7 +8,8 @@ import random
 import pytest
 
 from sphincter_lib import obsws
-from sphincter_lib.connect import Backoff, BannerParser
+from sphincter_lib.connect import Backoff
+from sphincter_lib.connect_relay import BannerParser
 from sphincter_lib.connect_local import LineSplitter
 
 
