@@ -757,3 +757,58 @@ def test_readme_documents_every_connect_option():
     for opt in OPTIONS:
         assert "`--%s`" % opt.name in section, opt.name
         assert opt.env in section or opt.env.rsplit("_", 1)[1] in section, opt.env
+
+
+NGINX_WS = """
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    location = /ws {{
+      proxy_pass http://127.0.0.1:{ws_port};
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $remote_addr;
+      proxy_read_timeout 1h;
+      proxy_send_timeout 1h;
+      proxy_buffering off;
+    }}
+"""
+
+
+def test_tunnel_a_tcp_service_over_wss_through_nginx(make_relay, service, connects, tmp_path):
+    """README 'Tunnel a local TCP service over WSS': a named room with a fixed write key, raw
+    framing, the source link over TLS, the client over wss:// through a real nginx; bytes
+    both ways, byte-exact."""
+    import ssl
+    from hardening_util import make_cert
+    from nginxkit import Nginx
+    cert, key = make_cert(str(tmp_path), cn="localhost")
+    rooms = tmp_path / "rooms.txt"
+    rooms.write_text("vnc 7d1e0c9a3b5f4e2a8c6d0b1f write=Xq3vN8sLp2Rt6Wy0Zb4Kc7Hm\n")
+    relay = make_relay(framing="raw", write_back=True, max_client_message_bytes=256 * 1024,
+                       rooms_file=str(rooms), source_tls_cert=cert, source_tls_key=key)
+    total = 4 << 20
+    down = os.urandom(total)
+    up = os.urandom(total)
+    service.on_connect = lambda sock: sock.sendall(down)
+    c = connects(tmp_path, "--relay", relay_arg(relay), "--from", "tcp:127.0.0.1:%d" % service.port,
+                 "--framing", "raw", "--tls", "--tls-ca", cert,
+                 env={"SPHINCTER_CONNECT_TOKEN": "7d1e0c9a3b5f4e2a8c6d0b1f"})
+    assert c.room() == "vnc"
+    with Nginx(str(tmp_path / "nginx"), NGINX_WS.format(cert=cert, key=key, ws_port=relay.ws_address[1]),
+               listen_options=" ssl") as proxy:
+        ws = websocket.create_connection(
+            "wss://127.0.0.1:%d/ws?room=vnc&key=Xq3vN8sLp2Rt6Wy0Zb4Kc7Hm" % proxy.port, timeout=unit(20),
+            sslopt={"ca_certs": cert, "check_hostname": False}, skip_utf8_validation=True)
+        wait_for(lambda: service.conns, what="connect's connection to the service")
+        sender = gevent.spawn(lambda: [ws.send_binary(up[i:i + 65536]) for i in range(0, total, 65536)])
+        got = b""
+        with gevent.Timeout(unit(30)):
+            while len(got) < total:
+                got += ws.recv_data()[1]
+            sender.get()
+        wait_for(lambda: len(service.received) >= total, timeout=unit(20), what="upload at the service")
+        assert got == down
+        assert bytes(service.received) == up
+        ws.close()
