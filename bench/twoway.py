@@ -268,7 +268,7 @@ def main():
                          "median_cpu_us_per_mb": cpus[len(cpus) // 2],
                          "all_exact": all(x["exact_down"] and x["exact_up"] for x in results
                                           if x["target"] == name)}
-    doc = {"date": dt.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"), "python": platform.python_version(),
+    doc = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "python": platform.python_version(),
            "cpus": os.cpu_count(), "mib_each_way": a.mib, "rounds": a.rounds, "runs": results,
            "summary": summary}
     out = Path(a.out_dir)

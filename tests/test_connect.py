@@ -780,7 +780,6 @@ def test_tunnel_a_tcp_service_over_wss_through_nginx(make_relay, service, connec
     """README 'Tunnel a local TCP service over WSS': a named room with a fixed write key, raw
     framing, the source link over TLS, the client over wss:// through a real nginx; bytes
     both ways, byte-exact."""
-    import ssl
     from hardening_util import make_cert
     from nginxkit import Nginx
     cert, key = make_cert(str(tmp_path), cn="localhost")
