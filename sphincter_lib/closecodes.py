@@ -26,8 +26,9 @@ class CloseCode(IntEnum):
     #: 1011: the connection cannot go on; sent when a client leaves a ping unanswered
     #: for ``--ping-timeout`` seconds (reason ``ping timeout``)
     INTERNAL_ERROR = 1011
-    #: 4403: the ``Origin`` header is not in ``--allowed-origins``
-    ORIGIN_FORBIDDEN = 4403
+    #: 4403: the ``Origin`` header is not in ``--allowed-origins``; or a wrong write key, or
+    #: a write key for a room that takes no writers (the reason says which)
+    FORBIDDEN = 4403
     #: 4404: no room has this code (never had, or it closed)
     ROOM_NOT_FOUND = 4404
     #: 4408: the subscriber is too slow: more than its buffer behind (reason ``too slow``),

@@ -293,7 +293,7 @@ OPTIONS = (
            "the source; sources get a 'WRITE <KEY>' line with their banner", "on|off"),
     Option("write-queue-bytes", "1MiB", size,
            "write-back bytes queued toward one source (also while it is away) before writers are "
-           "paused (TCP backpressure); must be >= --max-client-message-bytes", "SIZE"),
+           "paused (TCP backpressure); each writer may add one message beyond it", "SIZE"),
     Option("replay", "0", limit,
            "a subscriber that joins first receives the room's last N messages (at most "
            "--subscriber-buffer-bytes of them); 1: a 'last value' room; 0: none", "N"),
@@ -368,10 +368,6 @@ def check(s):
             load(s.rooms_file)
         except ConfigError as exc:
             raise ConfigError("argument --rooms-file: %s" % exc)
-    if s.write_queue_bytes < s.max_client_message_bytes:
-        raise ConfigError(
-            "argument --write-queue-bytes: must be at least --max-client-message-bytes (%d < %d)"
-            % (s.write_queue_bytes, s.max_client_message_bytes))
     if s.source_high_water and s.source_high_water >= s.subscriber_buffer_bytes:
         raise ConfigError(
             "argument --source-high-water: must be below --subscriber-buffer-bytes (%d >= %d)"

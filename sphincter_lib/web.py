@@ -9,6 +9,7 @@ non-blocking sends (:meth:`Session._direct`); it never does while the writer
 is awake, so frames never interleave.
 """
 
+import hmac
 import json
 import logging
 import time
@@ -97,12 +98,14 @@ class Session:
     #: also the most one direct write from the event loop sends before handing over to the writer
     yield_bytes = 4 * wsproto.LARGE_PAYLOAD
 
-    __slots__ = ("conn", "sub", "peer", "app", "ws", "_peer_closed")
+    __slots__ = ("conn", "sub", "peer", "app", "ws", "_peer_closed", "writer")
 
-    def __init__(self, app, conn, sub, peer):
+    def __init__(self, app, conn, sub, peer, writer=False):
         self.app, self.conn, self.sub, self.peer = app, conn, sub, peer
+        #: True: a writer (it presented the room's write key): its messages go to the source
+        self.writer = writer
         self.ws = ServerSession(max_message_bytes=app.settings.max_client_message_bytes,
-                                keep_data=False,          # subscribers' messages are discarded
+                                keep_data=writer,         # other subscribers' messages are discarded
                                 now=app.keepalive.clock())
         self._peer_closed = None        # an Event while the writer waits for the client's close
 
@@ -180,7 +183,7 @@ class Session:
             sub.kick(None, "")
             return
         was_open, was_failed = ws.state is OPEN, ws.failed
-        ws.receive_data(data)
+        ws.receive_data(data, self._on_message if self.writer else None)
         if ws.state is OPEN:
             if ws.pending:
                 sub.wake()                 # a pong to send
@@ -193,6 +196,21 @@ class Session:
         self._wake_closer()
         if was_open:
             sub.kick(ws.close_code, ws.close_reason)     # the writer sends the close frame now
+
+    def _on_message(self, opcode, payload):
+        """A writer's message (from the event loop): to the room's source, whole. When the queue
+        toward the source is full, stop reading this connection until it has room again."""
+        if self.app.settings.framing == "lines":
+            payload += b"\n"
+        room = self.sub.room
+        if not room.write(payload) and self.conn.reading:
+            self.conn.stop_reading()
+            self.app.stats.writer_pauses += 1
+            room.outbox.when_writable(self._resume_reading)
+
+    def _resume_reading(self):
+        if self.ws.state is OPEN and not self.conn.closed and not self.conn.reading:
+            self.conn.start_reading(self._on_data)
 
     def _write(self):
         conn, sub, ws = self.conn, self.sub, self.ws
@@ -340,9 +358,10 @@ class WebApp:
     def _subscriber(self, environ, conn, ip):
         """A Session for this connection, or None after refusing it with a close code."""
         peer = peer_name(environ, ip)
-        code = (parse_qs(environ.get("QUERY_STRING", "")).get("room") or [""])[0]
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        code = (query.get("room") or [""])[0]
         if not self.origins.allowed(environ.get("HTTP_ORIGIN")):
-            return self._refuse(conn, peer, CloseCode.ORIGIN_FORBIDDEN, "origin not allowed", "origin")
+            return self._refuse(conn, peer, CloseCode.FORBIDDEN, "origin not allowed", "origin")
         try:
             sub = self.registry.subscribe(code, peer)
         except RoomNotFound:
@@ -352,8 +371,15 @@ class WebApp:
             return self._refuse(conn, peer, CloseCode.ROOM_FULL, "room full", "room_full")
         except ShuttingDown:
             return self._refuse(conn, peer, CloseCode.GOING_AWAY, "server shutting down", "shutting_down")
-        logger.debug("subscriber %s joined room %s", peer, sub.room.code)
-        return Session(self, conn, sub, peer)
+        key = (query.get("key") or [""])[0]
+        if key:
+            expected = sub.room.write_key
+            if not expected or not hmac.compare_digest(key.encode("utf-8"), expected.encode()):
+                sub.leave()
+                why = "wrong write key" if expected else "write-back is off"
+                return self._refuse(conn, peer, CloseCode.FORBIDDEN, why, "write_key")
+        logger.debug("subscriber %s joined room %s%s", peer, sub.room.code, " as a writer" if key else "")
+        return Session(self, conn, sub, peer, writer=bool(key))
 
     def _run(self, session, slot=None):
         try:

@@ -308,6 +308,11 @@ class Connection:
             # decrypted bytes wait inside TLS, the socket may never be readable again for them
             gevent.get_hub().loop.run_callback(self._readable)
 
+    @property
+    def reading(self):
+        """True while incoming bytes are delivered to an ``on_data`` callback."""
+        return self._on_data is not None
+
     def stop_reading(self):
         self._on_data = None
         watcher, self._watcher = self._watcher, None
