@@ -790,7 +790,8 @@ def test_tunnel_a_tcp_service_over_wss_through_nginx(make_relay, service, connec
     total = 4 << 20
     down = os.urandom(total)
     up = os.urandom(total)
-    service.on_connect = lambda sock: sock.sendall(down)
+    joined = gevent.event.Event()
+    service.on_connect = lambda sock: (joined.wait(), sock.sendall(down))   # a room without
     c = connects(tmp_path, "--relay", relay_arg(relay), "--from", "tcp:127.0.0.1:%d" % service.port,
                  "--framing", "raw", "--tls", "--tls-ca", cert,
                  env={"SPHINCTER_CONNECT_TOKEN": "7d1e0c9a3b5f4e2a8c6d0b1f"})
@@ -800,7 +801,8 @@ def test_tunnel_a_tcp_service_over_wss_through_nginx(make_relay, service, connec
         ws = websocket.create_connection(
             "wss://127.0.0.1:%d/ws?room=vnc&key=Xq3vN8sLp2Rt6Wy0Zb4Kc7Hm" % proxy.port, timeout=unit(20),
             sslopt={"ca_certs": cert, "check_hostname": False}, skip_utf8_validation=True)
-        wait_for(lambda: service.conns, what="connect's connection to the service")
+        wait_for(lambda: len(relay.registry.get("vnc").subscribers) == 1, what="client joined")
+        joined.set()                                   # subscribers drops what its source sends
         sender = gevent.spawn(lambda: [ws.send_binary(up[i:i + 65536]) for i in range(0, total, 65536)])
         got = b""
         with gevent.Timeout(unit(30)):
