@@ -74,13 +74,23 @@ def _one_line(exc):
 class Side:
     """Keeps one connection open, reconnecting with backoff; pumps :meth:`wait` for it."""
 
-    def __init__(self, name, opener, backoff, on_up=None):
+    def __init__(self, name, opener, backoff, on_up=None, on_demand=False):
         self.name, self.opener, self.backoff, self.on_up = name, opener, backoff, on_up
         self.conn = None
         self.up = gevent.event.Event()
         self._lost = gevent.event.Event()
+        #: on_demand: each connection is opened only once :meth:`want` was called
+        self.on_demand = on_demand
+        self._demand = gevent.event.Event()
+        if not on_demand:
+            self._demand.set()
         self.reason = ""
         self.state = "connecting"
+
+    def want(self):
+        """Open a connection now (for an on-demand side) and wait for it."""
+        self._demand.set()
+        return self.wait()
 
     def wait(self):
         while True:
@@ -94,11 +104,16 @@ class Side:
         if conn is not None and conn is self.conn:
             self.conn = None
             self.up.clear()
+            if self.on_demand:
+                self._demand.clear()
             self.reason = reason
             self._lost.set()
 
     def run(self):
         while True:
+            if not self._demand.is_set():
+                self.state = "idle (connects on the next write-back data)"
+                self._demand.wait()
             try:
                 conn = self.opener()
             except RetryNow as exc:
@@ -127,7 +142,11 @@ class Side:
                 self.backoff.reset()
             delay = self.backoff.next()
             self.state = "retrying in %.1f s" % delay
-            logger.warning("%s lost (%s); reconnecting in %.1f s", self.name, self.reason, delay)
+            if self.on_demand:
+                logger.info("%s closed (%s); connecting again on the next write-back data",
+                            self.name, self.reason)
+            else:
+                logger.warning("%s lost (%s); reconnecting in %.1f s", self.name, self.reason, delay)
             gevent.sleep(delay)
 
 
@@ -145,7 +164,8 @@ class Bridge:
         self.relay = Side("relay %s:%d" % opts.relay, self._open_relay,
                           Backoff(opts.retry_min, opts.retry_max), self._relay_up)
         self.local = Side("local service %s" % opts.spec.text, self._opener(local_factory),
-                          Backoff(opts.retry_min, opts.retry_max))
+                          Backoff(opts.retry_min, opts.retry_max),
+                          on_demand=opts.local_connect == "on-write")
         self._greenlets = []
 
     @staticmethod
@@ -243,6 +263,8 @@ class Bridge:
 
     def _write_back(self, data):
         local = self.local.conn
+        if local is None and self.local.on_demand:
+            local = self.local.want()        # holds this chunk (and the relay link) meanwhile
         if local is None:
             if not self.dropped:
                 logger.warning("local service down: dropping write-back data")

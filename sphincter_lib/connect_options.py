@@ -124,6 +124,10 @@ OPTIONS = (
          "(default: the system's CAs)", "FILE"),
     _opt("tls-server-name", "", config.path_or_empty, "name to ask for (SNI) and to verify in the "
          "relay's certificate (default: the --relay host)", "NAME"),
+    _opt("local-connect", "start", config.choice("start", "on-write"), "when to connect to the "
+         "local service: 'start' (at once, and again whenever it drops) or 'on-write' (when write-"
+         "back data arrives, and again after it closed: for tunnels whose client speaks first, as "
+         "a room drops what its source sends before anyone joined)", "WHEN"),
     _opt("framing", "lines", config.choice("lines", "raw"), "the relay's --framing: with 'lines', "
          "each WebSocket message of a ws:// service becomes one line and write-back lines become "
          "messages; with 'raw', chunks", "MODE"),
@@ -198,6 +202,8 @@ def parse(argv=None, env=None):
         raise ConfigError("argument --retry-max: must be at least --retry-min")
     if ns.tls_ca and not os.path.isfile(ns.tls_ca):
         raise ConfigError("argument --tls-ca: no such file %r" % ns.tls_ca)
+    if ns.local_connect == "on-write" and ns.spec.kind not in ("tcp", "ws"):
+        raise ConfigError("argument --local-connect: on-write only with --from tcp:... or ws://...")
     if ns.obs_allow_requests and ns.spec.kind != "obs":
         raise ConfigError("argument --obs-allow-requests: only with --from obs://...")
     return ns

@@ -813,3 +813,28 @@ def test_tunnel_a_tcp_service_over_wss_through_nginx(make_relay, service, connec
         assert got == down
         assert bytes(service.received) == up
         ws.close()
+
+
+def test_local_connect_on_write_for_client_speaks_first_tunnels(make_relay, service, connects, tmp_path):
+    """--local-connect on-write: the service is connected when a writer's data arrives (and
+    again after it closed), so its answer goes to a room that has its client."""
+    relay = make_relay(write_back=True)
+
+    def answer(sock):
+        wait_for(lambda: service.received.endswith(b"\n"), what="a request line")
+        sock.sendall(b"answer to " + bytes(service.received).split(b"\n")[-2] + b"\n")
+        sock.shutdown(socket.SHUT_RDWR)             # one request per connection, like HTTP/1.0
+        del service.received[:]
+
+    service.on_connect = answer
+    c = connects(tmp_path, "--relay", relay_arg(relay), "--from", "tcp:127.0.0.1:%d" % service.port,
+                 "--local-connect", "on-write")
+    code, key = room_and_key(c)
+    w = writer(relay, code, key)
+    wait_for(lambda: len(relay.registry.get(code).subscribers) == 1, what="writer joined")
+    assert service.accepted == 0                     # nothing connected before a write
+    for n in (1, 2):
+        w.send("request %d" % n)
+        assert recv_text(w) == "answer to request %d" % n
+        c.wait_log("connecting again on the next write-back data", count=n)
+        assert service.accepted == n
