@@ -784,7 +784,7 @@ def test_tunnel_a_tcp_service_over_wss_through_nginx(make_relay, service, connec
     from nginxkit import Nginx
     cert, key = make_cert(str(tmp_path), cn="localhost")
     rooms = tmp_path / "rooms.txt"
-    rooms.write_text("vnc 7d1e0c9a3b5f4e2a8c6d0b1f write=Xq3vN8sLp2Rt6Wy0Zb4Kc7Hm\n")
+    rooms.write_text("console 7d1e0c9a3b5f4e2a8c6d0b1f write=Xq3vN8sLp2Rt6Wy0Zb4Kc7Hm\n")
     relay = make_relay(framing="raw", write_back=True, max_client_message_bytes=256 * 1024,
                        rooms_file=str(rooms), source_tls_cert=cert, source_tls_key=key)
     total = 4 << 20
@@ -795,13 +795,13 @@ def test_tunnel_a_tcp_service_over_wss_through_nginx(make_relay, service, connec
     c = connects(tmp_path, "--relay", relay_arg(relay), "--from", "tcp:127.0.0.1:%d" % service.port,
                  "--framing", "raw", "--tls", "--tls-ca", cert,
                  env={"SPHINCTER_CONNECT_TOKEN": "7d1e0c9a3b5f4e2a8c6d0b1f"})
-    assert c.room() == "vnc"
+    assert c.room() == "console"
     with Nginx(str(tmp_path / "nginx"), NGINX_WS.format(cert=cert, key=key, ws_port=relay.ws_address[1]),
                listen_options=" ssl") as proxy:
         ws = websocket.create_connection(
-            "wss://127.0.0.1:%d/ws?room=vnc&key=Xq3vN8sLp2Rt6Wy0Zb4Kc7Hm" % proxy.port, timeout=unit(20),
+            "wss://127.0.0.1:%d/ws?room=console&key=Xq3vN8sLp2Rt6Wy0Zb4Kc7Hm" % proxy.port, timeout=unit(20),
             sslopt={"ca_certs": cert, "check_hostname": False}, skip_utf8_validation=True)
-        wait_for(lambda: len(relay.registry.get("vnc").subscribers) == 1, what="client joined")
+        wait_for(lambda: len(relay.registry.get("console").subscribers) == 1, what="client joined")
         joined.set()                                   # subscribers drops what its source sends
         sender = gevent.spawn(lambda: [ws.send_binary(up[i:i + 65536]) for i in range(0, total, 65536)])
         got = b""
