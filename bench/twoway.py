@@ -9,7 +9,7 @@ processes (``--role client`` / ``--role service``, gevent, sphincter's own wscli
 for both targets; the server side's CPU (relay + connect, or websockify and its children) is
 measured from /proc.
 
-    python bench/twoway.py                      # 3 rounds x 128 MiB each way, a few minutes at most
+    python bench/twoway.py                      # 5 rounds x 128 MiB each way, about a minute
     python bench/twoway.py --mib 16 --rounds 1  # quick
 Writes bench/results/<date>-twoway.json and prints a markdown table.
 """
@@ -41,7 +41,7 @@ def pattern(i):
 
 # --- roles (run in their own processes, under gevent) -----------------------------------------
 
-def role_service(port_file, total):
+def role_service(port_file, total, direction="both"):
     from gevent import monkey
     monkey.patch_all()
     import gevent
@@ -51,11 +51,13 @@ def role_service(port_file, total):
         got, n = hashlib.sha256(), 0
 
         def send():
+            if direction == "up":
+                return
             for i in range(total // CHUNK):
                 sock.sendall(pattern(i))
 
         sender = gevent.spawn(send)
-        while n < total:
+        while n < total and direction != "down":
             data = sock.recv(256 * 1024)
             if not data:
                 break
@@ -71,7 +73,7 @@ def role_service(port_file, total):
     server.serve_forever()
 
 
-def role_client(url, total, timeout):
+def role_client(url, total, timeout, direction="both"):
     from gevent import monkey
     monkey.patch_all()
     import gevent
@@ -83,14 +85,14 @@ def role_client(url, total, timeout):
     up_done = {}
 
     def upload():
-        for i in range(total // CHUNK):
+        for i in range(total // CHUNK if direction != "down" else 0):
             conn.send(pattern(i), text=False)
         up_done["t"] = time.monotonic() - t0
 
     up = gevent.spawn(upload)
     got, n = hashlib.sha256(), 0
     with gevent.Timeout(timeout):
-        while n < total:
+        while n < total and direction != "up":
             _, data = conn.recv()
             got.update(data)
             n += len(data)
@@ -111,10 +113,10 @@ def expected_sha(total):
     return h.hexdigest()
 
 
-def start_service(workdir, total):
+def start_service(workdir, total, direction):
     port_file = Path(workdir) / "service.port"
     proc = subprocess.Popen([sys.executable, __file__, "--role", "service", "--port-file", str(port_file),
-                             "--bytes", str(total)], stdout=subprocess.PIPE, text=True)
+                             "--bytes", str(total), "--direction", direction], stdout=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 20
     while not port_file.exists() or not port_file.read_text():
         if time.monotonic() > deadline or proc.poll() is not None:
@@ -130,7 +132,8 @@ def start_sphincter(workdir, service_port):
     relay = T.Server([sys.executable, str(ROOT / "sphincter.py"), "--tcp-host", "127.0.0.1", "--tcp-port",
                       str(tcp), "--ws-host", "127.0.0.1", "--ws-port", str(ws), "--log-level", "warning",
                       "--framing", "raw", "--write-back", "on", "--max-client-message-bytes", "256KiB",
-                      "--write-queue-bytes", "1MiB"], [tcp, ws], workdir)
+                      "--write-queue-bytes", "1MiB"] + os.environ.get("TWOWAY_RELAY_ARGS", "").split(),
+                     [tcp, ws], workdir)
     out = open(Path(workdir) / "connect.out", "w+")
     connect = subprocess.Popen([sys.executable, str(ROOT / "sphincter.py"), "connect", "--relay",
                                 "127.0.0.1:%d" % tcp, "--from", "tcp:127.0.0.1:%d" % service_port,
@@ -202,16 +205,21 @@ class CpuSampler:
             self._sample(self.seen)
         return sum(v - self.base.get(p, 0.0) for p, v in self.seen.items())
 
+    def by_root(self):
+        """CPU seconds of each root process alone (relay, connect), for the record."""
+        return [round(self.seen.get(p, 0.0) - self.base.get(p, 0.0), 3) for p in self.roots]
 
-def run_once(target, total, timeout):
+
+def run_once(target, total, timeout, direction="both"):
     import tempfile
     workdir = tempfile.mkdtemp(prefix="sphincter-twoway-")
-    service, port = start_service(workdir, total)
+    service, port = start_service(workdir, total, direction)
     url, pids, stop = (start_sphincter if target == "sphincter" else start_websockify)(workdir, port)
     sampler = CpuSampler(pids).start()
     try:
         client = subprocess.run([sys.executable, __file__, "--role", "client", "--url", url, "--bytes",
-                                 str(total), "--timeout", str(timeout)], capture_output=True, text=True,
+                                 str(total), "--timeout", str(timeout), "--direction", direction],
+                                capture_output=True, text=True,
                                 timeout=timeout + 30)
         if client.returncode != 0:
             raise RuntimeError("client failed: %s" % client.stderr[-500:])
@@ -219,19 +227,20 @@ def run_once(target, total, timeout):
         s = json.loads(service.stdout.readline())
         wall = max(c["down_end"], s["up_end"]) - c["start"]
         cpu = sampler.stop()
+        by_root = sampler.by_root()
     finally:
         sampler.stop()
         stop()
         service.kill()
         service.wait()
     sha = expected_sha(total)
-    mib = total / (1 << 20)
-    return {"target": target, "mib_each_way": mib, "wall_s": round(wall, 3),
-            "mb_per_s_both_ways": round(2 * total / 1e6 / wall, 1),
-            "down_s": round(c["down_s"], 3), "server_cpu_s": round(cpu, 3),
-            "server_cpu_us_per_mb": round(cpu * 1e6 / (2 * total / 1e6), 1),
-            "exact_down": c["client_received"] == total and c["client_sha"] == sha,
-            "exact_up": s["service_received"] == total and s["service_sha"] == sha}
+    moved = total * (2 if direction == "both" else 1)
+    return {"target": target, "direction": direction, "mib_each_way": total / (1 << 20),
+            "wall_s": round(wall, 3), "mb_per_s": round(moved / 1e6 / wall, 1),
+            "down_s": round(c["down_s"], 3), "server_cpu_s": round(cpu, 3), "cpu_by_process": by_root,
+            "server_cpu_us_per_mb": round(cpu * 1e6 / (moved / 1e6), 1),
+            "exact_down": direction == "up" or (c["client_received"] == total and c["client_sha"] == sha),
+            "exact_up": direction == "down" or (s["service_received"] == total and s["service_sha"] == sha)}
 
 
 def main():
@@ -242,40 +251,43 @@ def main():
     ap.add_argument("--bytes", type=int)
     ap.add_argument("--timeout", type=float, default=120)
     ap.add_argument("--mib", type=int, default=128, help="MiB each way per run")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--targets", default="sphincter,websockify")
     ap.add_argument("--out-dir", default=str(BENCH / "results"))
+    ap.add_argument("--direction", choices=("both", "down", "up"), default="both",
+                    help="both ways at once (the bench), or one way (to see which limits)")
     a = ap.parse_args()
     if a.role == "service":
-        return role_service(a.port_file, a.bytes)
+        return role_service(a.port_file, a.bytes, a.direction)
     if a.role == "client":
-        return role_client(a.url, a.bytes, a.timeout)
+        return role_client(a.url, a.bytes, a.timeout, a.direction)
     total = a.mib << 20
     names = a.targets.split(",")
     results = []
     for r in range(a.rounds):
         order = names[r % len(names):] + names[:r % len(names)]     # interleaved, rotated
         for name in order:
-            res = run_once(name, total, a.timeout)
+            res = run_once(name, total, a.timeout, a.direction)
             res["round"] = r
             results.append(res)
             print(json.dumps(res), flush=True)
     summary = {}
     for name in names:
-        rs = sorted(x["mb_per_s_both_ways"] for x in results if x["target"] == name)
+        rs = sorted(x["mb_per_s"] for x in results if x["target"] == name)
         cpus = sorted(x["server_cpu_us_per_mb"] for x in results if x["target"] == name)
         summary[name] = {"median_mb_per_s": rs[len(rs) // 2], "min": rs[0], "max": rs[-1],
                          "median_cpu_us_per_mb": cpus[len(cpus) // 2],
                          "all_exact": all(x["exact_down"] and x["exact_up"] for x in results
                                           if x["target"] == name)}
     doc = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "python": platform.python_version(),
-           "cpus": os.cpu_count(), "mib_each_way": a.mib, "rounds": a.rounds, "runs": results,
+           "cpus": os.cpu_count(), "direction": a.direction, "mib_each_way": a.mib, "rounds": a.rounds, "runs": results,
            "summary": summary}
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / ("%s-twoway.json" % dt.date.today().isoformat())
+    suffix = "" if a.direction == "both" else "-" + a.direction
+    path = out / ("%s-twoway%s.json" % (dt.date.today().isoformat(), suffix))
     path.write_text(json.dumps(doc, indent=1) + "\n")
-    print("\n| target | MB/s (both ways, median, min..max) | server CPU µs/MB | byte-exact |")
+    print("\n| target | MB/s (%s, median, min..max) | server CPU µs/MB | byte-exact |" % a.direction)
     print("|---|---:|---:|---|")
     for name in names:
         s = summary[name]
