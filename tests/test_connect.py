@@ -256,6 +256,7 @@ def test_raw_50mib_byte_exact_with_flow_control(make_relay, service, connects, t
             if n > (5 << 20) and not stalled:       # a slow reader for a moment: the room
                 stalled = True                       # stops reading connect, which stops
                 gevent.sleep(unit(0.5))              # reading the service; nothing is lost
+                assert rss_mib(c.proc.pid) < 100     # nor piled up in connect
     assert n == total
     assert got.hexdigest() == sent.hexdigest()
     assert relay.registry.stats.source_pauses > 0
