@@ -444,6 +444,18 @@ def test_bad_options_exit_2_with_one_line(args, needle):
     assert len(lines) == 1 and needle in lines[0], p.stderr
 
 
+def test_config_file_env_and_command_line_precedence(make_relay, service, connects, tmp_path):
+    relay = make_relay()
+    conf = tmp_path / "connect.conf"
+    conf.write_text("relay = 127.0.0.1:1\nfrom = tcp:127.0.0.1:%d\nlog-format = json\n" % service.port)
+    c = connects(tmp_path, "-c", str(conf), env={"SPHINCTER_CONNECT_RELAY": relay_arg(relay)})
+    assert len(c.room()) == 6                       # env beat the file's relay
+    c.wait_log('"msg": "relay connected: room ')    # the file's log format
+    p = subprocess.run([sys.executable, ENTRY, "connect", "-c", str(conf), "--relay", "x"],
+                       capture_output=True, text=True, timeout=unit(30))
+    assert p.returncode == 2 and "--relay" in p.stderr          # the command line beat both
+
+
 # --- obs-websocket 5 -----------------------------------------------------------------------
 
 @pytest.fixture
