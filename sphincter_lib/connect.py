@@ -160,6 +160,7 @@ class Bridge:
         self.resume = None
         self.code = self.write_key = None
         self.sent = self.received = self.dropped = 0
+        self.finishing = False
         self.done = gevent.event.AsyncResult()
         self.relay = Side("relay %s:%d" % opts.relay, self._open_relay,
                           Backoff(opts.retry_min, opts.retry_max), self._relay_up)
@@ -216,22 +217,15 @@ class Bridge:
             data = local.read()
             if not data:
                 if local.final:
-                    logger.info("end of input: stopping")
-                    self.done.set(0)
-                    return
+                    return self._finish()
                 self.local.lose(local, getattr(local, "closed_by", None) or "connection closed")
                 continue
-            while True:
-                link = self.relay.wait()
-                try:
-                    link.send(data)
-                    break
-                except OSError as exc:
-                    self.relay.lose(link, "write failed: %s" % _one_line(exc))
-                    logger.warning("%d bytes may be lost with the relay link", len(data))
-                    data = None
-                    break
-            if data is None:
+            link = self.relay.wait()
+            try:
+                link.send(data)
+            except OSError as exc:
+                self.relay.lose(link, "write failed: %s" % _one_line(exc))
+                logger.warning("%d bytes may be lost with the relay link", len(data))
                 continue
             self.sent += len(data)
             moved += len(data)
@@ -249,6 +243,9 @@ class Bridge:
                 if kind == "data":
                     moved += self._write_back(event[1])
                 elif kind == "eof":
+                    if self.finishing:
+                        self.done.set(0)
+                        return
                     self.relay.lose(link, "connection closed")
                 elif kind == "error":
                     if event[1] == "replaced by a newer source":
@@ -260,6 +257,17 @@ class Bridge:
             if moved >= YIELD_EVERY:
                 moved = 0
                 gevent.sleep(0)
+
+    def _finish(self):
+        """End of input (stdin): half-close the relay link, so the relay publishes what is in
+        flight and closes; write-back keeps arriving until then (bounded by a timeout)."""
+        self.finishing = True
+        link = self.relay.conn
+        logger.info("end of input: closing")
+        if link is None or not link.finish():
+            self.done.set(0)
+            return
+        gevent.spawn_later(self.opts.connect_timeout, self.stop, 0)
 
     def _write_back(self, data):
         local = self.local.conn

@@ -179,6 +179,14 @@ class RelayLink:
     def send(self, data):
         self.sock.sendall(data)
 
+    def finish(self):
+        """Half-close: no more data from us. False if the connection is already gone."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            return True
+        except OSError:
+            return False
+
     def close(self):
         try:
             self.sock.close()

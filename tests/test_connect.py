@@ -398,7 +398,19 @@ def test_stdin_to_the_room_banner_on_stderr(make_relay, connects, tmp_path):
     wait_for(lambda: len(relay.registry.get(code).subscribers) == 1, what="subscriber joined")
     os.write(w, b"from stdin\n")
     assert recv_text(ws) == "from stdin"
-    os.close(w)                                    # end of input: connect exits 0
+    lines = [b"line %05d %s" % (i, b"x" * 200) for i in range(5000)]      # ~1 MiB, then EOF
+    from gevent import os as gos                   # a cooperative write: the relay is in this process
+    gos.make_nonblocking(w)
+
+    def feed(data):
+        view = memoryview(data)
+        while view:
+            view = view[gos.nb_write(w, view):]
+        os.close(w)
+
+    writer_g = gevent.spawn(feed, b"\n".join(lines) + b"\n")
+    assert [recv_text(ws).encode() for _ in lines] == lines   # all of it, before the room closes
+    writer_g.get()                                 # end of input: connect exits 0
     assert c.proc.wait(timeout=unit(10)) == 0
     assert c.proc.stdout.read() == b""             # stdout carries data only
 
