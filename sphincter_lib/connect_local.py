@@ -172,7 +172,8 @@ class ObsLocal(WsLocal):
     def open(self):
         self.conn.open()
         try:
-            with gevent.Timeout(self.opts.connect_timeout, SphincterError("no identified from obs")):
+            with gevent.Timeout(self.opts.connect_timeout, SphincterError(
+                    "obs did not answer within %g s" % self.opts.connect_timeout)):
                 while not self.session.identified:
                     opcode, payload = self.conn.recv()
                     self._act(self.session.from_obs(payload.decode("utf-8", "replace")))

@@ -19,6 +19,8 @@ import base64
 import hashlib
 import json
 
+from .errors import SphincterError
+
 SUBPROTOCOL = "obswebsocket.json"
 RPC_VERSION = 1
 
@@ -50,7 +52,7 @@ AUTHENTICATION_FAILED = 4009
 SESSION_INVALIDATED = 4011
 
 
-class ObsError(Exception):
+class ObsError(SphincterError):
     """OBS said something that makes this session useless (one-line reason)."""
 
 

@@ -80,6 +80,8 @@ def connects():
     yield start
     for c in started:
         c.stop()
+    for c in started:                                # network trouble is one line, never a traceback
+        assert "Traceback" not in c.log(), c.log()
 
 
 class Service:
@@ -533,7 +535,8 @@ def test_obs_without_password_when_obs_needs_one(make_relay, obs, connects, tmp_
     relay = make_relay()
     c = connects(tmp_path, "--relay", relay_arg(relay), "--from", "obs://127.0.0.1:%d" % obs.port,
                  env={"SPHINCTER_OBS_PASSWORD": ""})
-    c.wait_log("obs requires a password")
+    c.wait_log("obs requires a password", count=2)   # one line per attempt, retried
+    assert "Traceback" not in c.log() and c.proc.poll() is None
 
 
 def test_obs_kick_stops_connect(make_relay, obs, connects, tmp_path):
