@@ -164,7 +164,8 @@ class Bridge:
         self.done = gevent.event.AsyncResult()
         self.relay = Side("relay %s:%d" % opts.relay, self._open_relay,
                           Backoff(opts.retry_min, opts.retry_max), self._relay_up)
-        self.local = Side("local service %s" % opts.spec.text, self._opener(local_factory),
+        name = "stdin/stdout" if opts.spec.kind == "stdio" else "local service %s" % opts.spec.text
+        self.local = Side(name, self._opener(local_factory),
                           Backoff(opts.retry_min, opts.retry_max),
                           on_demand=opts.local_connect == "on-write")
         self._greenlets = []
@@ -341,9 +342,15 @@ def main(argv=None, env=None):
         return 2
     setup_logging(opts.log_level, opts.log_format)
     bridge = Bridge(opts, make_local(opts.spec, opts))
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        gevent.signal_handler(sig, bridge.stop, 0)
-    return bridge.run()
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            gevent.signal_handler(sig, bridge.stop, 0)
+    except (AttributeError, NotImplementedError, ValueError, OSError):
+        pass                     # no signal handlers here (Windows): Ctrl-C interrupts run()
+    try:
+        return bridge.run()
+    except KeyboardInterrupt:
+        return 0
 
 
 __all__ = ["Backoff", "Bridge", "Fatal", "main"]
