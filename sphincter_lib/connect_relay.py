@@ -195,7 +195,10 @@ class RelayLink:
 
 
 def _keepalive(sock, idle=20, interval=5, probes=4):
+    """Notice a relay that vanished without a FIN (about idle + interval * probes seconds), and
+    send small writes (a line at a time) at once."""
     try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
