@@ -288,6 +288,25 @@ class Bridge:
         self.received += len(data)
         return len(data)
 
+    def _keepalive(self):
+        """A bare newline after ``--keepalive`` quiet seconds, only between lines (with
+        ``lines`` framing the relay publishes nothing for it): a relay with
+        ``--source-idle-timeout`` keeps a quiet source."""
+        period = self.opts.keepalive
+        while True:
+            link = self.relay.conn
+            wait = period
+            if link is not None:
+                quiet = time.monotonic() - link.last_send
+                if quiet >= period and link.at_line_start:
+                    try:
+                        link.send(b"\n")
+                    except OSError as exc:
+                        self.relay.lose(link, "write failed: %s" % _one_line(exc))
+                else:
+                    wait = max(0.05, period - quiet)
+            gevent.sleep(wait)
+
     def _status(self):
         while True:
             gevent.sleep(self.opts.stats_interval)
@@ -314,6 +333,8 @@ class Bridge:
         fns = [self.relay.run, self.local.run, self._pump_up, self._pump_down]
         if self.opts.stats_interval:
             fns.append(self._status)
+        if self.opts.keepalive:
+            fns.append(self._keepalive)
         self._greenlets = [gevent.spawn(self._guard(fn)) for fn in fns]
         return self
 

@@ -133,6 +133,9 @@ OPTIONS = (
          "messages; with 'raw', chunks", "MODE"),
     _opt("max-message-bytes", "16MiB", config.size, "largest WebSocket message to or from a ws:// "
          "or obs:// service (longer write-back lines are sent in pieces)", "SIZE"),
+    _opt("keepalive", "0", config.seconds, "send a bare newline to the relay after this many quiet "
+         "seconds, only between lines (--framing lines: never published), so a relay with "
+         "--source-idle-timeout keeps a quiet source; 0: never", "SECONDS"),
     _opt("retry-min", "0.5", config.positive_seconds, "first reconnect delay (seconds); doubles on "
          "each failure, with jitter", "SECONDS"),
     _opt("retry-max", "30", config.positive_seconds, "longest reconnect delay (seconds)", "SECONDS"),
@@ -202,6 +205,8 @@ def parse(argv=None, env=None):
         raise ConfigError("argument --retry-max: must be at least --retry-min")
     if ns.tls_ca and not os.path.isfile(ns.tls_ca):
         raise ConfigError("argument --tls-ca: no such file %r" % ns.tls_ca)
+    if ns.keepalive and ns.framing != "lines":
+        raise ConfigError("argument --keepalive: only with --framing lines (a newline is data in raw)")
     if ns.local_connect == "on-write" and ns.spec.kind not in ("tcp", "ws"):
         raise ConfigError("argument --local-connect: on-write only with --from tcp:... or ws://...")
     if ns.obs_allow_requests and ns.spec.kind != "obs":

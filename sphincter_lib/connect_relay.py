@@ -10,6 +10,8 @@ import socket
 import ssl
 import time
 
+import gevent.lock
+
 from .errors import SphincterError
 
 
@@ -86,7 +88,9 @@ class RelayLink:
         self.code, self.resume, self.write_key = code, resume, write_key
         self.pending = events          # events that came with the banner
         self._tail = b""               # the last bytes of write-back data (see _eof)
-        self.opened_at = time.monotonic()
+        self._sending = gevent.lock.Semaphore()
+        self.at_line_start = True      # a bare newline here is a keep-alive, not data
+        self.opened_at = self.last_send = time.monotonic()
 
     @classmethod
     def open(cls, opts, resume=None):
@@ -177,7 +181,11 @@ class RelayLink:
         return [("eof",)]
 
     def send(self, data):
-        self.sock.sendall(data)
+        """Write ``data`` whole (greenlets take turns: a keep-alive never lands inside a chunk)."""
+        with self._sending:
+            self.sock.sendall(data)
+        self.last_send = time.monotonic()
+        self.at_line_start = data.endswith(b"\n")
 
     def finish(self):
         """Half-close: no more data from us. False if the connection is already gone."""

@@ -387,6 +387,24 @@ def test_two_connects_for_one_named_room_the_older_one_stops(make_relay, service
     assert new.proc.poll() is None
 
 
+def test_keepalive_keeps_a_quiet_source_past_the_idle_timeout(make_relay, service, connects, tmp_path):
+    relay = make_relay(source_idle_timeout=unit(1))
+    c = connects(tmp_path, "--relay", relay_arg(relay), "--from", "tcp:127.0.0.1:%d" % service.port,
+                 "--keepalive", str(unit(0.3)))
+    code = c.room()
+    ws = subscribe(relay, code)
+    wait_for(lambda: len(relay.registry.get(code).subscribers) == 1, what="subscriber joined")
+    service.send(b"first\n")
+    assert recv_text(ws) == "first"
+    gevent.sleep(unit(2.5))                           # quiet for 2.5 idle timeouts
+    service.send(b"half a li")                        # mid-line: no keep-alive may cut it
+    gevent.sleep(unit(0.7))                           # (2 keep-alive periods, < the idle timeout)
+    service.send(b"ne\n")
+    assert recv_text(ws) == "half a line"
+    assert c.log().count("relay connected") == 1, c.log()
+    assert relay.registry.get(code).messages == 2     # the newlines were never published
+
+
 # --- stdin / stdout ------------------------------------------------------------------------
 
 def test_stdin_to_the_room_banner_on_stderr(make_relay, connects, tmp_path):
@@ -449,6 +467,8 @@ def test_wrong_token_exits_1_with_one_line(make_relay, service, connects, tmp_pa
     (["--relay", "localhost:9000", "--from", "-", "--retry-min", "x"], "--retry-min"),
     (["--relay", "localhost:9000", "--from", "-", "--obs-allow-requests"], "--obs-allow-requests"),
     (["--relay", "localhost:9000", "--from", "-", "--tls-ca", "/nonexistent"], "--tls-ca"),
+    (["--relay", "localhost:9000", "--from", "-", "--framing", "raw", "--keepalive", "5"], "--keepalive"),
+    (["--relay", "localhost:9000", "--from", "obs://h", "--local-connect", "on-write"], "--local-connect"),
 ])
 def test_bad_options_exit_2_with_one_line(args, needle):
     p = subprocess.run([sys.executable, ENTRY, "connect"] + args, capture_output=True, text=True,
