@@ -126,3 +126,23 @@ def test_initial_requests_follow_identified():
     assert actions[0] == ("identified", 1)
     assert json.loads(actions[1][1]) == {"op": 6, "d": {"requestType": "GetCurrentProgramScene",
                                                         "requestId": "sphincter-GetCurrentProgramScene"}}
+
+
+def test_banner_parser_split_at_every_offset():
+    data = (b"ROOM K7PQ2X\r\nRESUME K7PQ2X abcdefghijklmnopqrstuv\nWRITE wkwkwkwkwkwkwkwkwkwk\n"
+            b"payload\nROOM x\n\x00")
+    whole = BannerParser().feed(data)
+    for i in range(len(data) + 1):
+        p = BannerParser()
+        events = p.feed(data[:i]) + p.feed(data[i:])
+        control = [e for e in events if e[0] != "data"]
+        assert control == [e for e in whole if e[0] != "data"], i
+        assert b"".join(e[1] for e in events if e[0] == "data") == b"payload\nROOM x\n\x00", i
+
+
+def test_line_splitter_split_at_every_offset():
+    data = b"one\r\ntwo\n\nthree-is-long\nfour"
+    for i in range(len(data) + 1):
+        s = LineSplitter(5)
+        assert s.feed(data[:i]) + s.feed(data[i:]) + s.feed(b"\n") == [
+            b"one", b"two", b"three", b"-is-l", b"ong", b"four"], i
