@@ -28,6 +28,10 @@ def check_only(settings):
 
 
 def main(argv=None):
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["connect"]:          # the source-side companion: `sphincter connect ...`
+        from .connect import main as connect_main
+        return connect_main(args[1:])
     try:
         settings = config.parse(argv)
         if settings.check_config:
