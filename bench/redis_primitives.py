@@ -1,30 +1,36 @@
 """Redis primitives for issue 13 (scale out on Redis): what each costs, measured under gevent.
 
-Needs CPython 3.8+ and the pinned client of requirements-bench.txt (``redis``; ``hiredis`` only
-for the ``raw`` reader); this is a bench script, not project code. ``--compat`` (the gevent
-compatibility check behind the design's version table) runs on any CPython 3.6+ and redis-py 4.3+. It runs against a real
-``redis-server`` on loopback that it does NOT start: start one yourself, e.g.::
+Needs CPython 3.8+ and the client pinned in requirements-bench.txt (``redis``); ``hiredis``
+(the committed results had 3.4.2) gives redis-py its C parser and enables the ``raw`` reader,
+which is left out without it. This is a bench script, not project code. ``--compat`` (the
+gevent check behind docs/redis-design.md's version table) runs on any CPython 3.6+ with
+redis-py 4.3+. It needs a real ``redis-server`` on loopback, which it does NOT start::
 
     redis-server --port 6390 --bind 127.0.0.1 --save "" --appendonly no --daemonize yes
-    python bench/redis_primitives.py --port 6390            # writes bench/results/...
+    python bench/redis_primitives.py --port 6390     # writes bench/results/redis-primitives-<date>.json
+    python bench/redis_primitives.py --report bench/results/redis-primitives-<date>*.json
     redis-cli -p 6390 shutdown nosave
 
 What it measures (each loop bounded by a count AND a deadline; loopback only):
 
-- ``rtt``: sequential round trips (PING, SET NX PX, a fenced Lua publish): p50/p99 µs;
-- ``publish-side``: PUBLISH, XADD MAXLEN~, and Lua "publish with sequence number" (lease
-  check + INCR + PUBLISH [+ RPUSH/LTRIM replay list]) in pipelines of 1/10/100 commands, with
-  no subscriber: ops/s and CPU µs per op for this process and for redis-server;
-- ``fanout``: 1 publisher, K subscribed connections (pub/sub) or K XREAD BLOCK readers
-  (streams) in a second process (``--role sub``): deliveries/s, CPU µs per message for the
-  publisher, per delivery for the subscriber process and for redis-server; loss/order checked;
+- ``rtt``: sequential round trips (PING, GET, SET NX PX, a fenced Lua publish): p50/p99 µs;
+- ``publish``: PUBLISH (redis-py pipeline; pre-encoded RESP through redis-py's Connection and on
+  a bare socket), XADD MAXLEN~, Lua "publish with sequence number" (lease check + INCR +
+  PUBLISH [+ RPUSH/LTRIM replay list], or + XADD with id = seq) and SET NX PX, in pipelines of
+  1/10/100 commands with no subscriber: ops/s, CPU µs per op here and in redis-server;
+- ``fanout``: 1 publisher, K subscribed connections in a second process (``--role sub``), read
+  by redis-py's PubSub (``pubsub``), redis-py's Connection.read_response (``lowlevel``), a bare
+  socket with hiredis.Reader (``raw``) or with a pure-Python RESP parser (``rawpy``), or K
+  XREAD BLOCK readers of a stream (``stream``); optionally several room messages per Redis
+  message (``coalesce``): deliveries/s, CPU µs per message (publisher, redis-server) and per
+  delivery (subscriber process, redis-server); order and gaps checked per message;
 - ``fanin``: M publishing connections (one channel each) to 1 subscriber connection;
-- ``latency``: paced publishing (1 message every ``--pace-ms``), one-way publish→receive
-  latency p50/p99 through pub/sub and through XREAD BLOCK.
+- ``latency``: paced publishing (1 message every ``--pace-ms``, not pipelined), one-way
+  publish→receive latency p50/p99 for each reader.
 
 CPU is utime+stime from /proc/<pid>/stat (clock ticks, 10 ms resolution: loops are sized so
-a run costs far more than that). Use ``--parser python`` to force redis-py's pure-Python
-reply parser (what a node without hiredis gets).
+a run costs far more than that). ``--parser python`` forces redis-py's pure-Python reply
+parser (what a node without hiredis gets).
 """
 
 import argparse
