@@ -352,7 +352,8 @@ def test_tls_to_the_relay_with_a_ca_file_and_server_name(make_relay, service, co
     assert recv_text(ws) == "over tls"
     bad = connects(tmp_path, "--relay", relay_arg(relay), "--from", "tcp:127.0.0.1:%d" % service.port,
                    "--tls", "--tls-ca", cert, "--tls-server-name", "other.test")
-    bad.wait_log("certificate verify failed", count=2)      # one line per attempt, retried
+    # one line per attempt, retried (CPython 3.6 reports a wrong name as a CertificateError)
+    bad.wait_log("certificate verify failed" if sys.version_info >= (3, 7) else "doesn't match", count=2)
     assert "Traceback" not in bad.log()
 
 
