@@ -360,10 +360,12 @@ class _Parser(configargparse.ArgParser):
         raise ConfigError(message)
 
 
-def build_parser():
+def new_parser(prog, description, env_prefix=ENV_PREFIX):
+    """A configargparse parser whose errors raise ConfigError (one line), with ``-c/--config``
+    (also read from ``<env_prefix>CONFIG``): shared by the relay's and connect's options."""
     parser = _Parser(
-        prog="sphincter",
-        description="Sphincter: relay TCP sources to WebSocket subscribers, one room per source.",
+        prog=prog,
+        description=description,
         args_for_setting_config_path=["-c", "--config"],
         config_arg_help_message="config file (key = value lines, keys are the long option names)",
         config_file_parser_class=configargparse.DefaultConfigFileParser,
@@ -374,7 +376,13 @@ def build_parser():
     # configargparse reads the config path from the environment only if declared so:
     for action in parser._actions:
         if "--config" in action.option_strings:
-            action.env_var = ENV_PREFIX + "CONFIG"
+            action.env_var = env_prefix + "CONFIG"
+    return parser
+
+
+def build_parser():
+    parser = new_parser("sphincter",
+                        "Sphincter: relay TCP sources to WebSocket subscribers, one room per source.")
     for opt in OPTIONS + HIDDEN_OPTIONS:
         parser.add_argument(*opt.short, opt.flag, env_var=opt.env, type=opt.type,
                             default=opt.default, metavar=opt.metavar,

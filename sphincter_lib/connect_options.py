@@ -11,7 +11,6 @@ import argparse
 import collections
 import os
 
-import configargparse
 
 from . import __version__, config
 from .errors import ConfigError
@@ -159,27 +158,13 @@ OPTIONS = (
 _FLAGS = ("tls", "obs-allow-requests")     # also accepted bare: --tls means --tls on
 
 
-class _Parser(configargparse.ArgParser):
-    def error(self, message):
-        raise ConfigError(message)
-
-
 def build_parser():
-    parser = _Parser(
-        prog="sphincter connect",
-        description="Bridge one local service into one Sphincter room, both ways, and keep "
-                    "doing so (reconnecting, resuming the room). Prints 'ROOM <CODE>' (and "
-                    "'WRITE <KEY>') on stdout, on stderr with --from -.",
-        args_for_setting_config_path=["-c", "--config"],
-        config_arg_help_message="config file (key = value lines, keys are the long option names)",
-        config_file_parser_class=configargparse.DefaultConfigFileParser,
-        formatter_class=configargparse.ArgumentDefaultsRawHelpFormatter,
-        add_env_var_help=True,
-        ignore_unknown_config_file_keys=False,
-    )
-    for action in parser._actions:
-        if "--config" in action.option_strings:
-            action.env_var = ENV_PREFIX + "CONFIG"
+    parser = config.new_parser(
+        "sphincter connect",
+        "Bridge one local service into one Sphincter room, both ways, and keep "
+        "doing so (reconnecting, resuming the room). Prints 'ROOM <CODE>' (and "
+        "'WRITE <KEY>') on stdout, on stderr with --from -.",
+        env_prefix=ENV_PREFIX)
     for opt in OPTIONS:
         kwargs = dict(env_var=opt.env, type=opt.type, metavar=opt.metavar, help=opt.help,
                       dest=opt.name.replace("-", "_"))

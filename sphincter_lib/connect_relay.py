@@ -13,6 +13,7 @@ import time
 import gevent.lock
 
 from .errors import SphincterError
+from .tcp import keepalive
 
 
 class RelayRefused(SphincterError):
@@ -97,7 +98,7 @@ class RelayLink:
         host, port = opts.relay
         sock = socket.create_connection((host, port), timeout=opts.connect_timeout)
         try:
-            _keepalive(sock)
+            keepalive(sock, idle=20, interval=5, probes=4, nodelay=True)   # a vanished relay: ~40 s
             if opts.tls:
                 ctx = ssl.create_default_context(cafile=opts.tls_ca or None)
                 sock = ctx.wrap_socket(sock, server_hostname=opts.tls_server_name or host)
@@ -200,16 +201,3 @@ class RelayLink:
             self.sock.close()
         except OSError:
             pass
-
-
-def _keepalive(sock, idle=20, interval=5, probes=4):
-    """Notice a relay that vanished without a FIN (about idle + interval * probes seconds), and
-    send small writes (a line at a time) at once."""
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, probes)
-    except (OSError, AttributeError):
-        pass

@@ -23,19 +23,9 @@ from .security import ConnectionCaps, check_auth_line
 from .framing import is_text, make_framer
 from .preamble import Preamble
 from .rooms import Source
+from .tcp import keepalive
 
 logger = logging.getLogger(__name__)
-
-
-def _keepalive(sock, idle=60, interval=10, probes=6):
-    """Detect sources that vanish without a FIN (about idle + interval * probes seconds)."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, probes)
-    except (OSError, AttributeError):
-        pass
 
 
 def _log_crash(greenlet):
@@ -227,7 +217,7 @@ class SourceHandler:
             self._refuse(sock, peer, exc.reason)
             return
         self._live[source] = room
-        _keepalive(sock)
+        keepalive(sock, idle=60, interval=10, probes=6)   # a vanished source: ~2 min
         logger.info("room %s %s by %s%s", room.code, how, peer, " (named)" if room.named else "")
         end = "source closed"
         writer = None
