@@ -1,6 +1,7 @@
 import pytest
 
-from sphincter_lib import backlog, rooms, wsproto
+from sphincter_lib import rooms, wsproto
+from sphincter_lib.outbox import Outbox
 from sphincter_lib.errors import RoomFullError, RoomLimitError, RoomNotFound, ShuttingDown
 from sphincter_lib.rooms import SLOW_CLOSE, SOURCE_CLOSED, RoomRegistry, Source
 from sphincter_lib.stats import Stats
@@ -363,7 +364,7 @@ def test_a_plain_source_cannot_be_written_to():
 # -- write-back: the outbox toward the source (issue 12) ----------------------------------
 
 def test_outbox_is_fifo_whole_messages_and_pauses_writers_past_its_limit():
-    box = backlog.Outbox(limit=100)
+    box = Outbox(limit=100)
     resumed = []
     assert box.put(b"a" * 40) and box.put(b"b" * 40)
     assert not box.put(b"c" * 40)                  # 120 >= 100: the writer must pause
@@ -375,7 +376,7 @@ def test_outbox_is_fifo_whole_messages_and_pauses_writers_past_its_limit():
 
 
 def test_outbox_take_without_done_is_taken_again_by_the_next_drainer():
-    box = backlog.Outbox(limit=100)
+    box = Outbox(limit=100)
     box.put(b"x")
     assert box.take() == b"x"
     box.wake()                                    # the source was replaced mid-write
