@@ -452,7 +452,9 @@ class Room:
                 sub.kick(SLOW_CLOSE, "stalled")
 
     def _trim_to(self, seq):
-        """Drop frames before ``seq`` (what subscribers no longer need), but keep the replay window."""
+        """Drop frames before ``seq`` (the slowest subscriber's next frame, or the head), but keep
+        the replay window; the next reclaim is due once the head is a budget past ``seq``."""
+        reclaim_at = self._frame_start(seq) + self.buffer_bytes
         if self.replay:
             seq = min(seq, self._replay_start())
         k = seq - self._base_seq
@@ -461,7 +463,7 @@ class Room:
             del self._frames[:k]
             del self._ends[:k]
             self._base_seq, self._base_pos = seq, pos
-        self._reclaim_at = self._base_pos + self.buffer_bytes
+        self._reclaim_at = reclaim_at
 
     def _replay_start(self):
         """The first frame a joining subscriber gets: the newest ``replay`` frames that fit in

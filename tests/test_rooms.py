@@ -399,3 +399,20 @@ def test_room_write_goes_to_the_outbox_and_close_drops_it_and_resumes_writers():
 
 def test_no_write_key_without_write_back():
     assert registry().open(Source("p")).write_key is None
+
+
+def test_replay_window_does_not_make_every_publish_reclaim():
+    reg = registry(buffer_bytes=1000, replay=5)
+    room = reg.open(Source("p"))
+    subs = [room.subscribe(i) for i in range(3)]
+    calls = []
+    real = room._reclaim
+    room._reclaim = lambda: calls.append(1) or real()
+    for i in range(200):
+        room.publish(b"x" * 50, True)
+        for s in subs:
+            drain(s)
+    # one reclaim per budget's worth of bytes (about 200 * 50 / 1000), not one per publish
+    assert len(calls) <= 15
+    late = room.subscribe("late")
+    assert drain(late) == b"x" * 250            # the replay window is still there
