@@ -396,13 +396,18 @@ def build_parser():
     return parser
 
 
+def parse_args(parser, argv=None, env=None):
+    """``parser.parse_args`` with ``env`` (default os.environ); an unreadable config file is a
+    ConfigError like any other bad value."""
+    try:
+        return parser.parse_args(args=argv, env_vars=os.environ if env is None else env)
+    except OSError as exc:
+        raise ConfigError("cannot read config file: %s" % exc)
+
+
 def parse(argv=None, env=None):
     """Parse ``argv`` (default sys.argv[1:]) and ``env`` (default os.environ) into Settings."""
-    parser = build_parser()
-    try:
-        ns = parser.parse_args(args=argv, env_vars=os.environ if env is None else env)
-    except OSError as exc:   # config file unreadable
-        raise ConfigError("cannot read config file: %s" % exc)
+    ns = parse_args(build_parser(), argv, env)
     values = {opt.attr: getattr(ns, opt.attr) for opt in OPTIONS + HIDDEN_OPTIONS}
     settings = Settings(config=getattr(ns, "config_file", None), check_config=ns.check_config,
                         **values)

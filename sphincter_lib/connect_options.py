@@ -180,11 +180,7 @@ def build_parser():
 
 
 def parse(argv=None, env=None):
-    parser = build_parser()
-    try:
-        ns = parser.parse_args(args=argv, env_vars=os.environ if env is None else env)
-    except OSError as exc:
-        raise ConfigError("cannot read config file: %s" % exc)
+    ns = config.parse_args(build_parser(), argv, env)
     ns.spec = getattr(ns, "from")
     if ns.retry_max < ns.retry_min:
         raise ConfigError("argument --retry-max: must be at least --retry-min")
