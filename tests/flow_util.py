@@ -3,7 +3,8 @@
 The relay under test is the real process (``python sphincter.py``): the tests measure the relay,
 not a relay sharing the test's event loop and GIL. Loads that must not hog the test's own loop
 (the blaster next door) are separate OS processes too: this file runs as a script
-(``python tests/flow_util.py blast HOST PORT SECONDS``) and then imports nothing but the stdlib.
+(``python tests/flow_util.py blast HOST PORT SECONDS``) and then imports nothing but the stdlib
+(and ``testkit``, which is stdlib only).
 
 Inside the tests (run under ``python -m gevent.monkey``) the stdlib socket, time, subprocess and
 urllib calls below are cooperative.
@@ -20,6 +21,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+
+from testkit import stop_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTRY = os.path.join(ROOT, "sphincter.py")
@@ -100,13 +103,7 @@ class RelayProcess:
             return json.loads(r.read())
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, timeout=10)
         self.logfile.close()
         try:
             os.unlink(self.logfile.name)

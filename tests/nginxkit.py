@@ -13,7 +13,7 @@ import socket
 import subprocess
 import time
 
-from testkit import require, unit
+from testkit import require, stop_process, unit
 
 MAIN_CONF = """\
 worker_processes 1;
@@ -88,13 +88,7 @@ class Nginx:
             return f.read()
 
     def _stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=unit(10))
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def __exit__(self, *exc):
         if self.proc is not None:

@@ -17,6 +17,7 @@ import websocket
 from gevent.server import StreamServer
 
 from conftest import subscribe, unit, wait_for, ws_url
+from testkit import stop_process
 from obs_double import ObsDouble
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,15 +58,9 @@ class Connect:
                  what="%r x%d in the connect log" % (needle, count))
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=unit(10))
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = stop_process(self.proc)
         self._err.close()
-        return self.proc.returncode
+        return code
 
 
 @pytest.fixture
