@@ -77,6 +77,38 @@ def _integer(minimum, hint):
     return parse
 
 
+_REDIS_URL = re.compile(r"^(redis|rediss)://([^@/\s]*@)?(\[[0-9a-fA-F:.]+\]|[^:/@\s\[\]]+)(:\d{1,5})?(/\d+)?/?$")
+
+
+def redis_url(text):
+    """``redis://[user:pass@]host[:port][/db]`` or ``rediss://...``; empty: no Redis."""
+    text = text.strip()
+    if not text:
+        return ""
+    m = _REDIS_URL.match(text)
+    if not m or (m.group(4) and not 0 < int(m.group(4)[1:]) <= 65535):
+        raise argparse.ArgumentTypeError(
+            "invalid Redis URL %r (expected redis://[USER:PASSWORD@]HOST:PORT/DB or rediss://...)"
+            % _hide_password(text))
+    return text
+
+
+def _hide_password(url):
+    return re.sub(r"(://[^:@/]*:)[^@/]*@", r"\1***@", url)
+
+
+_NAME = re.compile(r"^[A-Za-z0-9._-]{0,64}$")
+
+
+def node_name(text):
+    """Letters, digits, '.', '_' and '-' (at most 64)."""
+    text = text.strip()
+    if not _NAME.match(text):
+        raise argparse.ArgumentTypeError("invalid name %r (letters, digits, '.', '_', '-'; at most 64)"
+                                         % text)
+    return text
+
+
 #: a count of at least 1
 count = _integer(1, "must be at least 1")
 #: a count where 0 means 'no limit'
@@ -326,6 +358,20 @@ OPTIONS = (
     Option("replay", "0", limit,
            "a subscriber that joins first receives the room's last N messages (at most "
            "--subscriber-buffer-bytes of them); 1: a 'last value' room; 0: none", "N"),
+    # -- several processes sharing rooms (see sphincter_lib/broker_redis.py, docs/REDIS.md) --
+    Option("redis-url", "", redis_url,
+           "share rooms with every process given the same URL (a node of one relay): "
+           "redis://[USER:PASSWORD@]HOST:PORT/DB or rediss:// (TLS); empty: rooms live in this "
+           "process only", "URL"),
+    Option("node-name", "", node_name,
+           "this process's name among the nodes (in /healthz, /metrics, /api/rooms and Redis); "
+           "empty: HOSTNAME-PID", "NAME"),
+    Option("redis-prefix", "sph", node_name,
+           "prefix of every Redis key and channel (relays sharing one Redis need different ones)",
+           "PREFIX"),
+    Option("redis-lease", "5", positive_seconds,
+           "seconds a node's rooms outlive it in Redis: a killed node's rooms end (or wait for their "
+           "source, with --room-grace) on the other nodes within this plus about 1 s", "SECONDS"),
 )
 
 #: Testing aids: parsed like the others (flag, env var, config key) but not shown by
@@ -427,6 +473,8 @@ def check(s):
             load(s.rooms_file)
         except ConfigError as exc:
             raise ConfigError("argument --rooms-file: %s" % exc)
+    if not s.redis_prefix:
+        raise ConfigError("argument --redis-prefix: must not be empty")
     if s.source_high_water and s.source_high_water >= s.subscriber_buffer_bytes:
         raise ConfigError(
             "argument --source-high-water: must be below --subscriber-buffer-bytes (%d >= %d)"
