@@ -180,7 +180,7 @@ def test_codes_are_unique_relay_wide_and_known_on_every_node(cluster):
     nodes = cluster.nodes(3)
     codes = []
     for node in nodes:
-        for _ in range(15):
+        for _ in range(10):
             codes.append(source(cluster, node)[1])
     assert len(set(codes)) == len(codes), sorted(codes)
     for i, code in enumerate(codes[::7]):        # a sample, asked on another node than its own
@@ -358,6 +358,7 @@ def test_max_subscribers_per_room_counts_relay_wide(cluster):
         assert opcode == CLOSE and data[:2] == (4429).to_bytes(2, "big"), (opcode, data)
         assert time.monotonic() < deadline, "still full 5 s after a subscriber left"
         gevent.sleep(0.1)
+    ws.settimeout(unit(10))
     src.send(b"hello\n")
     assert ws.recv() == "hello"
 
@@ -462,6 +463,7 @@ def test_redis_restart_never_shows_a_gap(cluster):
             sent[0] += 10
             gevent.sleep(0.01)
     feeder = gevent.spawn(pump)
+    cluster.on_teardown(feeder.kill)              # before its socket closes, if the test fails
     for r in readers:
         r.wait_count(100)
     cluster.redis.restart()
@@ -525,7 +527,9 @@ def test_redis_down_refuses_what_needs_it_and_keeps_local_delivery(cluster):
         assert remote.close == (4408, "missed messages") and remote.got in ([b"before"], [b"before", b"local only"])
     else:
         assert remote.got == [b"before", b"local only", b"after"], remote.got
-    Reader(cluster, n3, code).ws.close()          # subscribers admitted again
+    again = Reader(cluster, n3, code)             # subscribers are admitted again
+    src.send(b"again\n")
+    again.wait_for_message(b"again")
 
 
 def test_a_slow_subscriber_on_one_node_does_not_stop_subscribers_on_another(cluster):
@@ -561,8 +565,8 @@ def test_a_stopped_node_does_not_slow_the_others(cluster):
         n2.signal(signal.SIGCONT)
     src.close()
     assert live.wait_close() == (4410, "source closed")
-    close = stalled.wait_close(timeout=20)
-    assert close in ((4410, "source closed"), (4408, "missed messages")), close
+    close = stalled.wait_close(timeout=20)     # all of it, or told it missed some (4408)
+    assert close == (4410, "source closed") or close[0] == 4408, close
     assert_no_gap(stalled, total if close[0] == 4410 else None)
 
 
