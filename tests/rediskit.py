@@ -39,23 +39,31 @@ def free_port():
         s.close()
 
 
-def redis_command(port, *args, timeout=2.0):
-    """One command over a fresh connection, in RESP; returns the first reply line (bytes) or
-    None when Redis does not answer. Enough for PING and SHUTDOWN; no dependency on redis-py."""
-    out = b"*%d\r\n" % len(args) + b"".join(
-        b"$%d\r\n%s\r\n" % (len(a), a) for a in (x.encode() if isinstance(x, str) else x for x in args))
+def redis_command(port, *args, password=None, timeout=2.0):
+    """One command over a fresh connection, in RESP (after ``AUTH password`` if given); returns
+    its reply's first line (bytes), or None when Redis does not answer. Enough for PING; no
+    dependency on redis-py."""
+    commands = ([("AUTH", password)] if password else []) + [args]
+    out = b"".join(_resp(*c) for c in commands)
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
             s.sendall(out)
             data = b""
-            while b"\r\n" not in data:
+            while data.count(b"\r\n") < len(commands):
                 chunk = s.recv(4096)
                 if not chunk:
                     break
                 data += chunk
-            return data.split(b"\r\n", 1)[0] if data else None
+            if data.count(b"\r\n") < len(commands):
+                return None
+            return data.split(b"\r\n")[len(commands) - 1]
     except OSError:
         return None
+
+
+def _resp(*args):
+    parts = [a.encode() if isinstance(a, str) else a for a in args]
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
 
 
 class RedisServer:
@@ -63,10 +71,11 @@ class RedisServer:
 
     binary = "redis-server"
 
-    def __init__(self, start_timeout=10.0, attempts=5):
+    def __init__(self, password=None, start_timeout=10.0, attempts=5):
         require("redis-server", shutil.which(self.binary) is not None,
                 "install it (scripts/apt-deps.d/redis.txt)")
         self.start_timeout = start_timeout
+        self.password = password
         self.proc = None
         self.logfile = tempfile.NamedTemporaryFile(prefix="sphincter-redis-", suffix=".log",
                                                    delete=False)
@@ -80,7 +89,8 @@ class RedisServer:
 
     @property
     def url(self):
-        return "redis://127.0.0.1:%d/0" % self.port
+        auth = (":%s@" % self.password) if self.password else ""
+        return "redis://%s127.0.0.1:%d/0" % (auth, self.port)
 
     def _start(self):
         """Start on ``self.port``; (True, "") once it answers PING, (False, log tail) if it exited."""
@@ -88,7 +98,8 @@ class RedisServer:
         self.logfile.truncate()
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no"],
+             "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no"]
+            + (["--requirepass", self.password] if self.password else []),
             stdout=self.logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + unit(self.start_timeout)
         while True:
@@ -103,7 +114,7 @@ class RedisServer:
             time.sleep(0.01)
 
     def ping(self):
-        return redis_command(self.port, "PING", timeout=0.5) == b"+PONG"
+        return redis_command(self.port, "PING", password=self.password, timeout=0.5) == b"+PONG"
 
     def log(self):
         with open(self.logfile.name, "r", errors="replace") as f:
@@ -176,13 +187,26 @@ class Node(RelayProcess):
 class Cluster:
     """One Redis and the nodes started on it: ``cluster.nodes(3, "--room-grace", "2")``."""
 
-    def __init__(self):
-        self.redis = RedisServer()
+    def __init__(self, **redis_options):
+        self.redis = RedisServer(**redis_options)
+        self.other_redis = []
         self.started = []
         self.closers = []
 
     def node(self, *extra, name=None):
         node = Node(self.redis.url, name or "n%d" % (len(self.started) + 1), *extra)
+        self.started.append(node)
+        return node
+
+    def another_redis(self, **options):
+        """A second Redis (another relay), stopped after the nodes."""
+        server = RedisServer(**options)
+        self.other_redis.append(server)
+        return server
+
+    def node_on(self, url, name, *extra):
+        """A node of another relay (another Redis or another --redis-prefix), torn down with these."""
+        node = Node(url, name, *extra)
         self.started.append(node)
         return node
 
@@ -222,7 +246,8 @@ class Cluster:
             print("---- node %s (exit %s), last lines of its log ----" % (node.name, node.proc.returncode))
             print(node.log_tail(80))
             node.stop()
-        self.redis.close()
+        for server in [self.redis] + self.other_redis:
+            server.close()
 
 
 @pytest.fixture

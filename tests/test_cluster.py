@@ -232,6 +232,14 @@ def test_resume_on_another_node_within_the_grace_keeps_every_subscriber(cluster)
         r.wait_for_message(b"after")
         assert r.got == [b"before", b"after"] and not r.closed.is_set(), r.node.name
     assert get_json(n1, "/status?room=" + code)[1]["source"] == "online"
+    # a RESUME elsewhere while the source is still connected replaces it
+    third, _, _ = source(cluster, n3, b"RESUME %s %s\n" % (code.encode(), extra2["RESUME"].encode()),
+                         expect=("RESUME",))
+    assert again.line() == b"ERROR replaced by a newer source\n"
+    third.send(b"third\n")
+    for r in readers:
+        r.wait_for_message(b"third")
+        assert r.got == [b"before", b"after", b"third"], r.node.name
 
 
 def test_no_resume_within_the_grace_is_4410_everywhere(cluster):
@@ -595,3 +603,19 @@ def test_a_node_without_subscribers_in_a_room_receives_nothing_of_it(cluster):
         r.wait_for_message(b"hello")
     c.ws.close()
     wait_for(lambda: numsub() == 1, timeout=unit(6), what="n3 unsubscribed after its last subscriber left")
+
+
+def test_nodes_log_joining_the_relay_without_the_password_and_prefixes_separate_relays(cluster):
+    secret = "s3cret-redis-password-42"
+    locked = cluster.another_redis(password=secret)
+    p1 = cluster.node_on(locked.url, "p1")
+    wait_for(lambda: "node p1 joined the relay at redis://" in p1.log(), timeout=unit(5),
+             what="p1's joined line")
+    assert secret not in p1.log()
+    assert get_json(p1, "/healthz")[1]["redis"] == "ok"
+    # one Redis, two prefixes: two relays that do not see each other's rooms
+    a = cluster.node("--redis-prefix", "relay-a", name="a1")
+    b = cluster.node("--redis-prefix", "relay-b", name="b1")
+    _, code, _ = source(cluster, a)
+    assert close_of(cluster, b, "room=" + code)[0] == 4404
+    assert get_json(a, "/status?room=" + code)[0] == 200
