@@ -490,6 +490,7 @@ def test_redis_restart_never_shows_a_gap(cluster):
     total = sent[0]
     for r in readers:
         close = r.wait_close(timeout=15)
+        print("%s: %d of %d messages, then %r" % (r.node.name, len(r.got), total, close))
         if close[0] == 4410:
             assert_no_gap(r, total)               # got everything, in order
         else:
@@ -499,6 +500,30 @@ def test_redis_restart_never_shows_a_gap(cluster):
     assert fresh.wait_close()[0] == 4410
     nums = fresh.numbers()
     assert nums == list(range(nums[0], total)), "the late joiner saw a gap"
+
+
+def test_after_a_redis_restart_a_node_is_whole_again(cluster):
+    """Once a node says Redis is back, what it does next through Redis works: a subscriber leaving
+    (a count update), then a new source and a new subscriber on that node."""
+    n1, n2 = cluster.nodes(2)
+    src, code, _ = source(cluster, n1)
+    leaving, staying = Reader(cluster, n2, code), Reader(cluster, n2, code)
+    src.send(b"before\n")
+    leaving.wait_for_message(b"before")
+    cluster.redis.restart()
+    for node in (n1, n2):
+        wait_for(lambda: get_json(node, "/healthz")[1].get("redis") == "ok", timeout=unit(8),
+                 what="%s reconnected after the restart" % node.name)
+    leaving.ws.close()
+    wait_for(lambda: get_json(n2, "/healthz")[1]["subscribers"] == 1, timeout=unit(5),
+             what="n2 saw its subscriber leave")
+    fresh_src, fresh_code, _ = source(cluster, n2)
+    assert get_json(n2, "/healthz")[1]["redis"] == "ok", "n2 lost Redis again after its recovery"
+    late = Reader(cluster, n2, code)
+    src.send(b"after\n")
+    for r in (late, staying):
+        r.wait_for_message(b"after")
+    assert "unreachable" not in n2.log().split("reachable again")[-1], n2.log_tail(12)
 
 
 def test_redis_down_refuses_what_needs_it_and_keeps_local_delivery(cluster):
