@@ -397,6 +397,28 @@ def test_sigterm_of_one_node_1001_for_its_subscribers_only(cluster):
     assert not b_on_n3.closed.is_set()
 
 
+def test_sigterm_with_grace_the_source_resumes_on_another_node(cluster):
+    """A rolling restart: the stopping node's source comes back elsewhere; subscribers elsewhere
+    just wait and go on (the stopping node's own get 1001)."""
+    n1, n2, n3 = cluster.nodes(3, "--room-grace", "5")
+    src, code, extra = source(cluster, n1, expect=("RESUME",))
+    here, there = Reader(cluster, n1, code), Reader(cluster, n3, code)
+    src.send(b"0\n")
+    there.wait_for_message(b"0")
+    n1.terminate()
+    assert src.line() == b"ERROR server shutting down\n"
+    assert here.wait_close()[0] == 1001
+    assert n1.wait() == 0
+    wait_for(lambda: get_json(n3, "/status?room=" + code)[1].get("source") == "offline",
+             timeout=unit(5), what="n3 sees the source away")
+    again, code2, _ = source(cluster, n2, b"RESUME %s %s\n" % (code.encode(), extra["RESUME"].encode()),
+                             expect=("RESUME",))
+    assert code2 == code
+    again.send(b"1\n")
+    there.wait_for_message(b"1")
+    assert there.got == [b"0", b"1"] and not there.closed.is_set()
+
+
 def test_healthz_metrics_and_api_name_the_node_and_list_rooms_relay_wide(cluster):
     n1, n2, n3 = cluster.nodes(3, "--admin-token", ADMIN)
     for node in (n1, n2, n3):
@@ -461,6 +483,33 @@ def test_sigkill_with_grace_resume_on_another_node_continues(cluster):
     for r in readers:
         r.wait_count(5)
         assert r.numbers() == [0, 1, 2, 3, 4], r.node.name
+
+
+def test_sigkill_with_grace_rooms_wait_after_the_lease_then_resume_or_end(cluster):
+    grace = 2
+    n1, n2, n3 = cluster.nodes(3, "--redis-lease", str(LEASE), "--room-grace", str(grace))
+    src_a, room_a, extra_a = source(cluster, n1, expect=("RESUME",))
+    src_b, room_b, _ = source(cluster, n1, expect=("RESUME",))
+    on_a, on_b = Reader(cluster, n2, room_a), Reader(cluster, n3, room_b)
+    src_a.send(b"a0\n")
+    src_b.send(b"b0\n")
+    on_a.wait_for_message(b"a0")
+    on_b.wait_for_message(b"b0")
+    t0 = time.monotonic()
+    n1.kill()
+    wait_for(lambda: get_json(n2, "/status?room=" + room_a)[1].get("source") == "offline",
+             timeout=unit(LEASE + 4), what="n2 sees room A's source gone")
+    assert time.monotonic() - t0 < unit(LEASE + 2.5)
+    assert not on_a.closed.is_set() and not on_b.closed.is_set()     # waiting, not closed
+    again, code, _ = source(cluster, n3, b"RESUME %s %s\n" % (room_a.encode(), extra_a["RESUME"].encode()),
+                            expect=("RESUME",))
+    assert code == room_a
+    again.send(b"a1\n")
+    on_a.wait_for_message(b"a1")
+    assert on_a.got == [b"a0", b"a1"]
+    assert on_b.wait_close(timeout=LEASE + grace + 5) == (4410, "source closed")   # nobody resumed B
+    assert time.monotonic() - t0 < unit(LEASE + grace + 2.5)
+    assert not on_a.closed.is_set()
 
 
 def test_redis_restart_never_shows_a_gap(cluster):
