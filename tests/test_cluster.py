@@ -376,6 +376,30 @@ def test_max_subscribers_per_room_counts_relay_wide(cluster):
     assert ws.recv() == "hello"
 
 
+def test_a_killed_nodes_subscribers_stop_counting_against_the_room(cluster):
+    n1, n2, n3 = cluster.nodes(3, "--max-subscribers-per-room", "2", "--redis-lease", str(LEASE))
+    src, code, _ = source(cluster, n1)
+    Reader(cluster, n2, code), Reader(cluster, n3, code)
+    assert close_of(cluster, n1, "room=" + code)[0] == 4429
+    t0 = time.monotonic()
+    n3.kill()                                     # its subscriber's place comes free
+    while True:
+        ws = websocket.create_connection(ws_url(n1, "room=" + code), timeout=unit(10))
+        cluster.on_teardown(ws.close)
+        ws.settimeout(unit(0.5))
+        try:
+            opcode, data = ws.recv_data(control_frame=True)
+        except websocket.WebSocketTimeoutException:
+            break                                 # admitted
+        assert opcode == CLOSE and data[:2] == (4429).to_bytes(2, "big"), (opcode, data)
+        assert time.monotonic() - t0 < unit(LEASE + 3), "the dead node's subscriber still counts"
+        gevent.sleep(0.2)
+    print("admitted %.2f s after the kill" % (time.monotonic() - t0))
+    ws.settimeout(unit(10))
+    src.send(b"hello\n")
+    assert ws.recv() == "hello"
+
+
 def test_sigterm_of_one_node_1001_for_its_subscribers_only(cluster):
     n1, n2, n3 = cluster.nodes(3)
     src_a, room_a, _ = source(cluster, n1)        # its source on the stopping node
@@ -619,6 +643,36 @@ def test_redis_down_refuses_what_needs_it_and_keeps_local_delivery(cluster):
     again = Reader(cluster, n3, code)             # subscribers are admitted again
     src.send(b"again\n")
     again.wait_for_message(b"again")
+
+
+def test_redis_down_for_more_than_a_buffer_remote_subscribers_are_told_never_shown_a_gap(cluster):
+    """While Redis is down the source's node keeps publishing locally and holds back at most
+    --subscriber-buffer-bytes for the others; more than that, and their subscribers are closed
+    4408 on recovery (or get everything, in order): never a gap."""
+    n1, n2 = cluster.nodes(2, "--subscriber-buffer-bytes", "64KiB", "--max-message-bytes", "4KiB")
+    src, code, _ = source(cluster, n1)
+    local, remote = Reader(cluster, n1, code), Reader(cluster, n2, code)
+    pad = b"y" * 500
+    src.send(b"0 %s\n" % pad)
+    remote.wait_count(1)
+    cluster.redis.stop()
+    wait_for(lambda: http(n1, "/healthz")[0] == 503, timeout=unit(5), what="n1: redis down")
+    total = 400                                    # ~200 KB: three buffers' worth
+    for i in range(1, total, 50):                  # separate reads: separate batches
+        src.send(b"".join(b"%d %s\n" % (k, pad) for k in range(i, min(i + 50, total))))
+        local.wait_count(min(i + 50, total))
+    cluster.redis.restart()
+    for node in (n1, n2):
+        wait_for(lambda: get_json(node, "/healthz")[1].get("redis") == "ok", timeout=unit(8),
+                 what="%s: redis ok again" % node.name)
+    src.send(b"%d %s\n" % (total, pad))
+    src.close()
+    assert local.wait_close() == (4410, "source closed")
+    close = remote.wait_close(timeout=15)
+    nums = [int(m.split()[0]) for m in remote.got]
+    print("remote: %d of %d messages, then %r" % (len(nums), total + 1, close))
+    assert nums == list(range(len(nums))), "n2's subscriber saw a gap"
+    assert close == (4408, "missed messages") or (close == (4410, "source closed") and len(nums) == total + 1)
 
 
 def test_a_slow_subscriber_on_one_node_does_not_stop_subscribers_on_another(cluster):
