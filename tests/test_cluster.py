@@ -672,7 +672,8 @@ def test_redis_down_for_more_than_a_buffer_remote_subscribers_are_told_never_sho
     nums = [int(m.split()[0]) for m in remote.got]
     print("remote: %d of %d messages, then %r" % (len(nums), total + 1, close))
     assert nums == list(range(len(nums))), "n2's subscriber saw a gap"
-    assert close == (4408, "missed messages") or (close == (4410, "source closed") and len(nums) == total + 1)
+    # 4408: "missed messages" (not resent), or "too slow" (resent at once, more than its budget)
+    assert close[0] == 4408 or (close == (4410, "source closed") and len(nums) == total + 1), close
 
 
 def test_a_slow_subscriber_on_one_node_does_not_stop_subscribers_on_another(cluster):
