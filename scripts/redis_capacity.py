@@ -82,10 +82,9 @@ def scenario(rooms, rate, how, replay):
     chan = len(PREFIX + "m:" + CODE)
     cpu_msg = publishes * PUBLISH_US + deliveries * PER_NODE_US + (msgs * XADD_US if replay else 0)
     cpu_ctl = rooms / (LEASE_S / 3) * LUA_US + NODES * LUA_US
-    subscribed = remote + 1                      # + the owner, subscribed to the events channel
+    # the owner subscribes to two channels of its own (events, write-back wake-ups)
     mem = rooms * (MEM_LEASE + MEM_ROOM_HASH + MEM_ROOMS_ZSET + MEM_SUBS_BASE
-                   + MEM_SUBS_PER_NODE * max(subscribed - 1, 0) + MEM_SUB_CHANNELS * remote
-                   + MEM_SUB_CHANNELS / 2)
+                   + MEM_SUBS_PER_NODE * max(remote - 1, 0) + MEM_SUB_CHANNELS * (remote + 1))
     if replay:
         mem += rooms * (MEM_REPLAY_FIRST + MEM_REPLAY_ENTRY * (replay - 1))
     return {
