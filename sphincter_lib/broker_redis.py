@@ -37,7 +37,7 @@ from gevent.event import AsyncResult
 
 from . import __version__, redis_keys, resp
 from .backlog import CLOSED, LIVE, WAITING
-from .errors import CannotResume, RelayUnavailable, RoomFullError, RoomLimitError, RoomNotFound, ShuttingDown
+from .errors import CannotResume, ConfigError, RelayUnavailable, RoomFullError, RoomLimitError, RoomNotFound, ShuttingDown
 from .redislink import Endpoint, Listener, Pipe, control_client, redis_errors
 from .redisroom import RedisRoom
 from .roomcode import make_code, resume_key, room_key
@@ -102,6 +102,11 @@ class RedisRoomModel(RoomRegistry):
     confirm_timeout = 2.0
 
     def __init__(self, encode, redis_url, node="", prefix="sph", lease=5.0, **kwargs):
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            raise ConfigError("argument --redis-url: Redis mode needs the 'redis' package "
+                              "(pip install -r requirements.txt)")
         self.node = node or default_node_name()
         self.keys = redis_keys.Keys(prefix)
         self.endpoint = Endpoint(redis_url)
