@@ -100,6 +100,8 @@ class RedisRoomModel(RoomRegistry):
     mirror_idle = 40.0
     #: seconds to wait for Redis to confirm a subscription
     confirm_timeout = 2.0
+    #: seconds between checks of a source waiting for other nodes' subscribers
+    flow_recheck = 0.25
 
     def __init__(self, encode, redis_url, node="", prefix="sph", lease=5.0, **kwargs):
         try:
@@ -157,6 +159,7 @@ class RedisRoomModel(RoomRegistry):
 
     # -- start and stop ----------------------------------------------------------------------
     def start(self):
+        self.pubsub.subscribe(self.keys.to_node(self.node))
         self.pipe.start()
         self.pubsub.start()
         try:
@@ -272,6 +275,20 @@ class RedisRoomModel(RoomRegistry):
             self.pipe.send(resp.command("XADD", room.redis_keys[3], "MAXLEN", "~", room.replay,
                                         "%d-%d" % (room.epoch, room.pub_seq), "d", data), droppable=True)
         self.pipe.send(resp.command("PUBLISH", room.chan_m, data), droppable=True)
+
+    def report_flow(self, room, state):
+        """A mirror's subscribers fell behind (``behind``) or caught up (``ok``): tell the owner."""
+        if room.source_node and room.source_node != self.node:
+            self.pipe.send(resp.command("PUBLISH", self.keys.to_node(room.source_node),
+                                        "fc %s %s %s" % (room.key, state, self.node)), droppable=True)
+
+    def _on_flow(self, text):
+        parts = text.split()
+        if len(parts) != 4 or parts[0] != "fc":
+            return
+        room = self._rooms.get(parts[1])
+        if room is not None:
+            room.remote_flow(parts[3], parts[2], self._monotonic() + 3 * self.lease / 3.0)
 
     # -- subscribers -----------------------------------------------------------------------
     def get(self, code):
@@ -409,6 +426,9 @@ class RedisRoomModel(RoomRegistry):
     # -- what Redis tells this node -----------------------------------------------------------
     def _on_push(self, channel, data):
         kind = channel[len(self.keys.prefix) + 1]
+        if kind == "n":
+            self._on_flow(_text(data))
+            return
         room = self._rooms.get(self.keys.channel_room(channel))
         if room is None:
             return
@@ -497,6 +517,8 @@ class RedisRoomModel(RoomRegistry):
         paused = [r for r in self._rooms.values() if r.outbox.waiting_writers]
         for r in paused:
             pipe.hget(r.redis_keys[1], "outbytes")
+        for r in owned:
+            pipe.hgetall(r.redis_keys[2])
         if recovering:
             for r in self._rooms.values():
                 if r.subscribers:
@@ -510,6 +532,13 @@ class RedisRoomModel(RoomRegistry):
         for r, queued in zip(paused, answers[base:base + len(paused)]):
             if int(queued or 0) < r.outbox.limit // 2:
                 r.outbox.writable()
+        base += len(paused)
+        for r, counts in zip(owned, answers[base:base + len(owned)]):
+            r.remote_nodes = frozenset(_text(n) for n, c in counts.items()
+                                       if int(c) > 0 and _text(n) != self.node)
+        for r in self._rooms.values():
+            if r.reported_behind:
+                self.report_flow(r, "behind")       # renewed while it lasts
         if recovering:
             self._beat_ok = True
             self._up_since = self._monotonic()
