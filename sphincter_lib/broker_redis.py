@@ -120,9 +120,11 @@ class RedisRoomModel(RoomRegistry):
         self._up_since = 0.0
         self._creating = {}
         self._housekeeper = None
-        self.pipe = Pipe(self.endpoint, on_down=self._link_down)
+        # the pipe reconnects and resends by itself: only the listener (always reading, so it
+        # notices at once) and the control calls say whether Redis is reachable
+        self.pipe = Pipe(self.endpoint)
         self.pubsub = Listener(self.endpoint, self._on_push, on_down=self._link_down)
-        scripts = ("OPEN", "CLAIM", "RESUME", "CHECK", "REFRESH", "ADMIT", "ENSURE_NAMED", "WDONE")
+        scripts = ("OPEN", "CLAIM", "RESUME", "CHECK", "REFRESH", "ADMIT", "ENSURE_NAMED")
         self._lua = {name: self.redis.register_script(getattr(redis_keys, name)) for name in scripts}
         RoomRegistry.__init__(self, encode, **kwargs)
         self.grace_ms = int((self.limits.grace or 0) * 1000)
@@ -151,11 +153,18 @@ class RedisRoomModel(RoomRegistry):
         if not self._beat_ok:
             raise RelayUnavailable()
         keys = room_or_keys.redis_keys if isinstance(room_or_keys, RedisRoom) else room_or_keys
-        try:
-            return self._lua[name](keys=keys, args=list(args))
-        except self._errors as exc:
-            self._failed(exc)
-            raise RelayUnavailable()
+        return self._ask(self._lua[name], keys=keys, args=list(args))
+
+    def _ask(self, fn, *args, **kwargs):
+        """``fn(...)`` against Redis, tried twice: a pooled connection that Redis closed (a
+        restart) fails once, then the pool connects afresh. RelayUnavailable after that."""
+        for attempt in (1, 2):
+            try:
+                return fn(*args, **kwargs)
+            except self._errors as exc:
+                if attempt == 2:
+                    self._failed(exc)
+                    raise RelayUnavailable()
 
     # -- start and stop ----------------------------------------------------------------------
     def start(self):
@@ -315,11 +324,7 @@ class RedisRoomModel(RoomRegistry):
             room.state = LIVE
             if not self.pubsub.subscribe(room.chan_e).wait(self.confirm_timeout):
                 raise RelayUnavailable()
-            try:
-                fields = self.redis.hgetall(room.redis_keys[1])
-            except self._errors as exc:
-                self._failed(exc)
-                raise RelayUnavailable()
+            fields = self._ask(self.redis.hgetall, room.redis_keys[1])
             if not fields or self._rooms.get(key) is not None:
                 if self._rooms.get(key) is None:
                     self.pubsub.unsubscribe(room.chan_e)
@@ -375,21 +380,10 @@ class RedisRoomModel(RoomRegistry):
 
     # -- write-back --------------------------------------------------------------------------
     def out_head(self, room):
-        try:
-            return self.redis.lrange(room.redis_keys[4], 0, 63)
-        except self._errors as exc:
-            self._failed(exc)
-            raise RelayUnavailable()
-
-    def out_done(self, room, n, size, limit):
-        return self._call("WDONE", room, room.chan_e, n, size, limit)
+        return self._ask(self.redis.lrange, room.redis_keys[4], 0, 63)
 
     def read_log(self, room):
-        try:
-            entries = self.redis.xrevrange(room.redis_keys[3], count=room.replay)
-        except self._errors as exc:
-            self._failed(exc)
-            raise RelayUnavailable()
+        entries = self._ask(self.redis.xrevrange, room.redis_keys[3], count=room.replay)
         return [(entry_id, fields.get(b"d", b"")) for entry_id, fields in entries]
 
     # -- the admin API -----------------------------------------------------------------------
@@ -489,9 +483,9 @@ class RedisRoomModel(RoomRegistry):
         while True:
             gevent.sleep(self.lease / 3.0)
             try:
-                self._beat()
-            except self._errors as exc:
-                self._failed(exc)
+                self._ask(self._beat)
+            except RelayUnavailable:
+                pass
             except Exception:
                 logger.error("redis housekeeping failed", exc_info=True)
             self._prune()

@@ -391,6 +391,7 @@ class RedisOutbox:
         self._event = Event()
         self._callbacks = []
         self._taken = None
+        self._trimmed = None      # set once Redis applied the last done()
 
     def put(self, data):
         """From the event loop: queue ``data``; False when the queue is (about) full."""
@@ -422,6 +423,9 @@ class RedisOutbox:
     def take(self, limit=64 * 1024):
         """Whole messages from the head of the queue, joined, at most ``limit`` bytes (at least
         one message); None when there are none (or Redis cannot be reached)."""
+        trimmed = self._trimmed
+        if trimmed is not None and not trimmed.wait(2.0):
+            return None                       # the last done() is not applied yet
         try:
             items = self.room.model.out_head(self.room)
         except RelayUnavailable:
@@ -438,12 +442,19 @@ class RedisOutbox:
         return b"".join(taken)
 
     def done(self):
+        """The messages of the last :meth:`take` were written: drop them from the queue. Sent
+        through the node's pipe, so it happens even if the drainer is stopped right after."""
         n, size = self._taken
         self._taken = None
-        try:
-            self.known = self.room.model.out_done(self.room, n, size, self.limit)
-        except RelayUnavailable:
-            pass                              # written again to the next source: at least once
+        trimmed = self._trimmed = Event()
+        room = self.room
+
+        def applied(reply):
+            if isinstance(reply, int):
+                self.known = reply
+            trimmed.set()
+        room.model.pipe.send(resp.command("EVAL", redis_keys.WDONE, 6, *(room.redis_keys + [
+            room.chan_e, n, size, self.limit])), applied)
         return n
 
     def wait(self, timeout=None):
