@@ -24,6 +24,7 @@ the in-process registry. What it adds (design and measurements:
   mirrors that missed batches close their subscribers 4408, never showing a gap.
 """
 
+import base64
 import hashlib
 import hmac
 import json
@@ -37,7 +38,7 @@ from gevent.event import AsyncResult
 
 from . import __version__, redis_keys, resp
 from .backlog import CLOSED, LIVE, WAITING
-from .errors import CannotResume, RelayUnavailable, RoomFullError, RoomLimitError, RoomNotFound, ShuttingDown
+from .errors import CannotResume, ConfigError, RelayUnavailable, RoomFullError, RoomLimitError, RoomNotFound, ShuttingDown
 from .redislink import Endpoint, Listener, Pipe, control_client, redis_errors
 from .redisroom import RedisRoom
 from .roomcode import make_code, resume_key, room_key
@@ -54,6 +55,13 @@ def default_node_name():
 
 def _digest(key):
     return hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()
+
+
+def _named_write_key(spec):
+    """A named room's write key when the rooms file gives none: derived from its token (a secret
+    every node has), so every node of the relay agrees on it without asking Redis."""
+    mac = hmac.new(spec.token, b"sphincter write key " + spec.key.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac[:18]).decode()
 
 
 def _text(value):
@@ -100,8 +108,15 @@ class RedisRoomModel(RoomRegistry):
     mirror_idle = 40.0
     #: seconds to wait for Redis to confirm a subscription
     confirm_timeout = 2.0
+    #: seconds between checks of a source waiting for other nodes' subscribers
+    flow_recheck = 0.25
 
     def __init__(self, encode, redis_url, node="", prefix="sph", lease=5.0, **kwargs):
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            raise ConfigError("argument --redis-url: Redis mode needs the 'redis' package "
+                              "(pip install -r requirements.txt)")
         self.node = node or default_node_name()
         self.keys = redis_keys.Keys(prefix)
         self.endpoint = Endpoint(redis_url)
@@ -113,9 +128,11 @@ class RedisRoomModel(RoomRegistry):
         self._up_since = 0.0
         self._creating = {}
         self._housekeeper = None
-        self.pipe = Pipe(self.endpoint, on_down=self._link_down)
+        # the pipe reconnects and resends by itself: only the listener (always reading, so it
+        # notices at once) and the control calls say whether Redis is reachable
+        self.pipe = Pipe(self.endpoint)
         self.pubsub = Listener(self.endpoint, self._on_push, on_down=self._link_down)
-        scripts = ("OPEN", "CLAIM", "RESUME", "CHECK", "REFRESH", "ADMIT", "ENSURE_NAMED", "WDONE")
+        scripts = ("OPEN", "CLAIM", "RESUME", "CHECK", "REFRESH", "ADMIT", "ENSURE_NAMED")
         self._lua = {name: self.redis.register_script(getattr(redis_keys, name)) for name in scripts}
         RoomRegistry.__init__(self, encode, **kwargs)
         self.grace_ms = int((self.limits.grace or 0) * 1000)
@@ -144,14 +161,22 @@ class RedisRoomModel(RoomRegistry):
         if not self._beat_ok:
             raise RelayUnavailable()
         keys = room_or_keys.redis_keys if isinstance(room_or_keys, RedisRoom) else room_or_keys
-        try:
-            return self._lua[name](keys=keys, args=list(args))
-        except self._errors as exc:
-            self._failed(exc)
-            raise RelayUnavailable()
+        return self._ask(self._lua[name], keys=keys, args=list(args))
+
+    def _ask(self, fn, *args, **kwargs):
+        """``fn(...)`` against Redis, tried twice: a pooled connection that Redis closed (a
+        restart) fails once, then the pool connects afresh. RelayUnavailable after that."""
+        for attempt in (1, 2):
+            try:
+                return fn(*args, **kwargs)
+            except self._errors as exc:
+                if attempt == 2:
+                    self._failed(exc)
+                    raise RelayUnavailable()
 
     # -- start and stop ----------------------------------------------------------------------
     def start(self):
+        self.pubsub.subscribe(self.keys.to_node(self.node))
         self.pipe.start()
         self.pubsub.start()
         try:
@@ -225,7 +250,7 @@ class RedisRoomModel(RoomRegistry):
             return None
         spec, room = found
         epoch, write = self._call("CLAIM", room, room.chan_e, self.node, self.lease_ms, room.code,
-                                  source.peer, spec.write or (resume_key() if self.write_back else ""))
+                                  source.peer, room.write_key or "")
         room.write_key = _text(write) or None
         return room, room.own(source, int(epoch))
 
@@ -268,6 +293,20 @@ class RedisRoomModel(RoomRegistry):
                                         "%d-%d" % (room.epoch, room.pub_seq), "d", data), droppable=True)
         self.pipe.send(resp.command("PUBLISH", room.chan_m, data), droppable=True)
 
+    def report_flow(self, room, state):
+        """A mirror's subscribers fell behind (``behind``) or caught up (``ok``): tell the owner."""
+        if room.source_node and room.source_node != self.node:
+            self.pipe.send(resp.command("PUBLISH", self.keys.to_node(room.source_node),
+                                        "fc %s %s %s" % (room.key, state, self.node)), droppable=True)
+
+    def _on_flow(self, text):
+        parts = text.split()
+        if len(parts) != 4 or parts[0] != "fc":
+            return
+        room = self._rooms.get(parts[1])
+        if room is not None:
+            room.remote_flow(parts[3], parts[2], self._monotonic() + 3 * self.lease / 3.0)
+
     # -- subscribers -----------------------------------------------------------------------
     def get(self, code):
         if self.shutting_down:
@@ -293,11 +332,7 @@ class RedisRoomModel(RoomRegistry):
             room.state = LIVE
             if not self.pubsub.subscribe(room.chan_e).wait(self.confirm_timeout):
                 raise RelayUnavailable()
-            try:
-                fields = self.redis.hgetall(room.redis_keys[1])
-            except self._errors as exc:
-                self._failed(exc)
-                raise RelayUnavailable()
+            fields = self._ask(self.redis.hgetall, room.redis_keys[1])
             if not fields or self._rooms.get(key) is not None:
                 if self._rooms.get(key) is None:
                     self.pubsub.unsubscribe(room.chan_e)
@@ -353,21 +388,10 @@ class RedisRoomModel(RoomRegistry):
 
     # -- write-back --------------------------------------------------------------------------
     def out_head(self, room):
-        try:
-            return self.redis.lrange(room.redis_keys[4], 0, 63)
-        except self._errors as exc:
-            self._failed(exc)
-            raise RelayUnavailable()
-
-    def out_done(self, room, n, size, limit):
-        return self._call("WDONE", room, room.chan_e, n, size, limit)
+        return self._ask(self.redis.lrange, room.redis_keys[4], 0, 63)
 
     def read_log(self, room):
-        try:
-            entries = self.redis.xrevrange(room.redis_keys[3], count=room.replay)
-        except self._errors as exc:
-            self._failed(exc)
-            raise RelayUnavailable()
+        entries = self._ask(self.redis.xrevrange, room.redis_keys[3], count=room.replay)
         return [(entry_id, fields.get(b"d", b"")) for entry_id, fields in entries]
 
     # -- the admin API -----------------------------------------------------------------------
@@ -404,6 +428,9 @@ class RedisRoomModel(RoomRegistry):
     # -- what Redis tells this node -----------------------------------------------------------
     def _on_push(self, channel, data):
         kind = channel[len(self.keys.prefix) + 1]
+        if kind == "n":
+            self._on_flow(_text(data))
+            return
         room = self._rooms.get(self.keys.channel_room(channel))
         if room is None:
             return
@@ -429,6 +456,8 @@ class RedisRoomModel(RoomRegistry):
     def reload(self, specs):
         result = RoomRegistry.reload(self, specs)
         for spec, room in self._named.values():
+            if self.write_back and not spec.write:
+                room.write_key = _named_write_key(spec)     # the same on every node
             if room.chan_e not in self.pubsub.channels:
                 self._add(room)
         if self._beat_ok:
@@ -464,9 +493,9 @@ class RedisRoomModel(RoomRegistry):
         while True:
             gevent.sleep(self.lease / 3.0)
             try:
-                self._beat()
-            except self._errors as exc:
-                self._failed(exc)
+                self._ask(self._beat)
+            except RelayUnavailable:
+                pass
             except Exception:
                 logger.error("redis housekeeping failed", exc_info=True)
             self._prune()
@@ -492,6 +521,8 @@ class RedisRoomModel(RoomRegistry):
         paused = [r for r in self._rooms.values() if r.outbox.waiting_writers]
         for r in paused:
             pipe.hget(r.redis_keys[1], "outbytes")
+        for r in owned:
+            pipe.hgetall(r.redis_keys[2])
         if recovering:
             for r in self._rooms.values():
                 if r.subscribers:
@@ -505,6 +536,13 @@ class RedisRoomModel(RoomRegistry):
         for r, queued in zip(paused, answers[base:base + len(paused)]):
             if int(queued or 0) < r.outbox.limit // 2:
                 r.outbox.writable()
+        base += len(paused)
+        for r, counts in zip(owned, answers[base:base + len(owned)]):
+            r.remote_nodes = frozenset(_text(n) for n, c in counts.items()
+                                       if int(c) > 0 and _text(n) != self.node)
+        for r in self._rooms.values():
+            if r.reported_behind:
+                self.report_flow(r, "behind")       # renewed while it lasts
         if recovering:
             self._beat_ok = True
             self._up_since = self._monotonic()

@@ -15,6 +15,7 @@ A room ``K`` (its code or name, upper case) has, under the prefix ``P``
 ``P:e:{K}``             channel: room events ``live E NODE``, ``waiting E``, ``closed E``,
                         ``writable``
 ``P:w:{K}``             channel: ``w`` when write-back messages arrived (the owner only)
+``P:n:<node>``          channel: to one node, ``fc K behind|ok NODE`` (flow control)
 ``P:rooms``             zset of ephemeral rooms by expiry (ms): relay-wide ``--max-rooms``
 ``P:node:<name>``       a node's heartbeat (``PX --redis-lease``)
 ======================  =====================================================================
@@ -54,6 +55,10 @@ class Keys:
 
     def writes(self, key):
         return "%s:w:{%s}" % (self.prefix, key)
+
+    def to_node(self, name):
+        """A node's own channel (flow-control reports for the rooms it owns)."""
+        return "%s:n:%s" % (self.prefix, name)
 
     def channel_room(self, channel):
         """The room key in a channel name (``P:m:{K}`` → ``K``)."""

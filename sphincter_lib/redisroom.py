@@ -63,6 +63,10 @@ class RedisRoom(Room):
         self._batch_scheduled = False
         self._loading = None             # batches received while the replay log is read
         self._feed_ready = None
+        # flow control across nodes (see source_must_wait)
+        self.remote_nodes = frozenset()  # owner: other nodes with subscribers here (from Redis)
+        self.remote_behind = {}          # owner: node -> when its "behind" report expires
+        self.reported_behind = False     # mirror: told the owner its subscribers are behind
 
     # -- who feeds it ------------------------------------------------------------------
     @property
@@ -84,6 +88,9 @@ class RedisRoom(Room):
         self._batch = []
         if epoch > self.epoch:
             self._set_epoch(epoch)
+        self.reported_behind = False
+        self._source_paused = False
+        self.remote_behind = {}
         self.pub_seq = 0
         self.source_node = self.model.node
         self.remote_peer = ""
@@ -213,6 +220,10 @@ class RedisRoom(Room):
                 self._append(frame)
             else:
                 self._pass(len(frame))
+        if (self.flow_control and not self.reported_behind and self.subscribers
+                and self.head_pos - self.lead_pos >= self.high_water):
+            self.reported_behind = self._source_paused = True
+            self.model.report_flow(self, "behind")
 
     def _gap(self, batches):
         """Batches were lost on the way (Redis restarted, or this node was cut off as too slow)."""
@@ -229,6 +240,58 @@ class RedisRoom(Room):
                 sub.kick(SLOW_CLOSE, "missed messages")
         if self.skip:
             self._trim_to(self.head_seq)
+
+    # -- flow control across nodes -------------------------------------------------------
+    # A mirror whose fastest local subscriber is high_water behind tells the owner ("behind"),
+    # and again every heartbeat while it stays so; back under low_water it says "ok". The
+    # owner's source waits while its own subscribers (if any) are behind and so is every
+    # node with subscribers in the room: the room moves at the speed of its fastest
+    # subscriber, wherever it is. A report not renewed expires (a node that died).
+    def source_must_wait(self):
+        behind = self.remote_behind
+        if not behind:
+            return Room.source_must_wait(self)
+        if not self.flow_control or self.state is not LIVE:
+            return False
+        now = self._monotonic()
+        for node, until in list(behind.items()):
+            if until < now:
+                del behind[node]
+        if not behind:
+            return Room.source_must_wait(self)
+        if self.subscribers and self.head_pos - self.lead_pos < self.high_water:
+            return False                          # a local subscriber keeps up
+        return all(node in behind for node in self.remote_nodes)
+
+    def wait_for_readers(self):
+        if not self.remote_behind:
+            return Room.wait_for_readers(self)
+        while self.source_must_wait():
+            if not self._source_paused:
+                self._source_paused = True
+                self._paused_since = self._monotonic()
+                self.source_pauses += 1
+                self.stats.source_pauses += 1
+                self._readers.clear()
+            self._readers.wait(self.model.flow_recheck)
+        self._resume_source()
+
+    def remote_flow(self, node, state, expires):
+        """A node's report (owner side): ``behind`` until ``expires``, or ``ok``."""
+        if self.source is None:
+            return
+        if state == "behind":
+            self.remote_behind[node] = expires
+        elif self.remote_behind.pop(node, None) is not None and self._source_paused:
+            if not self.source_must_wait():
+                self._resume_source()
+
+    def _resume_source(self):
+        if self.reported_behind and self.source is None:
+            self.reported_behind = self._source_paused = False
+            self.model.report_flow(self, "ok")
+            return
+        Room._resume_source(self)
 
     # -- room events -------------------------------------------------------------------
     def _set_epoch(self, epoch):
@@ -328,6 +391,7 @@ class RedisOutbox:
         self._event = Event()
         self._callbacks = []
         self._taken = None
+        self._trimmed = None      # set once Redis applied the last done()
 
     def put(self, data):
         """From the event loop: queue ``data``; False when the queue is (about) full."""
@@ -359,6 +423,9 @@ class RedisOutbox:
     def take(self, limit=64 * 1024):
         """Whole messages from the head of the queue, joined, at most ``limit`` bytes (at least
         one message); None when there are none (or Redis cannot be reached)."""
+        trimmed = self._trimmed
+        if trimmed is not None and not trimmed.wait(2.0):
+            return None                       # the last done() is not applied yet
         try:
             items = self.room.model.out_head(self.room)
         except RelayUnavailable:
@@ -375,12 +442,19 @@ class RedisOutbox:
         return b"".join(taken)
 
     def done(self):
+        """The messages of the last :meth:`take` were written: drop them from the queue. Sent
+        through the node's pipe, so it happens even if the drainer is stopped right after."""
         n, size = self._taken
         self._taken = None
-        try:
-            self.known = self.room.model.out_done(self.room, n, size, self.limit)
-        except RelayUnavailable:
-            pass                              # written again to the next source: at least once
+        trimmed = self._trimmed = Event()
+        room = self.room
+
+        def applied(reply):
+            if isinstance(reply, int):
+                self.known = reply
+            trimmed.set()
+        room.model.pipe.send(resp.command("EVAL", redis_keys.WDONE, 6, *(room.redis_keys + [
+            room.chan_e, n, size, self.limit])), applied)
         return n
 
     def wait(self, timeout=None):
