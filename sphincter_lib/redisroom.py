@@ -188,6 +188,8 @@ class RedisRoom(Room):
 
     def receive(self, data):
         """A batch from Redis (from the listener greenlet)."""
+        if self.source is not None:
+            return                            # ours, back from Redis: not even decoded
         if self._loading is not None:
             self._loading.append(data)
             return
