@@ -170,6 +170,8 @@ def run_one(config, workload, a):
         r["cpu_s"] = {k: round(v, 3) for k, v in cpu.items()}
         r["busy"] = {k: round(v / wall, 3) for k, v in cpu.items()} if wall > 0 else {}
         r["busy"]["wsbench"] = round(r["client_cpu_s"] / wall, 3) if wall > 0 else None
+        r["wsbench_us_per_delivery"] = (r["client_cpu_s"] * 1e6 / r["deliveries"]
+                                        if r["deliveries"] else None)
         total = sum(cpu.values())
         r["server_cpu_s"] = round(total, 3)
         r["cpu_us_per_delivery"] = total * 1e6 / r["deliveries"] if r["deliveries"] else None
@@ -218,7 +220,8 @@ def loadgen(args, on_phase, timeout, pin=None):
 
 # ---- report -------------------------------------------------------------------------------------
 
-METRICS = ["deliveries_per_s", "cpu_us_per_delivery", "nodes_cpu_us_per_delivery", "lat_p50_us",
+METRICS = ["deliveries_per_s", "cpu_us_per_delivery", "nodes_cpu_us_per_delivery",
+           "wsbench_us_per_delivery", "lat_p50_us",
            "lat_p99_us", "lat_p50_us_n1", "lat_p50_us_n2", "lat_p99_us_n1", "lat_p99_us_n2",
            "hop_p50_us", "hop_p99_us", "loss", "gaps", "closed"]
 BUSY = ["n1", "n2", "redis", "wsbench"]
@@ -288,13 +291,13 @@ def markdown(meta, summary):
                                                               W["msg_bytes"]))
         L += ["## %s (%s)" % (w, desc), "",
               "| config | deliveries/s | vs single | server CPU µs/delivery (nodes+redis) | vs "
-              "single | nodes only | p50 ms | p99 ms | p50 ms n1 / n2 | p99 ms n1 / n2 | busy n1 "
-              "| busy n2 | busy redis | busy wsbench | loss | closed |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "single | nodes only | wsbench µs/delivery | p50 ms | p99 ms | p50 ms n1 / n2 | "
+              "p99 ms n1 / n2 | busy n1 | busy n2 | busy redis | busy wsbench | loss | closed |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for c in [c for c in CONFIGS if c in summary[w]]:
             e = summary[w][c]
-            L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s / %s | %s / %s | %s | %s | %s "
-                     "| %s | %s | %s |" % (
+            L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s / %s | %s / %s | %s | %s "
+                     "| %s | %s | %s | %s |" % (
                          c, cell(e, "deliveries_per_s"),
                          ratio(med(summary, w, c, "deliveries_per_s"),
                                med(summary, w, "single", "deliveries_per_s")),
@@ -302,6 +305,7 @@ def markdown(meta, summary):
                          ratio(med(summary, w, c, "cpu_us_per_delivery"),
                                med(summary, w, "single", "cpu_us_per_delivery")),
                          cell(e, "nodes_cpu_us_per_delivery", 2),
+                         cell(e, "wsbench_us_per_delivery", 2),
                          cell(e, "lat_p50_us", 2, 1000), cell(e, "lat_p99_us", 2, 1000),
                          cell(e, "lat_p50_us_n1", 2, 1000), cell(e, "lat_p50_us_n2", 2, 1000),
                          cell(e, "lat_p99_us_n1", 2, 1000), cell(e, "lat_p99_us_n2", 2, 1000),
@@ -348,6 +352,12 @@ def goals(summary):
     a = med(summary, "cpu", "two-nodes", "deliveries_per_s")
     b = med(summary, "cpu", "single", "deliveries_per_s")
     busy = med(summary, "cpu", "single", "busy_n1")
+    cr = med(summary, "cpu", "single", "cpu_us_per_delivery")
+    cg = med(summary, "cpu", "single", "wsbench_us_per_delivery")
+    if cr and cg:
+        rows.append(("cpu case: best possible gain on 2 cores if two nodes cost what one does (2·relay / (relay + "
+                     "wsbench) per delivery, cpu, single's medians)", "%.2f×" % (2 * cr / (cr + cg)),
+                     "(reference)"))
     if a and b:
         rows.append(("two nodes deliver more than one where one process is CPU-bound (cpu; "
                      "single's busy %.0f %%)" % (100 * (busy or 0)), ratio(a, b),
