@@ -1,5 +1,5 @@
 #!/bin/sh
-# Install Sphincter from this directory: the binary, /etc/default/sphincter, the systemd unit.
+# Install Sphincter from this directory: the binary, /etc/default/sphincter, the systemd units.
 #
 #   sudo ./install.sh               install or upgrade, then (re)start the service
 #   sudo ./install.sh --no-start    install the files only; systemd is not touched
@@ -9,12 +9,16 @@
 # they are written beside it as /etc/default/sphincter.new. Running it twice is harmless.
 # Before anything is touched, the new binary checks the settings (sphincter --check-config):
 # a bad value stops the install and the running service is left alone.
+# Several nodes (sphincter@.service): each /etc/sphincter/instances/NAME.env is checked with the
+# shared settings, and sphincter@NAME is (re)started instead of sphincter.service.
 set -eu
 
 BINDIR=/usr/local/bin
 UNITDIR=/etc/systemd/system
 CONFFILE=/etc/default/sphincter
 SERVICE=sphincter.service
+TEMPLATE=sphincter@.service
+INSTANCEDIR=/etc/sphincter/instances
 USERNAME=sphincter
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -25,7 +29,7 @@ say() { printf 'install.sh: %s\n' "$*"; }
 die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-    sed -n '2,11s/^# \{0,1\}//p' "$0"
+    sed -n '2,13s/^# \{0,1\}//p' "$0"
 }
 
 for arg in "$@"; do
@@ -37,7 +41,7 @@ for arg in "$@"; do
 done
 [ -z "$destdir" ] || start=0
 
-for f in sphincter sphincter.env sphincter.service; do
+for f in sphincter sphincter.env sphincter.service sphincter@.service; do
     [ -f "$here/$f" ] || die "missing $here/$f (run me from the unpacked release)"
 done
 
@@ -51,29 +55,39 @@ if [ -z "$destdir" ] && [ "$(id -u)" != 0 ]; then
     die "run as root (sudo $0), or set DESTDIR= to stage the files"
 fi
 
-# check_config ENVFILE: the new binary validates the settings the service would get (like
-# nginx -t; it binds nothing). ENVFILE is read as the unit's EnvironmentFile= reads KEY=VALUE
-# lines (blank and #/; comment lines skipped, white space around key and value and one pair
-# of surrounding quotes removed) into an otherwise empty environment; as the service user
-# when it exists, so a key file it cannot read fails here too.
+# check_config ENVFILE [INSTANCEFILE NODENAME]: the new binary validates the settings the
+# service would get (like nginx -t; it binds nothing). Each file is read as the unit's
+# EnvironmentFile= reads KEY=VALUE lines (blank and #/; comment lines skipped, white space
+# around key and value and one pair of surrounding quotes removed; a later file wins) into an
+# otherwise empty environment (for an instance: SPHINCTER_NODE_NAME=NODENAME first, as the
+# template's Environment=); as the service user when it exists, so a key file it cannot read
+# fails here too.
 check_config() {
     envfile=$1
+    instfile=${2:-}
+    nodename=${3:-}
     set --
-    while IFS= read -r line || [ -n "$line" ]; do
-        line=${line#"${line%%[![:space:]]*}"}
-        case $line in ''|'#'*|';'*) continue ;; esac
-        key=${line%%=*}
-        value=${line#*=}
-        key=${key%"${key##*[![:space:]]}"}
-        value=${value#"${value%%[![:space:]]*}"}
-        value=${value%"${value##*[![:space:]]}"}
-        case $key in ''|[0-9]*|*[!A-Za-z0-9_]*) continue ;; esac
-        case $value in
-            \"*\") value=${value#\"}; value=${value%\"} ;;
-            \'*\') value=${value#\'}; value=${value%\'} ;;
-        esac
-        set -- "$@" "$key=$value"
-    done <"$envfile"
+    [ -z "$instfile" ] || set -- "SPHINCTER_NODE_NAME=$nodename"
+    for which in shared instance; do
+        f=$envfile
+        if [ "$which" = instance ]; then f=$instfile; fi
+        [ -n "$f" ] || continue
+        while IFS= read -r line || [ -n "$line" ]; do
+            line=${line#"${line%%[![:space:]]*}"}
+            case $line in ''|'#'*|';'*) continue ;; esac
+            key=${line%%=*}
+            value=${line#*=}
+            key=${key%"${key##*[![:space:]]}"}
+            value=${value#"${value%%[![:space:]]*}"}
+            value=${value%"${value##*[![:space:]]}"}
+            case $key in ''|[0-9]*|*[!A-Za-z0-9_]*) continue ;; esac
+            case $value in
+                \"*\") value=${value#\"}; value=${value%\"} ;;
+                \'*\') value=${value#\'}; value=${value%\'} ;;
+            esac
+            set -- "$@" "$key=$value"
+        done <"$f"
+    done
     as=""   # as root when the user does not exist yet or cannot reach this directory
     if [ -z "$destdir" ] && id "$USERNAME" >/dev/null 2>&1 && command -v runuser >/dev/null 2>&1 &&
         runuser -u "$USERNAME" -- test -x "$here/sphincter" 2>/dev/null; then
@@ -93,6 +107,21 @@ if ! result=$(check_config "$checked"); then
 fi
 say "$checked: $result"
 
+# The instances of sphincter@.service: one NAME.env each (NAME: no white space, as systemd's).
+instances=""
+for f in "$destdir$INSTANCEDIR"/*.env; do
+    [ -f "$f" ] || continue
+    name=${f##*/}
+    name=${name%.env}
+    if ! result=$(check_config "$checked" "$f" "$(uname -n)-$name"); then
+        printf 'install.sh: error: the settings of sphincter@%s (%s with %s) do not pass the check:\n%s\n' \
+            "$name" "$checked" "$f" "$result" >&2
+        die "nothing was installed or restarted; fix $f and run install.sh again"
+    fi
+    say "sphincter@$name: $result"
+    instances="$instances $name"
+done
+
 # install_file SRC DEST MODE: write DEST atomically (temp file + rename in its directory).
 install_file() {
     mkdir -p "$(dirname "$2")"
@@ -105,6 +134,7 @@ install_file() {
 # 3. Binary and unit.
 install_file "$here/sphincter" "$destdir$BINDIR/sphincter" 0755
 install_file "$here/sphincter.service" "$destdir$UNITDIR/$SERVICE" 0644
+install_file "$here/sphincter@.service" "$destdir$UNITDIR/$TEMPLATE" 0644
 
 # 4. Configuration: kept if present. Root-only (0600): it may hold SPHINCTER_ADMIN_TOKEN;
 #    systemd reads it as root for EnvironmentFile=.
@@ -140,6 +170,28 @@ fi
 # 6. (Re)start and report the truth.
 command -v systemctl >/dev/null 2>&1 || die "systemctl not found (use --no-start)"
 systemctl daemon-reload
+if [ -n "$instances" ]; then
+    # Several nodes: every instance with a file; sphincter.service only if it runs already.
+    failed=""
+    for name in $instances; do
+        unit="sphincter@$name.service"
+        systemctl enable --quiet "$unit"
+        if systemctl restart "$unit" && systemctl is-active --quiet "$unit"; then
+            say "$unit is running ($(systemctl show -p MainPID --value "$unit" 2>/dev/null | sed 's/^/pid /'))"
+        else
+            failed="$failed $unit"
+        fi
+    done
+    if systemctl is-active --quiet "$SERVICE"; then
+        systemctl restart "$SERVICE" || failed="$failed $SERVICE"
+    fi
+    [ -n "$failed" ] || exit 0
+    for unit in $failed; do
+        printf 'install.sh: error: %s did not start; last journal lines:\n' "$unit" >&2
+        journalctl -u "$unit" -n 20 --no-pager >&2 || true
+    done
+    exit 1
+fi
 systemctl enable --quiet "$SERVICE"
 if systemctl restart "$SERVICE" && systemctl is-active --quiet "$SERVICE"; then
     say "sphincter is running ($(systemctl show -p MainPID --value "$SERVICE" 2>/dev/null | sed 's/^/pid /'))"

@@ -113,12 +113,15 @@ rm -rf "$stage"
 mkdir -p "$stage/$name" "$outdir"
 cp "$root/tmp/pyi/dist/sphincter" "$stage/$name/sphincter"
 cp "$here/install.sh" "$here/uninstall.sh" "$stage/$name/"
-cp "$here/conf/sphincter.env" "$here/conf/sphincter.service" "$here/conf/nginx-sphincter.conf" \
+cp "$here/conf/sphincter.env" "$here/conf/sphincter.service" "$here/conf/sphincter@.service" \
+   "$here/conf/nginx-sphincter.conf" "$here/conf/nginx-cluster.conf" \
+   "$here/conf/nginx-cluster-stream.conf" \
    "$here/packaging/README.dist" "$stage/$name/"
 mv "$stage/$name/README.dist" "$stage/$name/README"
 chmod 0755 "$stage/$name/sphincter" "$stage/$name/install.sh" "$stage/$name/uninstall.sh"
 chmod 0644 "$stage/$name/sphincter.env" "$stage/$name/sphincter.service" \
-    "$stage/$name/nginx-sphincter.conf" "$stage/$name/README"
+    "$stage/$name/sphincter@.service" "$stage/$name/nginx-sphincter.conf" \
+    "$stage/$name/nginx-cluster.conf" "$stage/$name/nginx-cluster-stream.conf" "$stage/$name/README"
 echo "$floor" >"$stage/$name/GLIBC_FLOOR"
 chmod 0644 "$stage/$name/GLIBC_FLOOR"
 find "$stage" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +

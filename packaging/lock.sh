@@ -7,7 +7,7 @@
 # Usage: packaging/lock.sh   (edit TOPLEVEL/ZIG below to move a pin, then rerun and commit)
 set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
-TOPLEVEL="gevent==25.9.1 gevent-websocket==0.10.1 ConfigArgParse==1.9.0 prometheus-client==0.26.0 pyinstaller==6.22.3"
+TOPLEVEL="gevent==25.9.1 gevent-websocket==0.10.1 ConfigArgParse==1.9.0 prometheus-client==0.26.0 redis==7.0.1 pyinstaller==6.22.3"
 FROM_SOURCE="greenlet"
 ZIG="ziglang==0.17.0"
 sh "$here/packaging/mkroot.sh" build

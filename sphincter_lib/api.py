@@ -17,7 +17,7 @@ import json
 import logging
 from datetime import datetime, timezone
 
-from .errors import RoomNotFound, ShuttingDown
+from .errors import RelayUnavailable, RoomNotFound, ShuttingDown
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ PREFIX = "/api/rooms"
 
 
 def room_info(room):
-    return {
+    info = {
         "code": room.code,
         "state": room.state,
         "named": room.named,
@@ -50,6 +50,11 @@ def room_info(room):
         "takeovers": room.takeovers,
         "replayed_messages": room.replayed,
     }
+    node = getattr(room, "source_node", None)
+    if node is not None:                      # Redis mode: where its source is, every node's subscribers
+        info["source_node"] = node or None
+        info["relay_subscribers"] = getattr(room, "relay_subscribers", info["subscribers"])
+    return info
 
 
 class AdminApi:
@@ -81,8 +86,14 @@ class AdminApi:
                             extra=[("WWW-Authenticate", 'Bearer realm="sphincter"')])
         path = (environ.get("PATH_INFO") or "").rstrip("/")
         if path == PREFIX:
-            rooms = sorted(self.registry.rooms(), key=lambda r: r.opened_at)
+            try:
+                rooms = sorted(self.registry.listing(), key=lambda r: r.opened_at)
+            except RelayUnavailable:
+                return _respond(start_response, "503 Service Unavailable", {"error": "relay unavailable",
+                                                                             "node": self.registry.node})
             body = {"count": len(rooms), "rooms": [room_info(r) for r in rooms]}
+            if self.registry.node is not None:
+                body["node"] = self.registry.node
             return _respond(start_response, "200 OK", body, head=_is_head(environ))
         code = path[len(PREFIX) + 1:]
         try:
@@ -91,7 +102,12 @@ class AdminApi:
             return _respond(start_response, "404 Not Found", {"error": "unknown room"})
         except ShuttingDown:
             return _respond(start_response, "503 Service Unavailable", {"error": "shutting down"})
-        return _respond(start_response, "200 OK", room_info(room), head=_is_head(environ))
+        except RelayUnavailable:
+            return _respond(start_response, "503 Service Unavailable", {"error": "relay unavailable"})
+        info = room_info(room)
+        if self.registry.node is not None:
+            info["node"] = self.registry.node
+        return _respond(start_response, "200 OK", info, head=_is_head(environ))
 
     def _authorized(self, header):
         scheme, _, given = header.strip().partition(" ")

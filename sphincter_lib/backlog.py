@@ -318,26 +318,29 @@ class Room:
         stats = self.stats
         stats.messages_in += 1
         stats.bytes_in += len(payload)
-        self.head_seq += 1
-        if not self.subscribers:
-            if not self.replay:
-                # nobody to deliver to: not even encoded (offsets only need to grow)
-                self.head_pos += len(payload)
-                self._base_seq, self._base_pos = self.head_seq, self.head_pos
-                self.lead_pos = self.head_pos
-                return
-            frame = self._encode(payload, text)
-            self.head_pos += len(frame) if frame.__class__ is not tuple else len(frame[0]) + len(frame[1])
-            self._frames.append(frame)
-            self._ends.append(self.head_pos)
-            self.lead_pos = self.head_pos
-            if len(self._frames) >= 2 * self.replay or self.head_pos > self._reclaim_at:
-                self._trim_to(self.head_seq)          # keeps the replay window only
+        if not self.subscribers and not self.replay:
+            self._pass(len(payload))      # nobody to deliver to: not even encoded
             return
-        frame = self._encode(payload, text)
+        self._append(self._encode(payload, text))
+
+    def _pass(self, size):
+        """One message nobody will receive: only the offsets move (they need only grow)."""
+        self.head_seq += 1
+        self.head_pos += size
+        self._base_seq, self._base_pos = self.head_seq, self.head_pos
+        self.lead_pos = self.head_pos
+
+    def _append(self, frame):
+        """Append one encoded frame (``bytes`` or a ``(header, payload)`` pair) to the backlog."""
+        self.head_seq += 1
         self.head_pos += len(frame) if frame.__class__ is not tuple else len(frame[0]) + len(frame[1])
         self._frames.append(frame)
         self._ends.append(self.head_pos)
+        if not self.subscribers:              # a replay room with nobody in it: the window only
+            self.lead_pos = self.head_pos
+            if len(self._frames) >= 2 * self.replay or self.head_pos > self._reclaim_at:
+                self._trim_to(self.head_seq)
+            return
         if self.head_pos > self._reclaim_at:
             self._reclaim()
         if self._parked and not self._flush_scheduled:

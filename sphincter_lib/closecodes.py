@@ -26,13 +26,17 @@ class CloseCode(IntEnum):
     #: 1011: the connection cannot go on; sent when a client leaves a ping unanswered
     #: for ``--ping-timeout`` seconds (reason ``ping timeout``)
     INTERNAL_ERROR = 1011
+    #: 1013 (Try Again Later): Redis mode, the node cannot reach Redis now, so it cannot admit
+    #: a subscriber (reason ``relay unavailable``); another node, or a retry, may
+    TRY_AGAIN_LATER = 1013
     #: 4403: the ``Origin`` header is not in ``--allowed-origins``; or a wrong write key, or
     #: a write key for a room that takes no writers (the reason says which)
     FORBIDDEN = 4403
     #: 4404: no room has this code (never had, or it closed)
     ROOM_NOT_FOUND = 4404
     #: 4408: the subscriber is too slow: more than its buffer behind (reason ``too slow``),
-    #: or it had data waiting and made no progress for ``--stall-timeout`` (``stalled``)
+    #: or it had data waiting and made no progress for ``--stall-timeout`` (``stalled``);
+    #: Redis mode: its node lost messages of the room (``missed messages``) — never a gap
     TOO_SLOW = 4408
     #: 4410: the room's source closed (after everything queued was delivered)
     SOURCE_CLOSED = 4410

@@ -10,7 +10,8 @@
     │   ├── RoomFullError    --max-subscribers-per-room reached (close 4429)
     │   ├── RoomNotFound     unknown or closed code (close 4404)
     │   ├── CannotResume     a RESUME line with a wrong key, an unknown or expired code
-    │   └── ShuttingDown     the server is stopping
+    │   ├── ShuttingDown     the server is stopping
+    │   └── RelayUnavailable Redis mode: Redis cannot be reached now (close 1013)
     └── ProtocolError        a peer broke the WebSocket protocol; carries the close code
 """
 
@@ -57,6 +58,10 @@ class CannotResume(RoomError):
 
 class ShuttingDown(RoomError):
     reason = "server shutting down"
+
+
+class RelayUnavailable(RoomError):
+    reason = "relay unavailable"
 
 
 class ProtocolError(SphincterError):

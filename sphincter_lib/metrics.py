@@ -52,6 +52,18 @@ COUNTERS = (
     ("replayed_messages", "replayed_messages", "Messages replayed to subscribers as they joined."),
 )
 
+#: Redis mode only (--redis-url)
+REDIS_COUNTERS = (
+    ("redis_batches_out", "redis_batches_published", "Batches of messages this node published to Redis "
+     "(one per source read)."),
+    ("redis_batches_in", "redis_batches_received", "Batches received from Redis for rooms whose source "
+     "is on another node."),
+    ("redis_messages_in", "redis_messages_received", "Messages in those batches."),
+    ("redis_gaps", "redis_gaps", "Times a room found batches missing from Redis (its subscribers here "
+     "were closed 4408, or skipped)."),
+    ("redis_reconnects", "redis_outages", "Times this node lost Redis."),
+)
+
 
 class RelayCollector:
     """Reads the relay's state at scrape time.
@@ -76,7 +88,7 @@ class RelayCollector:
         yield _gauge("rooms_open", "Rooms open now (live or waiting for their source; named ones "
                      "included).", len(rooms))
         yield _gauge("rooms_waiting", "Rooms waiting for their source now (named, or in their grace "
-                     "period).", sum(1 for r in rooms if r.source is None))
+                     "period).", sum(1 for r in rooms if r.state == "waiting"))
         yield _gauge("rooms_named", "Named rooms configured (--rooms-file).",
                      getattr(registry, "named_count", 0))
         yield _gauge("subscribers", "Subscribers connected to a room now.", registry.subscriber_count)
@@ -115,6 +127,14 @@ class RelayCollector:
         for code, n in sorted(stats.close_codes.items(), key=lambda kv: str(kv[0])):
             codes.add_metric((str(code),), n)
         yield codes
+        if registry.node is not None:
+            node = InfoMetricFamily(PREFIX + "node", "This node of a relay sharing rooms through Redis.")
+            node.add_metric((), {"node": registry.node})
+            yield node
+            yield _gauge("redis_up", "1 while this node reaches Redis, 0 otherwise.",
+                         1 if registry.redis_state == "ok" else 0)
+            for attr, name, help_text in REDIS_COUNTERS:
+                yield CounterMetricFamily(PREFIX + name, help_text, value=getattr(stats, attr))
         yield _gauge("start_time_seconds", "When the relay started (Unix time).", stats.started_at)
         info = InfoMetricFamily(PREFIX + "build", "Sphincter build information.")
         info.add_metric((), {"version": __version__, "python": platform.python_version(),

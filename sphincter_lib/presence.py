@@ -24,7 +24,7 @@ elsewhere.
 import json
 from urllib.parse import parse_qs
 
-from .errors import RoomNotFound, ShuttingDown
+from .errors import RelayUnavailable, RoomNotFound, ShuttingDown
 
 #: longest long-poll (seconds)
 MAX_WAIT = 30.0
@@ -65,6 +65,9 @@ class PresenceRoute:
             return _respond(start_response, "404 Not Found", {"room": code, "state": "unknown"})
         except ShuttingDown:
             return _respond(start_response, "503 Service Unavailable", {"room": code, "state": "stopping"})
+        except RelayUnavailable:
+            return _respond(start_response, "503 Service Unavailable", {"room": code, "state": "unavailable"},
+                            [("Retry-After", "2")])
         known = (query.get("source") or [""])[0]
         wait = _seconds((query.get("wait") or ["0"])[0])
         body = status(room)

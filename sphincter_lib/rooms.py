@@ -105,6 +105,28 @@ class RoomModel:
     subscriber_count = 0
     #: True once :meth:`close_all` ran: no new rooms nor subscribers
     shutting_down = False
+    #: this process's name among the nodes of a relay (None: rooms live in this process only)
+    node = None
+    #: "ok" or "down" when rooms are shared through Redis; None otherwise
+    redis_state = None
+    #: the rooms' limits and policies (:class:`RoomLimits`)
+    limits = None
+    #: named rooms configured
+    named_count = 0
+
+    def start(self):
+        """Called once the relay listens (a shared model connects here)."""
+
+    def stop(self):
+        """Called last at shutdown, after :meth:`close_all` and the drain."""
+
+    def listing(self):
+        """Every room of the relay, for the admin API (in-process: :meth:`rooms`)."""
+        return self.rooms()
+
+    def reload(self, specs):
+        """Make the named rooms those of ``specs``; returns (added, changed, removed) names."""
+        raise NotImplementedError
 
     def __len__(self):
         raise NotImplementedError
@@ -156,6 +178,9 @@ class RoomRegistry(RoomModel, RoomEvents):
     It is its rooms' events listener (to count subscribers and forget closed
     rooms) and passes every event on to ``listener``."""
 
+    #: the class of its rooms (the Redis model's rooms extend it)
+    room_class = Room
+
     def __init__(self, encode, max_rooms=1000, max_subscribers_per_room=10000,
                  buffer_bytes=4 << 20, stats=None, new_code=make_code, clock=time.time,
                  flow_control=True, high_water=None, slow_policy=CUT, stall_timeout=30.0,
@@ -204,8 +229,8 @@ class RoomRegistry(RoomModel, RoomEvents):
         if self._ephemeral >= self.max_rooms:
             raise RoomLimitError()
         code = self._new_code(self._rooms)
-        room = Room(code, source, self.limits, self.encode, self, self.stats,
-                    clock=self._clock, monotonic=self._monotonic)
+        room = self.room_class(code, source, self.limits, self.encode, self, self.stats,
+                               clock=self._clock, monotonic=self._monotonic)
         if self.limits.grace:
             room.resume_key = resume_key()
         if self.write_back:
@@ -279,8 +304,8 @@ class RoomRegistry(RoomModel, RoomEvents):
             clash = self._rooms.get(key)
             if clash is not None:               # an ephemeral code that happens to be the name
                 clash.close(SOURCE_CLOSED, "room closed")
-            room = Room(spec.name, None, limits, self.encode, self, self.stats,
-                        clock=self._clock, monotonic=self._monotonic, named=True)
+            room = self.room_class(spec.name, None, limits, self.encode, self, self.stats,
+                                   clock=self._clock, monotonic=self._monotonic, named=True)
             room.write_key = spec.write or (resume_key() if self.write_back else None)
             self._rooms[key] = room
             self._named[key] = (spec, room)

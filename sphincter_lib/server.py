@@ -92,7 +92,13 @@ class Relay:
         self.handle_signals = handle_signals
         self._signal_handlers = []
         self.stats = stats if stats is not None else Stats()
-        self.registry = RoomRegistry(
+        model, extra = RoomRegistry, {}
+        if settings.redis_url:
+            from .broker_redis import RedisRoomModel
+            model = RedisRoomModel
+            extra = dict(redis_url=settings.redis_url, node=settings.node_name,
+                         prefix=settings.redis_prefix, lease=settings.redis_lease)
+        self.registry = model(
             encode=wsproto.encode_message,
             max_rooms=settings.max_rooms,
             max_subscribers_per_room=settings.max_subscribers_per_room,
@@ -107,6 +113,7 @@ class Relay:
             named=roomsfile.load(settings.rooms_file) if settings.rooms_file else (),
             write_back=settings.write_back,
             write_queue_bytes=settings.write_queue_bytes,
+            **extra
         )
         self._sweeper = None
         self.sources = SourceHandler(self.registry, framing=settings.framing,
@@ -155,6 +162,7 @@ class Relay:
             self.tcp_server.stop()
             raise
         self.app.keepalive.start()
+        self.registry.start()
         if self.registry.sweep_interval:
             self._sweeper = gevent.spawn(self._sweep, self.registry.sweep_interval)
             self._sweeper.link_exception(_log_crash("stall sweeper"))
@@ -233,6 +241,7 @@ class Relay:
         self.app.sessions.kill(block=False)
         self.tcp_server.stop(timeout=0)
         self.ws_server.stop(timeout=0)
+        self.registry.stop()
         logger.info("stopped in %.2fs (%d connections cut at the deadline); messages in=%d deliveries=%d",
                     time.monotonic() - started, left, self.stats.messages_in, self.stats.messages_out)
         self._stopped.set()

@@ -32,5 +32,11 @@ class Stats:
         self.bytes_in = 0              # payload bytes published by sources
         self.messages_out = 0          # deliveries (message x subscriber)
         self.bytes_out = 0             # frame bytes written to subscribers
+        # Redis mode (--redis-url)
+        self.redis_batches_out = 0     # batches of messages published to Redis
+        self.redis_batches_in = 0      # batches received from Redis for rooms whose source is elsewhere
+        self.redis_messages_in = 0     # messages in those
+        self.redis_gaps = 0            # batches found missing (subscribers closed 4408, or skipped)
+        self.redis_reconnects = 0      # times this node found Redis unreachable
         self.rejected = Counter()      # (kind, reason) -> connections refused
         self.close_codes = Counter()   # close code -> close frames sent

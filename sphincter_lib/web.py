@@ -22,7 +22,7 @@ from gevent.pool import Group
 from . import __version__, api, metrics, presence, viewer, wsproto
 from .addresses import client_address, peer_name
 from .closecodes import CloseCode
-from .errors import RoomFullError, RoomNotFound, ShuttingDown
+from .errors import RelayUnavailable, RoomFullError, RoomNotFound, ShuttingDown
 from .security import ConnectionCaps, OriginPolicy, RateLimiter
 from .ws import close_blocking
 from .wssession import CLOSING, OPEN, PING_TIMEOUT, ServerSession
@@ -319,14 +319,23 @@ class WebApp:
         return handler(environ, start_response)
 
     def healthz(self, environ, start_response):
-        body = json.dumps({
-            "status": "ok" if not self.registry.shutting_down else "stopping",
+        registry = self.registry
+        info = {
+            "status": "ok" if not registry.shutting_down else "stopping",
             "version": __version__,
-            "rooms": len(self.registry),
-            "subscribers": self.registry.subscriber_count,
+            "rooms": len(registry),
+            "subscribers": registry.subscriber_count,
             "uptime_seconds": round(self.clock() - self.stats.started_at, 3),
-        }).encode()
-        start_response("200 OK", [("Content-Type", "application/json"),
+        }
+        status = "200 OK"
+        if registry.node is not None:           # Redis mode: which node answered, and Redis
+            info["node"] = registry.node
+            info["redis"] = registry.redis_state
+            if registry.redis_state != "ok" and not registry.shutting_down:
+                info["status"] = "degraded"
+                status = "503 Service Unavailable"
+        body = json.dumps(info).encode()
+        start_response(status, [("Content-Type", "application/json"),
                                   ("Content-Length", str(len(body))),
                                   ("Cache-Control", "no-store")])
         return [body]
@@ -372,6 +381,8 @@ class WebApp:
             return self._refuse(conn, peer, CloseCode.ROOM_FULL, "room full", "room_full")
         except ShuttingDown:
             return self._refuse(conn, peer, CloseCode.GOING_AWAY, "server shutting down", "shutting_down")
+        except RelayUnavailable:
+            return self._refuse(conn, peer, CloseCode.TRY_AGAIN_LATER, "relay unavailable", "relay_unavailable")
         key = (query.get("key") or [""])[0]
         if key:
             expected = sub.room.write_key

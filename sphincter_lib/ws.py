@@ -81,7 +81,20 @@ class Handler(WebSocketHandler):
         timer = getattr(self, "_handshake_timer", None)
         if timer is not None:
             timer.close()                       # the head is in: the session has no deadline
-        return super().run_application()
+        # gevent-websocket's run_application, except that the 101 response is not written
+        # before the application runs: the connection writes it (Connection.accept) when the
+        # application first uses it, so a subscriber is in its room once its handshake is done
+        # (a shared room model admits it with a round trip to Redis first)
+        self.result = self.upgrade_websocket()
+        if getattr(self, "websocket", None) is not None:
+            self.run_websocket()
+            return None
+        if self.status:
+            if not self.result:
+                self.result = []
+            self.process_result()
+            return None
+        return WSGIHandler.run_application(self)
 
     @property
     def logger(self):        # gevent-websocket installs its own stderr handler otherwise
@@ -172,7 +185,7 @@ class Connection:
 
     # one per subscriber: no __dict__
     __slots__ = ("environ", "socket", "_handler", "_owner", "_rfile", "_pending", "detached", "tls",
-                 "send_now", "unsent", "writing", "closed", "_on_data", "_watcher")
+                 "send_now", "unsent", "writing", "closed", "_on_data", "_watcher", "accepted")
 
     def __init__(self, handler):
         self.environ = handler.environ
@@ -194,6 +207,15 @@ class Connection:
         self.closed = False             # True once close() was called
         self._on_data = None
         self._watcher = None
+        self.accepted = False           # the 101 response went out (see accept)
+
+    def accept(self):
+        """Write the handshake's 101 response, once: done by the first read, write or detach."""
+        if not self.accepted:
+            self.accepted = True
+            handler = self._handler if self._handler is not None else self._owner
+            if handler is not None:
+                handler.write(b"")
 
     # -- reading ---------------------------------------------------------------------
     def recv(self):
@@ -203,6 +225,8 @@ class Connection:
         buffer for every idle connection while it waits. Bytes the handshake's
         reader already buffered are taken first, without waiting.
         """
+        if not self.accepted:
+            self.accept()
         if self._rfile is not None:
             data = self._take_buffered()
             if data:
@@ -251,6 +275,8 @@ class Connection:
         state can then be freed while the session runs elsewhere; the
         session's :meth:`close` then closes the duplicate.
         """
+        if not self.accepted and not self.closed:
+            self.accept()
         handler, sock = self._owner, self.socket
         if handler is None or self.tls or self.closed:
             return False
@@ -273,6 +299,8 @@ class Connection:
         are delivered first (before this returns). Costs one I/O watcher per
         connection instead of a greenlet parked in ``recv`` with its stack.
         """
+        if not self.accepted:
+            self.accept()
         self._on_data = on_data
         if self._rfile is not None:
             self._pending = self._take_buffered() or b""
@@ -327,6 +355,8 @@ class Connection:
 
     def sendall(self, data):
         """Write ``unsent`` and ``data``; blocks the calling greenlet. Raises OSError if gone."""
+        if not self.accepted:
+            self.accept()
         if self.unsent:
             data, self.unsent = self.unsent + data, b""
         if not data:
@@ -352,6 +382,8 @@ class Connection:
         if frame.__class__ is not tuple:
             return self.sendall(frame)
         header, payload = frame
+        if not self.accepted:
+            self.accept()
         if self.unsent or getattr(self.socket, "_sslobj", None) is not None:
             self.sendall(header)                    # TLS sockets have no sendmsg
             return self.sendall(payload)

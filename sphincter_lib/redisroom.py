@@ -1,0 +1,471 @@
+"""Redis mode: a room as one node sees it, and its write-back queue in Redis.
+
+A :class:`RedisRoom` is a :class:`backlog.Room` — local subscribers are
+cursors into its backlog, exactly as in one process — that also takes part in
+the relay-wide room:
+
+- when this node holds the room's **source** (it *owns* the room), every
+  message is encoded once, appended to the local backlog and queued for Redis;
+  one loop turn's messages go out as one batch (``PUBLISH`` on ``P:m:{K}``,
+  plus ``XADD`` to the replay log in a replay room) carrying ``(epoch, seq)``;
+- when the source is elsewhere, the room is a **mirror**: while it has local
+  subscribers it listens to ``P:m:{K}`` and appends the frames it receives
+  (already encoded: a node encodes nothing twice). A batch of an older epoch
+  (a source that was replaced) is dropped; a duplicate is dropped; a missing
+  batch is a **gap**: local subscribers are closed 4408 ``missed messages``
+  (under ``--slow-policy skip`` they go on), never shown a gap;
+- room events (``P:e:{K}``: live/waiting/closed/writable) move its state.
+
+Everything here runs in the event loop or a greenlet and never blocks, except
+:meth:`RedisRoom.ensure_feed` and the :class:`RedisOutbox` drainer calls,
+which are called from greenlets that may.
+"""
+
+import logging
+import time
+
+from gevent.event import Event
+
+from .backlog import CLOSED, LIVE, SLOW_CLOSE, SOURCE_CLOSED, WAITING, Room
+from .errors import RelayUnavailable
+from . import redis_keys, resp
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RedisRoom", "RedisOutbox"]
+
+
+class RedisRoom(Room):
+    """A room of a relay whose rooms are shared through Redis (see the module docstring)."""
+
+    def __init__(self, code, source, limits, encode, events, stats, clock=time.time,
+                 monotonic=time.monotonic, named=False):
+        Room.__init__(self, code, source, limits, encode, events, stats, clock=clock,
+                      monotonic=monotonic, named=named)
+        model = self.model = events
+        keys = model.keys
+        self.redis_keys = keys.room(self.key)
+        self.chan_m = keys.messages(self.key)
+        self.chan_e = keys.events(self.key)
+        self.chan_w = keys.writes(self.key)
+        self.outbox = RedisOutbox(self, limits.write_queue_bytes)
+        #: the room's epoch: +1 at every source attach anywhere (fences replaced sources)
+        self.epoch = 0
+        self.pub_seq = 0                 # batches this node published in this epoch (owner)
+        self.feeding = False             # listening to the room's batches
+        self.feed_epoch = 0              # the epoch and next seq expected from Redis
+        self.next_seq = None             # None: take the next batch as it comes
+        self.remote_peer = ""            # the source's address when it is on another node
+        self.source_node = model.node if source is not None else ""
+        self.idle_since = monotonic()    # last time it had a local subscriber or was looked up
+        self._batch = []
+        self._batch_epoch = 0
+        self._batch_scheduled = False
+        self._loading = None             # batches received while the replay log is read
+        self._feed_ready = None
+        # flow control across nodes (see source_must_wait)
+        self.remote_nodes = frozenset()  # owner: other nodes with subscribers here (from Redis)
+        self.remote_behind = {}          # owner: node -> when its "behind" report expires
+        self.reported_behind = False     # mirror: told the owner its subscribers are behind
+
+    # -- who feeds it ------------------------------------------------------------------
+    @property
+    def peer(self):
+        return self.source.peer if self.source is not None else self.remote_peer
+
+    @property
+    def presence(self):
+        """``online`` while a source feeds the room, on any node."""
+        return "online" if self.state is LIVE and (self.source is not None or self.source_node) else "offline"
+
+    @property
+    def owned(self):
+        return self.source is not None
+
+    def own(self, source, epoch):
+        """``source`` (on this node) feeds the room from ``epoch`` on; returns the source it replaced
+        on this node, if any."""
+        self._batch = []
+        if epoch > self.epoch:
+            self._set_epoch(epoch)
+        self.reported_behind = False
+        self._source_paused = False
+        self.remote_behind = {}
+        self.pub_seq = 0
+        self.source_node = self.model.node
+        self.remote_peer = ""
+        return self.attach(source)
+
+    # -- publishing (owner) ------------------------------------------------------------
+    def publish(self, payload, text):
+        if self.state is not LIVE:
+            return
+        self.messages += 1
+        self.bytes += len(payload)
+        stats = self.stats
+        stats.messages_in += 1
+        stats.bytes_in += len(payload)
+        frame = self._encode(payload, text)
+        if self.subscribers or self.replay:
+            self._append(frame)
+        else:
+            self._pass(len(payload))
+        if not self._batch:
+            self._batch_epoch = self.epoch
+            if not self._batch_scheduled:
+                self._batch_scheduled = True
+                self._loop.run_callback(self.send_batch)
+        self._batch.append(frame)
+
+    def send_batch(self):
+        """Hand what the source sent this loop turn to Redis, as one batch (one PUBLISH)."""
+        self._batch_scheduled = False
+        frames, self._batch = self._batch, []
+        if not frames or self._batch_epoch != self.epoch:
+            return                            # replaced meanwhile: the new owner's batches count
+        self.pub_seq += 1
+        self.model.publish_batch(self, redis_keys.encode_batch(self.epoch, self.pub_seq, frames))
+
+    # -- mirroring (the source is on another node) ---------------------------------------
+    def ensure_feed(self, timeout):
+        """Listen to the room's batches (and read the replay log), before a local subscriber joins.
+
+        Blocks the calling greenlet for a round trip or two; RelayUnavailable if Redis does
+        not confirm within ``timeout``."""
+        ready = self._feed_ready
+        if self.feeding:
+            if ready is not None:
+                ready.wait(timeout)
+            return
+        self.feeding = True
+        self.next_seq = None
+        ready = self._feed_ready = Event()
+        try:
+            if not self.model.pubsub.subscribe(self.chan_m).wait(timeout):
+                self.stop_feed()
+                raise RelayUnavailable()
+            if self.replay and self.source is None:
+                self._load_replay()
+        finally:
+            self._feed_ready = None
+            ready.set()
+
+    def stop_feed(self):
+        if self.feeding:
+            self.feeding = False
+            self.next_seq = None
+            self.model.pubsub.unsubscribe(self.chan_m)
+
+    def _load_replay(self):
+        """The newest ``replay`` batches from the room's log, joined with the live batches that
+        arrive meanwhile at the first (epoch, seq) both have: no gap, no duplicate."""
+        self._loading = []
+        try:
+            entries = self.model.read_log(self)
+        except RelayUnavailable:
+            entries = []
+        pending, self._loading = self._loading, None
+        self._forget_backlog()
+        for entry_id, data in reversed(entries):
+            self._take(data, from_log=True)
+        for data in pending:
+            self.receive(data)
+
+    def _forget_backlog(self):
+        del self._frames[:]
+        del self._ends[:]
+        self._base_seq, self._base_pos = self.head_seq, self.head_pos
+        self.lead_pos = self.head_pos
+
+    def receive(self, data):
+        """A batch from Redis (from the listener greenlet)."""
+        if self._loading is not None:
+            self._loading.append(data)
+            return
+        self._take(data)
+
+    def _take(self, data, from_log=False):
+        try:
+            epoch, seq, frames = redis_keys.decode_batch(data)
+        except ValueError as exc:
+            logger.warning("room %s: dropped a malformed batch from Redis: %s", self.code, exc)
+            return
+        if self.source is not None and not from_log:
+            return                            # ours, back from Redis (or fenced: an event follows)
+        if epoch < self.epoch and not from_log:
+            return                            # from a source that was replaced
+        expected = self.next_seq
+        if expected is not None:
+            if epoch == self.feed_epoch:
+                if seq < expected:
+                    return                    # a duplicate (resent after a reconnect)
+                if seq > expected:
+                    self._gap(seq - expected)
+            elif epoch > self.feed_epoch and seq != 1:
+                self._gap(seq - 1)
+            elif epoch < self.feed_epoch:
+                return
+        self.feed_epoch, self.next_seq = epoch, seq + 1
+        if epoch > self.epoch:
+            self.epoch = epoch
+        if self.state is CLOSED:
+            return
+        stats = self.stats
+        stats.redis_batches_in += 1
+        stats.redis_messages_in += len(frames)
+        for frame in frames:
+            self.messages += 1
+            self.bytes += len(frame)
+            if self.subscribers or self.replay:
+                self._append(frame)
+            else:
+                self._pass(len(frame))
+        if (self.flow_control and not self.reported_behind and self.subscribers
+                and self.head_pos - self.lead_pos >= self.high_water):
+            self.reported_behind = self._source_paused = True
+            self.model.report_flow(self, "behind")
+
+    def _gap(self, batches):
+        """Batches were lost on the way (Redis restarted, or this node was cut off as too slow)."""
+        self.stats.redis_gaps += 1
+        logger.warning("room %s: %d batch(es) from Redis missed; %s %d local subscriber(s)", self.code,
+                       batches, "skipping for" if self.skip else "closing (4408)", len(self.subscribers))
+        for sub in list(self.subscribers):
+            if self.skip:
+                sub.skip_to(self.head_seq, self.head_pos)
+                self.skipped += 1
+            else:
+                self.slow_cutoffs += 1
+                self.stats.slow_cutoffs += 1
+                sub.kick(SLOW_CLOSE, "missed messages")
+        if self.skip:
+            self._trim_to(self.head_seq)
+
+    # -- flow control across nodes -------------------------------------------------------
+    # A mirror whose fastest local subscriber is high_water behind tells the owner ("behind"),
+    # and again every heartbeat while it stays so; back under low_water it says "ok". The
+    # owner's source waits while its own subscribers (if any) are behind and so is every
+    # node with subscribers in the room: the room moves at the speed of its fastest
+    # subscriber, wherever it is. A report not renewed expires (a node that died).
+    def source_must_wait(self):
+        behind = self.remote_behind
+        if not behind:
+            return Room.source_must_wait(self)
+        if not self.flow_control or self.state is not LIVE:
+            return False
+        now = self._monotonic()
+        for node, until in list(behind.items()):
+            if until < now:
+                del behind[node]
+        if not behind:
+            return Room.source_must_wait(self)
+        if self.subscribers and self.head_pos - self.lead_pos < self.high_water:
+            return False                          # a local subscriber keeps up
+        return all(node in behind for node in self.remote_nodes)
+
+    def wait_for_readers(self):
+        if not self.remote_behind:
+            return Room.wait_for_readers(self)
+        while self.source_must_wait():
+            if not self._source_paused:
+                self._source_paused = True
+                self._paused_since = self._monotonic()
+                self.source_pauses += 1
+                self.stats.source_pauses += 1
+                self._readers.clear()
+            self._readers.wait(self.model.flow_recheck)
+        self._resume_source()
+
+    def remote_flow(self, node, state, expires):
+        """A node's report (owner side): ``behind`` until ``expires``, or ``ok``."""
+        if self.source is None:
+            return
+        if state == "behind":
+            self.remote_behind[node] = expires
+        elif self.remote_behind.pop(node, None) is not None and self._source_paused:
+            if not self.source_must_wait():
+                self._resume_source()
+
+    def _resume_source(self):
+        if self.reported_behind and self.source is None:
+            self.reported_behind = self._source_paused = False
+            self.model.report_flow(self, "ok")
+            return
+        Room._resume_source(self)
+
+    # -- room events -------------------------------------------------------------------
+    def _set_epoch(self, epoch):
+        self.epoch = epoch
+        if self.feeding:
+            self.feed_epoch, self.next_seq = epoch, 1
+
+    def on_event(self, text):
+        """``live E NODE``, ``waiting E``, ``closed E``, ``writable`` (from the listener)."""
+        parts = text.split()
+        if not parts:
+            return
+        kind = parts[0]
+        if kind == "writable":
+            self.outbox.writable()
+            return
+        try:
+            epoch = int(parts[1])
+        except (IndexError, ValueError):
+            return
+        node = parts[2] if len(parts) > 2 else ""
+        if kind == "live":
+            if epoch < self.epoch or (epoch == self.epoch and self.source is not None):
+                return
+            if node == self.model.node and epoch == self.epoch:
+                return
+            if self.source is not None and node != self.model.node:
+                self.fenced("replaced by a newer source")
+            self.went_live(epoch, node)
+        elif kind == "waiting":
+            if epoch < self.epoch or self.source is not None or self.state is not LIVE:
+                return
+            self.went_waiting()
+        elif kind == "closed":
+            if self.source is not None and epoch < self.epoch:
+                return
+            if self.source is not None and epoch == 0:
+                return                        # Redis lost it; the owner re-creates it
+            self.close(SOURCE_CLOSED, "source closed")
+
+    def went_live(self, epoch, node, peer=""):
+        was = self.state
+        if epoch > self.epoch:
+            self._set_epoch(epoch)
+        self.source_node = node
+        self.remote_peer = peer or self.remote_peer
+        if was is WAITING:
+            self.state = LIVE
+            self.resumes += 1
+            self.stats.resumes += 1
+            self._presence_change()
+
+    def went_waiting(self):
+        self.state = WAITING
+        self.source_node = ""
+        self.remote_peer = ""
+        self._presence_change()
+
+    def fenced(self, why):
+        """Another node's source took the room over: hang up ours (it must not publish)."""
+        old = self.source
+        if old is None:
+            return
+        self.source = None
+        self._batch = []
+        self.takeovers += 1
+        self.stats.takeovers += 1
+        self.events.source_detached(self, old)
+        self._resume_source()
+        old.hang_up(why)
+        self.outbox.wake()
+
+    def source_left(self, source):
+        if source is not self.source:
+            return
+        self.send_batch()                     # what it sent goes out before the room moves on
+        self.model.leave(self)
+        Room.source_left(self, source)
+        if self.state is WAITING:
+            self.source_node = ""
+            if self._grace_timer is not None:     # the relay decides when the grace ends
+                self._grace_timer.close()
+                self._grace_timer = None
+
+
+class RedisOutbox:
+    """The room's write-back queue, in Redis (``P:out:{K}``): writers on any node put whole
+    messages; the drainer on the owner's node takes them. The same interface as
+    :class:`~sphincter_lib.outbox.Outbox`."""
+
+    def __init__(self, room, limit):
+        self.room = room
+        self.limit = limit
+        self.closed = False
+        self.known = 0            # bytes queued in Redis, as last seen
+        self.sending = 0          # bytes on their way to Redis
+        self._event = Event()
+        self._callbacks = []
+        self._taken = None
+        self._trimmed = None      # set once Redis applied the last done()
+
+    def put(self, data):
+        """From the event loop: queue ``data``; False when the queue is (about) full."""
+        size = len(data)
+        self.sending += size
+        room = self.room
+        room.model.pipe.send(resp.command("EVAL", redis_keys.WPUT, 6, *(room.redis_keys + [
+            room.chan_e, data, room.chan_w])), lambda reply: self._put_done(reply, size))
+        return self.known + self.sending < self.limit
+
+    def _put_done(self, reply, size):
+        self.sending -= size
+        if isinstance(reply, int) and reply >= 0:
+            self.known = reply
+
+    @property
+    def waiting_writers(self):
+        return len(self._callbacks)
+
+    def when_writable(self, callback):
+        self._callbacks.append(callback)
+
+    def writable(self):
+        self.known = 0
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def take(self, limit=64 * 1024):
+        """Whole messages from the head of the queue, joined, at most ``limit`` bytes (at least
+        one message); None when there are none (or Redis cannot be reached)."""
+        trimmed = self._trimmed
+        if trimmed is not None and not trimmed.wait(2.0):
+            return None                       # the last done() is not applied yet
+        try:
+            items = self.room.model.out_head(self.room)
+        except RelayUnavailable:
+            return None
+        if not items:
+            return None
+        taken, size = [], 0
+        for item in items:
+            if taken and size + len(item) > limit:
+                break
+            taken.append(item)
+            size += len(item)
+        self._taken = (len(taken), size)
+        return b"".join(taken)
+
+    def done(self):
+        """The messages of the last :meth:`take` were written: drop them from the queue. Sent
+        through the node's pipe, so it happens even if the drainer is stopped right after."""
+        n, size = self._taken
+        self._taken = None
+        trimmed = self._trimmed = Event()
+        room = self.room
+
+        def applied(reply):
+            if isinstance(reply, int):
+                self.known = reply
+            trimmed.set()
+        room.model.pipe.send(resp.command("EVAL", redis_keys.WDONE, 6, *(room.redis_keys + [
+            room.chan_e, n, size, self.limit])), applied)
+        return n
+
+    def wait(self, timeout=None):
+        """Until woken (``P:w:{K}``), or at most a second: a wake-up lost with Redis costs that."""
+        self._event.wait(1.0 if timeout is None else min(timeout, 1.0))
+        self._event.clear()
+
+    def wake(self):
+        self._event.set()
+
+    def close(self):
+        self.closed = True
+        self._event.set()
+        self._callbacks = []
