@@ -11,6 +11,8 @@ Configurations (one fresh set of processes per run, loopback only):
   one-node    one process in Redis mode, every subscriber on it: the cost of Redis mode alone
   two-nodes   nodes n1 and n2 sharing one redis-server; the source on n1, each room's subscribers
               split evenly (wsbench --ws n1,n2): half of them get every message through Redis
+  CONFIG@SCRIPT  the same with the nodes run by SCRIPT (same command line as sphincter.py), a
+              launcher that applies a candidate change (bench/candidates/), measured side by side
 Workloads (wsbench closed loop unless paced; every run bounded by count, duration and timeout):
   fanout      the standard closed loop (window 128, 100-byte lines): the relay batches up to 128
               messages per send, wsbench (one core at most) is the limit
@@ -38,6 +40,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -122,9 +125,9 @@ def start_redis(wd, pin=None):
     return p
 
 
-def start_node(wd, name, python, redis_url=None, pin=None):
+def start_node(wd, name, python, redis_url=None, pin=None, script="sphincter.py"):
     """A Sphincter process on ports 0; its addresses come from its 'listening' log line."""
-    argv = [python, str(T.ROOT / "sphincter.py"), "--tcp-host", "127.0.0.1", "--tcp-port", "0",
+    argv = [python, str(T.ROOT / script), "--tcp-host", "127.0.0.1", "--tcp-port", "0",
             "--ws-host", "127.0.0.1", "--ws-port", "0", "--log-level", "info",
             "--max-subscribers-per-room", "20000",
             "--subscriber-buffer-bytes", str(T.SUBSCRIBER_BUFFER), "--framing", "lines"]
@@ -137,6 +140,28 @@ def start_node(wd, name, python, redis_url=None, pin=None):
     return p
 
 
+#: /metrics counters kept per node (after the run): where a two-node run waited
+METRICS_KEPT = ("source_pauses_total", "source_paused_seconds_total",
+                "redis_batches_published_total", "redis_batches_received_total")
+
+
+def node_metrics(ws):
+    try:
+        with urllib.request.urlopen("http://%s/metrics" % ws, timeout=3) as resp:
+            text = resp.read().decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return None
+    out = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith("sphincter_") and name[10:] in METRICS_KEPT:
+            try:
+                out[name[10:]] = float(value)
+            except ValueError:
+                pass
+    return out
+
+
 def cpu_of(procs):
     return {p.name: T.cpu_seconds(p.pid) for p in procs}
 
@@ -145,6 +170,8 @@ def run_one(config, workload, a):
     """One measurement: fresh processes, one wsbench client run, CPU of every server process."""
     wd = T.workdir()
     pin = PIN[a.pin]
+    config, _, script = config.partition("@")
+    script = script or "sphincter.py"
     procs = []
     try:
         redis = None
@@ -152,11 +179,11 @@ def run_one(config, workload, a):
             redis = start_redis(wd, pin.get("redis"))
             procs.append(redis)
         url = redis.url if redis else None
-        n1 = start_node(wd, "n1", a.python, url, pin.get("n1"))
+        n1 = start_node(wd, "n1", a.python, url, pin.get("n1"), script)
         procs.append(n1)
         ws = [n1.ws]
         if config == "two-nodes":
-            n2 = start_node(wd, "n2", a.python, url, pin.get("n2"))
+            n2 = start_node(wd, "n2", a.python, url, pin.get("n2"), script)
             procs.append(n2)
             ws.append(n2.ws)
         W = WORKLOADS[workload]
@@ -200,6 +227,7 @@ def run_one(config, workload, a):
                       and r["reorder"] == 0 and r["closed"] == 0
                       and "stalled" not in r.get("stderr", ""))
         r["ws"] = ws
+        r["metrics"] = {p.name: node_metrics(p.ws) for p in procs if p.name != "redis"}
         if not r["valid"]:          # what the nodes said about it (warnings and errors)
             r["logs"] = {p.name: [ln for ln in p.tail(200000).splitlines()
                                   if " WARNING " in ln or " ERROR " in ln or "Traceback" in ln][-8:]
@@ -308,7 +336,7 @@ def markdown(meta, summary):
               "single | nodes only | wsbench µs/delivery | p50 ms | p99 ms | p50 ms n1 / n2 | "
               "p99 ms n1 / n2 | busy n1 | busy n2 | busy redis | busy wsbench | loss | closed |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for c in [c for c in CONFIGS if c in summary[w]]:
+        for c in sorted(summary[w], key=lambda c: (CONFIGS.index(c.split("@")[0]), c)):
             e = summary[w][c]
             L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s / %s | %s / %s | %s | %s "
                      "| %s | %s | %s | %s |" % (
@@ -344,39 +372,44 @@ def goals(summary):
 
     def verdict(ok, w, *configs):
         if not clean(w, *configs):
-            return "no valid measurement (loss, closes or errors)"
+            return "not measured, or runs with loss, closes or errors"
         return "–" if ok is None else ("met" if ok else "**not met**")
+
+    def ms(v):
+        return "%.2f ms" % (v / 1000)
+
     rows = []
-    for w in [w for w in ("fanout", "cpu", "paced", "hop") if w in summary]:
-        a = med(summary, w, "two-nodes", "cpu_us_per_delivery")
-        b = med(summary, w, "single", "cpu_us_per_delivery")
-        rows.append(("Redis path ≤ 1.3× single-process CPU per delivery (%s)" % w,
-                     ratio(a, b), verdict(a / b <= 1.3 if a and b else None, w, "single",
-                                          "two-nodes")))
-    for w in [w for w in ("paced", "hop") if w in summary]:
-        hop = med(summary, w, "two-nodes", "hop_p50_us")
-        if hop is not None:
-            rows.append(("Redis path adds < 1 ms at p50 (%s; n2's p50 − n1's p50, same run)" % w,
-                         "%.2f ms" % (hop / 1000), verdict(hop < 1000, w, "two-nodes")))
-    p2 = med(summary, "paced", "two-nodes", "lat_p50_us_n2")
-    p1 = med(summary, "paced", "single", "lat_p50_us")
-    if p2 is not None and p1 is not None:
-        rows.append(("… paced, against the single process (n2's p50 − single's p50)",
-                     "%.2f ms" % ((p2 - p1) / 1000),
-                     verdict(p2 - p1 < 1000, "paced", "single", "two-nodes")))
-    a = med(summary, "cpu", "two-nodes", "deliveries_per_s")
-    b = med(summary, "cpu", "single", "deliveries_per_s")
-    busy = med(summary, "cpu", "single", "busy_n1")
+    twos = sorted({c for by in summary.values() for c in by if c.startswith("two-nodes")})
     cr = med(summary, "cpu", "single", "cpu_us_per_delivery")
     cg = med(summary, "cpu", "single", "wsbench_us_per_delivery")
     if cr and cg:
-        rows.append(("cpu case: best possible gain on 2 cores if two nodes cost what one does (2·relay / (relay + "
-                     "wsbench) per delivery, cpu, single's medians)", "%.2f×" % (2 * cr / (cr + cg)),
-                     "(reference)"))
-    if a and b:
-        rows.append(("two nodes deliver more than one where one process is CPU-bound (cpu; "
-                     "single's busy %.0f %%)" % (100 * (busy or 0)), ratio(a, b),
-                     verdict(a > b, "cpu", "single", "two-nodes")))
+        rows.append(("cpu case: best possible gain on 2 cores if two nodes cost what one does "
+                     "(2·relay / (relay + wsbench) per delivery, single's medians)",
+                     "%.2f×" % (2 * cr / (cr + cg)), "(reference)"))
+    for two in twos:
+        tag = "" if two == "two-nodes" else " — " + two
+        for w in [w for w in ("fanout", "cpu", "paced", "hop") if w in summary]:
+            a = med(summary, w, two, "cpu_us_per_delivery")
+            b = med(summary, w, "single", "cpu_us_per_delivery")
+            rows.append(("Redis path ≤ 1.3× single-process CPU per delivery (%s)%s" % (w, tag),
+                         ratio(a, b), verdict(a / b <= 1.3 if a and b else None, w, "single", two)))
+        for w in [w for w in ("paced", "hop") if w in summary]:
+            hop = med(summary, w, two, "hop_p50_us")
+            if hop is not None:
+                rows.append(("Redis path adds < 1 ms at p50 (%s; n2's p50 − n1's p50, same run)%s"
+                             % (w, tag), ms(hop), verdict(hop < 1000, w, two)))
+        p2 = med(summary, "paced", two, "lat_p50_us_n2")
+        p1 = med(summary, "paced", "single", "lat_p50_us")
+        if p2 is not None and p1 is not None:
+            rows.append(("paced: n2's p50 − the single process's p50%s" % tag, ms(p2 - p1),
+                         verdict(p2 - p1 < 1000, "paced", "single", two)))
+        a = med(summary, "cpu", two, "deliveries_per_s")
+        b = med(summary, "cpu", "single", "deliveries_per_s")
+        busy = med(summary, "cpu", "single", "busy_n1")
+        if a and b:
+            rows.append(("two nodes deliver more than one where one process is CPU-bound (cpu; "
+                         "single's busy %.0f %%)%s" % (100 * (busy or 0), tag), ratio(a, b),
+                         verdict(a > b, "cpu", "single", two)))
     L = ["## Against the goals (medians)", "", "| goal | measured | verdict |", "|---|---|---|"]
     L += ["| %s | %s | %s |" % r for r in rows]
     return L + [""]
@@ -419,7 +452,9 @@ def main(argv=None):
         WORKLOADS["paced"]["count"] = a.rate * 5
     workloads = [w for w in a.only.split(",") if w]
     configs = [c for c in a.configs.split(",") if c]
-    bad = sorted(set(workloads) - set(WORKLOADS)) + sorted(set(configs) - set(CONFIGS))
+    bad = sorted(set(workloads) - set(WORKLOADS)) + sorted(
+        c for c in configs if c.split("@")[0] not in CONFIGS
+        or ("@" in c and not (T.ROOT / c.split("@", 1)[1]).exists()))
     if bad:
         ap.error("unknown: " + ",".join(bad))
     if configs != ["single"] and not shutil.which("redis-server"):
