@@ -18,7 +18,8 @@ PY36_TESTS ?= tests/test_relay.py tests/test_cli.py tests/test_config.py tests/t
               tests/test_roomcode.py tests/test_security.py tests/test_security_policy.py \
               tests/test_metrics_api.py tests/test_viewer_static.py tests/test_lifecycle.py \
               tests/test_writeback.py tests/test_preamble.py tests/test_roomsfile.py \
-              tests/test_connect.py tests/test_wsclient.py tests/test_obsws.py
+              tests/test_connect.py tests/test_wsclient.py tests/test_obsws.py \
+              tests/test_resp.py tests/test_redis_mode.py
 
 .PHONY: test-py36
 test: test-py36

@@ -24,6 +24,7 @@ the in-process registry. What it adds (design and measurements:
   mirrors that missed batches close their subscribers 4408, never showing a gap.
 """
 
+import base64
 import hashlib
 import hmac
 import json
@@ -54,6 +55,13 @@ def default_node_name():
 
 def _digest(key):
     return hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()
+
+
+def _named_write_key(spec):
+    """A named room's write key when the rooms file gives none: derived from its token (a secret
+    every node has), so every node of the relay agrees on it without asking Redis."""
+    mac = hmac.new(spec.token, b"sphincter write key " + spec.key.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac[:18]).decode()
 
 
 def _text(value):
@@ -242,7 +250,7 @@ class RedisRoomModel(RoomRegistry):
             return None
         spec, room = found
         epoch, write = self._call("CLAIM", room, room.chan_e, self.node, self.lease_ms, room.code,
-                                  source.peer, spec.write or (resume_key() if self.write_back else ""))
+                                  source.peer, room.write_key or "")
         room.write_key = _text(write) or None
         return room, room.own(source, int(epoch))
 
@@ -448,6 +456,8 @@ class RedisRoomModel(RoomRegistry):
     def reload(self, specs):
         result = RoomRegistry.reload(self, specs)
         for spec, room in self._named.values():
+            if self.write_back and not spec.write:
+                room.write_key = _named_write_key(spec)     # the same on every node
             if room.chan_e not in self.pubsub.channels:
                 self._add(room)
         if self._beat_ok:

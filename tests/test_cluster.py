@@ -251,7 +251,11 @@ def test_no_resume_within_the_grace_is_4410_everywhere(cluster):
     src.close()
     for r in readers:
         assert r.wait_close(timeout=grace + 5) == (4410, "source closed"), r.node.name
-        assert time.monotonic() - t0 >= grace * 0.9, "%s closed before the grace ended" % r.node.name
+        elapsed = time.monotonic() - t0
+        assert elapsed >= grace * 0.9, "%s closed before the grace ended" % r.node.name
+        # the grace, give or take a heartbeat (--redis-lease / 3)
+        assert elapsed < unit(grace + 2), "%s: 4410 %.1f s after the source left (grace %s s)" % (
+            r.node.name, elapsed, grace)
     late = Src(n3.tcp, b"RESUME %s %s\n" % (code.encode(), extra["RESUME"].encode()))
     cluster.on_teardown(late.close)
     assert late.line() == b"ERROR cannot resume\n"
@@ -344,7 +348,9 @@ def test_write_back_is_held_without_a_source_and_delivered_to_the_next_one_anywh
              what="n2 sees the source away")
     w.ws.send("second, while away again")
     src2, _, _ = source(cluster, n1, b"AUTH desk-token-123\n", expect=("WRITE",))
-    assert src2.line() == b"second, while away again\n"
+    # not "queued while away" again: the first source read all of it before it left
+    line = src2.line()
+    assert line == b"second, while away again\n"
 
 
 def test_max_subscribers_per_room_counts_relay_wide(cluster):
@@ -371,6 +377,30 @@ def test_max_subscribers_per_room_counts_relay_wide(cluster):
     assert ws.recv() == "hello"
 
 
+def test_a_killed_nodes_subscribers_stop_counting_against_the_room(cluster):
+    n1, n2, n3 = cluster.nodes(3, "--max-subscribers-per-room", "2", "--redis-lease", str(LEASE))
+    src, code, _ = source(cluster, n1)
+    Reader(cluster, n2, code), Reader(cluster, n3, code)
+    assert close_of(cluster, n1, "room=" + code)[0] == 4429
+    t0 = time.monotonic()
+    n3.kill()                                     # its subscriber's place comes free
+    while True:
+        ws = websocket.create_connection(ws_url(n1, "room=" + code), timeout=unit(10))
+        cluster.on_teardown(ws.close)
+        ws.settimeout(unit(0.5))
+        try:
+            opcode, data = ws.recv_data(control_frame=True)
+        except websocket.WebSocketTimeoutException:
+            break                                 # admitted
+        assert opcode == CLOSE and data[:2] == (4429).to_bytes(2, "big"), (opcode, data)
+        assert time.monotonic() - t0 < unit(LEASE + 3), "the dead node's subscriber still counts"
+        gevent.sleep(0.2)
+    print("admitted %.2f s after the kill" % (time.monotonic() - t0))
+    ws.settimeout(unit(10))
+    src.send(b"hello\n")
+    assert ws.recv() == "hello"
+
+
 def test_sigterm_of_one_node_1001_for_its_subscribers_only(cluster):
     n1, n2, n3 = cluster.nodes(3)
     src_a, room_a, _ = source(cluster, n1)        # its source on the stopping node
@@ -390,6 +420,28 @@ def test_sigterm_of_one_node_1001_for_its_subscribers_only(cluster):
     src_b.send(b"b2\n")
     b_on_n3.wait_for_message(b"b2")
     assert not b_on_n3.closed.is_set()
+
+
+def test_sigterm_with_grace_the_source_resumes_on_another_node(cluster):
+    """A rolling restart: the stopping node's source comes back elsewhere; subscribers elsewhere
+    just wait and go on (the stopping node's own get 1001)."""
+    n1, n2, n3 = cluster.nodes(3, "--room-grace", "5")
+    src, code, extra = source(cluster, n1, expect=("RESUME",))
+    here, there = Reader(cluster, n1, code), Reader(cluster, n3, code)
+    src.send(b"0\n")
+    there.wait_for_message(b"0")
+    n1.terminate()
+    assert src.line() == b"ERROR server shutting down\n"
+    assert here.wait_close()[0] == 1001
+    assert n1.wait() == 0
+    wait_for(lambda: get_json(n3, "/status?room=" + code)[1].get("source") == "offline",
+             timeout=unit(5), what="n3 sees the source away")
+    again, code2, _ = source(cluster, n2, b"RESUME %s %s\n" % (code.encode(), extra["RESUME"].encode()),
+                             expect=("RESUME",))
+    assert code2 == code
+    again.send(b"1\n")
+    there.wait_for_message(b"1")
+    assert there.got == [b"0", b"1"] and not there.closed.is_set()
 
 
 def test_healthz_metrics_and_api_name_the_node_and_list_rooms_relay_wide(cluster):
@@ -456,6 +508,33 @@ def test_sigkill_with_grace_resume_on_another_node_continues(cluster):
     for r in readers:
         r.wait_count(5)
         assert r.numbers() == [0, 1, 2, 3, 4], r.node.name
+
+
+def test_sigkill_with_grace_rooms_wait_after_the_lease_then_resume_or_end(cluster):
+    grace = 2
+    n1, n2, n3 = cluster.nodes(3, "--redis-lease", str(LEASE), "--room-grace", str(grace))
+    src_a, room_a, extra_a = source(cluster, n1, expect=("RESUME",))
+    src_b, room_b, _ = source(cluster, n1, expect=("RESUME",))
+    on_a, on_b = Reader(cluster, n2, room_a), Reader(cluster, n3, room_b)
+    src_a.send(b"a0\n")
+    src_b.send(b"b0\n")
+    on_a.wait_for_message(b"a0")
+    on_b.wait_for_message(b"b0")
+    t0 = time.monotonic()
+    n1.kill()
+    wait_for(lambda: get_json(n2, "/status?room=" + room_a)[1].get("source") == "offline",
+             timeout=unit(LEASE + 4), what="n2 sees room A's source gone")
+    assert time.monotonic() - t0 < unit(LEASE + 2.5)
+    assert not on_a.closed.is_set() and not on_b.closed.is_set()     # waiting, not closed
+    again, code, _ = source(cluster, n3, b"RESUME %s %s\n" % (room_a.encode(), extra_a["RESUME"].encode()),
+                            expect=("RESUME",))
+    assert code == room_a
+    again.send(b"a1\n")
+    on_a.wait_for_message(b"a1")
+    assert on_a.got == [b"a0", b"a1"]
+    assert on_b.wait_close(timeout=LEASE + grace + 5) == (4410, "source closed")   # nobody resumed B
+    assert time.monotonic() - t0 < unit(LEASE + grace + 2.5)
+    assert not on_a.closed.is_set()
 
 
 def test_redis_restart_never_shows_a_gap(cluster):
@@ -565,6 +644,37 @@ def test_redis_down_refuses_what_needs_it_and_keeps_local_delivery(cluster):
     again = Reader(cluster, n3, code)             # subscribers are admitted again
     src.send(b"again\n")
     again.wait_for_message(b"again")
+
+
+def test_redis_down_for_more_than_a_buffer_remote_subscribers_are_told_never_shown_a_gap(cluster):
+    """While Redis is down the source's node keeps publishing locally and holds back at most
+    --subscriber-buffer-bytes for the others; more than that, and their subscribers are closed
+    4408 on recovery (or get everything, in order): never a gap."""
+    n1, n2 = cluster.nodes(2, "--subscriber-buffer-bytes", "64KiB", "--max-message-bytes", "4KiB")
+    src, code, _ = source(cluster, n1)
+    local, remote = Reader(cluster, n1, code), Reader(cluster, n2, code)
+    pad = b"y" * 500
+    src.send(b"0 %s\n" % pad)
+    remote.wait_count(1)
+    cluster.redis.stop()
+    wait_for(lambda: http(n1, "/healthz")[0] == 503, timeout=unit(5), what="n1: redis down")
+    total = 400                                    # ~200 KB: three buffers' worth
+    for i in range(1, total, 50):                  # separate reads: separate batches
+        src.send(b"".join(b"%d %s\n" % (k, pad) for k in range(i, min(i + 50, total))))
+        local.wait_count(min(i + 50, total))
+    cluster.redis.restart()
+    for node in (n1, n2):
+        wait_for(lambda: get_json(node, "/healthz")[1].get("redis") == "ok", timeout=unit(8),
+                 what="%s: redis ok again" % node.name)
+    src.send(b"%d %s\n" % (total, pad))
+    src.close()
+    assert local.wait_close() == (4410, "source closed")
+    close = remote.wait_close(timeout=15)
+    nums = [int(m.split()[0]) for m in remote.got]
+    print("remote: %d of %d messages, then %r" % (len(nums), total + 1, close))
+    assert nums == list(range(len(nums))), "n2's subscriber saw a gap"
+    # 4408: "missed messages" (not resent), or "too slow" (resent at once, more than its budget)
+    assert close[0] == 4408 or (close == (4410, "source closed") and len(nums) == total + 1), close
 
 
 def test_a_slow_subscriber_on_one_node_does_not_stop_subscribers_on_another(cluster):

@@ -204,3 +204,19 @@ def test_a_node_with_no_subscriber_in_a_room_receives_nothing_of_it(nodes):
     src.send(b"last\n")
     assert ws.recv() == "last"
     assert b.stats.redis_batches_in == 0
+
+
+def test_named_room_write_key_is_the_same_on_every_node(nodes, tmp_path):
+    rooms = tmp_path / "rooms"
+    rooms.write_text("desk desk-token-123456\n")
+    a, b = nodes(2, rooms_file=str(rooms), write_back=True)
+    src = socket.create_connection(a.tcp_address, timeout=unit(5))
+    src.sendall(b"AUTH desk-token-123456\n")
+    f = src.makefile("rb")
+    assert f.readline() == b"ROOM desk\n"
+    write = f.readline().split()
+    assert write[0] == b"WRITE"
+    writer = websocket.create_connection(
+        "ws://%s:%d/ws?room=desk&key=%s" % (b.ws_address + (write[1].decode(),)), timeout=unit(5))
+    writer.send("to the desk")
+    assert f.readline() == b"to the desk\n"
