@@ -365,6 +365,10 @@ def markdown(meta, summary):
     return "\n".join(L) + "\n"
 
 
+#: the single process counts as CPU-bound when its busy median reaches this
+BOUND = 0.9
+
+
 def goals(summary):
     def clean(w, *configs):
         return all(summary.get(w, {}).get(c) and not summary[w][c]["invalid"]
@@ -388,7 +392,7 @@ def goals(summary):
                      "%.2f×" % (2 * cr / (cr + cg)), "(reference)"))
     for two in twos:
         tag = "" if two == "two-nodes" else " — " + two
-        for w in [w for w in ("fanout", "cpu", "paced", "hop") if w in summary]:
+        for w in [w for w in ("fanout", "cpu", "paced") if w in summary]:   # N = 1000 only
             a = med(summary, w, two, "cpu_us_per_delivery")
             b = med(summary, w, "single", "cpu_us_per_delivery")
             rows.append(("Redis path ≤ 1.3× single-process CPU per delivery (%s)%s" % (w, tag),
@@ -407,9 +411,12 @@ def goals(summary):
         b = med(summary, "cpu", "single", "deliveries_per_s")
         busy = med(summary, "cpu", "single", "busy_n1")
         if a and b:
+            v = verdict(a > b, "cpu", "single", two)
+            if busy is not None and busy < BOUND and v in ("met", "**not met**"):
+                v = ("inconclusive: the single process was not CPU-bound (busy < %.0f %%: the "
+                     "shared machine's other work took the rest)" % (100 * BOUND))
             rows.append(("two nodes deliver more than one where one process is CPU-bound (cpu; "
-                         "single's busy %.0f %%)%s" % (100 * (busy or 0), tag), ratio(a, b),
-                         verdict(a > b, "cpu", "single", two)))
+                         "single's busy %.0f %%)%s" % (100 * (busy or 0), tag), ratio(a, b), v))
     L = ["## Against the goals (medians)", "", "| goal | measured | verdict |", "|---|---|---|"]
     L += ["| %s | %s | %s |" % r for r in rows]
     return L + [""]
@@ -442,7 +449,14 @@ def main(argv=None):
     ap.add_argument("--timeout", type=int, default=60)
     ap.add_argument("--out-dir", default=str(BENCH / "results"))
     ap.add_argument("--tag", default="cluster", help="results file name: <date>-<tag>.json/.md")
+    ap.add_argument("--render", metavar="JSON", help="only re-render JSON's markdown next to it")
     a = ap.parse_args(argv)
+    if a.render:
+        data = json.loads(Path(a.render).read_text())
+        data["summary"] = summarize(data["runs"])
+        Path(a.render).write_text(json.dumps(data, indent=1) + "\n")
+        Path(a.render).with_suffix(".md").write_text(markdown(data["meta"], data["summary"]))
+        return 0
     if a.window:
         WORKLOADS["cpu"]["window"] = a.window
     if a.msg_bytes:
