@@ -433,6 +433,8 @@ def redis_version():
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--smoke", action="store_true",
+                    help="seconds: 6 subscribers, a few hundred messages (tests/test_bench_cluster)")
     ap.add_argument("--subs", type=int, default=N)
     ap.add_argument("--only", default=",".join(WORKLOADS),
                     help="workloads, comma-separated: " + ",".join(WORKLOADS))
@@ -457,6 +459,11 @@ def main(argv=None):
         Path(a.render).write_text(json.dumps(data, indent=1) + "\n")
         Path(a.render).with_suffix(".md").write_text(markdown(data["meta"], data["summary"]))
         return 0
+    if a.smoke:
+        a.subs = 6
+        for W in WORKLOADS.values():
+            W.update(count=200, duration=0) if "window" in W else W.update(count=50, rate=100)
+            W.pop("subs", None)
     if a.window:
         WORKLOADS["cpu"]["window"] = a.window
     if a.msg_bytes:
