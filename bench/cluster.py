@@ -2,7 +2,7 @@
 """Cluster bench (issue 13): fan-out at N = 1000 on one Sphincter process vs the same subscribers
 spread over two nodes sharing a real redis-server, side by side in one run.
 
-    python bench/cluster.py                     # make bench-cluster: 3 rounds, about 3 minutes
+    python bench/cluster.py                     # make bench-cluster: 3 rounds, about 4 minutes
     python bench/cluster.py --rounds 1 --only fanout --configs single,two-nodes   # quick look
     python bench/cluster.py --dry-run           # no Redis mode yet: start everything, run 'single'
 
