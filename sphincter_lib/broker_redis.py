@@ -41,7 +41,7 @@ from . import __version__, redis_keys, resp
 from .backlog import CLOSED, LIVE, WAITING
 from .errors import CannotResume, ConfigError, RelayUnavailable, RoomFullError, RoomLimitError, RoomNotFound, ShuttingDown
 from .redislink import Endpoint, Listener, Pipe, control_client, redis_errors
-from .redisroom import RedisRoom
+from .redisroom import RedisRoom, parse_last
 from .roomcode import make_code, resume_key, room_key
 from .rooms import RoomRegistry
 
@@ -136,7 +136,7 @@ class RedisRoomModel(RoomRegistry):
         # the pipe reconnects and resends by itself: only the listener (always reading, so it
         # notices at once) and the control calls say whether Redis is reachable
         self.pipe = Pipe(self.endpoint)
-        self.pubsub = Listener(self.endpoint, self._on_push, on_down=self._link_down)
+        self.pubsub = Listener(self.endpoint, self._on_push, on_down=self._link_down, on_up=self._listener_up)
         scripts = ("OPEN", "CLAIM", "RESUME", "CHECK", "REFRESH", "ADMIT", "ENSURE_NAMED")
         self._lua = {name: self.redis.register_script(getattr(redis_keys, name)) for name in scripts}
         RoomRegistry.__init__(self, encode, **kwargs)
@@ -257,6 +257,7 @@ class RedisRoomModel(RoomRegistry):
         epoch, write = self._call("CLAIM", room, room.chan_e, self.node_id, self.lease_ms, room.code,
                                   source.peer, room.write_key or "")
         room.write_key = _text(write) or None
+        room.await_own_live(int(epoch), self.confirm_timeout)
         return room, room.own(source, int(epoch))
 
     def resume(self, code, key, source):
@@ -284,11 +285,12 @@ class RedisRoomModel(RoomRegistry):
             self._add(room)
         room.resume_key = new_key
         room.write_key = write or None
+        room.await_own_live(epoch, self.confirm_timeout)
         return room, room.own(source, epoch)
 
     def leave(self, room):
         """The room's source (on this node) left: tell the relay, after its last batch."""
-        self.pipe.send(resp.command("EVAL", redis_keys.LEAVE, 6, *(room.redis_keys + [
+        self.pipe.send(resp.command("EVAL", redis_keys.LEAVE, 7, *(room.redis_keys + [
             room.chan_e, self.node_id, room.epoch, self.grace_ms, room.key])))
 
     def publish_batch(self, room, data):
@@ -297,6 +299,8 @@ class RedisRoomModel(RoomRegistry):
             self.pipe.send(resp.command("XADD", room.redis_keys[3], "MAXLEN", "~", room.replay,
                                         "%d-%d" % (room.epoch, room.pub_seq), "d", data), droppable=True)
         self.pipe.send(resp.command("PUBLISH", room.chan_m, data), droppable=True)
+        self.pipe.send(resp.command("SET", room.redis_keys[6], "%d:%d" % (room.epoch, room.pub_seq), "PX",
+                                    self.lease_ms + self.grace_ms + 10000), droppable=True)
 
     def report_flow(self, room, text):
         """A mirror's flow-control report (``EPOCH OFFSET`` or ``EPOCH -``) to the room's owner."""
@@ -406,6 +410,35 @@ class RedisRoomModel(RoomRegistry):
     # -- write-back --------------------------------------------------------------------------
     def out_head(self, room):
         return self._ask(self.redis.lrange, room.redis_keys[4], 0, 63)
+
+    def last_batch(self, room):
+        """(epoch, seq) of the room's last batch published, (0, 0) if none; None if unknown."""
+        try:
+            return parse_last(_text(self._ask(self.redis.get, room.redis_keys[6])) or "0:0")
+        except RelayUnavailable:
+            return None
+
+    def _listener_up(self, link):
+        gevent.spawn(self._recheck_feeds).link_exception(
+            lambda g: logger.error("redis: checking rooms after a reconnect failed", exc_info=g.exc_info))
+
+    def _recheck_feeds(self):
+        """After the listener reconnected: a room fed here whose last batch is not one we have
+        lost batches meanwhile (and says so, 4408) even if no batch follows to show it."""
+        rooms = [r for r in self._rooms.values() if r.feeding and r.source is None]
+        if not rooms:
+            return
+        for r in rooms:
+            self.pubsub.subscribe(r.chan_m).wait(self.confirm_timeout)
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for r in rooms:
+                pipe.get(r.redis_keys[6])
+            values = self._ask(pipe.execute)
+        except RelayUnavailable:
+            return
+        for r, value in zip(rooms, values):
+            r.check_last(parse_last(_text(value) or "0:0"))
 
     def read_log(self, room):
         entries = self._ask(self.redis.xrevrange, room.redis_keys[3], count=room.replay)

@@ -35,6 +35,15 @@ logger = logging.getLogger(__name__)
 __all__ = ["RedisRoom", "RedisOutbox"]
 
 
+def parse_last(text):
+    """``"E:S"`` → (E, S); None for anything else."""
+    try:
+        epoch, seq = text.split(":")
+        return int(epoch), int(seq)
+    except ValueError:
+        return None
+
+
 class RedisRoom(Room):
     """A room of a relay whose rooms are shared through Redis (see the module docstring)."""
 
@@ -55,6 +64,9 @@ class RedisRoom(Room):
         self.feeding = False             # listening to the room's batches
         self.feed_epoch = 0              # the epoch and next seq expected from Redis
         self.next_seq = None             # None: take the next batch as it comes
+        self.feed_floor = None           # (epoch, seq): the last batch published when we started
+        self._own_seen = 0               # the newest epoch of ours whose 'live' event came back
+        self._own_wait = None            # (epoch, Event): a claim or resume waiting for it
         self.remote_peer = ""            # the source's address when it is on another node
         self.source_id = model.node_id if source is not None else ""
         self.idle_since = monotonic()    # last time it had a local subscriber or was looked up
@@ -154,6 +166,8 @@ class RedisRoom(Room):
             if not self.model.pubsub.subscribe(self.chan_m).wait(timeout):
                 self.stop_feed()
                 raise RelayUnavailable()
+            # where the room stands once we listen: a batch after it that does not come is lost
+            self.feed_floor = self.model.last_batch(self)
             if self.replay and self.source is None:
                 self._load_replay()
         finally:
@@ -164,7 +178,7 @@ class RedisRoom(Room):
         self.forget_lead()
         if self.feeding:
             self.feeding = False
-            self.next_seq = None
+            self.next_seq = self.feed_floor = None
             self.model.pubsub.unsubscribe(self.chan_m)
 
     def _load_replay(self):
@@ -207,16 +221,18 @@ class RedisRoom(Room):
             return                            # ours, back from Redis (or fenced: an event follows)
         if epoch < self.epoch and not from_log:
             return                            # from a source that was replaced
-        expected = self.next_seq
+        expected, fe = self.next_seq, self.feed_epoch
+        if expected is None and self.feed_floor is not None and (epoch, seq) > self.feed_floor:
+            fe, expected = self.feed_floor[0], self.feed_floor[1] + 1
         if expected is not None:
-            if epoch == self.feed_epoch:
+            if epoch == fe:
                 if seq < expected:
                     return                    # a duplicate (resent after a reconnect)
                 if seq > expected:
-                    self._gap(seq - expected)
-            elif epoch > self.feed_epoch and seq != 1:
-                self._gap(seq - 1)
-            elif epoch < self.feed_epoch:
+                    self._gap("%d batch(es)" % (seq - expected))
+            elif epoch > fe and seq != 1:
+                self._gap("the first %d batch(es) of epoch %d" % (seq - 1, epoch))
+            elif epoch < fe:
                 return
         self.feed_epoch, self.next_seq = epoch, seq + 1
         if epoch > self.epoch:
@@ -240,11 +256,27 @@ class RedisRoom(Room):
             else:
                 self.lead_watch = self.reported_lead + self.report_step - self.pub_delta
 
-    def _gap(self, batches):
+    def received_up_to(self):
+        """(epoch, seq) of the last batch this node has of the room; None if it cannot know."""
+        if self.next_seq is not None:
+            return self.feed_epoch, self.next_seq - 1
+        return self.feed_floor
+
+    def check_last(self, last):
+        """``last``: the room's last batch published, as Redis says (an event, or after a
+        reconnect). One we do not have is lost: never shown as a gap."""
+        if last is None or not self.feeding or self.source is not None or self._loading is not None:
+            return
+        mine = self.received_up_to()
+        if mine is not None and last > mine:
+            self._gap("batches up to %d:%d (have %d:%d)" % (last + mine))
+            self.feed_epoch, self.next_seq = last[0], last[1] + 1
+
+    def _gap(self, what):
         """Batches were lost on the way (Redis restarted, or this node was cut off as too slow)."""
         self.stats.redis_gaps += 1
-        logger.warning("room %s: %d batch(es) from Redis missed; %s %d local subscriber(s)", self.code,
-                       batches, "skipping for" if self.skip else "closing (4408)", len(self.subscribers))
+        logger.warning("room %s: missed %s from Redis; %s %d local subscriber(s)", self.code,
+                       what, "skipping for" if self.skip else "closing (4408)", len(self.subscribers))
         for sub in list(self.subscribers):
             if self.skip:
                 sub.skip_to(self.head_seq, self.head_pos)
@@ -355,10 +387,15 @@ class RedisRoom(Room):
             epoch = int(parts[1])
         except (IndexError, ValueError):
             return
-        node = parts[2] if len(parts) > 2 else ""
+        node = parts[2] if kind == "live" and len(parts) > 2 else ""
+        self.check_last(parse_last(parts[3 if kind == "live" else 2] if len(parts) > (3 if kind == "live" else 2)
+                                   else ""))
         if kind == "live":
-            if node == self.model.node_id or epoch < self.epoch:
-                return                        # this node's own claim or resume: own() applies it
+            if node == self.model.node_id:
+                self._own_live(epoch)         # this node's own claim or resume: own() applies it
+                return
+            if epoch < self.epoch:
+                return
             if self.source is not None:
                 self.fenced("replaced by a newer source")
             self.went_live(epoch, node)
@@ -372,6 +409,26 @@ class RedisRoom(Room):
             if self.source is not None and epoch == 0:
                 return                        # Redis lost it; the owner re-creates it
             self.close(SOURCE_CLOSED, "source closed")
+
+    def await_own_live(self, epoch, timeout):
+        """A claim or resume made here: wait until its 'live' event came back, so every batch
+        Redis put before it was taken (as on every other node) before this node's source
+        publishes."""
+        if self._own_seen >= epoch or not self.feeding:
+            return
+        event = Event()
+        self._own_wait = (epoch, event)
+        try:
+            event.wait(timeout)
+        finally:
+            self._own_wait = None
+
+    def _own_live(self, epoch):
+        if epoch > self._own_seen:
+            self._own_seen = epoch
+        wait = self._own_wait
+        if wait is not None and epoch >= wait[0]:
+            wait[1].set()
 
     def went_live(self, epoch, node, peer=""):
         was = self.state
@@ -439,7 +496,7 @@ class RedisOutbox:
         size = len(data)
         self.sending += size
         room = self.room
-        room.model.pipe.send(resp.command("EVAL", redis_keys.WPUT, 6, *(room.redis_keys + [
+        room.model.pipe.send(resp.command("EVAL", redis_keys.WPUT, 7, *(room.redis_keys + [
             room.chan_e, data, room.chan_w])), lambda reply: self._put_done(reply, size))
         return self.known + self.sending < self.limit
 
@@ -494,7 +551,7 @@ class RedisOutbox:
             if isinstance(reply, int):
                 self.known = reply
             trimmed.set()
-        room.model.pipe.send(resp.command("EVAL", redis_keys.WDONE, 6, *(room.redis_keys + [
+        room.model.pipe.send(resp.command("EVAL", redis_keys.WDONE, 7, *(room.redis_keys + [
             room.chan_e, n, size, self.limit])), applied)
         return n
 
