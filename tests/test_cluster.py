@@ -176,6 +176,27 @@ def test_every_message_in_order_each_once_on_every_node(cluster):
         assert_no_gap(r, total)
 
 
+def test_raw_bytes_and_big_messages_cross_nodes_intact(cluster):
+    n1, n2 = cluster.nodes(2, "--framing", "raw", "--max-message-bytes", "256KiB")
+    src, code, _ = source(cluster, n1, first=b"")
+    far = Reader(cluster, n2, code)
+    data = bytes(range(256)) * 4096               # 1 MiB, every byte value, messages up to 256 KiB
+    src.send(data)
+    wait_for(lambda: sum(map(len, far.got)) >= len(data) or far.closed.is_set(), timeout=unit(20),
+             what="1 MiB on n2")
+    assert b"".join(far.got) == data
+    assert max(map(len, far.got)) <= 256 * 1024
+
+
+def test_max_rooms_counts_relay_wide(cluster):
+    n1, n2, n3 = cluster.nodes(3, "--max-rooms", "2")
+    source(cluster, n1)
+    source(cluster, n2)
+    late = Src(n3.tcp, b"\n")
+    cluster.on_teardown(late.close)
+    assert late.line() == b"ERROR too many rooms\n"
+
+
 def test_codes_are_unique_relay_wide_and_known_on_every_node(cluster):
     nodes = cluster.nodes(3)
     codes = []
@@ -295,6 +316,56 @@ def test_replay_for_a_late_joiner_on_another_node(cluster):
     for r in late:
         r.wait_count(8)
         assert r.numbers() == list(range(15, 23)), (r.node.name, r.numbers())
+
+
+def test_replay_across_a_resume_on_another_node_and_a_named_last_value(cluster, tmp_path):
+    path = rooms_file(tmp_path, "scene scene-token-123 replay=1\n")
+    n1, n2, n3 = cluster.nodes(3, "--replay", "4", "--room-grace", "5", "--rooms-file", path)
+    src, code, extra = source(cluster, n1, expect=("RESUME",))
+    watcher = Reader(cluster, n2, code)
+    src.send(numbered(0, 3))
+    watcher.wait_count(3)
+    src.close()
+    wait_for(lambda: get_json(n3, "/status?room=" + code)[1].get("source") == "offline",
+             timeout=unit(5), what="n3 sees the source away")
+    again, _, _ = source(cluster, n2, b"RESUME %s %s\n" % (code.encode(), extra["RESUME"].encode()),
+                         expect=("RESUME",))
+    again.send(numbered(3, 6))
+    watcher.wait_count(6)
+    late = Reader(cluster, n3, code)               # the last 4, across the two sources
+    late.wait_count(4)
+    again.send(b"6\n")
+    late.wait_count(5)
+    assert late.numbers() == [2, 3, 4, 5, 6] and watcher.numbers() == list(range(7))
+    # a named room's last value, for a page that loads while its source is away
+    scene, _, _ = source(cluster, n1, b"AUTH scene-token-123\n")
+    scene.send(b"scene A\nscene B\n")
+    wait_for(lambda: get_json(n1, "/status?room=scene")[1]["source"] == "online", what="online")
+    first = Reader(cluster, n1, "scene")
+    first.wait_count(1)
+    scene.close()
+    wait_for(lambda: get_json(n3, "/status?room=scene")[1]["source"] == "offline", timeout=unit(5),
+             what="n3 sees the scene's source away")
+    page = Reader(cluster, n3, "scene")
+    page.wait_count(1)
+    assert page.got == [b"scene B"]
+
+
+def test_presence_long_poll_of_an_ephemeral_room_on_a_node_that_never_saw_it(cluster):
+    n1, n2, n3 = cluster.nodes(3, "--room-grace", "5")
+    src, code, extra = source(cluster, n1, expect=("RESUME",))
+    poll = gevent.spawn(get_json, n3, "/status?room=%s&source=online&wait=10" % code)
+    gevent.sleep(unit(0.3))                       # proving a negative: it is still waiting
+    assert not poll.ready(), poll.value
+    src.close()
+    status, body = poll.get(timeout=unit(5))
+    assert status == 200 and body["source"] == "offline" and body["state"] == "waiting", body
+    poll = gevent.spawn(get_json, n2, "/status?room=%s&source=offline&wait=10" % code)
+    gevent.sleep(unit(0.3))
+    assert not poll.ready(), poll.value
+    source(cluster, n3, b"RESUME %s %s\n" % (code.encode(), extra["RESUME"].encode()), expect=("RESUME",))
+    status, body = poll.get(timeout=unit(5))
+    assert status == 200 and body["source"] == "online" and body["state"] == "live", body
 
 
 def test_presence_and_long_poll_across_nodes(cluster, tmp_path):
