@@ -303,6 +303,46 @@ def test_named_room_takeover_across_nodes(cluster, tmp_path):
         assert body["source"] == "online" and body["state"] == "live", (node.name, body)
 
 
+def test_takeover_fences_the_old_source_on_every_node(cluster, tmp_path):
+    """Nothing the replaced source sends after the takeover reaches anyone: subscribers see the
+    old source's lines (in order, no gap), then only the new one's."""
+    path = rooms_file(tmp_path, "feed feed-token-789\n")
+    n1, n2, n3 = cluster.nodes(3, "--rooms-file", path)
+    readers = [Reader(cluster, node, "feed") for node in (n1, n2, n3)]
+    old, _, _ = source(cluster, n1, b"AUTH feed-token-789\n")
+    sent = [0]
+
+    def blast():                                  # the old source never stops by itself
+        try:
+            while sent[0] < 200000:
+                old.send(b"".join(b"old %d\n" % i for i in range(sent[0], sent[0] + 20)))
+                sent[0] += 20
+                gevent.sleep(0.001)
+        except OSError:
+            pass                                  # hung up on: replaced
+    blaster = gevent.spawn(blast)
+    cluster.on_teardown(blaster.kill)
+    for r in readers:
+        r.wait_count(200)
+    new, _, _ = source(cluster, n2, b"AUTH feed-token-789\n")
+    new.send(b"new 0\n")
+    blaster.join(timeout=unit(10))
+    assert blaster.ready(), "the replaced source was never hung up on"
+    new.send(b"new 1\n")
+    for r in readers:
+        r.wait_for_message(b"new 1")
+        kinds = [m.split()[0] for m in r.got]
+        cut = kinds.index(b"new")
+        olds = [int(m.split()[1]) for m in r.got[:cut]]
+        assert olds == list(range(len(olds))), "%s: the old source's lines have a gap" % r.node.name
+        assert r.got[cut:] == [b"new 0", b"new 1"], (r.node.name, r.got[cut:cut + 5])
+    cuts = {r.node.name: len(r.got) - 2 for r in readers}
+    print("old lines seen per node: %s" % cuts)
+    # one Redis orders the takeover and the batches: every node's subscribers see the same room
+    # (n1 is the old source's node, n2 the new one's, n3 neither)
+    assert len(set(cuts.values())) == 1, "nodes cut the old source at different places: %s" % cuts
+
+
 def test_replay_for_a_late_joiner_on_another_node(cluster):
     n1, n2, n3 = cluster.nodes(3, "--replay", "5")
     src, code, _ = source(cluster, n1)
@@ -746,6 +786,30 @@ def test_redis_down_for_more_than_a_buffer_remote_subscribers_are_told_never_sho
     assert nums == list(range(len(nums))), "n2's subscriber saw a gap"
     # 4408: "missed messages" (not resent), or "too slow" (resent at once, more than its budget)
     assert close[0] == 4408 or (close == (4410, "source closed") and len(nums) == total + 1), close
+
+
+def test_redis_down_under_slow_policy_skip_subscribers_skip_and_go_on(cluster):
+    n1, n2 = cluster.nodes(2, "--slow-policy", "skip", "--subscriber-buffer-bytes", "64KiB",
+                           "--max-message-bytes", "4KiB")
+    src, code, _ = source(cluster, n1)
+    remote = Reader(cluster, n2, code)
+    pad = b"z" * 500
+    src.send(b"0 %s\n" % pad)
+    remote.wait_count(1)
+    cluster.redis.stop()
+    wait_for(lambda: http(n1, "/healthz")[0] == 503, timeout=unit(5), what="n1: redis down")
+    total = 400
+    for i in range(1, total, 50):
+        src.send(b"".join(b"%d %s\n" % (k, pad) for k in range(i, min(i + 50, total))))
+    cluster.redis.restart()
+    for node in (n1, n2):
+        wait_for(lambda: get_json(node, "/healthz")[1].get("redis") == "ok", timeout=unit(8),
+                 what="%s: redis ok again" % node.name)
+    src.send(b"%d %s\n" % (total, pad))
+    remote.wait_for_message(b"%d %s" % (total, pad), timeout=15)   # not closed: it skipped
+    nums = [int(m.split()[0]) for m in remote.got]
+    assert nums == sorted(set(nums)), "out of order or twice"
+    assert all(m.endswith(pad) for m in remote.got), "a message cut"
 
 
 def test_a_slow_subscriber_on_one_node_does_not_stop_subscribers_on_another(cluster):
