@@ -125,7 +125,7 @@ class RedisRoomModel(RoomRegistry):
         self.redis = control_client(self.endpoint)
         self._errors = redis_errors()
         self._beat_ok = False
-        self._up_since = 0.0
+        self._up_since = None            # when Redis came back after an outage (None: no outage)
         self._creating = {}
         self._housekeeper = None
         # the pipe reconnects and resends by itself: only the listener (always reading, so it
@@ -513,7 +513,9 @@ class RedisRoomModel(RoomRegistry):
                 r.chan_e, self.node, r.epoch, self.lease_ms, self.grace_ms, r.code,
                 "1" if r.named else "0", r.peer, _digest(r.resume_key) if r.resume_key else "",
                 r.write_key or "", "%.3f" % r.opened_at, r.messages, r.bytes])
-        check = not recovering and self._monotonic() - self._up_since >= self.lease
+        # after an outage, owners get a lease to re-create what Redis lost before anyone decides
+        # that a room whose keys are gone has ended
+        check = not recovering and (self._up_since is None or self._monotonic() - self._up_since >= self.lease)
         watched = [r for r in self._rooms.values() if r.source is None and r.state is not CLOSED] if check else []
         for r in watched:
             self._lua["CHECK"](keys=r.redis_keys, client=pipe, args=[
@@ -545,7 +547,8 @@ class RedisRoomModel(RoomRegistry):
                 self.report_flow(r, "behind")       # renewed while it lasts
         if recovering:
             self._beat_ok = True
-            self._up_since = self._monotonic()
+            if self.stats.redis_reconnects:
+                self._up_since = self._monotonic()
             if self._named:
                 self._sync_named()
             if self.stats.redis_reconnects:

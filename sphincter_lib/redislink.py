@@ -100,11 +100,15 @@ class Endpoint:
             raise
 
 
-def control_client(endpoint):
-    """A redis-py client (connection pool; greenlet-safe under gevent's monkey-patching)."""
+def control_client(endpoint, max_connections=64):
+    """A redis-py client (greenlet-safe under gevent's monkey-patching) whose pool makes a
+    caller wait for a free connection rather than fail: a burst of joins (each one round trip)
+    queues up instead of looking like an outage."""
     import redis
-    return redis.Redis.from_url(endpoint.url, socket_timeout=endpoint.timeout,
-                                socket_connect_timeout=endpoint.timeout, decode_responses=False)
+    pool = redis.BlockingConnectionPool.from_url(
+        endpoint.url, max_connections=max_connections, timeout=10.0, socket_timeout=endpoint.timeout,
+        socket_connect_timeout=endpoint.timeout, decode_responses=False)
+    return redis.Redis(connection_pool=pool)
 
 
 def redis_errors():

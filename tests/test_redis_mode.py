@@ -220,3 +220,35 @@ def test_named_room_write_key_is_the_same_on_every_node(nodes, tmp_path):
         "ws://%s:%d/ws?room=desk&key=%s" % (b.ws_address + (write[1].decode(),)), timeout=unit(5))
     writer.send("to the desk")
     assert f.readline() == b"to the desk\n"
+
+
+def test_a_tunnel_across_nodes_never_drops_its_reader(nodes):
+    """Flow control across nodes: a reader on another node that stops reading for a while makes
+    the source wait (TCP backpressure) instead of being cut."""
+    import hashlib
+    a, b = nodes(2, framing="raw", subscriber_buffer_bytes=1 << 20)
+    src = Source(a)
+    ws = subscribe(b, src.code, bulk=True)
+    total = 24 << 20
+    chunk = bytes(range(256)) * 256
+    sent = hashlib.sha256()
+
+    def feed():
+        left = total
+        while left:
+            piece = chunk[:min(len(chunk), left)]
+            src.send(piece)
+            sent.update(piece)
+            left -= len(piece)
+    feeder = gevent.spawn(feed)
+    gevent.sleep(unit(1.5))                     # the reader does not read meanwhile
+    got, n = hashlib.sha256(), 0
+    while n < total:
+        opcode, data = ws.recv_data()
+        assert opcode == websocket.ABNF.OPCODE_BINARY, (opcode, data[:40])
+        got.update(data)
+        n += len(data)
+    feeder.get(timeout=unit(10))
+    assert got.hexdigest() == sent.hexdigest()
+    assert a.registry.get(src.code).source_pauses >= 1
+    assert b.stats.slow_cutoffs == 0

@@ -20,7 +20,8 @@
  * conn.source is "online", "offline" or null (unknown). Presence comes from a long-poll of
  * GET /status?room=CODE next to the WebSocket URL, never from the data stream.
  * info.reason for "retrying": "unknown-room" (4404), "room-closed" (4410), "room-full" (4429),
- * "forbidden" (4403), "too-slow" (4408), "server-shutdown" (1001), "network" (anything else).
+ * "forbidden" (4403), "too-slow" (4408), "server-shutdown" (1001), "relay-unavailable" (1013: that
+ * relay node cannot reach Redis now), "network" (anything else).
  *
  * Reconnects forever with capped exponential backoff and jitter. 4404/4410 keep retrying (the
  * room may come back); 4429/4403 wait at least backoff.slowMinMs. No dependencies, ES5.
@@ -32,6 +33,7 @@
 
   var CLOSE_REASONS = {
     1001: "server-shutdown",
+    1013: "relay-unavailable",
     4403: "forbidden",
     4404: "unknown-room",
     4408: "too-slow",
