@@ -197,6 +197,21 @@ def test_max_rooms_counts_relay_wide(cluster):
     assert late.line() == b"ERROR too many rooms\n"
 
 
+def test_a_burst_of_joins_on_two_nodes_is_admitted_and_counted(cluster):
+    n1, n2, n3 = cluster.nodes(3, "--max-subscribers-per-room", "150")
+    src, code, _ = source(cluster, n1)
+    joins = [gevent.spawn(Reader, cluster, (n2, n3)[i % 2], code) for i in range(150)]
+    gevent.joinall(joins, timeout=unit(30))
+    failed = [j.exception for j in joins if not j.successful()]
+    assert not failed, failed[:3]
+    readers = [j.value for j in joins]
+    assert close_of(cluster, n1, "room=" + code) == (4429, "room full")   # exactly 150 counted
+    src.send(b"to all 150\n")
+    for r in readers:
+        r.wait_for_message(b"to all 150")
+    assert not any(r.closed.is_set() for r in readers)
+
+
 def test_codes_are_unique_relay_wide_and_known_on_every_node(cluster):
     nodes = cluster.nodes(3)
     codes = []
