@@ -20,7 +20,7 @@ import pytest
 import websocket
 
 from conftest import unit, wait_for, ws_url
-from rediskit import cluster  # noqa: F401,F811  (the fixture)
+from rediskit import cluster, redis_command  # noqa: F401,F811  (cluster: the fixture)
 from test_lifecycle import Src
 
 pytestmark = pytest.mark.timeout(60)
@@ -867,6 +867,38 @@ def test_a_stopped_node_does_not_slow_the_others(cluster):
     close = stalled.wait_close(timeout=20)     # all of it, or told it missed some (4408)
     assert close == (4410, "source closed") or close[0] == 4408, close
     assert_no_gap(stalled, total if close[0] == 4410 else None)
+
+
+def test_a_node_redis_cut_off_for_being_slow_tells_its_subscribers(cluster):
+    """A node too slow for Redis's pub/sub output buffer is disconnected by Redis (it lost what
+    was queued for it); everybody else is unaffected, and its subscribers are closed 4408, never
+    shown a gap — even when what comes next is the end of the room (4410 would say "that was
+    everything")."""
+    assert redis_command(cluster.redis.port, "CONFIG", "SET", "client-output-buffer-limit",
+                         "pubsub 1mb 256kb 2") == b"+OK"
+    n1, n2, n3 = cluster.nodes(3)
+    src, code, _ = source(cluster, n1)
+    stalled, live = Reader(cluster, n2, code), Reader(cluster, n3, code)
+    pad = b"s" * 1000
+    src.send(b"0 %s\n" % pad)
+    stalled.wait_count(1)
+    n2.signal(signal.SIGSTOP)
+    cluster.on_teardown(lambda: n2.signal(signal.SIGCONT))
+    total = 16000                                  # 16 MB: more than the kernel buffers between
+    try:                                           # Redis and n2, and than Redis holds for it
+        for i in range(1, total, 100):             # paced by n3's subscriber: the stopped node
+            src.send(b"".join(b"%d %s\n" % (k, pad) for k in range(i, min(i + 100, total))))
+            live.wait_count(min(i + 100, total))   # cannot say it is behind, so nothing waits
+        assert [int(m.split()[0]) for m in live.got] == list(range(total))
+    finally:
+        n2.signal(signal.SIGCONT)
+    wait_for(lambda: "redis reachable again" in n2.log(), timeout=unit(10), what="n2 cut off and back")
+    src.close()                                    # the next thing n2 hears of the room: its end
+    assert live.wait_close() == (4410, "source closed")
+    close = stalled.wait_close(timeout=10)
+    nums = [int(m.split()[0]) for m in stalled.got]
+    assert nums == list(range(len(nums))), "n2's subscriber saw a gap"
+    assert len(nums) == total or close[0] == 4408, "n2: %d of %d messages, then %r" % (len(nums), total, close)
 
 
 def test_a_node_without_subscribers_in_a_room_receives_nothing_of_it(cluster):
