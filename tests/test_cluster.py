@@ -869,15 +869,17 @@ def test_a_stopped_node_does_not_slow_the_others(cluster):
     assert_no_gap(stalled, total if close[0] == 4410 else None)
 
 
-def test_a_node_redis_cut_off_for_being_slow_tells_its_subscribers(cluster):
+@pytest.mark.parametrize("then", ["source closes", "source resumes elsewhere"])
+def test_a_node_redis_cut_off_for_being_slow_tells_its_subscribers(cluster, then):
     """A node too slow for Redis's pub/sub output buffer is disconnected by Redis (it lost what
     was queued for it); everybody else is unaffected, and its subscribers are closed 4408, never
     shown a gap — even when what comes next is the end of the room (4410 would say "that was
-    everything")."""
+    everything") or a new source (a new epoch: its first batch follows no gap of its own)."""
     assert redis_command(cluster.redis.port, "CONFIG", "SET", "client-output-buffer-limit",
                          "pubsub 1mb 256kb 2") == b"+OK"
-    n1, n2, n3 = cluster.nodes(3)
-    src, code, _ = source(cluster, n1)
+    grace = ("--room-grace", "5") if then == "source resumes elsewhere" else ()
+    n1, n2, n3 = cluster.nodes(3, *grace)
+    src, code, extra = source(cluster, n1, expect=("RESUME",) if grace else ())
     stalled, live = Reader(cluster, n2, code), Reader(cluster, n3, code)
     pad = b"s" * 1000
     src.send(b"0 %s\n" % pad)
@@ -893,12 +895,23 @@ def test_a_node_redis_cut_off_for_being_slow_tells_its_subscribers(cluster):
     finally:
         n2.signal(signal.SIGCONT)
     wait_for(lambda: "redis reachable again" in n2.log(), timeout=unit(10), what="n2 cut off and back")
-    src.close()                                    # the next thing n2 hears of the room: its end
-    assert live.wait_close() == (4410, "source closed")
-    close = stalled.wait_close(timeout=10)
+    src.close()                                    # the next thing n2 hears of the room
+    if then == "source resumes elsewhere":
+        again, _, _ = source(cluster, n3, b"RESUME %s %s\n" % (code.encode(), extra["RESUME"].encode()),
+                             expect=("RESUME",))
+        cluster.on_teardown(again.close)
+        again.send(b"%d %s\n" % (total, pad))
+        live.wait_count(total + 1)
+        wait_for(lambda: stalled.closed.is_set() or b"%d %s" % (total, pad) in stalled.got,
+                 timeout=unit(5), what="n2's subscriber: the new source's line, or a close")
+        close = stalled.close
+    else:
+        assert live.wait_close(timeout=10) == (4410, "source closed")
+        close = stalled.wait_close(timeout=10)
     nums = [int(m.split()[0]) for m in stalled.got]
-    assert nums == list(range(len(nums))), "n2's subscriber saw a gap"
-    assert len(nums) == total or close[0] == 4408, "n2: %d of %d messages, then %r" % (len(nums), total, close)
+    gap = next((i for i, n in enumerate(nums) if n != i), None)
+    assert gap is None, "n2: messages 0..%d of %d, then %d (a gap), then %r" % (gap - 1, total, nums[gap], close)
+    assert len(nums) >= total or close[0] == 4408, "n2: %d of %d messages, then %r" % (len(nums), total, close)
 
 
 def test_a_node_without_subscribers_in_a_room_receives_nothing_of_it(cluster):
