@@ -869,6 +869,25 @@ def test_a_stopped_node_does_not_slow_the_others(cluster):
     assert_no_gap(stalled, total if close[0] == 4410 else None)
 
 
+@pytest.mark.xfail(strict=False, reason="cross-node flow control learns of 'behind' one Redis hop "
+                   "late; on this loaded 2-core machine the overshoot beats the 2 MiB margin in about "
+                   "1 run in 4 and the subscriber is cut 4408 (docs/redis-design.md: relaxation)")
+def test_a_remote_subscriber_that_pauses_is_paced_as_on_one_node(cluster):
+    """The source follows the fastest subscriber relay-wide: the room's only subscriber, on n2,
+    pauses; on one node the source would wait for it and it would get everything."""
+    n1, n2 = cluster.nodes(2)                      # default budget: 4 MiB, high water 2 MiB
+    src, code, _ = source(cluster, n1)
+    pausing = Reader(cluster, n2, code, rcvbuf=4096)    # reads nothing until resumed
+    pad = b"f" * 1000
+    total = 24000                                  # 24 MB: far more than budget and kernel buffers
+    feeder = gevent.spawn(src.send, b"".join(b"%d %s\n" % (k, pad) for k in range(total)))
+    cluster.on_teardown(feeder.kill)
+    gevent.sleep(unit(0.5))                        # the pause itself: the backlog builds up
+    pausing.resume.set()
+    pausing.wait_count(total, timeout=30)
+    assert [int(m.split()[0]) for m in pausing.got] == list(range(total))
+
+
 @pytest.mark.parametrize("then", ["source closes", "source resumes elsewhere"])
 def test_a_node_redis_cut_off_for_being_slow_tells_its_subscribers(cluster, then):
     """A node too slow for Redis's pub/sub output buffer is disconnected by Redis (it lost what
