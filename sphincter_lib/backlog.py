@@ -173,6 +173,8 @@ class Subscriber:
             room.lead_pos = pos
             if room._source_paused and room.head_pos - pos <= room.low_water:
                 room._resume_source()
+            elif room.lead_watch is not None and pos >= room.lead_watch:
+                room.lead_passed()
 
     def skip_to(self, seq, pos):
         """Jump forward to frame ``seq`` at byte ``pos`` (a frame boundary); returns frames skipped.
@@ -285,6 +287,8 @@ class Room:
         self._flush_scheduled = False
         self._loop = get_hub().loop
         self._reclaim_at = self.buffer_bytes
+        #: a position whose passing by the fastest subscriber calls :meth:`lead_passed` (None: off)
+        self.lead_watch = None
 
     def __repr__(self):
         return "<Room %s %s subscribers=%d>" % (self.code, self.state, len(self.subscribers))
@@ -424,6 +428,10 @@ class Room:
             self.paused_seconds += paused
             self.stats.source_paused_seconds += paused
             self._readers.set()
+
+    def lead_passed(self):
+        """The fastest subscriber passed ``lead_watch`` (for a room shared across processes)."""
+        self.lead_watch = None
 
     @property
     def source_paused(self):

@@ -30,6 +30,7 @@ import hmac
 import json
 import logging
 import os
+import secrets
 import socket
 import time
 
@@ -81,9 +82,10 @@ class RemoteRoom:
         self.code = get("code") or key
         self.state = get("state") or WAITING
         self.named = get("named") == "1"
-        self.source_node = get("owner")
+        self.source_id = get("owner")
+        self.source_node = self.source_id.split("/")[0]
         self.peer = get("peer")
-        self.source = self.source_node or None
+        self.source = self.source_id or None
         self.presence = "online" if self.source else "offline"
         self.opened_at = float(get("opened_at") or 0)
         self.messages = int(get("messages") or 0)
@@ -118,6 +120,9 @@ class RedisRoomModel(RoomRegistry):
             raise ConfigError("argument --redis-url: Redis mode needs the 'redis' package "
                               "(pip install -r requirements.txt)")
         self.node = node or default_node_name()
+        #: this process among the nodes in Redis: its name and a nonce, so that a node restarted
+        #: under the same name is not taken for its previous run (its leases, subscriber counts)
+        self.node_id = "%s/%s" % (self.node, secrets.token_hex(3))
         self.keys = redis_keys.Keys(prefix)
         self.endpoint = Endpoint(redis_url)
         self.lease = lease
@@ -176,7 +181,7 @@ class RedisRoomModel(RoomRegistry):
 
     # -- start and stop ----------------------------------------------------------------------
     def start(self):
-        self.pubsub.subscribe(self.keys.to_node(self.node))
+        self.pubsub.subscribe(self.keys.to_node(self.node_id))
         self.pipe.start()
         self.pubsub.start()
         try:
@@ -204,7 +209,7 @@ class RedisRoomModel(RoomRegistry):
     def stop(self):
         self.pipe.flush(2.0)
         try:
-            self.redis.delete(self.keys.node(self.node))
+            self.redis.delete(self.keys.node(self.node_id))
         except self._errors:
             pass
         if self._housekeeper is not None:
@@ -223,7 +228,7 @@ class RedisRoomModel(RoomRegistry):
             code = self._new_code(self._rooms)
             room = self.room_class(code, source, self.limits, self.encode, self, self.stats,
                                    clock=self._clock, monotonic=self._monotonic)
-            done = self._call("OPEN", room, self.keys.events(code), self.node, self.lease_ms, code,
+            done = self._call("OPEN", room, self.keys.events(code), self.node_id, self.lease_ms, code,
                               source.peer, _digest(resume) if resume else "", write or "", self.max_rooms,
                               "%.3f" % room.opened_at, self.grace_ms)
             if done == -1:
@@ -249,7 +254,7 @@ class RedisRoomModel(RoomRegistry):
         if found is None:
             return None
         spec, room = found
-        epoch, write = self._call("CLAIM", room, room.chan_e, self.node, self.lease_ms, room.code,
+        epoch, write = self._call("CLAIM", room, room.chan_e, self.node_id, self.lease_ms, room.code,
                                   source.peer, room.write_key or "")
         room.write_key = _text(write) or None
         return room, room.own(source, int(epoch))
@@ -267,7 +272,7 @@ class RedisRoomModel(RoomRegistry):
         room = self._rooms.get(rkey) or self.room_class(rkey, None, self.limits, self.encode, self,
                                                         self.stats, clock=self._clock,
                                                         monotonic=self._monotonic)
-        answer = self._call("RESUME", room, room.chan_e, self.node, self.lease_ms, rkey, source.peer,
+        answer = self._call("RESUME", room, room.chan_e, self.node_id, self.lease_ms, rkey, source.peer,
                             _digest(key), _digest(new_key), self.grace_ms)
         if not answer:
             raise CannotResume()
@@ -284,7 +289,7 @@ class RedisRoomModel(RoomRegistry):
     def leave(self, room):
         """The room's source (on this node) left: tell the relay, after its last batch."""
         self.pipe.send(resp.command("EVAL", redis_keys.LEAVE, 6, *(room.redis_keys + [
-            room.chan_e, self.node, room.epoch, self.grace_ms, room.key])))
+            room.chan_e, self.node_id, room.epoch, self.grace_ms, room.key])))
 
     def publish_batch(self, room, data):
         self.stats.redis_batches_out += 1
@@ -293,19 +298,27 @@ class RedisRoomModel(RoomRegistry):
                                         "%d-%d" % (room.epoch, room.pub_seq), "d", data), droppable=True)
         self.pipe.send(resp.command("PUBLISH", room.chan_m, data), droppable=True)
 
-    def report_flow(self, room, state):
-        """A mirror's subscribers fell behind (``behind``) or caught up (``ok``): tell the owner."""
-        if room.source_node and room.source_node != self.node:
-            self.pipe.send(resp.command("PUBLISH", self.keys.to_node(room.source_node),
-                                        "fc %s %s %s" % (room.key, state, self.node)), droppable=True)
+    def report_flow(self, room, text):
+        """A mirror's flow-control report (``EPOCH OFFSET`` or ``EPOCH -``) to the room's owner."""
+        if room.source_id and room.source_id != self.node_id:
+            self.pipe.send(resp.command("PUBLISH", self.keys.to_node(room.source_id),
+                                        "fc %s %s %s" % (room.key, text, self.node_id)), droppable=True)
 
     def _on_flow(self, text):
         parts = text.split()
-        if len(parts) != 4 or parts[0] != "fc":
+        if len(parts) != 5 or parts[0] != "fc":
             return
         room = self._rooms.get(parts[1])
-        if room is not None:
-            room.remote_flow(parts[3], parts[2], self._monotonic() + 3 * self.lease / 3.0)
+        if room is None:
+            return
+        try:
+            epoch = int(parts[2])
+            offset = {"-": None, "^": -1}.get(parts[3])
+            if offset is None and parts[3] != "-":
+                offset = int(parts[3])
+        except ValueError:
+            return
+        room.remote_flow(parts[4], epoch, offset, self._monotonic() + self.lease)
 
     # -- subscribers -----------------------------------------------------------------------
     def get(self, code):
@@ -370,7 +383,7 @@ class RedisRoomModel(RoomRegistry):
         room = self.get(code)
         if room.state is CLOSED:
             raise RoomNotFound()
-        n = self._call("ADMIT", room, room.chan_e, self.node, room.max_subscribers, self.keys.node_prefix,
+        n = self._call("ADMIT", room, room.chan_e, self.node_id, room.max_subscribers, self.keys.node_prefix,
                        "1" if room.named else "0", room.code)
         if n == -1:
             raise RoomNotFound()
@@ -378,13 +391,17 @@ class RedisRoomModel(RoomRegistry):
             raise RoomFullError()
         try:
             room.ensure_feed(self.confirm_timeout)
+            if not room.subscribers and room.source is None and room.flow_control:
+                # the first subscriber here: until our first report the owner takes us to be
+                # where its source is now, so it does not run ahead of us unbounded meanwhile
+                self.report_flow(room, "%d ^" % room.epoch)
             return room.subscribe(peer)
         except Exception:
             self._count_left(room)
             raise
 
     def _count_left(self, room):
-        self.pipe.send(resp.command("HINCRBY", room.redis_keys[2], self.node, -1))
+        self.pipe.send(resp.command("HINCRBY", room.redis_keys[2], self.node_id, -1))
 
     # -- write-back --------------------------------------------------------------------------
     def out_head(self, room):
@@ -480,6 +497,7 @@ class RedisRoomModel(RoomRegistry):
         self._count_left(room)
         if not room.subscribers:
             room.idle_since = self._monotonic()
+            room.forget_lead()
 
     def room_closed(self, room):
         if self._rooms.get(room.key) is room:
@@ -506,11 +524,11 @@ class RedisRoomModel(RoomRegistry):
         recovering = not self._beat_ok
         pipe = self.redis.pipeline(transaction=False)
         info = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "version": __version__})
-        pipe.set(self.keys.node(self.node), info, px=self.lease_ms)
+        pipe.set(self.keys.node(self.node_id), info, px=self.lease_ms)
         owned = [r for r in self._rooms.values() if r.source is not None and r.state is LIVE]
         for r in owned:
             self._lua["REFRESH"](keys=r.redis_keys, client=pipe, args=[
-                r.chan_e, self.node, r.epoch, self.lease_ms, self.grace_ms, r.code,
+                r.chan_e, self.node_id, r.epoch, self.lease_ms, self.grace_ms, r.code,
                 "1" if r.named else "0", r.peer, _digest(r.resume_key) if r.resume_key else "",
                 r.write_key or "", "%.3f" % r.opened_at, r.messages, r.bytes])
         # after an outage, owners get a lease to re-create what Redis lost before anyone decides
@@ -528,7 +546,7 @@ class RedisRoomModel(RoomRegistry):
         if recovering:
             for r in self._rooms.values():
                 if r.subscribers:
-                    pipe.hset(r.redis_keys[2], self.node, len(r.subscribers))
+                    pipe.hset(r.redis_keys[2], self.node_id, len(r.subscribers))
         answers = pipe.execute()
         for r, held in zip(owned, answers[1:1 + len(owned)]):
             if held == 0 and r.source is not None:
@@ -541,10 +559,10 @@ class RedisRoomModel(RoomRegistry):
         base += len(paused)
         for r, counts in zip(owned, answers[base:base + len(owned)]):
             r.remote_nodes = frozenset(_text(n) for n, c in counts.items()
-                                       if int(c) > 0 and _text(n) != self.node)
+                                       if int(c) > 0 and _text(n) != self.node_id)
         for r in self._rooms.values():
-            if r.reported_behind:
-                self.report_flow(r, "behind")       # renewed while it lasts
+            if r.source is None and r.reported_lead is not None and r.lagging:
+                r.report_lead()                      # renewed while it lags
         if recovering:
             self._beat_ok = True
             if self.stats.redis_reconnects:
@@ -558,10 +576,10 @@ class RedisRoomModel(RoomRegistry):
         """Stop listening to rooms nobody here watches any more."""
         now = self._monotonic()
         for room in list(self._rooms.values()):
-            if room.subscribers or room.source is not None:
+            if room.subscribers:
                 continue
             if room.feeding and now - room.idle_since >= self.feed_linger:
                 room.stop_feed()
-            if not room.named and now - room.idle_since >= self.mirror_idle:
+            if room.source is None and not room.named and now - room.idle_since >= self.mirror_idle:
                 del self._rooms[room.key]
                 self._forget(room)

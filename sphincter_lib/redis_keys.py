@@ -15,7 +15,8 @@ A room ``K`` (its code or name, upper case) has, under the prefix ``P``
 ``P:e:{K}``             channel: room events ``live E NODE``, ``waiting E``, ``closed E``,
                         ``writable``
 ``P:w:{K}``             channel: ``w`` when write-back messages arrived (the owner only)
-``P:n:<node>``          channel: to one node, ``fc K behind|ok NODE`` (flow control)
+``P:n:<node>``          channel: to one node, ``fc K EPOCH OFFSET NODE`` / ``fc K EPOCH - NODE``
+                        (flow control: how far a node's fastest subscriber got; gone)
 ``P:rooms``             zset of ephemeral rooms by expiry (ms): relay-wide ``--max-rooms``
 ``P:node:<name>``       a node's heartbeat (``PX --redis-lease``)
 ======================  =====================================================================
@@ -259,21 +260,22 @@ return redis.call('HGETALL', KEYS[2])
 # -- the batch: what crosses Redis per source read ---------------------------------------
 import struct  # noqa: E402
 
-_HEAD = struct.Struct(">QII")
+_HEAD = struct.Struct(">QIQI")
 
 
-def encode_batch(epoch, seq, frames):
-    """One room's frames (already WebSocket-encoded) as one pub/sub message:
-    ``epoch, seq, count`` then the frame lengths, then the frames."""
+def encode_batch(epoch, seq, end, frames):
+    """One room's frames (already WebSocket-encoded) as one pub/sub message: ``epoch, seq``,
+    ``end`` (the owner's byte offset after these frames: flow control), the frame count, the
+    frame lengths, then the frames."""
     flat = [f if f.__class__ is not tuple else f[0] + f[1] for f in frames]
     n = len(flat)
-    return _HEAD.pack(epoch, seq, n) + struct.pack(">%dI" % n, *[len(f) for f in flat]) + b"".join(flat)
+    return _HEAD.pack(epoch, seq, end, n) + struct.pack(">%dI" % n, *[len(f) for f in flat]) + b"".join(flat)
 
 
 def decode_batch(data):
-    """``(epoch, seq, frames)``; ValueError for bytes that are not a batch."""
+    """``(epoch, seq, end, frames)``; ValueError for bytes that are not a batch."""
     try:
-        epoch, seq, n = _HEAD.unpack_from(data)
+        epoch, seq, end, n = _HEAD.unpack_from(data)
         lens = struct.unpack_from(">%dI" % n, data, _HEAD.size)
     except struct.error as exc:
         raise ValueError("not a batch: %s" % exc)
@@ -284,4 +286,4 @@ def decode_batch(data):
         pos += size
     if pos != len(data):
         raise ValueError("not a batch: %d bytes for %d" % (len(data), pos))
-    return epoch, seq, frames
+    return epoch, seq, end, frames

@@ -56,7 +56,7 @@ class RedisRoom(Room):
         self.feed_epoch = 0              # the epoch and next seq expected from Redis
         self.next_seq = None             # None: take the next batch as it comes
         self.remote_peer = ""            # the source's address when it is on another node
-        self.source_node = model.node if source is not None else ""
+        self.source_id = model.node_id if source is not None else ""
         self.idle_since = monotonic()    # last time it had a local subscriber or was looked up
         self._batch = []
         self._batch_epoch = 0
@@ -65,8 +65,11 @@ class RedisRoom(Room):
         self._feed_ready = None
         # flow control across nodes (see source_must_wait)
         self.remote_nodes = frozenset()  # owner: other nodes with subscribers here (from Redis)
-        self.remote_behind = {}          # owner: node -> when its "behind" report expires
-        self.reported_behind = False     # mirror: told the owner its subscribers are behind
+        self.remote_leads = {}           # owner: node -> (offset its fastest subscriber reached,
+                                         # when that report expires)
+        self.pub_delta = 0               # mirror: the owner's offset minus ours (head_pos)
+        self.reported_lead = None        # mirror: the offset last reported (None: none yet)
+        self.report_step = max(1, limits.high_water // 4)
 
     # -- who feeds it ------------------------------------------------------------------
     @property
@@ -76,7 +79,12 @@ class RedisRoom(Room):
     @property
     def presence(self):
         """``online`` while a source feeds the room, on any node."""
-        return "online" if self.state is LIVE and (self.source is not None or self.source_node) else "offline"
+        return "online" if self.state is LIVE and (self.source is not None or self.source_id) else "offline"
+
+    @property
+    def source_node(self):
+        """The name of the node its source is on ('' while it has none)."""
+        return self.source_id.split("/")[0]
 
     @property
     def owned(self):
@@ -88,11 +96,10 @@ class RedisRoom(Room):
         self._batch = []
         if epoch > self.epoch:
             self._set_epoch(epoch)
-        self.reported_behind = False
-        self._source_paused = False
-        self.remote_behind = {}
+        self.reported_lead = self.lead_watch = None
+        self.remote_leads = {}
         self.pub_seq = 0
-        self.source_node = self.model.node
+        self.source_id = self.model.node_id
         self.remote_peer = ""
         return self.attach(source)
 
@@ -108,8 +115,8 @@ class RedisRoom(Room):
         frame = self._encode(payload, text)
         if self.subscribers or self.replay:
             self._append(frame)
-        else:
-            self._pass(len(payload))
+        else:                                  # offsets count frame bytes: other nodes use them
+            self._pass(len(frame) if frame.__class__ is not tuple else len(frame[0]) + len(frame[1]))
         if not self._batch:
             self._batch_epoch = self.epoch
             if not self._batch_scheduled:
@@ -124,7 +131,8 @@ class RedisRoom(Room):
         if not frames or self._batch_epoch != self.epoch:
             return                            # replaced meanwhile: the new owner's batches count
         self.pub_seq += 1
-        self.model.publish_batch(self, redis_keys.encode_batch(self.epoch, self.pub_seq, frames))
+        self.model.publish_batch(self, redis_keys.encode_batch(self.epoch, self.pub_seq, self.head_pos,
+                                                               frames))
 
     # -- mirroring (the source is on another node) ---------------------------------------
     def ensure_feed(self, timeout):
@@ -151,6 +159,7 @@ class RedisRoom(Room):
             ready.set()
 
     def stop_feed(self):
+        self.forget_lead()
         if self.feeding:
             self.feeding = False
             self.next_seq = None
@@ -179,6 +188,8 @@ class RedisRoom(Room):
 
     def receive(self, data):
         """A batch from Redis (from the listener greenlet)."""
+        if self.source is not None:
+            return                            # ours, back from Redis: not even decoded
         if self._loading is not None:
             self._loading.append(data)
             return
@@ -186,7 +197,7 @@ class RedisRoom(Room):
 
     def _take(self, data, from_log=False):
         try:
-            epoch, seq, frames = redis_keys.decode_batch(data)
+            epoch, seq, end, frames = redis_keys.decode_batch(data)
         except ValueError as exc:
             logger.warning("room %s: dropped a malformed batch from Redis: %s", self.code, exc)
             return
@@ -220,10 +231,12 @@ class RedisRoom(Room):
                 self._append(frame)
             else:
                 self._pass(len(frame))
-        if (self.flow_control and not self.reported_behind and self.subscribers
-                and self.head_pos - self.lead_pos >= self.high_water):
-            self.reported_behind = self._source_paused = True
-            self.model.report_flow(self, "behind")
+        self.pub_delta = end - self.head_pos
+        if self.subscribers and self.flow_control and not from_log:
+            if self.reported_lead is None or epoch != self.feed_epoch:
+                self.report_lead()
+            else:
+                self.lead_watch = self.reported_lead + self.report_step - self.pub_delta
 
     def _gap(self, batches):
         """Batches were lost on the way (Redis restarted, or this node was cut off as too slow)."""
@@ -242,29 +255,37 @@ class RedisRoom(Room):
             self._trim_to(self.head_seq)
 
     # -- flow control across nodes -------------------------------------------------------
-    # A mirror whose fastest local subscriber is high_water behind tells the owner ("behind"),
-    # and again every heartbeat while it stays so; back under low_water it says "ok". The
-    # owner's source waits while its own subscribers (if any) are behind and so is every
-    # node with subscribers in the room: the room moves at the speed of its fastest
-    # subscriber, wherever it is. A report not renewed expires (a node that died).
+    # Credit, in the owner's byte offsets (every batch carries the offset after it). A mirror
+    # with subscribers reports how far its fastest subscriber got ("fc K EPOCH OFFSET NODE")
+    # (its first subscriber's arrival is announced as "^": at the owner's head), then from its
+    # first batch on, each time that moved a quarter of high_water on, and every heartbeat
+    # while it lags that much; "-" when it has no subscriber left. The owner's source waits
+    # while every node with subscribers here (and its own fastest subscriber, if any) is
+    # high_water or more behind what it published: the room moves at the speed of its fastest
+    # subscriber wherever it is, and what is on its way through Redis counts. A node that
+    # says nothing is taken to keep up; a report not renewed expires (a node that died).
     def source_must_wait(self):
-        behind = self.remote_behind
-        if not behind:
+        leads = self.remote_leads
+        if not leads:
             return Room.source_must_wait(self)
         if not self.flow_control or self.state is not LIVE:
             return False
         now = self._monotonic()
-        for node, until in list(behind.items()):
+        for node, (offset, until) in list(leads.items()):
             if until < now:
-                del behind[node]
-        if not behind:
+                del leads[node]
+        if not leads:
             return Room.source_must_wait(self)
-        if self.subscribers and self.head_pos - self.lead_pos < self.high_water:
-            return False                          # a local subscriber keeps up
-        return all(node in behind for node in self.remote_nodes)
+        for node in self.remote_nodes:
+            if node not in leads:
+                return False                      # a node that says nothing keeps up
+        best = max(offset for offset, _ in leads.values())
+        if self.subscribers and self.lead_pos > best:
+            best = self.lead_pos
+        return self.head_pos - best >= self.high_water
 
     def wait_for_readers(self):
-        if not self.remote_behind:
+        if not self.remote_leads:
             return Room.wait_for_readers(self)
         while self.source_must_wait():
             if not self._source_paused:
@@ -276,22 +297,42 @@ class RedisRoom(Room):
             self._readers.wait(self.model.flow_recheck)
         self._resume_source()
 
-    def remote_flow(self, node, state, expires):
-        """A node's report (owner side): ``behind`` until ``expires``, or ``ok``."""
-        if self.source is None:
+    def remote_flow(self, node, epoch, offset, expires):
+        """Owner side: ``node``'s fastest subscriber reached ``offset`` (None: it has none)."""
+        if self.source is None or epoch != self.epoch:
             return
-        if state == "behind":
-            self.remote_behind[node] = expires
-        elif self.remote_behind.pop(node, None) is not None and self._source_paused:
-            if not self.source_must_wait():
-                self._resume_source()
+        if offset == -1:                          # "where your source is now": a new node
+            offset = self.head_pos
+        if offset is None:
+            self.remote_leads.pop(node, None)
+        else:
+            self.remote_leads[node] = (offset, expires)
+        if self._source_paused and not self.source_must_wait():
+            self._resume_source()
 
-    def _resume_source(self):
-        if self.reported_behind and self.source is None:
-            self.reported_behind = self._source_paused = False
-            self.model.report_flow(self, "ok")
-            return
-        Room._resume_source(self)
+    def report_lead(self):
+        """Mirror side: tell the owner how far our fastest subscriber got."""
+        offset = self.lead_pos + self.pub_delta
+        self.reported_lead = offset
+        self.lead_watch = offset + self.report_step - self.pub_delta
+        self.model.report_flow(self, "%d %d" % (self.feed_epoch, offset))
+
+    def lead_passed(self):
+        if self.source is None and self.subscribers and self.reported_lead is not None:
+            self.report_lead()
+        else:
+            self.lead_watch = None
+
+    @property
+    def lagging(self):
+        """Mirror side: our fastest subscriber is a report step or more behind."""
+        return bool(self.subscribers) and self.head_pos - self.lead_pos >= self.report_step
+
+    def forget_lead(self):
+        """Mirror side: no subscriber left here (or no more batches): the owner stops counting us."""
+        if self.reported_lead is not None:
+            self.reported_lead = self.lead_watch = None
+            self.model.report_flow(self, "%d -" % self.feed_epoch)
 
     # -- room events -------------------------------------------------------------------
     def _set_epoch(self, epoch):
@@ -314,11 +355,9 @@ class RedisRoom(Room):
             return
         node = parts[2] if len(parts) > 2 else ""
         if kind == "live":
-            if epoch < self.epoch or (epoch == self.epoch and self.source is not None):
-                return
-            if node == self.model.node and epoch == self.epoch:
-                return
-            if self.source is not None and node != self.model.node:
+            if node == self.model.node_id or epoch < self.epoch:
+                return                        # this node's own claim or resume: own() applies it
+            if self.source is not None:
                 self.fenced("replaced by a newer source")
             self.went_live(epoch, node)
         elif kind == "waiting":
@@ -336,7 +375,7 @@ class RedisRoom(Room):
         was = self.state
         if epoch > self.epoch:
             self._set_epoch(epoch)
-        self.source_node = node
+        self.source_id = node
         self.remote_peer = peer or self.remote_peer
         if was is WAITING:
             self.state = LIVE
@@ -346,7 +385,7 @@ class RedisRoom(Room):
 
     def went_waiting(self):
         self.state = WAITING
-        self.source_node = ""
+        self.source_id = ""
         self.remote_peer = ""
         self._presence_change()
 
@@ -371,7 +410,7 @@ class RedisRoom(Room):
         self.model.leave(self)
         Room.source_left(self, source)
         if self.state is WAITING:
-            self.source_node = ""
+            self.source_id = ""
             if self._grace_timer is not None:     # the relay decides when the grace ends
                 self._grace_timer.close()
                 self._grace_timer = None

@@ -34,8 +34,9 @@ def test_parser_refuses_garbage_and_huge_bulks():
 
 def test_batches_round_trip_and_carry_epoch_and_seq():
     frames = [b"\x81\x02hi", (b"\x82\x7e\x01\x00", b"y" * 256), b""]
-    data = redis_keys.encode_batch(7, 123456, frames)
-    assert redis_keys.decode_batch(data) == (7, 123456, [b"\x81\x02hi", b"\x82\x7e\x01\x00" + b"y" * 256, b""])
+    data = redis_keys.encode_batch(7, 123456, 1 << 40, frames)
+    assert redis_keys.decode_batch(data) == (7, 123456, 1 << 40,
+                                             [b"\x81\x02hi", b"\x82\x7e\x01\x00" + b"y" * 256, b""])
     with pytest.raises(ValueError):
         redis_keys.decode_batch(data[:-1])
     with pytest.raises(ValueError):
