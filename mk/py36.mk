@@ -13,7 +13,7 @@ PY36 ?= $(firstword $(wildcard $(addsuffix /versions/3.6*/bin/python3.6,$(PYENV_
 VENV36 := .venv36
 # The relay contract end to end (real server, real sockets, real WebSocket client, the real
 # `python3.6 sphincter.py` process) and the pure protocol modules under it; test_cluster.py: three
-# real nodes and a real Redis (redis-py 4.3.6 on 3.6), about 85 s.
+# real nodes and a real Redis (redis-py 4.3.6 on 3.6), about 80 s.
 PY36_TESTS ?= tests/test_relay.py tests/test_cli.py tests/test_config.py tests/test_framing.py \
               tests/test_wsproto.py tests/test_wsproto_props.py tests/test_rooms.py \
               tests/test_roomcode.py tests/test_security.py tests/test_security_policy.py \
