@@ -731,6 +731,27 @@ def test_after_a_redis_restart_a_node_is_whole_again(cluster):
     assert "unreachable" not in n2.log().split("reachable again")[-1], n2.log_tail(12)
 
 
+def test_named_rooms_survive_a_redis_restart(cluster, tmp_path):
+    path = rooms_file(tmp_path, "scene scene-token-123\nscores score-token-456\n")
+    n1, n2, n3 = cluster.nodes(3, "--rooms-file", path)
+    live_src, _, _ = source(cluster, n1, b"AUTH score-token-456\n")
+    on_scores, on_scene = Reader(cluster, n2, "scores"), Reader(cluster, n2, "scene")   # scene: no source
+    live_src.send(b"before\n")
+    on_scores.wait_for_message(b"before")
+    cluster.redis.restart()
+    for node in (n1, n2, n3):
+        wait_for(lambda: get_json(node, "/healthz")[1].get("redis") == "ok", timeout=unit(8),
+                 what="%s reconnected after the restart" % node.name)
+    wait_for(lambda: get_json(n3, "/status?room=scores")[1].get("source") == "online", timeout=unit(5),
+             what="n3: scores online again")
+    live_src.send(b"after\n")
+    on_scores.wait_for_message(b"after")
+    scene_src, _, _ = source(cluster, n3, b"AUTH scene-token-123\n")
+    scene_src.send(b"first scene\n")
+    on_scene.wait_for_message(b"first scene")
+    assert on_scores.got == [b"before", b"after"] and on_scene.got == [b"first scene"]
+
+
 def test_redis_down_refuses_what_needs_it_and_keeps_local_delivery(cluster):
     n1, n2, n3 = cluster.nodes(3)
     src, code, _ = source(cluster, n1)
