@@ -19,7 +19,8 @@ import gevent.event
 import pytest
 import websocket
 
-from conftest import unit, wait_for, ws_url
+import conftest
+from conftest import unit, ws_url
 from rediskit import cluster, redis_command  # noqa: F401,F811  (cluster: the fixture)
 from test_lifecycle import Src
 
@@ -29,6 +30,12 @@ TEXT, BINARY, CLOSE = websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY, 
 #: --redis-lease in the failure tests; the contract: a killed node's rooms end within lease + ~2 s
 LEASE = 2
 ADMIN = "cluster-admin-token-0123456789"
+
+
+def wait_for(predicate, timeout=None, interval=0.02, what="condition"):
+    """conftest.wait_for, polling every 20 ms: most predicates here are HTTP requests to a node,
+    whose CPU (and debug log, printed on failure) they would otherwise flood."""
+    return conftest.wait_for(predicate, timeout=timeout, interval=interval, what=what)
 
 
 # ---- clients ---------------------------------------------------------------------------------
