@@ -21,6 +21,10 @@
  *   listen:PORT               tunnel peers (websockify/socat connect to us); raw writes
  * Subscriber kinds (--sub): ws (default) or tcp (plain bytes, for socat).
  *
+ * Several --ws addresses (A,B: the nodes of one relay) spread each room's subscribers evenly over
+ * them (subscriber i of a room goes to address (i / rooms) % count); the JSON then has "groups":
+ * deliveries and latency p50/p99 of each address's subscribers.
+ *
  * Output: one JSON object on stdout.  With --pause the client prints "PHASE <name>" lines
  * (sources, subs, done) and waits for a line on stdin before going on, so the runner can read
  * the server's CPU and RSS at exact points.  Everything is bounded by --duration/--timeout.
@@ -48,6 +52,7 @@
 #define PREFIX 40
 #define HIST_US 2000000 /* 1 us buckets up to 2 s, then overflow bucket */
 #define MAXROOMS 256
+#define MAXWS 8 /* --ws A,B,...: subscribers spread over several relay nodes */
 
 static uint64_t now_ns(void) {
     struct timespec ts;
@@ -114,6 +119,7 @@ enum { SRC_NONE, SRC_LINES, SRC_RAW, SRC_POST, SRC_LISTEN };
 typedef struct {
     int fd;
     uint16_t room;
+    uint8_t grp;            /* index of its --ws address */
     uint8_t state;
     uint8_t hdr_have, hdr_need;
     uint8_t opcode, msg_opcode, fin, masked;
@@ -133,7 +139,8 @@ static struct {
     double duration, rate;
     uint64_t count, total_bytes;
     int src_kind;
-    struct sockaddr_in ws_addr, src_addr;
+    struct sockaddr_in ws_addr[MAXWS], src_addr;
+    int nws;
     const char *path_fmt, *subprotocol, *room_names;
     char room[MAXROOMS][64];
 } opt;
@@ -141,8 +148,8 @@ static struct {
 static int ep;
 static conn_t *conns;
 static uint8_t rbuf[RBUF];
-static uint32_t *hist;
-static uint64_t hist_over, lat_max, lat_n, corrupt;
+static uint32_t *hist;      /* nws histograms of HIST_US buckets, one per --ws address */
+static uint64_t hist_over, lat_max, lat_n, corrupt, grp_lat_n[MAXWS];
 static uint64_t batch_now;
 
 /* closed-loop accounting */
@@ -197,8 +204,9 @@ static void on_message(conn_t *c) {
     if (ts != UINT64_MAX && ts <= batch_now) {
         uint64_t us = (batch_now - ts) / 1000;
         if (us > lat_max) lat_max = us;
-        if (us < HIST_US) hist[us]++; else hist_over++;
+        if (us < HIST_US) hist[(size_t)c->grp * HIST_US + us]++; else hist_over++;
         lat_n++;
+        grp_lat_n[c->grp]++;
     }
 }
 
@@ -287,7 +295,7 @@ static void start_connect(conn_t *c) {
     if (c->fd < 0) die("socket");
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    int r = connect(c->fd, (struct sockaddr *)&opt.ws_addr, sizeof opt.ws_addr);
+    int r = connect(c->fd, (struct sockaddr *)&opt.ws_addr[c->grp], sizeof opt.ws_addr[0]);
     if (r < 0 && errno != EINPROGRESS) die("connect");
     c->state = ST_CONNECTING;
     c->hdr_need = 2;
@@ -585,23 +593,28 @@ static void phase(const char *name) {
     if (!fgets(line, sizeof line, stdin)) { /* runner gone: go on */ }
 }
 
-static double pct(double q) {
-    if (!lat_n) return -1;
-    uint64_t want = (uint64_t)(q * (double)lat_n), acc = 0;
-    if (want >= lat_n) want = lat_n - 1;
+/* latency quantile over every subscriber (g < 0) or over those of --ws address g */
+static double pct_of(double q, int g) {
+    uint64_t n = g < 0 ? lat_n : grp_lat_n[g];
+    if (!n) return -1;
+    uint64_t want = (uint64_t)(q * (double)n), acc = 0;
+    if (want >= n) want = n - 1;
     for (uint64_t us = 0; us < HIST_US; us++) {
-        acc += hist[us];
+        if (g >= 0) acc += hist[(size_t)g * HIST_US + us];
+        else for (int k = 0; k < opt.nws; k++) acc += hist[(size_t)k * HIST_US + us];
         if (acc > want) return (double)us;
     }
     return (double)lat_max;
 }
+
+static double pct(double q) { return pct_of(q, -1); }
 
 static int client_main(void) {
     raise_nofile();
     signal(SIGPIPE, SIG_IGN);
     ep = epoll_create1(0);
     conns = calloc((size_t)opt.subs + 1, sizeof(conn_t));
-    hist = calloc(HIST_US, sizeof(uint32_t));
+    hist = calloc((size_t)opt.nws * HIST_US, sizeof(uint32_t));
     uint64_t w = 1;
     while (w < (uint64_t)opt.window * 2 + 2) w <<= 1;
     ackcnt = calloc(w, sizeof(uint64_t));
@@ -631,6 +644,8 @@ static int client_main(void) {
         }
         while (started < opt.subs && inflight < opt.conc) {
             conns[started].room = (uint16_t)(started % opt.rooms);
+            /* every room's subscribers spread evenly over the --ws addresses */
+            conns[started].grp = (uint8_t)((started / opt.rooms) % opt.nws);
             start_connect(&conns[started++]);
             inflight++;
         }
@@ -725,7 +740,7 @@ static int client_main(void) {
            "\"loss\":%llu,\"gaps\":%llu,\"reorder\":%llu,\"pub_errors\":%llu,\"elapsed_s\":%.6f,"
            "\"deliveries_per_s\":%.1f,\"mb_per_s\":%.2f,\"lat_n\":%llu,\"lat_p50_us\":%.0f,"
            "\"lat_p99_us\":%.0f,\"lat_max_us\":%llu,\"client_cpu_s\":%.3f,\"post_responses\":%llu,"
-           "\"corrupt\":%llu,\"source_mb_per_s\":%.2f}\n",
+           "\"corrupt\":%llu,\"source_mb_per_s\":%.2f",
            opt.subs, connected, failed, connect_s, closed, codes, (unsigned long long)sent,
            (unsigned long long)src_bytes_sent, (unsigned long long)deliveries, (unsigned long long)bytes,
            (unsigned long long)loss, (unsigned long long)gaps, (unsigned long long)reorder,
@@ -733,6 +748,20 @@ static int client_main(void) {
            (unsigned long long)lat_n, pct(0.50), pct(0.99), (unsigned long long)lat_max, client_cpu,
            (unsigned long long)post_responses, (unsigned long long)corrupt,
            (double)src_bytes_sent / el / 1e6);
+    if (opt.nws > 1) { /* per --ws address (per node): deliveries and latency of its subscribers */
+        printf(",\"groups\":[");
+        for (int g = 0; g < opt.nws; g++) {
+            uint64_t gd = 0;
+            int gc = 0;
+            for (int i = 0; i < opt.subs; i++)
+                if (conns[i].grp == g) { gd += conns[i].received; gc++; }
+            printf("%s{\"subs\":%d,\"deliveries\":%llu,\"lat_n\":%llu,\"lat_p50_us\":%.0f,"
+                   "\"lat_p99_us\":%.0f}", g ? "," : "", gc, (unsigned long long)gd,
+                   (unsigned long long)grp_lat_n[g], pct_of(0.50, g), pct_of(0.99, g));
+        }
+        printf("]");
+    }
+    printf("}\n");
     fflush(stdout);
     for (int i = 0; i < opt.subs; i++) conn_close(&conns[i], 0);
     for (int r = 0; r < nsrc; r++) close(src_fd[r]);
@@ -853,7 +882,7 @@ static int sink_main(int port, uint64_t count, int msg_bytes, int max_conns) {
 /* ------------------------------------------------------------------------------------------ */
 
 static void usage(void) {
-    fputs("usage: wsbench client --ws HOST:PORT [--path-fmt FMT] [--subs N] [--rooms R]\n"
+    fputs("usage: wsbench client --ws HOST:PORT[,HOST:PORT...] [--path-fmt FMT] [--subs N] [--rooms R]\n"
           "         [--source none|lines:H:P|raw:H:P|post:H:P|listen:P] [--sub ws|tcp]\n"
           "         [--count M] [--duration S] [--rate R] [--window K] [--msg-bytes B]\n"
           "         [--chunk B] [--total-bytes B] [--room-names a,b] [--subprotocol P]\n"
@@ -889,7 +918,16 @@ int main(int argc, char **argv) {
         if (!strcmp(a, "--pause")) { opt.pause = 1; continue; }
         if (!v) usage();
         i++;
-        if (!strcmp(a, "--ws")) { parse_hostport(v, &opt.ws_addr); have_ws = 1; }
+        if (!strcmp(a, "--ws")) {
+            char list[512];
+            snprintf(list, sizeof list, "%s", v);
+            opt.nws = 0;
+            for (char *save = NULL, *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+                if (opt.nws == MAXWS) usage();
+                parse_hostport(t, &opt.ws_addr[opt.nws++]);
+            }
+            have_ws = opt.nws > 0;
+        }
         else if (!strcmp(a, "--path-fmt")) opt.path_fmt = v;
         else if (!strcmp(a, "--subs")) opt.subs = atoi(v);
         else if (!strcmp(a, "--rooms")) opt.rooms = atoi(v);

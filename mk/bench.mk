@@ -6,7 +6,7 @@
 BENCH_ARGS ?=
 BENCH_PKGS := nginx libnginx-mod-nchan socat
 
-.PHONY: bench bench-flow bench-smoke bench-deps bench-profile
+.PHONY: bench bench-flow bench-smoke bench-deps bench-profile bench-cluster
 
 $(VENV)/.bench: $(VENV)/.runtime requirements-bench.txt
 	$(VPY) -m pip install -q --disable-pip-version-check -r requirements-bench.txt
@@ -30,8 +30,14 @@ bench: $(VENV)/.bench bench-deps
 bench-flow: $(VENV)/.bench bench-deps
 	$(VPY) bench/run.py --only tunnel-open,blast $(BENCH_ARGS)
 
+# issue 13: one process vs two nodes sharing a redis-server (started by the bench on a free
+# loopback port), N = 1000; results: bench/results/<date>-cluster.{json,md}
+bench-cluster: $(VENV)/.bench
+	@command -v redis-server >/dev/null || { echo "bench-cluster: redis-server missing (apt-get install redis-server)"; exit 2; }
+	$(VPY) bench/cluster.py $(BENCH_ARGS)
+
 bench-smoke: $(VENV)/.dev
-	$(VPY) -m gevent.monkey --module pytest tests/test_bench_smoke.py $(PYTEST_ARGS)
+	$(VPY) -m gevent.monkey --module pytest tests/test_bench_smoke.py tests/test_bench_cluster.py $(PYTEST_ARGS)
 
 bench-profile: $(VENV)/.bench
 	$(VPY) bench/profile.py $(BENCH_ARGS)

@@ -179,20 +179,27 @@ class Pipe(_Link):
 
     ``send(data, callback=None, droppable=False)``: ``data`` is pre-encoded
     RESP for one command; ``callback(reply)`` runs with its reply (from this
-    greenlet). Past ``max_bytes`` queued (Redis unreachable), the oldest
-    droppable commands (message batches) are dropped; receivers see the gap."""
+    link's greenlet). When nothing is being written, ``send`` writes at once
+    (a non-blocking send, from whatever calls it, the event loop included): a
+    message batch leaves for Redis before the owner's own subscribers are
+    served, not after. Past ``max_bytes`` queued (Redis unreachable), the
+    oldest droppable commands (message batches) are dropped; receivers see
+    the gap. After a reconnect, what was in flight is sent again."""
 
     name = "pipe"
-    #: most bytes written to Redis in one go
+    #: most bytes written to Redis in one go by the greenlet
     batch_bytes = 1 << 20
 
     def __init__(self, endpoint, on_down=None, on_up=None, max_bytes=64 << 20):
         _Link.__init__(self, endpoint, on_down, on_up)
         self.max_bytes = max_bytes
-        self._queue = deque()
+        self._queue = deque()       # not written yet
+        self._inflight = deque()    # written (or being written), reply still to come
         self._queued = 0
+        self._busy = False          # a greenlet is in a blocking write
+        self._send_now = None       # a non-blocking send on the socket (plain TCP only)
         self._ready = Event()
-        self.dropped = 0           # droppable commands dropped while Redis was unreachable
+        self.dropped = 0            # droppable commands dropped while Redis was unreachable
         self.sent = 0
         self.errors = 0
 
@@ -201,11 +208,44 @@ class Pipe(_Link):
         self._queued += len(data)
         if self._queued > self.max_bytes:
             self._shed()
+        elif self._send_now is not None and not self._busy:
+            self._write_now()
         self._ready.set()
+
+    def _write_now(self):
+        items = list(self._queue)
+        self._queue.clear()
+        self._queued = 0
+        self._inflight.extend(items)
+        data = items[0][0] if len(items) == 1 else b"".join(item[0] for item in items)
+        try:
+            sent = self._send_now(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = 0                            # the reader sees the broken connection
+        if sent < len(data):                    # the rest by a greenlet: this may be the loop
+            self._busy = True
+            gevent.spawn(self._finish, self._sock, data[sent:])
+
+    def _finish(self, sock, rest):
+        """Write the rest of a partial direct write, then whatever was queued meanwhile."""
+        try:
+            sock.sendall(rest)
+            while self._queue and self._sock is sock:
+                items = list(self._queue)
+                self._queue.clear()
+                self._queued = 0
+                self._inflight.extend(items)
+                sock.sendall(b"".join(item[0] for item in items))
+        except OSError:
+            pass                                  # the reader sees the broken connection
+        finally:
+            self._busy = False
 
     @property
     def pending(self):
-        return len(self._queue)
+        return len(self._queue) + len(self._inflight)
 
     def _shed(self):
         kept = deque()
@@ -226,45 +266,60 @@ class Pipe(_Link):
             gevent.sleep(0.01)
         return not (self._queue or self._inflight)
 
-    _inflight = ()
-
     def _session(self, sock):
         if self.on_up is not None:
             self.on_up(self)
+        # what was in flight when the last connection broke goes first (receivers drop duplicates)
+        self._queue.extendleft(reversed(self._inflight))
+        self._queued = sum(len(item[0]) for item in self._queue)
+        self._inflight.clear()
+        self._busy = False
         parser = resp.Parser()
-        inflight = list(self._inflight)          # resent after a reconnect
-        self._inflight = inflight
-        while True:
-            if not inflight:
-                while not self._queue:
-                    self._ready.clear()
-                    self._ready.wait()
-                size = 0
-                while self._queue and size < self.batch_bytes:
-                    item = self._queue.popleft()
-                    self._queued -= len(item[0])
-                    size += len(item[0])
-                    inflight.append(item)
-            sock.sendall(b"".join(item[0] for item in inflight))
-            replies = []
-            while len(replies) < len(inflight):
+        inflight = self._inflight
+        raw = getattr(sock, "_sock", None)
+        self._send_now = raw.send if raw is not None and not self.endpoint.tls else None
+        try:
+            while True:
+                if not inflight:
+                    if not self._queue or self._busy:
+                        self._ready.clear()
+                        self._ready.wait(0.05 if self._busy else None)
+                        continue
+                    items, size = [], 0
+                    while self._queue and size < self.batch_bytes:
+                        item = self._queue.popleft()
+                        self._queued -= len(item[0])
+                        size += len(item[0])
+                        items.append(item)
+                    inflight.extend(items)
+                    self._write(sock, b"".join(item[0] for item in items))
+                    continue
                 data = sock.recv(65536)
                 if not data:
                     raise OSError("connection closed by Redis")
-                replies.extend(parser.feed(data))
-            items = inflight[:]
-            del inflight[:]
-            self.sent += len(items)
-            for (data, callback, _), reply in zip(items, replies):
-                if isinstance(reply, resp.Error):
-                    self.errors += 1
-                    logger.debug("redis pipe: %s", reply.message)
-                if callback is not None:
-                    try:
-                        callback(reply)
-                    except Exception:
-                        logger.error("redis pipe: callback failed", exc_info=True)
-            gevent.sleep(0)                       # a busy pipe must not hold the loop
+                replies = parser.feed(data)
+                for reply in replies:
+                    data_, callback, _ = inflight.popleft()
+                    self.sent += 1
+                    if isinstance(reply, resp.Error):
+                        self.errors += 1
+                        logger.debug("redis pipe: %s", reply.message)
+                    if callback is not None:
+                        try:
+                            callback(reply)
+                        except Exception:
+                            logger.error("redis pipe: callback failed", exc_info=True)
+                if len(replies) > 256:
+                    gevent.sleep(0)               # a busy pipe must not hold the loop
+        finally:
+            self._send_now = None
+
+    def _write(self, sock, data):
+        self._busy = True
+        try:
+            sock.sendall(data)
+        finally:
+            self._busy = False
 
 
 _DONE = Event()

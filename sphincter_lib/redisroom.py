@@ -113,16 +113,18 @@ class RedisRoom(Room):
         stats.messages_in += 1
         stats.bytes_in += len(payload)
         frame = self._encode(payload, text)
-        if self.subscribers or self.replay:
-            self._append(frame)
-        else:                                  # offsets count frame bytes: other nodes use them
-            self._pass(len(frame) if frame.__class__ is not tuple else len(frame[0]) + len(frame[1]))
         if not self._batch:
+            # scheduled before the local subscribers' flush: the batch leaves for the other
+            # nodes first (the pipe writes at once), then this node's subscribers are served
             self._batch_epoch = self.epoch
             if not self._batch_scheduled:
                 self._batch_scheduled = True
                 self._loop.run_callback(self.send_batch)
         self._batch.append(frame)
+        if self.subscribers or self.replay:
+            self._append(frame)
+        else:                                  # offsets count frame bytes: other nodes use them
+            self._pass(len(frame) if frame.__class__ is not tuple else len(frame[0]) + len(frame[1]))
 
     def send_batch(self):
         """Hand what the source sent this loop turn to Redis, as one batch (one PUBLISH)."""

@@ -1,0 +1,44 @@
+"""Smoke run of the cluster bench (issue 13) so it cannot rot: bench/cluster.py --smoke, one round
+of every workload, one process and two Redis nodes. Asserts every subscriber got every message on
+both nodes and that the results were written. No timed assertions: a benchmark is not a test."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def require(tool):
+    if shutil.which(tool):
+        return
+    msg = f"{tool} not installed (scripts/apt-deps.d/)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+@pytest.mark.timeout(300)
+def test_bench_cluster_smoke(tmp_path):
+    require("gcc")
+    require("redis-server")
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "cluster.py"), "--smoke",
+                        "--rounds", "1", "--configs", "single,two-nodes",
+                        "--out-dir", str(tmp_path), "--tag", "smoke"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=240,
+                       env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    data = json.loads(next(tmp_path.glob("*-smoke.json")).read_text())
+    runs = data["runs"]
+    assert {(r["workload"], r["config"]) for r in runs} == {
+        (w, c) for w in ("fanout", "cpu", "paced", "hop") for c in ("single", "two-nodes")}
+    for r in runs:
+        assert not r.get("error") and r["valid"], r
+        assert r["deliveries"] == r["sent"] * r["subs"] > 0, r
+        if r["config"] == "two-nodes":               # half of them through Redis
+            assert r["deliveries_n1"] == r["deliveries_n2"] > 0, r
+    assert next(tmp_path.glob("*-smoke.md")).read_text().startswith("# Cluster bench")
