@@ -12,14 +12,15 @@ PY36 ?= $(firstword $(wildcard $(addsuffix /versions/3.6*/bin/python3.6,$(PYENV_
           /usr/bin/python3.6 /usr/local/bin/python3.6))
 VENV36 := .venv36
 # The relay contract end to end (real server, real sockets, real WebSocket client, the real
-# `python3.6 sphincter.py` process) and the pure protocol modules under it.
+# `python3.6 sphincter.py` process) and the pure protocol modules under it; test_cluster.py: three
+# real nodes and a real Redis (redis-py 4.3.6 on 3.6), about 80 s.
 PY36_TESTS ?= tests/test_relay.py tests/test_cli.py tests/test_config.py tests/test_framing.py \
               tests/test_wsproto.py tests/test_wsproto_props.py tests/test_rooms.py \
               tests/test_roomcode.py tests/test_security.py tests/test_security_policy.py \
               tests/test_metrics_api.py tests/test_viewer_static.py tests/test_lifecycle.py \
               tests/test_writeback.py tests/test_preamble.py tests/test_roomsfile.py \
               tests/test_connect.py tests/test_wsclient.py tests/test_obsws.py \
-              tests/test_resp.py tests/test_redis_mode.py
+              tests/test_resp.py tests/test_redis_mode.py tests/test_cluster.py
 
 .PHONY: test-py36
 test: test-py36

@@ -19,8 +19,9 @@ import gevent.event
 import pytest
 import websocket
 
-from conftest import unit, wait_for, ws_url
-from rediskit import cluster  # noqa: F401,F811  (the fixture)
+import conftest
+from conftest import unit, ws_url
+from rediskit import cluster, redis_command  # noqa: F401,F811  (cluster: the fixture)
 from test_lifecycle import Src
 
 pytestmark = pytest.mark.timeout(60)
@@ -29,6 +30,12 @@ TEXT, BINARY, CLOSE = websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY, 
 #: --redis-lease in the failure tests; the contract: a killed node's rooms end within lease + ~2 s
 LEASE = 2
 ADMIN = "cluster-admin-token-0123456789"
+
+
+def wait_for(predicate, timeout=None, interval=0.02, what="condition"):
+    """conftest.wait_for, polling every 20 ms: most predicates here are HTTP requests to a node,
+    whose CPU (and debug log, printed on failure) they would otherwise flood."""
+    return conftest.wait_for(predicate, timeout=timeout, interval=interval, what=what)
 
 
 # ---- clients ---------------------------------------------------------------------------------
@@ -176,6 +183,42 @@ def test_every_message_in_order_each_once_on_every_node(cluster):
         assert_no_gap(r, total)
 
 
+def test_raw_bytes_and_big_messages_cross_nodes_intact(cluster):
+    n1, n2 = cluster.nodes(2, "--framing", "raw", "--max-message-bytes", "256KiB")
+    src, code, _ = source(cluster, n1, first=b"")
+    far = Reader(cluster, n2, code)
+    data = bytes(range(256)) * 4096               # 1 MiB, every byte value, messages up to 256 KiB
+    src.send(data)
+    wait_for(lambda: sum(map(len, far.got)) >= len(data) or far.closed.is_set(), timeout=unit(20),
+             what="1 MiB on n2")
+    assert b"".join(far.got) == data
+    assert max(map(len, far.got)) <= 256 * 1024
+
+
+def test_max_rooms_counts_relay_wide(cluster):
+    n1, n2, n3 = cluster.nodes(3, "--max-rooms", "2")
+    source(cluster, n1)
+    source(cluster, n2)
+    late = Src(n3.tcp, b"\n")
+    cluster.on_teardown(late.close)
+    assert late.line() == b"ERROR too many rooms\n"
+
+
+def test_a_burst_of_joins_on_two_nodes_is_admitted_and_counted(cluster):
+    n1, n2, n3 = cluster.nodes(3, "--max-subscribers-per-room", "150")
+    src, code, _ = source(cluster, n1)
+    joins = [gevent.spawn(Reader, cluster, (n2, n3)[i % 2], code) for i in range(150)]
+    gevent.joinall(joins, timeout=unit(30))
+    failed = [j.exception for j in joins if not j.successful()]
+    assert not failed, failed[:3]
+    readers = [j.value for j in joins]
+    assert close_of(cluster, n1, "room=" + code) == (4429, "room full")   # exactly 150 counted
+    src.send(b"to all 150\n")
+    for r in readers:
+        r.wait_for_message(b"to all 150")
+    assert not any(r.closed.is_set() for r in readers)
+
+
 def test_codes_are_unique_relay_wide_and_known_on_every_node(cluster):
     nodes = cluster.nodes(3)
     codes = []
@@ -282,6 +325,46 @@ def test_named_room_takeover_across_nodes(cluster, tmp_path):
         assert body["source"] == "online" and body["state"] == "live", (node.name, body)
 
 
+def test_takeover_fences_the_old_source_on_every_node(cluster, tmp_path):
+    """Nothing the replaced source sends after the takeover reaches anyone: subscribers see the
+    old source's lines (in order, no gap), then only the new one's."""
+    path = rooms_file(tmp_path, "feed feed-token-789\n")
+    n1, n2, n3 = cluster.nodes(3, "--rooms-file", path)
+    readers = [Reader(cluster, node, "feed") for node in (n1, n2, n3)]
+    old, _, _ = source(cluster, n1, b"AUTH feed-token-789\n")
+    sent = [0]
+
+    def blast():                                  # the old source never stops by itself
+        try:
+            while sent[0] < 200000:
+                old.send(b"".join(b"old %d\n" % i for i in range(sent[0], sent[0] + 20)))
+                sent[0] += 20
+                gevent.sleep(0.001)
+        except OSError:
+            pass                                  # hung up on: replaced
+    blaster = gevent.spawn(blast)
+    cluster.on_teardown(blaster.kill)
+    for r in readers:
+        r.wait_count(200)
+    new, _, _ = source(cluster, n2, b"AUTH feed-token-789\n")
+    new.send(b"new 0\n")
+    blaster.join(timeout=unit(10))
+    assert blaster.ready(), "the replaced source was never hung up on"
+    new.send(b"new 1\n")
+    for r in readers:
+        r.wait_for_message(b"new 1")
+        kinds = [m.split()[0] for m in r.got]
+        cut = kinds.index(b"new")
+        olds = [int(m.split()[1]) for m in r.got[:cut]]
+        assert olds == list(range(len(olds))), "%s: the old source's lines have a gap" % r.node.name
+        assert r.got[cut:] == [b"new 0", b"new 1"], (r.node.name, r.got[cut:cut + 5])
+    cuts = {r.node.name: len(r.got) - 2 for r in readers}
+    print("old lines seen per node: %s" % cuts)
+    # one Redis orders the takeover and the batches: every node's subscribers see the same room
+    # (n1 is the old source's node, n2 the new one's, n3 neither)
+    assert len(set(cuts.values())) == 1, "nodes cut the old source at different places: %s" % cuts
+
+
 def test_replay_for_a_late_joiner_on_another_node(cluster):
     n1, n2, n3 = cluster.nodes(3, "--replay", "5")
     src, code, _ = source(cluster, n1)
@@ -295,6 +378,56 @@ def test_replay_for_a_late_joiner_on_another_node(cluster):
     for r in late:
         r.wait_count(8)
         assert r.numbers() == list(range(15, 23)), (r.node.name, r.numbers())
+
+
+def test_replay_across_a_resume_on_another_node_and_a_named_last_value(cluster, tmp_path):
+    path = rooms_file(tmp_path, "scene scene-token-123 replay=1\n")
+    n1, n2, n3 = cluster.nodes(3, "--replay", "4", "--room-grace", "5", "--rooms-file", path)
+    src, code, extra = source(cluster, n1, expect=("RESUME",))
+    watcher = Reader(cluster, n2, code)
+    src.send(numbered(0, 3))
+    watcher.wait_count(3)
+    src.close()
+    wait_for(lambda: get_json(n3, "/status?room=" + code)[1].get("source") == "offline",
+             timeout=unit(5), what="n3 sees the source away")
+    again, _, _ = source(cluster, n2, b"RESUME %s %s\n" % (code.encode(), extra["RESUME"].encode()),
+                         expect=("RESUME",))
+    again.send(numbered(3, 6))
+    watcher.wait_count(6)
+    late = Reader(cluster, n3, code)               # the last 4, across the two sources
+    late.wait_count(4)
+    again.send(b"6\n")
+    late.wait_count(5)
+    assert late.numbers() == [2, 3, 4, 5, 6] and watcher.numbers() == list(range(7))
+    # a named room's last value, for a page that loads while its source is away
+    scene, _, _ = source(cluster, n1, b"AUTH scene-token-123\n")
+    scene.send(b"scene A\nscene B\n")
+    wait_for(lambda: get_json(n1, "/status?room=scene")[1]["source"] == "online", what="online")
+    first = Reader(cluster, n1, "scene")
+    first.wait_count(1)
+    scene.close()
+    wait_for(lambda: get_json(n3, "/status?room=scene")[1]["source"] == "offline", timeout=unit(5),
+             what="n3 sees the scene's source away")
+    page = Reader(cluster, n3, "scene")
+    page.wait_count(1)
+    assert page.got == [b"scene B"]
+
+
+def test_presence_long_poll_of_an_ephemeral_room_on_a_node_that_never_saw_it(cluster):
+    n1, n2, n3 = cluster.nodes(3, "--room-grace", "5")
+    src, code, extra = source(cluster, n1, expect=("RESUME",))
+    poll = gevent.spawn(get_json, n3, "/status?room=%s&source=online&wait=10" % code)
+    gevent.sleep(unit(0.3))                       # proving a negative: it is still waiting
+    assert not poll.ready(), poll.value
+    src.close()
+    status, body = poll.get(timeout=unit(5))
+    assert status == 200 and body["source"] == "offline" and body["state"] == "waiting", body
+    poll = gevent.spawn(get_json, n2, "/status?room=%s&source=offline&wait=10" % code)
+    gevent.sleep(unit(0.3))
+    assert not poll.ready(), poll.value
+    source(cluster, n3, b"RESUME %s %s\n" % (code.encode(), extra["RESUME"].encode()), expect=("RESUME",))
+    status, body = poll.get(timeout=unit(5))
+    assert status == 200 and body["source"] == "online" and body["state"] == "live", body
 
 
 def test_presence_and_long_poll_across_nodes(cluster, tmp_path):
@@ -605,6 +738,27 @@ def test_after_a_redis_restart_a_node_is_whole_again(cluster):
     assert "unreachable" not in n2.log().split("reachable again")[-1], n2.log_tail(12)
 
 
+def test_named_rooms_survive_a_redis_restart(cluster, tmp_path):
+    path = rooms_file(tmp_path, "scene scene-token-123\nscores score-token-456\n")
+    n1, n2, n3 = cluster.nodes(3, "--rooms-file", path)
+    live_src, _, _ = source(cluster, n1, b"AUTH score-token-456\n")
+    on_scores, on_scene = Reader(cluster, n2, "scores"), Reader(cluster, n2, "scene")   # scene: no source
+    live_src.send(b"before\n")
+    on_scores.wait_for_message(b"before")
+    cluster.redis.restart()
+    for node in (n1, n2, n3):
+        wait_for(lambda: get_json(node, "/healthz")[1].get("redis") == "ok", timeout=unit(8),
+                 what="%s reconnected after the restart" % node.name)
+    wait_for(lambda: get_json(n3, "/status?room=scores")[1].get("source") == "online", timeout=unit(5),
+             what="n3: scores online again")
+    live_src.send(b"after\n")
+    on_scores.wait_for_message(b"after")
+    scene_src, _, _ = source(cluster, n3, b"AUTH scene-token-123\n")
+    scene_src.send(b"first scene\n")
+    on_scene.wait_for_message(b"first scene")
+    assert on_scores.got == [b"before", b"after"] and on_scene.got == [b"first scene"]
+
+
 def test_redis_down_refuses_what_needs_it_and_keeps_local_delivery(cluster):
     n1, n2, n3 = cluster.nodes(3)
     src, code, _ = source(cluster, n1)
@@ -677,6 +831,30 @@ def test_redis_down_for_more_than_a_buffer_remote_subscribers_are_told_never_sho
     assert close[0] == 4408 or (close == (4410, "source closed") and len(nums) == total + 1), close
 
 
+def test_redis_down_under_slow_policy_skip_subscribers_skip_and_go_on(cluster):
+    n1, n2 = cluster.nodes(2, "--slow-policy", "skip", "--subscriber-buffer-bytes", "64KiB",
+                           "--max-message-bytes", "4KiB")
+    src, code, _ = source(cluster, n1)
+    remote = Reader(cluster, n2, code)
+    pad = b"z" * 500
+    src.send(b"0 %s\n" % pad)
+    remote.wait_count(1)
+    cluster.redis.stop()
+    wait_for(lambda: http(n1, "/healthz")[0] == 503, timeout=unit(5), what="n1: redis down")
+    total = 400
+    for i in range(1, total, 50):
+        src.send(b"".join(b"%d %s\n" % (k, pad) for k in range(i, min(i + 50, total))))
+    cluster.redis.restart()
+    for node in (n1, n2):
+        wait_for(lambda: get_json(node, "/healthz")[1].get("redis") == "ok", timeout=unit(8),
+                 what="%s: redis ok again" % node.name)
+    src.send(b"%d %s\n" % (total, pad))
+    remote.wait_for_message(b"%d %s" % (total, pad), timeout=15)   # not closed: it skipped
+    nums = [int(m.split()[0]) for m in remote.got]
+    assert nums == sorted(set(nums)), "out of order or twice"
+    assert all(m.endswith(pad) for m in remote.got), "a message cut"
+
+
 def test_a_slow_subscriber_on_one_node_does_not_stop_subscribers_on_another(cluster):
     # The source follows the fastest subscriber relay-wide, so one fast subscriber only (several
     # in this one test process would race each other, and the slower would rightly be cut).
@@ -717,6 +895,67 @@ def test_a_stopped_node_does_not_slow_the_others(cluster):
     close = stalled.wait_close(timeout=20)     # all of it, or told it missed some (4408)
     assert close == (4410, "source closed") or close[0] == 4408, close
     assert_no_gap(stalled, total if close[0] == 4410 else None)
+
+
+def test_a_remote_subscriber_that_pauses_is_paced_as_on_one_node(cluster):
+    """The source follows the fastest subscriber relay-wide: the room's only subscriber, on n2,
+    pauses; on one node the source would wait for it and it would get everything."""
+    n1, n2 = cluster.nodes(2)                      # default budget: 4 MiB, high water 2 MiB
+    src, code, _ = source(cluster, n1)
+    pausing = Reader(cluster, n2, code, rcvbuf=4096)    # reads nothing until resumed
+    pad = b"f" * 1000
+    total = 24000                                  # 24 MB: far more than budget and kernel buffers
+    feeder = gevent.spawn(src.send, b"".join(b"%d %s\n" % (k, pad) for k in range(total)))
+    cluster.on_teardown(feeder.kill)
+    gevent.sleep(unit(0.5))                        # the pause itself: the backlog builds up
+    pausing.resume.set()
+    pausing.wait_count(total, timeout=30)
+    assert [int(m.split()[0]) for m in pausing.got] == list(range(total))
+
+
+@pytest.mark.parametrize("then", ["source closes", "source resumes elsewhere"])
+def test_a_node_redis_cut_off_for_being_slow_tells_its_subscribers(cluster, then):
+    """A node too slow for Redis's pub/sub output buffer is disconnected by Redis (it lost what
+    was queued for it); everybody else is unaffected, and its subscribers are closed 4408, never
+    shown a gap — even when what comes next is the end of the room (4410 would say "that was
+    everything") or a new source (a new epoch: its first batch follows no gap of its own)."""
+    assert redis_command(cluster.redis.port, "CONFIG", "SET", "client-output-buffer-limit",
+                         "pubsub 1mb 256kb 2") == b"+OK"
+    grace = ("--room-grace", "5") if then == "source resumes elsewhere" else ()
+    n1, n2, n3 = cluster.nodes(3, *grace)
+    src, code, extra = source(cluster, n1, expect=("RESUME",) if grace else ())
+    stalled, live = Reader(cluster, n2, code), Reader(cluster, n3, code)
+    pad = b"s" * 1000
+    src.send(b"0 %s\n" % pad)
+    stalled.wait_count(1)
+    n2.signal(signal.SIGSTOP)
+    cluster.on_teardown(lambda: n2.signal(signal.SIGCONT))
+    total = 16000                                  # 16 MB: more than the kernel buffers between
+    try:                                           # Redis and n2, and than Redis holds for it
+        for i in range(1, total, 100):             # paced by n3's subscriber: the stopped node
+            src.send(b"".join(b"%d %s\n" % (k, pad) for k in range(i, min(i + 100, total))))
+            live.wait_count(min(i + 100, total))   # cannot say it is behind, so nothing waits
+        assert [int(m.split()[0]) for m in live.got] == list(range(total))
+    finally:
+        n2.signal(signal.SIGCONT)
+    wait_for(lambda: "redis reachable again" in n2.log(), timeout=unit(10), what="n2 cut off and back")
+    src.close()                                    # the next thing n2 hears of the room
+    if then == "source resumes elsewhere":
+        again, _, _ = source(cluster, n3, b"RESUME %s %s\n" % (code.encode(), extra["RESUME"].encode()),
+                             expect=("RESUME",))
+        cluster.on_teardown(again.close)
+        again.send(b"%d %s\n" % (total, pad))
+        live.wait_count(total + 1)
+        wait_for(lambda: stalled.closed.is_set() or b"%d %s" % (total, pad) in stalled.got,
+                 timeout=unit(5), what="n2's subscriber: the new source's line, or a close")
+        close = stalled.close
+    else:
+        assert live.wait_close(timeout=10) == (4410, "source closed")
+        close = stalled.wait_close(timeout=10)
+    nums = [int(m.split()[0]) for m in stalled.got]
+    gap = next((i for i, n in enumerate(nums) if n != i), None)
+    assert gap is None, "n2: messages 0..%d of %d, then %d (a gap), then %r" % (gap - 1, total, nums[gap], close)
+    assert len(nums) >= total or close[0] == 4408, "n2: %d of %d messages, then %r" % (len(nums), total, close)
 
 
 def test_a_node_without_subscribers_in_a_room_receives_nothing_of_it(cluster):
