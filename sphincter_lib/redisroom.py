@@ -111,6 +111,7 @@ class RedisRoom(Room):
         self.reported_lead = self.lead_watch = None
         self.remote_leads = {}
         self.pub_seq = 0
+        self.feed_epoch, self.next_seq = self.epoch, 1
         self.source_id = self.model.node_id
         self.remote_peer = ""
         return self.attach(source)
@@ -145,6 +146,7 @@ class RedisRoom(Room):
         if not frames or self._batch_epoch != self.epoch:
             return                            # replaced meanwhile: the new owner's batches count
         self.pub_seq += 1
+        self.feed_epoch, self.next_seq = self.epoch, self.pub_seq + 1   # what we have, if we lose it
         self.model.publish_batch(self, redis_keys.encode_batch(self.epoch, self.pub_seq, self.head_pos,
                                                                frames))
 
@@ -426,6 +428,8 @@ class RedisRoom(Room):
     def _own_live(self, epoch):
         if epoch > self._own_seen:
             self._own_seen = epoch
+        if epoch > self.epoch and self.source is None:
+            self._set_epoch(epoch)            # what the replaced source sends from now on is fenced
         wait = self._own_wait
         if wait is not None and epoch >= wait[0]:
             wait[1].set()

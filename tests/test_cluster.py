@@ -360,9 +360,12 @@ def test_takeover_fences_the_old_source_on_every_node(cluster, tmp_path):
         assert r.got[cut:] == [b"new 0", b"new 1"], (r.node.name, r.got[cut:cut + 5])
     cuts = {r.node.name: len(r.got) - 2 for r in readers}
     print("old lines seen per node: %s" % cuts)
-    # one Redis orders the takeover and the batches: every node's subscribers see the same room
-    # (n1 is the old source's node, n2 the new one's, n3 neither)
-    assert len(set(cuts.values())) == 1, "nodes cut the old source at different places: %s" % cuts
+    # one Redis orders the takeover and the batches: every node but the old source's own sees the
+    # same room (n1 is the old source's node, n2 the new one's, n3 neither). n1 served its own
+    # subscribers what its source sent until it heard of the takeover (one Redis hop): it may
+    # have a little more of the old source, never less (docs/PROTOCOL.md)
+    assert cuts["n2"] == cuts["n3"], "nodes cut the old source at different places: %s" % cuts
+    assert cuts["n2"] <= cuts["n1"] <= cuts["n2"] + 400, cuts
 
 
 def test_replay_for_a_late_joiner_on_another_node(cluster):
