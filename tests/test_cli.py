@@ -218,7 +218,7 @@ def test_install_sh_checks_the_settings_before_touching_anything(tmp_path):
     rel = tmp_path / "release"
     rel.mkdir()
     for name in ("install.sh", os.path.join("conf", "sphincter.env"),
-                 os.path.join("conf", "sphincter.service")):
+                 os.path.join("conf", "sphincter.service"), os.path.join("conf", "sphincter@.service")):
         with open(os.path.join(ROOT, name), "rb") as f:
             (rel / os.path.basename(name)).write_bytes(f.read())
     (rel / "sphincter").write_text("#!/bin/sh\nexec %s %s \"$@\"\n" % (sys.executable, ENTRY))
