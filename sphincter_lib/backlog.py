@@ -317,15 +317,18 @@ class Room:
         """Encode ``payload`` once and queue it for every subscriber. Never blocks."""
         if self.state is not LIVE:
             return
+        self._count_in(payload)
+        if not self.subscribers and not self.replay:
+            self._pass(len(payload))      # nobody to deliver to: not even encoded
+            return
+        self._append(self._encode(payload, text))
+
+    def _count_in(self, payload):
         self.messages += 1
         self.bytes += len(payload)
         stats = self.stats
         stats.messages_in += 1
         stats.bytes_in += len(payload)
-        if not self.subscribers and not self.replay:
-            self._pass(len(payload))      # nobody to deliver to: not even encoded
-            return
-        self._append(self._encode(payload, text))
 
     def _pass(self, size):
         """One message nobody will receive: only the offsets move (they need only grow)."""

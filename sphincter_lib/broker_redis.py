@@ -42,7 +42,7 @@ from .backlog import CLOSED, LIVE, WAITING
 from .errors import CannotResume, ConfigError, RelayUnavailable, RoomFullError, RoomLimitError, RoomNotFound, ShuttingDown
 from .redislink import Endpoint, Listener, Pipe, control_client, redis_errors
 from .redisroom import RedisRoom, parse_last
-from .roomcode import make_code, resume_key, room_key
+from .roomcode import resume_key, room_key
 from .rooms import RoomRegistry
 
 logger = logging.getLogger(__name__)
@@ -115,7 +115,8 @@ class RedisRoomModel(RoomRegistry):
 
     def __init__(self, encode, redis_url, node="", prefix="sph", lease=5.0, **kwargs):
         try:
-            import redis  # noqa: F401
+            import redis  # noqa: F401  (only whether it is there)
+            del redis
         except ImportError:
             raise ConfigError("argument --redis-url: Redis mode needs the 'redis' package "
                               "(pip install -r requirements.txt)")
@@ -247,13 +248,9 @@ class RedisRoomModel(RoomRegistry):
     def claim(self, token, source):
         if self.shutting_down:
             raise ShuttingDown()
-        found = None
-        for spec, room in self._named.values():
-            if hmac.compare_digest(token, spec.token) and found is None:
-                found = (spec, room)
-        if found is None:
+        room = self.named_room(token)
+        if room is None:
             return None
-        spec, room = found
         epoch, write = self._call("CLAIM", room, room.chan_e, self.node_id, self.lease_ms, room.code,
                                   source.peer, room.write_key or "")
         room.write_key = _text(write) or None
@@ -447,7 +444,6 @@ class RedisRoomModel(RoomRegistry):
     # -- the admin API -----------------------------------------------------------------------
     def listing(self):
         """Every room of the relay: this node's, and the others' read from Redis."""
-        rooms = self.rooms()
         if not self.redis_up:
             raise RelayUnavailable()
         try:

@@ -120,11 +120,7 @@ class RedisRoom(Room):
     def publish(self, payload, text):
         if self.state is not LIVE:
             return
-        self.messages += 1
-        self.bytes += len(payload)
-        stats = self.stats
-        stats.messages_in += 1
-        stats.bytes_in += len(payload)
+        self._count_in(payload)
         frame = self._encode(payload, text)
         if not self._batch:
             # scheduled before the local subscribers' flush: the batch leaves for the other

@@ -244,13 +244,18 @@ class RoomRegistry(RoomModel, RoomEvents):
     def claim(self, token, source):
         if self.shutting_down:
             raise ShuttingDown()
+        found = self.named_room(token)
+        if found is None:
+            return None
+        return found, found.attach(source)
+
+    def named_room(self, token):
+        """The named room whose token is ``token`` (bytes), or None."""
         found = None
         for spec, room in self._named.values():     # every token compared: no early exit
             if hmac.compare_digest(token, spec.token) and found is None:
                 found = room
-        if found is None:
-            return None
-        return found, found.attach(source)
+        return found
 
     def resume(self, code, key, source):
         if self.shutting_down:

@@ -34,6 +34,7 @@ from conftest import require_tool, unit, wait_for
 from flow_util import ROOT, RelayProcess
 from nginxkit import free_port, nginx_binary
 from testkit import require, stop_process
+from rediskit import RedisServer
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -229,35 +230,6 @@ def test_nginx_cluster_config_passes_nginx_t(tmp_path):
     assert "hash $arg_room consistent;" in http and http.count("server 127.0.0.1:808") == 6
 
 
-class Redis:
-    """Minimal: ``redis-server`` on a free loopback port, no persistence. (tests/rediskit.py,
-    being written for the cross-node tests, has the full helper: use it once it is on main.)"""
-
-    def __init__(self, directory):
-        require("redis-server", shutil.which("redis-server") is not None,
-                "install it (scripts/apt-deps.d/redis.txt)")
-        self.port = free_port()
-        self.log = os.path.join(str(directory), "redis.log")
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--daemonize", "no", "--logfile", self.log],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(self.ping, unit(10), what="redis-server to answer PING", interval=0.02)
-        self.url = "redis://127.0.0.1:%d/0" % self.port
-
-    def ping(self):
-        assert self.proc.poll() is None, "redis-server exited: %s" % open(self.log).read()[-500:]
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(64).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def stop(self):
-        stop_process(self.proc)
-
-
 class Nginx:
     def __init__(self, conf, directory, ports):
         self.dir = str(directory)
@@ -311,7 +283,7 @@ def cluster(tmp_path):
     port_tls, port_tcp = free_port(), free_port()
     stop = []
     try:
-        redis = Redis(tmp_path)
+        redis = RedisServer()
         stop.append(redis)
         nodes = []
         for name in ("n1", "n2"):
@@ -330,7 +302,10 @@ def cluster(tmp_path):
         for thing in reversed(stop):
             if isinstance(thing, RelayProcess):
                 print("--- node %s log:\n%s" % (thing.args[3], thing.log()[-3000:]))
-            thing.stop()
+            if isinstance(thing, RedisServer):
+                thing.close()
+            else:
+                thing.stop()
 
 
 def test_end_to_end_through_nginx_and_redis(cluster):
