@@ -371,7 +371,7 @@ OPTIONS = (
            "PREFIX"),
     Option("redis-lease", "5", positive_seconds,
            "seconds a node's rooms outlive it in Redis: a killed node's rooms end (or wait for their "
-           "source, with --room-grace) on the other nodes within this plus about 1 s", "SECONDS"),
+           "source, with --room-grace) on the other nodes within this plus a third of it", "SECONDS"),
 )
 
 #: Testing aids: parsed like the others (flag, env var, config key) but not shown by
