@@ -41,7 +41,7 @@ from . import __version__, redis_keys, resp
 from .backlog import CLOSED, LIVE, WAITING
 from .errors import CannotResume, ConfigError, RelayUnavailable, RoomFullError, RoomLimitError, RoomNotFound, ShuttingDown
 from .redislink import Endpoint, Listener, Pipe, control_client, redis_errors
-from .redisroom import RedisRoom, parse_last
+from .redisroom import RedisRoom
 from .roomcode import resume_key, room_key
 from .rooms import RoomRegistry
 
@@ -287,8 +287,8 @@ class RedisRoomModel(RoomRegistry):
 
     def leave(self, room):
         """The room's source (on this node) left: tell the relay, after its last batch."""
-        self.pipe.send(resp.command("EVAL", redis_keys.LEAVE, 7, *(room.redis_keys + [
-            room.chan_e, self.node_id, room.epoch, self.grace_ms, room.key])))
+        self.pipe.send(resp.command("EVAL", redis_keys.LEAVE, 6, *(room.redis_keys + [
+            room.chan_e, self.node_id, room.epoch, self.grace_ms, room.key, room.last_published])))
 
     def publish_batch(self, room, data):
         self.stats.redis_batches_out += 1
@@ -296,8 +296,6 @@ class RedisRoomModel(RoomRegistry):
             self.pipe.send(resp.command("XADD", room.redis_keys[3], "MAXLEN", "~", room.replay,
                                         "%d-%d" % (room.epoch, room.pub_seq), "d", data), droppable=True)
         self.pipe.send(resp.command("PUBLISH", room.chan_m, data), droppable=True)
-        self.pipe.send(resp.command("SET", room.redis_keys[6], "%d:%d" % (room.epoch, room.pub_seq), "PX",
-                                    self.lease_ms + self.grace_ms + 10000), droppable=True)
 
     def report_flow(self, room, text):
         """A mirror's flow-control report (``EPOCH OFFSET`` or ``EPOCH -``) to the room's owner."""
@@ -408,34 +406,41 @@ class RedisRoomModel(RoomRegistry):
     def out_head(self, room):
         return self._ask(self.redis.lrange, room.redis_keys[4], 0, 63)
 
-    def last_batch(self, room):
-        """(epoch, seq) of the room's last batch published, (0, 0) if none; None if unknown."""
-        try:
-            return parse_last(_text(self._ask(self.redis.get, room.redis_keys[6])) or "0:0")
-        except RelayUnavailable:
-            return None
-
     def _listener_up(self, link):
-        gevent.spawn(self._recheck_feeds).link_exception(
-            lambda g: logger.error("redis: checking rooms after a reconnect failed", exc_info=g.exc_info))
+        self._recheck_feeds()
+        if any(r.tainted for r in self._rooms.values()):
+            gevent.spawn(self._untaint_waiting).link_exception(
+                lambda g: logger.error("redis: checking rooms after a reconnect failed", exc_info=g.exc_info))
 
-    def _recheck_feeds(self):
-        """After the listener reconnected: a room fed here whose last batch is not one we have
-        lost batches meanwhile (and says so, 4408) even if no batch follows to show it."""
-        rooms = [r for r in self._rooms.values() if r.feeding and r.source is None]
+    def _untaint_waiting(self):
+        """A room that had no source before our connection broke, and still has the same epoch and
+        no source — or that Redis lost altogether (a restart: a claim since would have re-created
+        it) — published nothing meanwhile: nothing was lost."""
+        rooms = [r for r in self._rooms.values() if r.tainted and r.state is WAITING]
         if not rooms:
             return
         for r in rooms:
-            self.pubsub.subscribe(r.chan_m).wait(self.confirm_timeout)
+            self.pubsub.subscribe(r.chan_e).wait(self.confirm_timeout)
+        pipe = self.redis.pipeline(transaction=False)
+        for r in rooms:
+            pipe.hmget(r.redis_keys[1], "epoch", "state")
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            for r in rooms:
-                pipe.get(r.redis_keys[6])
-            values = self._ask(pipe.execute)
+            answers = self._ask(pipe.execute)
         except RelayUnavailable:
             return
-        for r, value in zip(rooms, values):
-            r.check_last(parse_last(_text(value) or "0:0"))
+        for r, (epoch, state) in zip(rooms, answers):
+            gone = epoch is None and state is None
+            same = _text(state) == WAITING and int(epoch or 0) == r.epoch
+            if r.tainted and r.state is WAITING and (gone or same):
+                r.tainted = False
+
+    def _recheck_feeds(self):
+        """After the listener reconnected: every room fed here may have lost batches meanwhile.
+        Each is *tainted* until its next batch (the expected one: nothing was lost) or an event
+        saying where the room stands decides; otherwise its subscribers here are closed 4408."""
+        for room in self._rooms.values():
+            if room.feeding and room.source is None:
+                room.tainted = True
 
     def read_log(self, room):
         entries = self._ask(self.redis.xrevrange, room.redis_keys[3], count=room.replay)
@@ -559,7 +564,7 @@ class RedisRoomModel(RoomRegistry):
             self._lua["REFRESH"](keys=r.redis_keys, client=pipe, args=[
                 r.chan_e, self.node_id, r.epoch, self.lease_ms, self.grace_ms, r.code,
                 "1" if r.named else "0", r.peer, _digest(r.resume_key) if r.resume_key else "",
-                r.write_key or "", "%.3f" % r.opened_at, r.messages, r.bytes])
+                r.write_key or "", "%.3f" % r.opened_at, r.messages, r.bytes, r.last_published])
         # after an outage, owners get a lease to re-create what Redis lost before anyone decides
         # that a room whose keys are gone has ended
         check = not recovering and (self._up_since is None or self._monotonic() - self._up_since >= self.lease)

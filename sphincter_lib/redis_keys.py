@@ -13,12 +13,12 @@ A room ``K`` (its code or name, upper case) has, under the prefix ``P``
 ``P:out:{K}``           list of whole write-back messages toward the source
 ``P:m:{K}``             channel: message batches (nodes with subscribers in the room)
 ``P:e:{K}``             channel: room events ``live E NODE LAST``, ``waiting E LAST``,
-                        ``closed E LAST`` (LAST: ``P:seq:{K}`` then), ``writable``
+                        ``closed E LAST``, ``writable``; LAST is the room's last batch
+                        ``E:S`` when the script knows it (the owner said: it left, or
+                        re-created the room after a Redis restart), else ``-``
 ``P:w:{K}``             channel: ``w`` when write-back messages arrived (the owner only)
 ``P:n:<node>``          channel: to one node, ``fc K EPOCH OFFSET NODE`` / ``fc K EPOCH - NODE``
                         (flow control: how far a node's fastest subscriber got; gone)
-``P:seq:{K}``           ``"E:S"``, the last batch published (epoch, seq): set after each
-                        ``PUBLISH``; every event carries it, so a node that lost batches knows
 ``P:rooms``             zset of ephemeral rooms by expiry (ms): relay-wide ``--max-rooms``
 ``P:node:<name>``       a node's heartbeat (``PX --redis-lease``)
 ======================  =====================================================================
@@ -45,11 +45,10 @@ class Keys:
         return self.node_prefix + name
 
     def room(self, key):
-        """The seven keys every room script takes, in order."""
+        """The six keys every room script takes, in order."""
         p = self.prefix
         return ["%s:lease:{%s}" % (p, key), "%s:room:{%s}" % (p, key), "%s:subs:{%s}" % (p, key),
-                "%s:log:{%s}" % (p, key), "%s:out:{%s}" % (p, key), self.rooms,
-                "%s:seq:{%s}" % (p, key)]
+                "%s:log:{%s}" % (p, key), "%s:out:{%s}" % (p, key), self.rooms]
 
     def messages(self, key):
         return "%s:m:{%s}" % (self.prefix, key)
@@ -74,20 +73,16 @@ local function now()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function last()
-  return redis.call('GET', KEYS[7]) or '0:0'
-end
-local function close(ep, key)
-  local l = last()
-  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[7])
+local function close(ep, key, last)
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
   redis.call('ZREM', KEYS[6], key)
-  redis.call('PUBLISH', ARGV[1], 'closed ' .. ep .. ' ' .. l)
+  redis.call('PUBLISH', ARGV[1], 'closed ' .. ep .. ' ' .. last)
 end
-local function gone(ep, grace, key)
+local function gone(ep, grace, key, last)
   local h = redis.call('HMGET', KEYS[2], 'named', 'resume')
   if h[1] == '1' then
     redis.call('HSET', KEYS[2], 'state', 'waiting', 'owner', '', 'peer', '')
-    redis.call('PUBLISH', ARGV[1], 'waiting ' .. ep .. ' ' .. last())
+    redis.call('PUBLISH', ARGV[1], 'waiting ' .. ep .. ' ' .. last)
     return 1
   end
   if grace > 0 and h[2] and h[2] ~= '' then
@@ -95,10 +90,10 @@ local function gone(ep, grace, key)
     redis.call('HSET', KEYS[2], 'state', 'waiting', 'owner', '', 'peer', '', 'until', t + grace)
     redis.call('PEXPIRE', KEYS[2], grace + 10000)
     redis.call('ZADD', KEYS[6], t + grace, key)
-    redis.call('PUBLISH', ARGV[1], 'waiting ' .. ep .. ' ' .. last())
+    redis.call('PUBLISH', ARGV[1], 'waiting ' .. ep .. ' ' .. last)
     return 1
   end
-  close(ep, key)
+  close(ep, key, last)
   return 2
 end
 local function ensure_named(key)
@@ -117,7 +112,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', t)
 local max = tonumber(ARGV[8])
 if max > 0 and redis.call('ZCARD', KEYS[6]) >= max then return -1 end
 if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-redis.call('DEL', KEYS[3], KEYS[4], KEYS[5], KEYS[7])
+redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
 local lease = tonumber(ARGV[3])
 redis.call('SET', KEYS[1], ARGV[2] .. ' 1', 'PX', lease)
 redis.call('HSET', KEYS[2], 'epoch', 1, 'state', 'live', 'named', 0, 'owner', ARGV[2], 'peer', ARGV[5],
@@ -135,7 +130,7 @@ local ep = redis.call('HINCRBY', KEYS[2], 'epoch', 1)
 redis.call('SET', KEYS[1], ARGV[2] .. ' ' .. ep, 'PX', ARGV[3])
 redis.call('HSET', KEYS[2], 'state', 'live', 'named', 1, 'owner', ARGV[2], 'peer', ARGV[5])
 redis.call('HSETNX', KEYS[2], 'write', ARGV[6])
-redis.call('PUBLISH', ARGV[1], 'live ' .. ep .. ' ' .. ARGV[2] .. ' ' .. last())
+redis.call('PUBLISH', ARGV[1], 'live ' .. ep .. ' ' .. ARGV[2] .. ' -')
 return {ep, redis.call('HGET', KEYS[2], 'write')}
 """
 
@@ -151,15 +146,16 @@ redis.call('HSET', KEYS[2], 'state', 'live', 'owner', ARGV[2], 'peer', ARGV[5], 
 redis.call('HDEL', KEYS[2], 'until')
 redis.call('PEXPIRE', KEYS[2], lease + tonumber(ARGV[8]) + 10000)
 redis.call('ZADD', KEYS[6], now() + lease, ARGV[4])
-redis.call('PUBLISH', ARGV[1], 'live ' .. ep .. ' ' .. ARGV[2] .. ' ' .. last())
+redis.call('PUBLISH', ARGV[1], 'live ' .. ep .. ' ' .. ARGV[2] .. ' -')
 return {ep, h[3] or '', h[4] or ''}
 """
 
-#: the owner's source left. ARGV: chan node epoch grace_ms key → 0 not ours, 1 waiting, 2 closed
+#: the owner's source left. ARGV: chan node epoch grace_ms key last("E:S") → 0 not ours,
+#: 1 waiting, 2 closed
 LEAVE = _HELPERS + """
 if redis.call('GET', KEYS[1]) ~= ARGV[2] .. ' ' .. ARGV[3] then return 0 end
 redis.call('DEL', KEYS[1])
-return gone(ARGV[3], tonumber(ARGV[4]), ARGV[5])
+return gone(ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6])
 """
 
 #: a watching node's check: a live room whose lease expired (its node died) goes waiting or
@@ -169,22 +165,22 @@ CHECK = _HELPERS + """
 local h = redis.call('HMGET', KEYS[2], 'state', 'epoch', 'until')
 if not h[1] then
   if ARGV[4] == '1' then ensure_named(ARGV[3]); return 0 end
-  redis.call('PUBLISH', ARGV[1], 'closed 0 ' .. last())
+  redis.call('PUBLISH', ARGV[1], 'closed 0 -')
   return 3
 end
 if h[1] == 'live' then
   if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-  return gone(h[2], tonumber(ARGV[2]), ARGV[3])
+  return gone(h[2], tonumber(ARGV[2]), ARGV[3], '-')
 end
 if h[3] and tonumber(h[3]) <= now() then
-  close(h[2], ARGV[3])
+  close(h[2], ARGV[3], '-')
   return 2
 end
 return 0
 """
 
 #: the owner renews its lease, or re-creates what Redis lost (a restart). ARGV: chan node epoch
-#: lease_ms grace_ms key named peer resume_hash write opened_at messages bytes
+#: lease_ms grace_ms key named peer resume_hash write opened_at messages bytes last("E:S")
 #: → 1 held, 0 someone else holds the room (hang up the source)
 REFRESH = _HELPERS + """
 local mine = ARGV[2] .. ' ' .. ARGV[3]
@@ -202,7 +198,7 @@ elseif not v then
   redis.call('HSET', KEYS[2], 'epoch', ARGV[3], 'state', 'live', 'named', ARGV[7], 'owner', ARGV[2],
              'peer', ARGV[8], 'resume', ARGV[9], 'write', ARGV[10], 'opened_at', ARGV[11], 'code', ARGV[6])
   redis.call('HSETNX', KEYS[2], 'outbytes', 0)
-  redis.call('PUBLISH', ARGV[1], 'live ' .. ARGV[3] .. ' ' .. ARGV[2] .. ' ' .. last())
+  redis.call('PUBLISH', ARGV[1], 'live ' .. ARGV[3] .. ' ' .. ARGV[2] .. ' ' .. ARGV[14])
 else
   return 0
 end
@@ -210,8 +206,8 @@ redis.call('HSET', KEYS[2], 'messages', ARGV[12], 'bytes', ARGV[13])
 if ARGV[7] ~= '1' then
   local ttl = lease + tonumber(ARGV[5]) + 10000
   redis.call('PEXPIRE', KEYS[2], ttl)
-  for i = 3, 7 do
-    if i ~= 6 and redis.call('EXISTS', KEYS[i]) == 1 then redis.call('PEXPIRE', KEYS[i], ttl) end
+  for i = 3, 5 do
+    if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('PEXPIRE', KEYS[i], ttl) end
   end
   redis.call('ZADD', KEYS[6], now() + lease, ARGV[6])
 end

@@ -64,7 +64,7 @@ class RedisRoom(Room):
         self.feeding = False             # listening to the room's batches
         self.feed_epoch = 0              # the epoch and next seq expected from Redis
         self.next_seq = None             # None: take the next batch as it comes
-        self.feed_floor = None           # (epoch, seq): the last batch published when we started
+        self.tainted = False             # our Redis connection broke while fed: batches may be lost
         self._own_seen = 0               # the newest epoch of ours whose 'live' event came back
         self._own_wait = None            # (epoch, Event): a claim or resume waiting for it
         self.remote_peer = ""            # the source's address when it is on another node
@@ -164,8 +164,6 @@ class RedisRoom(Room):
             if not self.model.pubsub.subscribe(self.chan_m).wait(timeout):
                 self.stop_feed()
                 raise RelayUnavailable()
-            # where the room stands once we listen: a batch after it that does not come is lost
-            self.feed_floor = self.model.last_batch(self)
             if self.replay and self.source is None:
                 self._load_replay()
         finally:
@@ -176,7 +174,8 @@ class RedisRoom(Room):
         self.forget_lead()
         if self.feeding:
             self.feeding = False
-            self.next_seq = self.feed_floor = None
+            self.next_seq = None
+            self.tainted = False
             self.model.pubsub.unsubscribe(self.chan_m)
 
     def _load_replay(self):
@@ -220,8 +219,8 @@ class RedisRoom(Room):
         if epoch < self.epoch and not from_log:
             return                            # from a source that was replaced
         expected, fe = self.next_seq, self.feed_epoch
-        if expected is None and self.feed_floor is not None and (epoch, seq) > self.feed_floor:
-            fe, expected = self.feed_floor[0], self.feed_floor[1] + 1
+        if expected is None and self.tainted:
+            self._gap("batches while the connection to Redis was down")
         if expected is not None:
             if epoch == fe:
                 if seq < expected:
@@ -233,6 +232,7 @@ class RedisRoom(Room):
             elif epoch < fe:
                 return
         self.feed_epoch, self.next_seq = epoch, seq + 1
+        self.tainted = False
         if epoch > self.epoch:
             self.epoch = epoch
         if self.state is CLOSED:
@@ -254,21 +254,27 @@ class RedisRoom(Room):
             else:
                 self.lead_watch = self.reported_lead + self.report_step - self.pub_delta
 
-    def received_up_to(self):
-        """(epoch, seq) of the last batch this node has of the room; None if it cannot know."""
-        if self.next_seq is not None:
-            return self.feed_epoch, self.next_seq - 1
-        return self.feed_floor
+    @property
+    def last_published(self):
+        """``"E:S"``: the last batch this node published for the room (owner)."""
+        return "%d:%d" % (self.epoch, self.pub_seq)
 
     def check_last(self, last):
-        """``last``: the room's last batch published, as Redis says (an event, or after a
-        reconnect). One we do not have is lost: never shown as a gap."""
-        if last is None or not self.feeding or self.source is not None or self._loading is not None:
+        """An event: ``last`` is the room's last batch (epoch, seq) when the script knew it, else
+        None. A batch we lack is lost, and a tainted feed (our connection broke) that cannot
+        tell is taken as lost: never shown as a gap."""
+        if not self.feeding or self.source is not None or self._loading is not None:
             return
-        mine = self.received_up_to()
-        if mine is not None and last > mine:
-            self._gap("batches up to %d:%d (have %d:%d)" % (last + mine))
-            self.feed_epoch, self.next_seq = last[0], last[1] + 1
+        mine = (self.feed_epoch, self.next_seq - 1) if self.next_seq is not None else None
+        if last is not None and last[1] == 0:
+            last = None                       # no batch in that epoch: it says nothing of before
+        if last is not None and mine is not None:
+            if last > mine:
+                self._gap("batches up to %d:%d (have %d:%d)" % (last + mine))
+                self.feed_epoch, self.next_seq = last[0], last[1] + 1
+        elif self.tainted:
+            self._gap("batches while the connection to Redis was down")
+        self.tainted = False
 
     def _gap(self, what):
         """Batches were lost on the way (Redis restarted, or this node was cut off as too slow)."""
@@ -496,7 +502,7 @@ class RedisOutbox:
         size = len(data)
         self.sending += size
         room = self.room
-        room.model.pipe.send(resp.command("EVAL", redis_keys.WPUT, 7, *(room.redis_keys + [
+        room.model.pipe.send(resp.command("EVAL", redis_keys.WPUT, 6, *(room.redis_keys + [
             room.chan_e, data, room.chan_w])), lambda reply: self._put_done(reply, size))
         return self.known + self.sending < self.limit
 
@@ -551,7 +557,7 @@ class RedisOutbox:
             if isinstance(reply, int):
                 self.known = reply
             trimmed.set()
-        room.model.pipe.send(resp.command("EVAL", redis_keys.WDONE, 7, *(room.redis_keys + [
+        room.model.pipe.send(resp.command("EVAL", redis_keys.WDONE, 6, *(room.redis_keys + [
             room.chan_e, n, size, self.limit])), applied)
         return n
 
