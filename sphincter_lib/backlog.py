@@ -416,13 +416,16 @@ class Room:
         back under ``low_water``, leaves or is cut, or the room closes."""
         if not self.source_must_wait():
             return
+        self._pause_source()
+        self._readers.wait()
+
+    def _pause_source(self):
         if not self._source_paused:
             self._source_paused = True
             self._paused_since = self._monotonic()
             self.source_pauses += 1
             self.stats.source_pauses += 1
             self._readers.clear()
-        self._readers.wait()
 
     def _resume_source(self):
         if self._source_paused:

@@ -345,11 +345,12 @@ class RedisRoomModel(RoomRegistry):
             if not self.pubsub.subscribe(room.chan_e).wait(self.confirm_timeout):
                 raise RelayUnavailable()
             fields = self._ask(self.redis.hgetall, room.redis_keys[1])
-            if not fields or self._rooms.get(key) is not None:
-                if self._rooms.get(key) is None:
-                    self.pubsub.unsubscribe(room.chan_e)
-                    raise RoomNotFound()
-                room = self._rooms[key]
+            made = self._rooms.get(key)           # meanwhile, here (a RESUME, say): that one
+            if made is not None:
+                room = made
+            elif not fields:
+                self.pubsub.unsubscribe(room.chan_e)
+                raise RoomNotFound()
             else:
                 self._sync(room, fields)
                 self._rooms[key] = room

@@ -243,10 +243,6 @@ class Pipe(_Link):
         finally:
             self._busy = False
 
-    @property
-    def pending(self):
-        return len(self._queue) + len(self._inflight)
-
     def _shed(self):
         kept = deque()
         while self._queue and self._queued > self.max_bytes // 2:

@@ -326,12 +326,7 @@ class RedisRoom(Room):
         if not self.remote_leads:
             return Room.wait_for_readers(self)
         while self.source_must_wait():
-            if not self._source_paused:
-                self._source_paused = True
-                self._paused_since = self._monotonic()
-                self.source_pauses += 1
-                self.stats.source_pauses += 1
-                self._readers.clear()
+            self._pause_source()
             self._readers.wait(self.model.flow_recheck)
         self._resume_source()
 
