@@ -14,8 +14,9 @@ is cut off (close 4408); the backlog keeps only what the slowest remaining
 subscriber still needs, so a room holds at most ``buffer_bytes`` plus one
 message, whatever its subscribers do. Publishing never blocks.
 
-Flow control: the room tracks its *lead* — the cursor of its fastest
-subscriber. While the lead is ``high_water`` bytes or more behind the head,
+Flow control: the room tracks its *lead* — its fastest subscriber: the one
+that has *read* furthest (a ``skip`` jump is not reading: see
+``Room._skip_behind``). While the lead is ``high_water`` bytes or more behind the head,
 :meth:`Room.source_must_wait` is true and the source's reader waits in
 :meth:`Room.wait_for_readers` (TCP backpressure slows the source down) until
 the lead is back under ``low_water``. The room thus moves at the speed of its
@@ -98,7 +99,7 @@ class Subscriber:
 
     __slots__ = ("room", "peer", "seq", "pos", "_next", "_event", "_parked",
                  "closing", "close_code", "close_reason", "close_now", "interrupt", "direct", "active",
-                 "swept_pos", "progress_at", "__weakref__")
+                 "swept_pos", "progress_at", "unread", "__weakref__")
 
     def __init__(self, room, peer):
         self.room = room
@@ -117,6 +118,9 @@ class Subscriber:
         self.active = True               # False once it left or was kicked
         self.swept_pos = self.pos        # the cursor at the last stall sweep
         self.progress_at = None          # when the last sweep saw it move or caught up
+        #: bytes its cursor jumped over (``skip``): ``pos - unread`` is how far it got by
+        #: reading, which decides who leads (see Room._skip_behind)
+        self.unread = 0
 
     def attach(self, direct=None, interrupt=None):
         """The connection's delivery hooks (both optional, both called from the event loop).
@@ -169,12 +173,16 @@ class Subscriber:
         stats.messages_out += seq - self.seq
         stats.bytes_out += pos - self.pos
         self.seq, self.pos = seq, pos
-        if pos > room.lead_pos:
-            room.lead_pos = pos
-            if room._source_paused and room.head_pos - pos <= room.low_water:
-                room._resume_source()
-            elif room.lead_watch is not None and pos >= room.lead_watch:
-                room.lead_passed()
+        lead = room.lead
+        if lead is not self:
+            if not self.active or (lead is not None and pos - self.unread <= lead.pos - lead.unread):
+                return
+            room.lead = self             # it has read further than the lead
+        room.lead_pos = pos
+        if room._source_paused and room.head_pos - pos <= room.low_water:
+            room._resume_source()
+        elif room.lead_watch is not None and pos >= room.lead_watch:
+            room.lead_passed()
 
     def skip_to(self, seq, pos):
         """Jump forward to frame ``seq`` at byte ``pos`` (a frame boundary); returns frames skipped.
@@ -282,7 +290,10 @@ class Room:
         self._base_pos = 0
         self.head_seq = 0
         self.head_pos = 0
-        self.lead_pos = 0                # the fastest subscriber's cursor (head_pos when none)
+        #: the subscriber that has read furthest (``pos - unread``), which flow control follows;
+        #: ``lead_pos`` is its cursor (the head when there is none)
+        self.lead = None
+        self.lead_pos = 0
         self._parked = []
         self._flush_scheduled = False
         self._loop = get_hub().loop
@@ -382,10 +393,7 @@ class Room:
                 if self.skip:
                     if newest is None:
                         newest = self.head_seq - 1, self._frame_start(self.head_seq - 1)
-                    n = sub.skip_to(*newest)
-                    self.skipped += n
-                    self.stats.skipped_messages += n
-                    logger.debug("room %s: subscriber %s skipped %d messages", self.code, sub.peer, n)
+                    self._skip_behind(sub, *newest)
                     if sub.pos < min_pos:
                         min_seq, min_pos = sub.seq, sub.pos
                     continue
@@ -396,7 +404,24 @@ class Room:
                 sub.kick(SLOW_CLOSE, "too slow")
             elif sub.pos < min_pos:
                 min_seq, min_pos = sub.seq, sub.pos
+        if newest is not None and self.lead is not None and self.lead.unread:
+            self._recompute_lead()           # the lead itself was skipped (no flow control)
         self._trim_to(min_seq)
+
+    def _skip_behind(self, sub, seq, pos):
+        """``skip``: ``sub`` fell a budget behind; it jumps to frame ``seq`` (at ``pos``).
+
+        The jump carries ``sub`` past the lead without its having read that far. Were it then
+        the lead (the furthest cursor), the source would read on for it, and the real fastest
+        reader would fall a budget behind and be skipped in turn. So the bytes jumped over count
+        as unread: the lead is the subscriber that has *read* furthest, and ``sub`` leads again
+        only once it has read more than the lead since (it is the faster reader after all)."""
+        start = sub._next[1] if sub._next is not None else sub.pos   # a batch in flight goes out
+        n = sub.skip_to(seq, pos)
+        sub.unread += max(0, pos - start)
+        self.skipped += n
+        self.stats.skipped_messages += n
+        logger.debug("room %s: subscriber %s skipped %d messages", self.code, sub.peer, n)
 
     def _frame_start(self, seq):
         """Absolute byte offset where frame ``seq`` (still in the backlog) begins."""
@@ -440,6 +465,11 @@ class Room:
         self.lead_watch = None
 
     @property
+    def lead_unread(self):
+        """Bytes the lead's cursor moved without its reading them (0 without a lead)."""
+        return self.lead.unread if self.lead is not None else 0
+
+    @property
     def source_paused(self):
         return self._source_paused
 
@@ -450,7 +480,9 @@ class Room:
         return self.paused_seconds + (self._monotonic() if now is None else now) - self._paused_since
 
     def _recompute_lead(self):
-        self.lead_pos = max((s.pos for s in self.subscribers), default=self.head_pos)
+        """The lead: the subscriber that has read furthest (None without subscribers)."""
+        self.lead = lead = max(self.subscribers, key=lambda s: s.pos - s.unread, default=None)
+        self.lead_pos = lead.pos if lead is not None else self.head_pos
         if self._source_paused and self.head_pos - self.lead_pos <= self.low_water:
             self._resume_source()
 
@@ -504,8 +536,9 @@ class Room:
             n = self.head_seq - start
             self.replayed += n
             self.stats.replayed_messages += n
-        if not self.subscribers or sub.pos > self.lead_pos:
-            self.lead_pos = sub.pos            # the fastest there is (or the only one)
+        lead = self.lead
+        if lead is None or sub.pos > lead.pos - lead.unread:
+            self.lead, self.lead_pos = sub, sub.pos     # a newcomer at the head keeps up, so far
         self.subscribers.add(sub)
         if self._source_paused and self.head_pos - self.lead_pos <= self.low_water:
             self._resume_source()
@@ -522,7 +555,7 @@ class Room:
         self.events.subscriber_left(self, sub)
         if not self.subscribers:
             self._trim_to(self.head_seq)
-        if sub.pos >= self.lead_pos or not self.subscribers:
+        if sub is self.lead:
             self._recompute_lead()
 
     # -- lifecycle -----------------------------------------------------------------

@@ -142,6 +142,7 @@ class RedisRoomModel(RoomRegistry):
         self._lua = {name: self.redis.register_script(getattr(redis_keys, name)) for name in scripts}
         RoomRegistry.__init__(self, encode, **kwargs)
         self.grace_ms = int((self.limits.grace or 0) * 1000)
+        self.pubsub.yield_bytes = max(4096, min(Listener.yield_bytes, self.limits.buffer_bytes // 4))
 
     # -- state ---------------------------------------------------------------------------
     @property
@@ -298,7 +299,8 @@ class RedisRoomModel(RoomRegistry):
         self.pipe.send(resp.command("PUBLISH", room.chan_m, data), droppable=True)
 
     def report_flow(self, room, text):
-        """A mirror's flow-control report (``EPOCH OFFSET`` or ``EPOCH -``) to the room's owner."""
+        """A mirror's flow-control report (``EPOCH OFFSET[:UNREAD]`` or ``EPOCH -``) to the room's
+        owner."""
         if room.source_id and room.source_id != self.node_id:
             self.pipe.send(resp.command("PUBLISH", self.keys.to_node(room.source_id),
                                         "fc %s %s %s" % (room.key, text, self.node_id)), droppable=True)
@@ -310,14 +312,16 @@ class RedisRoomModel(RoomRegistry):
         room = self._rooms.get(parts[1])
         if room is None:
             return
+        text, _, unread = parts[3].partition(":")   # OFFSET[:UNREAD]: see RedisRoom.source_must_wait
         try:
             epoch = int(parts[2])
-            offset = {"-": None, "^": -1}.get(parts[3])
-            if offset is None and parts[3] != "-":
-                offset = int(parts[3])
+            offset = {"-": None, "^": -1}.get(text)
+            if offset is None and text != "-":
+                offset = int(text)
+            unread = int(unread) if unread else 0
         except ValueError:
             return
-        room.remote_flow(parts[4], epoch, offset, self._monotonic() + self.lease)
+        room.remote_flow(parts[4], epoch, offset, self._monotonic() + self.lease, unread)
 
     # -- subscribers -----------------------------------------------------------------------
     def get(self, code):

@@ -334,6 +334,11 @@ OPTIONS = (
     Option("slow-policy", "cut", choice("cut", "skip"),
            "a subscriber more than --subscriber-buffer-bytes behind: 'cut' (close 4408, no gaps ever) or "
            "'skip' (jump to the newest whole message and go on: gaps, for state streams)", "POLICY"),
+    Option("subscriber-send-buffer", "auto", size_or_auto,
+           "kernel send buffer (SO_SNDBUF) of each subscriber's socket; 'auto': the kernel sizes it "
+           "(on a fast link several MB, which the relay counts as delivered). A small one (64KiB) keeps "
+           "what a slow subscriber has not read in the relay, where --slow-policy sees it, at the cost "
+           "of about SIZE per round trip per subscriber", "SIZE"),
     Option("stall-timeout", "30", seconds,
            "cut (4408) a subscriber that has data waiting and makes no progress for this many seconds; "
            "0: never", "SECONDS"),

@@ -17,7 +17,7 @@ A room ``K`` (its code or name, upper case) has, under the prefix ``P``
                         ``E:S`` when the script knows it (the owner said: it left, or
                         re-created the room after a Redis restart), else ``-``
 ``P:w:{K}``             channel: ``w`` when write-back messages arrived (the owner only)
-``P:n:<node>``          channel: to one node, ``fc K EPOCH OFFSET NODE`` / ``fc K EPOCH - NODE``
+``P:n:<node>``          channel: to one node, ``fc K EPOCH OFFSET[:UNREAD] NODE`` / ``fc K EPOCH - NODE``
                         (flow control: how far a node's fastest subscriber got; gone)
 ``P:rooms``             zset of ephemeral rooms by expiry (ms): relay-wide ``--max-rooms``
 ``P:node:<name>``       a node's heartbeat (``PX --redis-lease``)

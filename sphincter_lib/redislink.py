@@ -327,8 +327,11 @@ class Listener(_Link):
     ``unsubscribe(channel)``; every message goes to ``on_message(channel, data)``."""
 
     name = "listener"
-    #: bytes handled before yielding to the event loop
-    yield_bytes = 256 * 1024
+    #: bytes of messages handled before yielding to the event loop. Small beside a room's
+    #: budget: a node that fell behind (a stall) and reads many batches at once lets its
+    #: subscribers take each part before the next is applied, so one that keeps up is never
+    #: judged against its budget on a whole burst (``skip``/``cut``). Set from the budget.
+    yield_bytes = 32 * 1024
 
     def __init__(self, endpoint, on_message, on_down=None, on_up=None):
         _Link.__init__(self, endpoint, on_down, on_up)
@@ -385,15 +388,16 @@ class Listener(_Link):
                 if kind == b"message":
                     self.received += 1
                     self.received_bytes += len(push[2])
+                    budget -= len(push[2])
                     try:
                         self.on_message(push[1].decode(), push[2])
                     except Exception:
                         logger.error("redis listener: message handler failed", exc_info=True)
                 elif kind == b"subscribe":
+                    budget -= 64
                     event = self._confirm.pop(push[1].decode(), None)
                     if event is not None:
                         event.set()
-            budget -= len(data)
-            if budget <= 0:
-                budget = self.yield_bytes
-                gevent.sleep(0)
+                if budget <= 0:
+                    budget = self.yield_bytes
+                    gevent.sleep(0)               # subscribers take what came before the next part

@@ -78,9 +78,11 @@ class RedisRoom(Room):
         # flow control across nodes (see source_must_wait)
         self.remote_nodes = frozenset()  # owner: other nodes with subscribers here (from Redis)
         self.remote_leads = {}           # owner: node -> (offset its fastest subscriber reached,
-                                         # when that report expires)
+                                         # when that report expires, bytes of it that
+                                         # subscriber did not read: see Room.lead)
         self.pub_delta = 0               # mirror: the owner's offset minus ours (head_pos)
         self.reported_lead = None        # mirror: the offset last reported (None: none yet)
+        self.reported_unread = 0         # mirror: that report's lead's unread bytes
         self.report_step = max(1, limits.high_water // 4)
 
     # -- who feeds it ------------------------------------------------------------------
@@ -249,7 +251,8 @@ class RedisRoom(Room):
                 self._pass(len(frame))
         self.pub_delta = end - self.head_pos
         if self.subscribers and self.flow_control and not from_log:
-            if self.reported_lead is None or epoch != self.feed_epoch:
+            if (self.reported_lead is None or epoch != self.feed_epoch
+                    or self.reported_unread != self.lead_unread):
                 self.report_lead()
             else:
                 self.lead_watch = self.reported_lead + self.report_step - self.pub_delta
@@ -302,6 +305,10 @@ class RedisRoom(Room):
     # high_water or more behind what it published: the room moves at the speed of its fastest
     # subscriber wherever it is, and what is on its way through Redis counts. A node that
     # says nothing is taken to keep up; a report not renewed expires (a node that died).
+    # As in one process, the pace is that of the subscriber that has *read* furthest: a node
+    # whose fastest subscriber skipped (or joined late) reports "OFFSET:UNREAD", the bytes its
+    # cursor moved without its reading them, and the owner follows the node (or its own
+    # subscriber) with the greatest OFFSET - UNREAD, at that node's OFFSET.
     def source_must_wait(self):
         leads = self.remote_leads
         if not leads:
@@ -309,7 +316,7 @@ class RedisRoom(Room):
         if not self.flow_control or self.state is not LIVE:
             return False
         now = self._monotonic()
-        for node, (offset, until) in list(leads.items()):
+        for node, (offset, until, _) in list(leads.items()):
             if until < now:
                 del leads[node]
         if not leads:
@@ -317,9 +324,10 @@ class RedisRoom(Room):
         for node in self.remote_nodes:
             if node not in leads:
                 return False                      # a node that says nothing keeps up
-        best = max(offset for offset, _ in leads.values())
-        if self.subscribers and self.lead_pos > best:
-            best = self.lead_pos
+        leads = list(leads.values())
+        if self.subscribers:
+            leads.append((self.lead_pos, now, self.lead_unread))
+        best = max(leads, key=lambda lead: lead[0] - lead[2])[0]
         return self.head_pos - best >= self.high_water
 
     def wait_for_readers(self):
@@ -330,8 +338,9 @@ class RedisRoom(Room):
             self._readers.wait(self.model.flow_recheck)
         self._resume_source()
 
-    def remote_flow(self, node, epoch, offset, expires):
-        """Owner side: ``node``'s fastest subscriber reached ``offset`` (None: it has none)."""
+    def remote_flow(self, node, epoch, offset, expires, unread=0):
+        """Owner side: ``node``'s fastest subscriber reached ``offset`` (None: it has none), of
+        which it did not read ``unread`` bytes (skipped, or joined late)."""
         if self.source is None or epoch != self.epoch:
             return
         if offset == -1:                          # "where your source is now": a new node
@@ -339,7 +348,7 @@ class RedisRoom(Room):
         if offset is None:
             self.remote_leads.pop(node, None)
         else:
-            self.remote_leads[node] = (offset, expires)
+            self.remote_leads[node] = (offset, expires, unread)
         if self._source_paused and not self.source_must_wait():
             self._resume_source()
 
@@ -347,8 +356,9 @@ class RedisRoom(Room):
         """Mirror side: tell the owner how far our fastest subscriber got."""
         offset = self.lead_pos + self.pub_delta
         self.reported_lead = offset
+        self.reported_unread = unread = self.lead_unread
         self.lead_watch = offset + self.report_step - self.pub_delta
-        self.model.report_flow(self, "%d %d" % (self.feed_epoch, offset))
+        self.model.report_flow(self, "%d %d%s" % (self.feed_epoch, offset, ":%d" % unread if unread else ""))
 
     def lead_passed(self):
         if self.source is None and self.subscribers and self.reported_lead is not None:

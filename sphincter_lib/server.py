@@ -131,7 +131,8 @@ class Relay:
             ws_paths.add(ECHO_PATH)
             logger.warning("TESTING ONLY: echo endpoint enabled at %s", ECHO_PATH)
         self.handler_class = Handler.configured(ws_paths=frozenset(ws_paths),
-                                                handshake_timeout=settings.handshake_timeout)
+                                                handshake_timeout=settings.handshake_timeout,
+                                                send_buffer=settings.subscriber_send_buffer or None)
         self.tcp_server = None
         self.ws_server = None
         self._stop_requested = Event()

@@ -45,6 +45,8 @@ class Handler(WebSocketHandler):
     #: seconds a connection has to deliver each request head (TLS handshake
     #: included, and the idle time before a keep-alive request); None: no limit
     handshake_timeout = None
+    #: SO_SNDBUF of each upgraded connection (bytes); None: the kernel's autotuning
+    send_buffer = None
 
     @classmethod
     def configured(cls, **attrs):
@@ -139,6 +141,11 @@ class Handler(WebSocketHandler):
         refusal = precheck(env) if precheck is not None else None
         if refusal:                             # (status, body[, headers]): refused before upgrading
             return self._refuse(*refusal)
+        if self.send_buffer:
+            try:
+                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
+            except OSError as exc:               # not fatal: the kernel's own size stays
+                logger.debug("http %s: SO_SNDBUF not set: %s", format_peer(self.client_address), exc)
         self.websocket = Connection(self)
         env["wsgi.websocket_version"] = "13"
         env["wsgi.websocket"] = self.websocket

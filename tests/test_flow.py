@@ -13,14 +13,16 @@ newest whole message. ``--stall-timeout`` cuts a subscriber that has data waitin
 progress. The source reader yields after each read: no connection holds the event loop.
 """
 import hashlib
+import re
 import socket
+import subprocess
 import time
 
 import gevent
 import gevent.event
 import pytest
 
-from conftest import unit, wait_for
+from conftest import require_tool, unit, wait_for
 from flow_util import (SOURCE_CLOSED, TOO_SLOW, Blaster, FrameReader, Pattern, RelayProcess,
                        open_source, percentile, read_messages, ws_connect)
 
@@ -397,3 +399,31 @@ def test_bad_flow_options_are_one_line_errors(args, needle):
     message = str(refused.value)
     assert "sphincter: error:" in message and needle in message, message
     assert "Traceback" not in message and message.count("\n") == 0, message
+
+
+def test_subscriber_send_buffer_sets_each_subscribers_kernel_buffer(relay_proc):
+    """--subscriber-send-buffer: SO_SNDBUF of each subscriber's socket (Linux doubles it for its
+    bookkeeping); 'auto' leaves the kernel's autotuning (which grows it to MBs on loopback)."""
+    require_tool("ss")
+
+    def send_buffer(relay):
+        out = subprocess.run(["ss", "-tmnH", "state", "established", "( sport = :%d )" % relay.ws[1]],
+                             stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout
+        sizes = [int(m) for m in re.findall(r"\btb(\d+)", out)]
+        assert len(sizes) == 1, out
+        return sizes[0]
+
+    sizes = {}
+    for value in ("16KiB", "auto"):
+        relay = relay_proc("--subscriber-send-buffer", value)
+        src, code = open_source(relay.tcp)
+        sub = ws_connect(relay.ws, code)
+        wait_subscribers(relay, 1)
+        src.sendall(b"x" * 100 + b"\n")
+        assert FrameReader(sub).next() == (1, b"x" * 100)
+        sizes[value] = send_buffer(relay)
+        sub.close()
+        src.close()
+    print("SO_SNDBUF as the kernel reports it: %s" % sizes)
+    assert sizes["16KiB"] == 2 * 16384
+    assert sizes["auto"] != 2 * 16384

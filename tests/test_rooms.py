@@ -255,6 +255,55 @@ def test_skip_while_a_batch_is_in_flight_never_moves_the_cursor_back():
     assert room.skipped == 2                            # a, the in-flight one, is not counted
 
 
+def test_a_skipped_subscriber_does_not_take_the_lead_by_jumping():
+    """Issue 18: the skip carried the slow subscriber to the newest frame, ahead of the fastest
+    reader; were it the lead, the source would read on and the fast one would be skipped too."""
+    reg = registry(buffer_bytes=100, high_water=50, slow_policy="skip")
+    room = reg.open(Source("p"))
+    fast, slow = room.subscribe("fast"), room.subscribe("slow")
+    for _ in range(2):
+        room.publish(b"a" * 30, True)
+    fast.take(30)
+    fast.commit()                                   # fast: 30 behind; slow: 60
+    room.publish(b"b" * 30, True)
+    room.publish(b"c" * 30, True)                   # slow 120 behind: skipped to the newest frame
+    assert slow.seq == room.head_seq - 1 and slow.unread == 90
+    assert room.lead is fast and room.lead_pos == fast.pos == 30
+    assert room.source_must_wait()                  # fast is 90 behind: the source waits for it
+    assert drain(slow) == b"c" * 30                 # the jumper catches up at once...
+    assert room.lead is fast and room.source_must_wait()   # ...and still does not lead
+    assert drain(fast) == b"a" * 30 + b"b" * 30 + b"c" * 30
+    assert room.lead is fast and not room.source_must_wait()
+    assert reg.stats.skipped_messages == 3
+
+
+def test_a_skipped_subscriber_leads_again_once_it_has_read_more_than_the_lead():
+    reg = registry(buffer_bytes=100, high_water=50, slow_policy="skip")
+    room = reg.open(Source("p"))
+    a, b = room.subscribe("a"), room.subscribe("b")
+    for _ in range(4):
+        room.publish(b"x" * 30, True)               # b is skipped: a read nothing, b 120 behind...
+    assert a.unread and b.unread                    # ...both were (flow control is not asked here)
+    assert room.lead in (a, b)
+    drain(a)
+    assert room.lead is a
+    for _ in range(3):                              # b reads everything, a nothing: b leads
+        room.publish(b"y" * 10, True)
+        drain(b)
+    assert room.lead is b and room.lead_pos == b.pos
+    b.leave()                                       # the lead left: the one that read furthest
+    assert room.lead is a and room.lead_pos == a.pos
+
+
+def test_with_flow_control_off_a_skipped_lead_is_found_again():
+    reg = registry(buffer_bytes=100, slow_policy="skip", flow_control=False)
+    room = reg.open(Source("p"))
+    sub = room.subscribe("s")
+    for _ in range(5):
+        room.publish(b"x" * 30, True)
+    assert sub.unread and room.lead is sub and room.lead_pos == sub.pos
+
+
 def test_sweep_cuts_a_subscriber_that_makes_no_progress_with_data_waiting():
     reg = registry(buffer_bytes=1000, stall_timeout=10)
     room = reg.open(Source("p"))
