@@ -57,6 +57,14 @@ PROFILES = {
 SCENARIOS = ["ceiling", "fanout", "latency", "memory", "tunnel", "scale", "tunnel-open", "blast"]
 
 
+#: Debian packages build_wsbench needs: a C compiler, libc's headers (scripts/apt-deps.d/bench.txt)
+WSBENCH_PACKAGES = ("gcc", "libc6-dev")
+#: each group of scenarios' targets when the command line names none (the full `make bench`)
+DEFAULT_TARGETS = {"relay": "sphincter,asyncio,nchan",
+                   "tunnel": "sphincter,asyncio,websockify,socat",
+                   "blast": "sphincter,asyncio,nchan"}
+
+
 def build_wsbench(force=False):
     src = BENCH / "wsbench.c"
     if not force and WSBENCH.exists() and WSBENCH.stat().st_mtime >= src.stat().st_mtime:
@@ -287,15 +295,19 @@ def rotate(items, k):
     return items[k:] + items[:k]
 
 
-def main(argv=None):
+def parser():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny, seconds-long run (the test)")
     ap.add_argument("--reps", type=int, help="repetitions (default 3; smoke 1)")
-    ap.add_argument("--targets", default="sphincter,asyncio,nchan",  # also: sphincter-flow-off
-                    help="relay targets (tunnel adds websockify,socat)")
-    ap.add_argument("--tunnel-targets", default="sphincter,asyncio,websockify,socat")
-    ap.add_argument("--blast-targets", default="sphincter,asyncio,nchan",
-                    help="relay targets of the blast scenario (nchan's blaster publishes by POST)")
+    ap.add_argument("--targets",  # also: sphincter-flow-off
+                    help="relay targets (default %s); when given, also every other scenario's "
+                         "unless its own option says otherwise" % DEFAULT_TARGETS["relay"])
+    ap.add_argument("--tunnel-targets",
+                    help="tunnel targets (default: those of --targets that have a tunnel form; "
+                         "without --targets, %s)" % DEFAULT_TARGETS["tunnel"])
+    ap.add_argument("--blast-targets",
+                    help="relay targets of the blast scenario, nchan's blaster publishes by POST "
+                         "(default: --targets; without it, %s)" % DEFAULT_TARGETS["blast"])
     ap.add_argument("--scenarios", "--only", default=",".join(SCENARIOS),
                     help="comma-separated subset of: " + ",".join(SCENARIOS))
     ap.add_argument("--out-dir", default=str(BENCH / "results"))
@@ -309,6 +321,27 @@ def main(argv=None):
     ap.add_argument("--from-json", metavar="FILE", nargs="+",
                     help="only re-render the report (markdown, chart) from results JSON files "
                          "(several: a full run, then partial runs of other scenarios)")
+    return ap
+
+
+def scenario_targets(a):
+    """{"relay", "tunnel", "blast"} -> comma-separated target names. A group's own option wins;
+    without it the group follows --targets when that was given, so a run that names its targets
+    never meets one it did not name; with neither, the full bench's sets."""
+    if a.targets is None:
+        given = dict(DEFAULT_TARGETS)
+    else:
+        names = [n for n in a.targets.split(",") if n]
+        given = {"relay": a.targets, "blast": a.targets,
+                 "tunnel": ",".join(n for n in names if T.has_tunnel(n))}
+    for group, option in (("tunnel", a.tunnel_targets), ("blast", a.blast_targets)):
+        if option is not None:
+            given[group] = option
+    return given
+
+
+def main(argv=None):
+    ap = parser()
     a = ap.parse_args(argv)
     if a.from_json:
         meta, runs = report.merge([json.loads(Path(f).read_text()) for f in a.from_json])
@@ -331,11 +364,13 @@ def main(argv=None):
 
     relays, tunnels, blasts, skipped = [], [], [], {}
     wanted = lambda *names: any(s in scenarios for s in names)  # noqa: E731
-    for names, get, out in ((a.targets if wanted("fanout", "latency", "memory", "scale") else "",
-                             T.relay, relays),
-                            (a.tunnel_targets if wanted("tunnel", "tunnel-open") else "",
+    given = scenario_targets(a)
+    print("bench: targets: %s" % given, file=sys.stderr)
+    for names, get, out in ((given["relay"] if wanted("fanout", "latency", "memory", "scale")
+                             else "", T.relay, relays),
+                            (given["tunnel"] if wanted("tunnel", "tunnel-open") else "",
                              T.tunnel, tunnels),
-                            (a.blast_targets if wanted("blast") else "", T.relay, blasts)):
+                            (given["blast"] if wanted("blast") else "", T.relay, blasts)):
         for name in [n for n in names.split(",") if n]:
             target = get(name)
             why = target.available()

@@ -139,6 +139,8 @@ class Target:
     #: load generator subscriber kind: "ws" or "tcp"
     sub = "ws"
     path_fmt = "/ws?room=%s"
+    #: Debian packages the target needs (a test that requires it: scripts/apt-deps.d/bench.txt)
+    packages = ()
 
     def available(self):
         """None if runnable here, else the reason it is not."""
@@ -231,6 +233,7 @@ http {{
 
 class Nchan(Target):
     name = "nchan"
+    packages = ("nginx", "libnginx-mod-nchan")
     #: nginx worker processes; 1 = one core, like Sphincter's single process
     workers = 1
 
@@ -299,6 +302,7 @@ class Websockify(Target):
 
 class Socat(Target):
     name = "socat"
+    packages = ("socat",)
     sub = "tcp"
 
     def available(self):
@@ -331,6 +335,11 @@ def relay(name, raw=None):
 
 def tunnel(name):
     return relay(name, raw=True)
+
+
+def has_tunnel(name):
+    """Whether the relay target *name* also has a tunnel form (nchan has none)."""
+    return name.startswith("sphincter@") or name in TUNNELS
 
 
 def workdir():

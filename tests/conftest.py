@@ -4,7 +4,6 @@ serve a blocking-style client in the same process."""
 
 import base64
 import os
-import shutil
 import socket
 import time
 
@@ -21,10 +20,6 @@ from sphincter_lib import config  # noqa: E402
 from sphincter_lib.server import Relay  # noqa: E402
 
 from testkit import IN_CI, TIME_FACTOR, require, unit  # noqa: E402,F401
-
-
-def require_tool(name):
-    require(name, shutil.which(name) is not None, "install it (see scripts/apt-deps.d/)")
 
 
 def wait_for(predicate, timeout=None, interval=0.005, what="condition"):

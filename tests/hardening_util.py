@@ -1,11 +1,10 @@
 """Helpers shared by the hardening tier's tests and bench/soak.py.
 
 A real server process (``python sphincter.py ...`` on port 0), its RSS and fd
-count from /proc, a self-signed certificate, TCP sources, ``require(tool)``.
+count from /proc, a self-signed certificate, TCP sources.
 """
 import os
 import re
-import shutil
 import signal
 import socket
 import ssl
@@ -14,26 +13,15 @@ import sys
 import threading
 import time
 
-import pytest
+from testkit import require_program
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LISTEN_RE = re.compile(r"listening tcp=(\S+):(\d+) ws=(\S+):(\d+)")
 
 
-def require(tool):
-    """Path of *tool*, or skip (fail under CI=true) when it is missing."""
-    path = shutil.which(tool)
-    if path is None:
-        msg = "%s not installed (scripts/apt-deps.d/hardening.txt)" % tool
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
-
-
 def make_cert(directory, cn="localhost"):
     """Self-signed RSA cert for *cn* (and 127.0.0.1) -> (certfile, keyfile)."""
-    require("openssl")
+    require_program("openssl")
     cert = os.path.join(directory, "cert.pem")
     key = os.path.join(directory, "key.pem")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",

@@ -5,7 +5,7 @@ into *directory* (its prefix: pid, logs, temp paths) whose one ``server``
 listens on ``127.0.0.1:proxy.port`` and contains *server_body* (``location``
 blocks, ``ssl_certificate`` lines ...), starts ``nginx -g 'daemon off;'``,
 waits until it accepts connections, and stops it at the end. Skips when nginx
-is missing (fails under CI=true: see testkit.require).
+is missing (fails under CI=true: see testkit.require_program).
 """
 import os
 import shutil
@@ -13,7 +13,7 @@ import socket
 import subprocess
 import time
 
-from testkit import require, stop_process, unit
+from testkit import require_program, stop_process, unit
 
 MAIN_CONF = """\
 worker_processes 1;
@@ -35,8 +35,7 @@ http {{
 
 def nginx_binary():
     path = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-    require("nginx", path is not None, "install it (scripts/apt-deps.d/)")
-    return path
+    return require_program("nginx", path)
 
 
 def free_port(host="127.0.0.1"):

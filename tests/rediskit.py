@@ -10,7 +10,7 @@
   the nodes' logs are printed at teardown, so a failing test shows them (pytest shows a test's
   captured output only when it fails).
 
-Skips when ``redis-server`` is missing, and fails under CI=true (:func:`testkit.require`).
+Skips when ``redis-server`` is missing, and fails under CI=true (:func:`testkit.require_program`).
 """
 import os
 import shutil
@@ -23,7 +23,7 @@ import time
 import pytest
 
 from flow_util import RelayProcess
-from testkit import require, stop_process, unit
+from testkit import require_program, stop_process, unit
 
 #: options every node gets: debug logs for failure messages, short drains so teardown is quick
 NODE_DEFAULTS = ("--log-level", "debug", "--shutdown-timeout", "2", "--close-timeout", "1")
@@ -72,8 +72,7 @@ class RedisServer:
     binary = "redis-server"
 
     def __init__(self, password=None, start_timeout=10.0, attempts=5):
-        require("redis-server", shutil.which(self.binary) is not None,
-                "install it (scripts/apt-deps.d/redis.txt)")
+        require_program("redis-server", shutil.which(self.binary))
         self.start_timeout = start_timeout
         self.password = password
         self.proc = None

@@ -5,7 +5,6 @@ namespace (``nsenter -t PID -n python tests/release_helpers.py relay HOST:PORT W
 """
 import os
 import re
-import shutil
 import socket
 import struct
 import subprocess
@@ -15,7 +14,7 @@ import zlib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testkit import IN_CI, TIME_FACTOR, require, unit  # noqa: E402,F401
+from testkit import IN_CI, TIME_FACTOR, require, require_program, unit  # noqa: E402,F401
 
 sys.path.insert(0, os.path.join(ROOT, "packaging"))
 import elfvers  # noqa: E402,F401  (packaging/elfvers.py: symbol versions, stdlib only)
@@ -25,7 +24,7 @@ LISTENING_RE = re.compile(r"listening tcp=(\S+):(\d+) ws=(\S+):(\d+)")
 
 def require_tools(*tools):
     for tool in tools:
-        require(tool, shutil.which(tool) is not None, "not on PATH (scripts/apt-deps.d/release.txt)")
+        require_program(tool)
 
 
 def require_root(why):

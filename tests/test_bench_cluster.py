@@ -3,29 +3,21 @@ of every workload, one process and two Redis nodes. Asserts every subscriber got
 both nodes and that the results were written. No timed assertions: a benchmark is not a test."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from testkit import require_program
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def require(tool):
-    if shutil.which(tool):
-        return
-    msg = f"{tool} not installed (scripts/apt-deps.d/)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(msg)
-    pytest.skip(msg)
 
 
 @pytest.mark.timeout(300)
 def test_bench_cluster_smoke(tmp_path):
-    require("gcc")
-    require("redis-server")
+    require_program("gcc")
+    require_program("redis-server")
     p = subprocess.run([sys.executable, str(ROOT / "bench" / "cluster.py"), "--smoke",
                         "--rounds", "1", "--configs", "single,two-nodes",
                         "--out-dir", str(tmp_path), "--tag", "smoke"],

@@ -7,29 +7,26 @@ the results were written.  No timed assertions: a benchmark is not a test.
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from testkit import require_program
+
 ROOT = Path(__file__).resolve().parent.parent
 
-
-def require(tool):
-    """Skip without `tool` on a laptop; under CI=true a missing tool is a failure."""
-    if shutil.which(tool):
-        return
-    msg = f"{tool} not installed (scripts/apt-deps.d/bench.txt)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(msg)
-    pytest.skip(msg)
+#: every scenario's targets, each named (bench/run.py's options ending in -targets): with
+#: --require a missing one fails the run. tests/test_deps_declared.py checks that this names
+#: all of run.py's target options and that the Debian packages of these targets are declared.
+TARGETS = {"--targets": "sphincter,asyncio", "--tunnel-targets": "sphincter,asyncio",
+           "--blast-targets": "sphincter,asyncio"}
 
 
 @pytest.mark.timeout(300)
 def test_bench_smoke(tmp_path):
-    require("gcc")
+    require_program("gcc")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     # a fresh build every time: the C source must keep compiling
     build = subprocess.run([sys.executable, "-c",
@@ -37,9 +34,9 @@ def test_bench_smoke(tmp_path):
                             "run.build_wsbench(force=True)"],
                            cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert build.returncode == 0, build.stderr
+    named = [arg for option in TARGETS.items() for arg in option]
     p = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--require",
-                        "--targets", "sphincter,asyncio", "--tunnel-targets", "sphincter,asyncio",
-                        "--out-dir", str(tmp_path), "--no-chart"],
+                        *named, "--out-dir", str(tmp_path), "--no-chart"],
                        cwd=ROOT, capture_output=True, text=True, timeout=240, env=env)
     assert p.returncode == 0, p.stderr[-3000:]
 
@@ -49,7 +46,10 @@ def test_bench_smoke(tmp_path):
     runs = data["runs"]
     assert {r["scenario"] for r in runs} == {"ceiling", "fanout", "latency", "memory", "tunnel",
                                              "scale", "tunnel-open", "blast"}
-    assert {r["target"] for r in runs if r["scenario"] == "fanout"} == {"sphincter", "asyncio"}
+    for scenario, option in (("fanout", "--targets"), ("tunnel", "--tunnel-targets"),
+                             ("blast", "--blast-targets")):
+        assert {r["target"] for r in runs if r["scenario"] == scenario} == set(
+            TARGETS[option].split(",")), scenario
     for r in runs:
         assert not r.get("error"), r
         assert r["loss"] == 0, r

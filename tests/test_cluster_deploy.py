@@ -30,10 +30,10 @@ import urllib.request
 import pytest
 import websocket
 
-from conftest import require_tool, unit, wait_for
+from conftest import unit, wait_for
 from flow_util import ROOT, RelayProcess
 from nginxkit import free_port, nginx_binary
-from testkit import require, stop_process
+from testkit import require, require_file, require_program, stop_process
 from rediskit import RedisServer
 
 pytestmark = pytest.mark.timeout(180)
@@ -109,7 +109,7 @@ def test_install_sh_installs_the_template_and_checks_each_instance(release, tmp_
 
 
 def test_template_unit_verifies_as_an_instance(release, tmp_path):
-    require_tool("systemd-analyze")
+    require_program("systemd-analyze")
     dest = tmp_path / "root"
     run(["sh", str(release / "install.sh")], env=dict(os.environ, DESTDIR=str(dest)))
     # verify resolves dependencies (sysinit.target ...) inside --root: the host's unit files.
@@ -157,9 +157,7 @@ def stream_module():
     if "--with-stream=dynamic" not in built:
         require("nginx's stream module", "--with-stream" in built, "nginx built without it")
         return ""
-    path = "/usr/lib/nginx/modules/ngx_stream_module.so"
-    require("nginx's stream module", os.path.exists(path),
-            "install libnginx-mod-stream (scripts/apt-deps.d/cluster.txt)")
+    path = require_file("/usr/lib/nginx/modules/ngx_stream_module.so", "nginx's stream module")
     return "load_module %s;" % path
 
 
@@ -204,7 +202,7 @@ def render(directory, ws_ports, tcp_ports, port_tls, port_tcp, cert, key):
 
 
 def self_signed(directory):
-    require_tool("openssl")
+    require_program("openssl")
     cert, key = os.path.join(str(directory), "cert.pem"), os.path.join(str(directory), "key.pem")
     run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
          "-nodes", "-subj", "/CN=localhost", "-days", "1", "-keyout", key, "-out", cert])

@@ -833,9 +833,8 @@ def test_obs_scene_overlay_in_chromium(make_relay, obs, connects, tmp_path):
     """examples/obs-scene.html opened from disk (as OBS does): OBS double -> connect -> named
     room with replay -> the page shows the current scene at once, then each scene change."""
     from cdp_browser import Browser, find_chromium
-    from testkit import require
-    binary = find_chromium()
-    require("chromium", binary, "apt-get install chromium (scripts/apt-deps.d/viewer.txt)")
+    from testkit import require_program
+    binary = require_program("chromium", find_chromium())
     rooms = tmp_path / "rooms.txt"
     rooms.write_text("scene scene-token-0123 replay=10\n")
     relay = make_relay(rooms_file=str(rooms))

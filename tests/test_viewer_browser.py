@@ -9,7 +9,6 @@ import json
 import os
 import queue
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +21,7 @@ import pytest
 
 from cdp_browser import Browser, find_chromium
 from nginxkit import Nginx
+from testkit import require_program
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTRY = os.path.join(ROOT, "sphincter.py")
@@ -29,15 +29,6 @@ ARTIFACTS = os.path.join(ROOT, "artifacts")
 LISTENING = re.compile(r"listening tcp=(\S+):(\d+) ws=(\S+):(\d+)")
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def require(thing, why):
-    """Skip when a real component is missing; under CI=true that is a failure."""
-    if thing:
-        return thing
-    if os.environ.get("CI") == "true":
-        pytest.fail("CI=true and %s is missing" % why)
-    pytest.skip("%s is missing (apt-get install chromium; see scripts/apt-deps.d/viewer.txt)" % why)
 
 
 # -- the real relay, as a process ------------------------------------------------------------
@@ -148,7 +139,7 @@ def relay():
 
 @pytest.fixture(scope="module")
 def browser_proc():
-    binary = require(find_chromium(), "Debian's chromium (/usr/bin/chromium)")
+    binary = require_program("chromium", find_chromium())
     b = Browser(binary)
     yield b
     b.close()
@@ -368,7 +359,7 @@ NGINX_RELAY = """
 @pytest.fixture
 def nginx_tls(tmp_path):
     """nginx terminating TLS on 127.0.0.1 and proxying /relay/ to a relay (the README's setup)."""
-    openssl = require(shutil.which("openssl"), "openssl")
+    openssl = require_program("openssl")
     d = str(tmp_path)
     subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                     "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",

@@ -1,6 +1,7 @@
 """Test helpers with no gevent dependency, shared by conftest.py and the stand-alone helpers
 (tests/release_helpers.py also runs as a script inside a container's network namespace)."""
 import os
+import shutil
 import subprocess
 
 #: one timing unit, scaled on slow machines: SPHINCTER_TEST_TIME_FACTOR=3
@@ -22,6 +23,52 @@ def require(what, available, reason=""):
     if IN_CI:
         pytest.fail(msg + " (CI=true: a skipped real component is a failure)")
     pytest.skip(msg)
+
+
+#: Every program a test runs, and the Debian package that ships it. Tests ask for a program
+#: with require_program(); tests/test_deps_declared.py checks that every program the tests name
+#: is here and that its package is in scripts/apt-deps.d/*.txt (which `make test` installs).
+PROGRAMS = {
+    "chromium": "chromium",
+    "chroot": "coreutils",
+    "debootstrap": "debootstrap",
+    "dpkg-query": "dpkg",
+    "gcc": "gcc",
+    "git": "git",
+    "gzip": "gzip",
+    "nginx": "nginx",
+    "nsenter": "util-linux",
+    "openssl": "openssl",
+    "redis-server": "redis-server",
+    "sh": "dash",
+    "shellcheck": "shellcheck",
+    "systemd-analyze": "systemd",
+    "systemd-nspawn": "systemd-container",
+    "tar": "tar",
+}
+#: Files a test needs that are not programs, and the Debian package that ships each.
+FILES = {
+    "/usr/lib/nginx/modules/ngx_stream_module.so": "libnginx-mod-stream",
+}
+#: Packages every Debian system has (Essential: yes): apt-deps.d need not list them.
+ESSENTIAL = ("coreutils", "dash", "dpkg")
+
+
+def require_program(name, path=None):
+    """Path of program *name* (*path*: where the caller found it, when not on PATH), or skip
+    naming its Debian package (fail under CI=true). A program missing from PROGRAMS is a
+    KeyError: declare it (and its package in scripts/apt-deps.d/) first."""
+    package = PROGRAMS[name]
+    path = path or shutil.which(name)
+    require(name, path is not None,
+            "apt-get install %s (scripts/apt-deps.d/, installed by `make test` as root)" % package)
+    return path
+
+
+def require_file(path, what):
+    """*path* (a file from a Debian package, see FILES), or skip (fail under CI=true)."""
+    require(what, os.path.exists(path), "apt-get install %s (scripts/apt-deps.d/)" % FILES[path])
+    return path
 
 
 def stop_process(proc, timeout=None):
