@@ -74,7 +74,8 @@ def render(options):
         if name in SKIP:
             continue
         out.append("")
-        for line in textwrap.wrap("--%s: %s" % (name, helpmsg) if helpmsg else "--" + name, 88):
+        for line in textwrap.wrap("--%s: %s" % (name, helpmsg) if helpmsg else "--" + name, 88,
+                                  break_on_hyphens=False):
             out.append("# " + line)
         out.append("#%s=%s" % (env, default))
     return "\n".join(out) + "\n"

@@ -33,7 +33,7 @@ def conf():
            "# shown with its default, commented out. Precedence: command line > environment",
            "# (SPHINCTER_*) > this file > default.", ""]
     for o in OPTIONS:
-        out += ["# " + line for line in textwrap.wrap(o.help, 76)]
+        out += ["# " + line for line in textwrap.wrap(o.help, 76, break_on_hyphens=False)]
         out.append("# (env var %s)" % o.env)
         out.append(("# %s = %s" % (o.name, o.default)).rstrip() + (" " if o.default == "" else ""))
         out.append("")

@@ -44,14 +44,14 @@ _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20,
           "mib": 1 << 20, "g": 1 << 30, "gb": 1000 ** 3, "gib": 1 << 30}
 
 
-def size(text):
+def size(text, _examples="65536, 64KiB, 1MiB"):
     """Bytes: ``65536``, ``64KiB``, ``1MiB``, ``1M`` (binary), ``1MB`` (decimal); at least 1."""
     if isinstance(text, int):
         value = text
     else:
         m = _SIZE.match(str(text))
         if not m:
-            raise argparse.ArgumentTypeError("invalid size %r (e.g. 65536, 64KiB, 1MiB)" % text)
+            raise argparse.ArgumentTypeError("invalid size %r (e.g. %s)" % (text, _examples))
         value = int(m.group(1)) * _UNITS[m.group(2).lower()]
     if value < 1:
         raise argparse.ArgumentTypeError("invalid size %r (must be at least 1 byte)" % text)
@@ -62,7 +62,7 @@ def size_or_auto(text):
     """A size, or ``auto`` (0) for a default derived from other options."""
     if str(text).strip().lower() == "auto":
         return 0
-    return size(text)
+    return size(text, "65536, 64KiB, 1MiB or auto")
 
 
 def _integer(minimum, hint):
@@ -273,9 +273,11 @@ OPTIONS = (
     Option("subscriber-buffer-bytes", "4MiB", size,
            "how far (bytes) a subscriber may fall behind before it is cut off with 4408; "
            "also bounds each room's backlog; must be >= --max-message-bytes", "SIZE"),
-    Option("max-client-message-bytes", "4KiB", size,
-           "largest message a subscriber may send (read and discarded, or sent to the source by writers); "
-           "bigger: close 1009", "SIZE"),
+    Option("max-client-message-bytes", "auto", size_or_auto,
+           "largest message a subscriber may send; bigger: close 1009. 'auto': --max-message-bytes "
+           "for writers with --framing raw (a tunnel's clients send binary messages of any size), "
+           "4KiB otherwise (writers with lines framing; other subscribers, whose messages are read "
+           "and discarded); a size set here applies to every subscriber", "SIZE"),
     Option("ping-interval", "20", seconds, "seconds between pings to each subscriber (0: never)", "SECONDS"),
     Option("ping-timeout", "20", positive_seconds,
            "seconds a subscriber has to answer a ping before it is dropped", "SECONDS"),
@@ -391,6 +393,11 @@ HIDDEN_OPTIONS = (
 EXTRA_FIELDS = {"config": None, "check_config": False}
 
 
+#: --max-client-message-bytes 'auto' for subscribers that are not writers, and for writers
+#: with lines framing
+DEFAULT_CLIENT_MESSAGE_BYTES = 4 << 10
+
+
 class Settings(_ReadOnly):
     """The parsed, validated options (attribute names use underscores); read-only."""
 
@@ -404,6 +411,17 @@ class Settings(_ReadOnly):
         extra = dict(EXTRA_FIELDS)
         extra.update(values)
         self._set(**extra)
+
+    def client_message_limit(self, writer):
+        """The largest message a subscriber may send (bigger: close 1009): the size set with
+        --max-client-message-bytes; with 'auto', --max-message-bytes for a ``writer`` (it
+        presented the room's write key) in raw framing, where each message is a tunnel's chunk
+        of bytes, else :data:`DEFAULT_CLIENT_MESSAGE_BYTES`."""
+        if self.max_client_message_bytes:
+            return self.max_client_message_bytes
+        if writer and self.framing == "raw":
+            return self.max_message_bytes
+        return DEFAULT_CLIENT_MESSAGE_BYTES
 
 
 class _Parser(configargparse.ArgParser):

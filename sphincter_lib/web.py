@@ -104,7 +104,7 @@ class Session:
         self.app, self.conn, self.sub, self.peer = app, conn, sub, peer
         #: True: a writer (it presented the room's write key): its messages go to the source
         self.writer = writer
-        self.ws = ServerSession(max_message_bytes=app.settings.max_client_message_bytes,
+        self.ws = ServerSession(max_message_bytes=app.settings.client_message_limit(writer),
                                 keep_data=writer,         # other subscribers' messages are discarded
                                 now=app.keepalive.clock())
         self._peer_closed = None        # an Event while the writer waits for the client's close
@@ -406,7 +406,7 @@ class WebApp:
         self.stats.rejected["subscriber", key] += 1
         self.stats.close_codes[code] += 1
         logger.debug("subscriber %s refused: %d %s", peer, code, reason)
-        ws = ServerSession(max_message_bytes=self.settings.max_client_message_bytes, keep_data=False)
+        ws = ServerSession(max_message_bytes=self.settings.client_message_limit(False), keep_data=False)
         ws.send_close(code, reason)
         close_blocking(conn, ws, self.settings.close_timeout)     # and wait for the client's close
 

@@ -43,6 +43,9 @@ def test_precedence_cli_over_env_over_file_over_default(tmp_path):
     (["--log-level", "loud"], {}, "--log-level"),
     ([], {"SPHINCTER_TCP_PORT": "nope"}, "--tcp-port"),
     (["--max-message-bytes", "2MiB", "--subscriber-buffer-bytes", "1MiB"], {}, "--subscriber-buffer-bytes"),
+    (["--max-client-message-bytes", "lots"], {}, "--max-client-message-bytes"),
+    (["--max-client-message-bytes", "0"], {}, "--max-client-message-bytes"),
+    ([], {"SPHINCTER_MAX_CLIENT_MESSAGE_BYTES": "-1"}, "--max-client-message-bytes"),
     (["--no-such-option"], {}, "--no-such-option"),
 ])
 def test_bad_values_name_the_option(argv, env, needle):
@@ -59,6 +62,43 @@ def test_bad_config_file_key_and_missing_file(tmp_path):
         config.parse(["-c", str(conf)], env={})
     with pytest.raises(ConfigError, match="missing.conf"):
         config.parse(["-c", str(tmp_path / "missing.conf")], env={})
+
+
+def test_bad_client_message_size_is_one_line_naming_the_option_and_auto():
+    with pytest.raises(ConfigError) as info:
+        config.parse(["--max-client-message-bytes", "big"], env={})
+    assert str(info.value) == ("argument --max-client-message-bytes: invalid size 'big' "
+                               "(e.g. 65536, 64KiB, 1MiB or auto)")
+
+
+def limits(argv, env=None, conf=None):
+    """(read-only subscriber's limit, writer's limit) as parsed from ``argv``/``env``/``conf``."""
+    s = config.parse(argv + (["-c", conf] if conf else []), env=env or {})
+    return s.client_message_limit(False), s.client_message_limit(True)
+
+
+def test_client_message_limits_auto_follows_framing_and_role():
+    assert config.defaults().max_client_message_bytes == 0           # 'auto'
+    assert limits([]) == (4096, 4096)                                 # lines
+    assert limits(["--framing", "raw"]) == (4096, 1 << 20)            # raw: writers get 1MiB
+    assert limits(["--framing", "raw", "--max-message-bytes", "64KiB"]) == (4096, 64 << 10)
+    assert limits(["--framing", "raw", "--max-client-message-bytes", "AUTO"]) == (4096, 1 << 20)
+    s = config.with_overrides(config.defaults(), framing="raw", max_message_bytes=8 << 10)
+    assert (s.client_message_limit(False), s.client_message_limit(True)) == (4096, 8 << 10)
+
+
+def test_client_message_limit_set_explicitly_always_wins(tmp_path):
+    conf = tmp_path / "s.conf"
+    conf.write_text("framing = raw\nmax-client-message-bytes = 2KiB\n")
+    raw = ["--framing", "raw"]
+    assert limits(raw + ["--max-client-message-bytes", "4KiB"]) == (4096, 4096)
+    assert limits(raw, env={"SPHINCTER_MAX_CLIENT_MESSAGE_BYTES": "16KiB"}) == (16 << 10, 16 << 10)
+    assert limits([], conf=str(conf)) == (2048, 2048)
+    assert limits(["--max-client-message-bytes", "8MiB"]) == (8 << 20, 8 << 20)     # lines too
+    # flag over env over file, as for every option
+    assert limits(["--max-client-message-bytes", "auto"], env={"SPHINCTER_MAX_CLIENT_MESSAGE_BYTES": "16KiB"},
+                  conf=str(conf)) == (4096, 1 << 20)
+    assert limits([], env={"SPHINCTER_MAX_CLIENT_MESSAGE_BYTES": "16KiB"}, conf=str(conf)) == (16 << 10,) * 2
 
 
 @pytest.mark.parametrize("text,value", [("65536", 65536), ("64KiB", 65536), ("1MiB", 1 << 20),

@@ -6,6 +6,7 @@ SIGKILL and Redis restarts, is tests/test_cluster.py.
 """
 
 import json
+import os
 import socket
 import urllib.request
 
@@ -147,6 +148,26 @@ def test_write_back_across_nodes_and_held_for_the_next_source(nodes):
     assert f.readline().startswith(b"RESUME ")
     assert f.readline() == b"WRITE %s\n" % write[1]
     assert f.readline() == b"while away\n"
+
+
+def test_a_raw_writer_on_another_node_sends_64k_by_default(nodes):
+    """--framing raw --write-back on: a writer's limit follows --max-message-bytes (issue 18)
+    on every node; the message crosses Redis whole."""
+    a, b = nodes(2, framing="raw", write_back=True)
+    src = Source(a)
+    write = src.readline().split()
+    assert write[0] == b"WRITE"
+    writer = websocket.create_connection(
+        "ws://%s:%d/ws?room=%s&key=%s" % (b.ws_address + (src.code, write[1].decode())), timeout=unit(5))
+    payload = os.urandom(64 * 1024)
+    writer.send_binary(payload)
+    writer.send_binary(b"<end>")
+    got = b""
+    while len(got) < len(payload) + 5:
+        chunk = src.sock.recv(1 << 16)
+        assert chunk, "source closed after %d bytes" % len(got)
+        got += chunk
+    assert got == payload + b"<end>"
 
 
 def test_max_subscribers_is_relay_wide(nodes):
