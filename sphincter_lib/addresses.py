@@ -5,10 +5,14 @@ Pure functions (no sockets, no gevent, no logging).
 Who is the client?  A peer that is not a trusted proxy is the client.  A
 trusted proxy (``--trusted-proxies``) is believed when it says who its client
 is: ``X-Forwarded-For`` first (walked from the nearest hop back past further
-trusted proxies), else ``X-Real-IP``.  A trusted proxy that says neither
-leaves the client *unknown* (:func:`client_address` returns None): its own
-address is not a client, and counting every viewer behind it as one address
-would let one stranger's unknown-room attempts lock every viewer out.
+trusted proxies), else ``X-Real-IP``.  A trusted *loopback* peer that sends no
+forwarding header at all (none of those two, nor ``Forwarded``) is a client on
+this host talking to the server directly (a browser during ``make run``), so it
+is the client, as in Werkzeug's ProxyFix and Rails' RemoteIp.  Any other
+trusted proxy that says nothing usable leaves the client *unknown*
+(:func:`client_address` returns None): its own address is not a client, and
+counting every viewer behind it as one address would let one stranger's
+unknown-room attempts lock every viewer out.
 
 Addresses are compared as IP addresses, not strings: an IPv4-mapped IPv6
 peer (``::ffff:127.0.0.1``, what a dual-stack ``::`` listener sees for an
@@ -85,6 +89,8 @@ def client_address(environ, trusted):
     - a trusted peer sent ``X-Forwarded-For``: the nearest hop that is not a
       trusted proxy (or the farthest hop when all are trusted);
     - else a trusted peer sent ``X-Real-IP``: that address;
+    - else a loopback peer that sent no forwarding header: the peer
+      (see :func:`is_local_client`);
     - else (nothing usable): None — the client is unknown.
 
     A hop that is not an IP address makes the header unusable (then
@@ -96,7 +102,23 @@ def client_address(environ, trusted):
     forwarded = _forwarded_for(environ.get("HTTP_X_FORWARDED_FOR"), trusted)
     if forwarded is not None:
         return forwarded
-    return canonical(environ.get("HTTP_X_REAL_IP") or "")
+    real = canonical(environ.get("HTTP_X_REAL_IP") or "")
+    if real is None and is_local_client(environ):
+        return canonical(remote)
+    return real
+
+
+#: WSGI keys of the headers a proxy forwards a client address in; a peer that sends
+#: any of them (even one this module cannot use, like ``Forwarded``) is a proxy
+FORWARDING_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_X_REAL_IP", "HTTP_FORWARDED")
+
+
+def is_local_client(environ):
+    """True if the peer is a loopback address (127.0.0.0/8, ``::1``, ``::ffff:127.x.y.z``)
+    that sent none of :data:`FORWARDING_HEADERS`: a client on this host, not a proxy."""
+    ip = parse_ip(environ.get("REMOTE_ADDR", ""))
+    return (ip is not None and ip.is_loopback
+            and not any(key in environ for key in FORWARDING_HEADERS))
 
 
 def _forwarded_for(header, trusted):

@@ -287,7 +287,8 @@ OPTIONS = (
            "send 'ROOM <CODE>' to each source (off: sources receive nothing; the code is logged)", "on|off"),
     Option("trusted-proxies", "127.0.0.1,::1", networks,
            "comma-separated proxy addresses/networks believed about the client address: "
-           "X-Forwarded-For, or X-Real-IP without it ('' for none)", "NETS"),
+           "X-Forwarded-For, or X-Real-IP without it ('' for none); a loopback peer that "
+           "sends neither is the client itself", "NETS"),
     Option("log-level", "info", choice(*LOG_LEVELS), "log level: " + ", ".join(LOG_LEVELS), "LEVEL"),
     Option("log-format", "text", choice("text", "json"),
            "log line format: 'text', or 'json' (one object per line, for log shippers)", "FORMAT"),

@@ -20,7 +20,7 @@ from gevent.event import Event
 from gevent.pool import Group
 
 from . import __version__, api, metrics, presence, viewer, wsproto
-from .addresses import client_address, peer_name
+from .addresses import client_address, is_local_client, is_trusted, peer_name
 from .closecodes import CloseCode
 from .errors import RelayUnavailable, RoomFullError, RoomNotFound, ShuttingDown
 from .security import ConnectionCaps, OriginPolicy, RateLimiter
@@ -275,19 +275,35 @@ class WebApp:
         self.ip_caps = ConnectionCaps(settings.max_subscribers_per_ip)
         self.unknown_rooms = RateLimiter(settings.unknown_room_rate, settings.unknown_room_burst)
         self._warned_unforwarded = False
+        self._noted_local = False
 
     def client(self, environ):
-        """The client's address (see ``addresses.client_address``); None when a trusted proxy
-        did not say who its client is: then no per-address limit applies (it would hold every
-        viewer behind the proxy to one budget), and a warning says so, once."""
+        """The client's address (see ``addresses.client_address``): a loopback peer that sends
+        no forwarding header is its own client; None when another trusted proxy did not say
+        who its client is: then no per-address limit applies (it would hold every viewer
+        behind the proxy to one budget), and a warning says so, once."""
         ip = client_address(environ, self.settings.trusted_proxies)
         if ip is None and not self._warned_unforwarded:
             self._warned_unforwarded = True
-            logger.warning("trusted proxy %s sent neither X-Forwarded-For nor X-Real-IP: per-address "
-                           "limits are off for its clients; make it forward the client address "
-                           "(nginx: proxy_set_header X-Real-IP $remote_addr;)",
+            logger.warning("trusted proxy %s forwarded no usable X-Forwarded-For or X-Real-IP: "
+                           "per-address limits are off for its clients; make it forward the client "
+                           "address (nginx: proxy_set_header X-Real-IP $remote_addr;)",
                            environ.get("REMOTE_ADDR"))
         return ip
+
+    def _note_local_refused(self, environ, ip):
+        """Once, when a per-address limit first refuses a trusted loopback peer counted as its
+        own client: if it is in fact a proxy that forwards nothing, every viewer shares its budget.
+        INFO, not WARNING: it may as well be a browser on this host that reached the limit."""
+        remote = environ.get("REMOTE_ADDR", "")
+        if self._noted_local or not is_local_client(environ) \
+                or not is_trusted(remote, self.settings.trusted_proxies):
+            return
+        self._noted_local = True
+        logger.info("per-address limit reached by %s, a local client (no X-Forwarded-For or "
+                    "X-Real-IP): if a proxy on this host serves your viewers, they all count as "
+                    "this one address; make it forward the client address "
+                    "(nginx: proxy_set_header X-Real-IP $remote_addr;)", ip)
 
     def precheck(self, environ):
         """Called by ``ws.Handler`` before upgrading: (status, body, headers) to refuse, else None.
@@ -298,14 +314,17 @@ class WebApp:
         ip = self.client(environ)
         if self.ip_caps.full(ip):
             self.stats.rejected["subscriber", "too_many_connections"] += 1
-            return ("429 Too Many Requests", "too many connections from your address\n",
-                    [("Retry-After", "10")])
-        if self.unknown_rooms.blocked(ip):
+            refusal = ("429 Too Many Requests", "too many connections from your address\n",
+                       [("Retry-After", "10")])
+        elif self.unknown_rooms.blocked(ip):
             self.stats.rejected["subscriber", "rate_limited"] += 1
             wait = max(1, int(round(1.0 / self.unknown_rooms.rate)))
-            return ("429 Too Many Requests", "too many unknown-room attempts, slow down\n",
-                    [("Retry-After", str(wait))])
-        return None
+            refusal = ("429 Too Many Requests", "too many unknown-room attempts, slow down\n",
+                       [("Retry-After", str(wait))])
+        else:
+            return None
+        self._note_local_refused(environ, ip)
+        return refusal
 
     def _unknown_room(self, environ):
         """Count an unknown-room attempt against the client's address."""

@@ -3,8 +3,8 @@ import ipaddress
 
 import pytest
 
-from sphincter_lib.addresses import (canonical, client_address, format_peer, ip_key, is_trusted,
-                                     parse_ip, peer_name)
+from sphincter_lib.addresses import (canonical, client_address, format_peer, ip_key,
+                                     is_local_client, is_trusted, parse_ip, peer_name)
 from sphincter_lib.config import networks
 
 LOOPBACK = networks("127.0.0.1,::1")          # the --trusted-proxies default
@@ -115,9 +115,54 @@ def test_unusable_x_forwarded_for_falls_back_to_x_real_ip():
 
 
 def test_trusted_proxy_that_says_nothing_leaves_the_client_unknown():
-    assert client_address(env(), LOOPBACK) is None
+    """A trusted proxy that is not on loopback and forwards nothing: the client is unknown."""
+    lan = networks("10.0.0.0/8,127.0.0.1,::1")
+    assert client_address(env("10.1.2.3"), lan) is None
+    assert client_address(env("::ffff:10.1.2.3"), lan) is None
+    assert client_address(env("10.1.2.3", real="not an address"), lan) is None
+    assert client_address(env("10.1.2.3", xff=""), lan) is None
+
+
+def test_loopback_peer_without_forwarding_header_is_the_client():
+    """`make run` and a browser on the same host: the loopback peer is the client itself
+    (Werkzeug ProxyFix, Rails RemoteIp), as 127.0.0.0/8, ::1 or IPv4-mapped."""
+    assert client_address(env(), LOOPBACK) == "127.0.0.1"
+    assert client_address(env("::1"), LOOPBACK) == "::1"
+    assert client_address(env("::ffff:127.0.0.1"), LOOPBACK) == "127.0.0.1"
+    assert client_address(env("::ffff:127.0.0.1"), networks("::ffff:127.0.0.1")) == "127.0.0.1"
+    assert client_address(env("127.0.0.5"), networks("127.0.0.0/8")) == "127.0.0.5"
+    assert client_address(env("127.0.0.5"), LOOPBACK) == "127.0.0.5"      # not trusted at all
+
+
+def test_loopback_peer_that_sends_a_forwarding_header_is_a_proxy():
+    """Any forwarding header, even an unusable one, says the loopback peer is a proxy: a
+    header it cannot use leaves the client unknown rather than making it the proxy."""
+    assert client_address(env(xff="203.0.113.7"), LOOPBACK) == "203.0.113.7"
+    assert client_address(env("::1", real="203.0.113.9"), LOOPBACK) == "203.0.113.9"
     assert client_address(env(real="not an address"), LOOPBACK) is None
     assert client_address(env(xff=""), LOOPBACK) is None
+    assert client_address(env("::1", xff="unknown"), LOOPBACK) is None
+    forwarded = dict(env(), HTTP_FORWARDED="for=203.0.113.7")
+    assert client_address(forwarded, LOOPBACK) is None
+
+
+@pytest.mark.parametrize("remote, headers, local", [
+    ("127.0.0.1", {}, True),
+    ("127.255.0.9", {}, True),
+    ("::1", {}, True),
+    ("::ffff:127.0.0.1", {}, True),
+    ("[::1]:5555", {}, True),
+    ("10.0.0.1", {}, False),
+    ("::", {}, False),
+    ("0.0.0.0", {}, False),
+    ("/run/sock", {}, False),
+    ("", {}, False),
+    ("127.0.0.1", {"HTTP_X_FORWARDED_FOR": "203.0.113.7"}, False),
+    ("127.0.0.1", {"HTTP_X_REAL_IP": ""}, False),
+    ("::1", {"HTTP_FORWARDED": "for=x"}, False),
+])
+def test_is_local_client(remote, headers, local):
+    assert is_local_client(dict(headers, REMOTE_ADDR=remote)) is local
 
 
 def test_dual_stack_listener_sees_ipv4_mapped_proxy():
@@ -139,6 +184,8 @@ def test_peer_name():
     assert peer_name(env("::ffff:198.51.100.1", "5555"), "198.51.100.1") == "198.51.100.1:5555"
     assert peer_name(env("127.0.0.1", "5555"), "203.0.113.7") == "203.0.113.7"
     assert peer_name(env("127.0.0.1", "5555"), None) == "127.0.0.1:5555"
+    assert peer_name(env("127.0.0.1", "5555"), client_address(env("127.0.0.1", "5555"),
+                                                             LOOPBACK)) == "127.0.0.1:5555"
     assert peer_name(env("127.0.0.1", ""), None) == "127.0.0.1"
     assert peer_name(env("::1", 5555), "::1") == "[::1]:5555"
 
