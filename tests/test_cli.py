@@ -70,6 +70,28 @@ def test_help_and_version():
     assert r.returncode == 0 and __version__ in r.stdout
 
 
+@pytest.mark.parametrize("command", [[], ["connect"]], ids=["relay", "connect"])
+@pytest.mark.parametrize("flag", ["--version", "--help", "-h", "--vers"])
+@pytest.mark.parametrize("setup", ["bad env", "bad config file", "missing config file"])
+def test_help_and_version_never_read_the_configuration(tmp_path, command, flag, setup):
+    """A bad SPHINCTER_* value or config file stops a run, never --help or --version."""
+    conf = tmp_path / "bad.conf"
+    conf.write_text("tcp-port = abc\nno-such-option = 1\n")
+    args, env = list(command), {}
+    if setup == "bad env":
+        env = {"SPHINCTER_TCP_PORT": "abc", "SPHINCTER_CONNECT_RETRY_MIN": "soon"}
+    else:
+        path = str(conf) if setup == "bad config file" else str(tmp_path / "missing.conf")
+        env = {"SPHINCTER_CONFIG": path, "SPHINCTER_CONNECT_CONFIG": path}
+        args += ["-c", path]
+    r = run(*(args + [flag]), env=env)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    if flag.startswith("--v"):
+        assert r.stdout == "sphincter %s\n" % __version__
+    else:
+        assert r.stdout.startswith("usage: sphincter" + (" connect" if command else ""))
+
+
 class Server:
     def __init__(self, *args, env=None):
         e = {k: v for k, v in os.environ.items() if not k.startswith("SPHINCTER_")}
