@@ -177,6 +177,41 @@ def test_collector_reads_state_at_scrape_time():
     assert current()["sphincter_subscriber_lag_bytes_max"] == 0
 
 
+class NodeRegistry(rooms.RoomRegistry):
+    """In-process rooms reporting as a Redis-mode node does, for the Redis-only metrics' names."""
+    node, redis_state = "node-1", "ok"
+
+
+def exported_names():
+    """Every metric name a scrape can yield, Redis mode included, without the sphincter_ prefix."""
+    reg = NodeRegistry(encode=wsproto.encode_message, buffer_bytes=1 << 20)
+    names = set()
+    for family in RelayCollector(reg, connections=lambda: 0).collect():
+        suffix = {"counter": "_total", "info": "_info"}.get(family.type, "")
+        assert family.name.startswith("sphincter_")
+        names.add(family.name[len("sphincter_"):] + suffix)
+    return names
+
+
+def test_every_exported_metric_is_documented():
+    """The metrics module's docstring and the README's /metrics table list exactly what is
+    exported."""
+    import sphincter_lib.metrics as metrics
+    names = exported_names()
+    assert {"write_back_messages_received_total", "write_back_received_bytes_total",
+            "write_back_messages_sent_total", "write_back_writer_pauses_total",
+            "node_info", "redis_outages_total"} <= names
+    doc = metrics.__doc__[metrics.__doc__.index("Exposed"):]
+    in_doc = set(re.findall(r"``([a-z_]+)(?:\{[a-z,]*\})?``", doc)) - {"sphincter_", "python_info"}
+    assert in_doc == names
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    section = readme[readme.index("### Monitoring: `/metrics`"):]
+    section = section[:section.index("\n### ", 1)]
+    in_readme = set(re.findall(r"`sphincter_([a-z_]+)(?:\{[a-z,]*\})?`", section))
+    assert in_readme == names
+
+
 # -- /api/rooms ------------------------------------------------------------------------------
 
 def test_api_is_off_without_a_token(relay):
