@@ -266,6 +266,23 @@ def test_api_with_token(relay):
     src.close()
 
 
+def test_refused_api_calls_log_the_client_address(relay, caplog):
+    """Behind a trusted proxy (loopback is trusted by default) the client is the address it
+    forwards, as for subscribers; a peer that is not trusted is itself the client."""
+    wrong = {"Authorization": "Bearer wrong-token-0123456789"}
+    proxied, direct = relay("--admin-token", TOKEN), relay("--admin-token", TOKEN, "--trusted-proxies", "")
+    with caplog.at_level(logging.INFO, logger="sphincter_lib.api"):
+        for r, forwarded in ((proxied, {"X-Forwarded-For": "203.0.113.7, 127.0.0.1"}),
+                             (proxied, {"X-Real-IP": "2001:db8::5"}),
+                             (direct, {"X-Forwarded-For": "203.0.113.7"})):
+            assert request(r, "/api/rooms", dict(wrong, **forwarded))[0] == 401
+    logged = [rec.getMessage() for rec in caplog.records if rec.name == "sphincter_lib.api"]
+    assert logged[:2] == ["api: unauthorized request from 203.0.113.7",
+                          "api: unauthorized request from 2001:db8::5"]
+    assert re.match(r"^api: unauthorized request from 127\.0\.0\.1:\d+$", logged[2]), logged
+    assert len(logged) == 3
+
+
 def test_admin_token_option():
     assert config.parse([], env={}).admin_token == ""
     assert config.parse([], env={"SPHINCTER_ADMIN_TOKEN": TOKEN}).admin_token == TOKEN
