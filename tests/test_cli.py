@@ -275,3 +275,16 @@ def test_install_sh_checks_the_settings_before_touching_anything(tmp_path):
     assert "sphincter: error: argument --ws-port: invalid port '99999'" in p.stderr
     assert "nothing was installed or restarted" in p.stderr and "Traceback" not in p.stderr
     assert not binary.exists() and conf.read_text() == edited
+
+
+def test_readme_dist_names_the_checks_install_sh_runs():
+    """The release's README (packaging/README.dist) says what install.sh checks before it
+    installs or restarts anything."""
+    with open(os.path.join(ROOT, "install.sh")) as f:
+        install = f.read()
+    with open(os.path.join(ROOT, "packaging", "README.dist")) as f:
+        dist = " ".join(f.read().split())
+    for check in ("sphincter --version", "sphincter --check-config"):
+        assert check in install.replace('"$here/sphincter"', "sphincter"), check
+        assert check in dist, check
+    assert "nothing is installed and the running service is left alone" in dist
