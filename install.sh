@@ -45,8 +45,14 @@ for f in sphincter sphincter.env sphincter.service sphincter@.service; do
     [ -f "$here/$f" ] || die "missing $here/$f (run me from the unpacked release)"
 done
 
-# 1. The binary must run on this machine before anything is touched.
+# 1. The binary must run on this machine before anything is touched. Its bootloader
+#    (PyInstaller's) links the host's zlib, which minimal images may lack: the dynamic
+#    loader's own message says so, and is turned into the command that installs it.
 if ! version=$("$here/sphincter" --version 2>&1); then
+    case $version in
+        *"libz.so.1: cannot open shared object file"*)
+            die "this machine lacks libz.so.1 (zlib), which the sphincter binary needs: install it (Debian/Ubuntu: apt-get install zlib1g; RHEL/Fedora: dnf install zlib) and run install.sh again" ;;
+    esac
     die "the sphincter binary does not run on this machine: $version"
 fi
 say "installing $version"

@@ -3,7 +3,9 @@
 Off by default: without ``--admin-token`` both paths answer 404 exactly like any unknown path,
 so a public relay neither lists its room codes nor reveals that the API exists. With a token,
 a request must carry ``Authorization: Bearer <token>`` (compared in constant time); anything
-else gets 401 with ``WWW-Authenticate: Bearer``. Responses are ``no-store``.
+else gets 401 with ``WWW-Authenticate: Bearer``, logged at INFO with the client's address
+(behind a trusted proxy, the one it forwards: the web app's ``client``). Responses are
+``no-store``.
 
 A room is ``{"code", "opened_at" (ISO 8601 UTC), "opened_at_unix", "source" (peer address),
 "subscribers", "peak_subscribers", "messages", "bytes", "backlog_bytes", "slow_cutoffs",
@@ -17,6 +19,7 @@ import json
 import logging
 from datetime import datetime, timezone
 
+from .addresses import client_address, peer_name
 from .errors import RelayUnavailable, RoomNotFound, ShuttingDown
 
 logger = logging.getLogger(__name__)
@@ -58,12 +61,16 @@ def room_info(room):
 
 
 class AdminApi:
-    """The two routes, guarded by ``token`` (str; empty or None: the API is off)."""
+    """The two routes, guarded by ``token`` (str; empty or None: the API is off).
 
-    def __init__(self, registry, token):
+    ``client(environ)`` is the client's address (see ``addresses.client_address``; None when a
+    trusted proxy did not say); the default believes no proxy."""
+
+    def __init__(self, registry, token, client=None):
         self.registry = registry
         self.stats = registry.stats
         self._token = token.encode("utf-8") if token else None
+        self.client = client or (lambda environ: client_address(environ, ()))
 
     @property
     def enabled(self):
@@ -81,7 +88,8 @@ class AdminApi:
                             extra=[("Allow", "GET, HEAD")])
         if not self._authorized(environ.get("HTTP_AUTHORIZATION", "")):
             self.stats.rejected["api", "unauthorized"] += 1
-            logger.info("api: unauthorized request from %s", environ.get("REMOTE_ADDR", "?"))
+            logger.info("api: unauthorized request from %s",
+                        peer_name(environ, self.client(environ)) or "?")
             return _respond(start_response, "401 Unauthorized", {"error": "unauthorized"},
                             extra=[("WWW-Authenticate", 'Bearer realm="sphincter"')])
         path = (environ.get("PATH_INFO") or "").rstrip("/")
@@ -127,5 +135,5 @@ def _respond(start_response, status, body, ctype="application/json", extra=(), h
     return [b""] if head else [data]
 
 
-def routes(registry, token):
-    return AdminApi(registry, token).routes()
+def routes(registry, token, client=None):
+    return AdminApi(registry, token, client).routes()

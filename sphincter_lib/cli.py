@@ -3,6 +3,7 @@
 Exit status: 0 after a clean stop, 2 for a configuration error (one line on
 stderr naming the option), 1 when a port cannot be bound or the server fails.
 ``--check-config`` stops after validation: 0 with one line on stdout, or 2.
+``--help`` and ``--version`` read no environment and no config file: they print and exit 0.
 """
 
 import logging

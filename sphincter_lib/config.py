@@ -10,6 +10,7 @@ import argparse
 import ipaddress
 import os
 import re
+import sys
 
 import configargparse
 
@@ -468,11 +469,25 @@ def build_parser():
 
 def parse_args(parser, argv=None, env=None):
     """``parser.parse_args`` with ``env`` (default os.environ); an unreadable config file is a
-    ConfigError like any other bad value."""
+    ConfigError like any other bad value. ``--help`` and ``--version`` print and exit 0 without
+    reading the environment or a config file (see :func:`_answer_help_or_version`)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    _answer_help_or_version(parser, args)
     try:
-        return parser.parse_args(args=argv, env_vars=os.environ if env is None else env)
+        return parser.parse_args(args=args, env_vars=os.environ if env is None else env)
     except OSError as exc:
         raise ConfigError("cannot read config file: %s" % exc)
+
+
+def _answer_help_or_version(parser, args):
+    """Parse the command line alone first: its ``--help``/``--version`` (abbreviations and a
+    ``--`` included, as argparse reads them) print and exit 0 there, so a bad ``SPHINCTER_*``
+    value or an unreadable config file cannot stop them. Without either, nothing happens: an
+    error of the command line itself is left to the full parse, which reports it in order."""
+    try:
+        parser.parse_known_args(args=args, env_vars={}, config_file_contents="")
+    except ConfigError:
+        pass
 
 
 def parse(argv=None, env=None):

@@ -5,13 +5,26 @@ Nothing here runs on the data path. :class:`RelayCollector` reads the process-wi
 scrapes; the relay bumps plain integers as it already does. No room code appears in any label,
 so the endpoint can be public without leaking codes.
 
-Exposed (``sphincter_`` prefix): ``rooms_open``, ``subscribers``, ``websocket_connections``,
-``backlog_bytes``, ``subscriber_lag_bytes_max``, ``sources_paused`` (gauges); ``rooms_opened_total``,
-``rooms_closed_total``, ``subscribers_joined_total``, ``subscribers_left_total``,
-``messages_in_total``, ``bytes_in_total``, ``messages_out_total``, ``bytes_out_total``,
-``slow_subscribers_cut_total``, ``stall_cutoffs_total``, ``skipped_messages_total``,
-``source_pauses_total``, ``source_paused_seconds_total``, ``rejected_connections_total{kind,reason}``,
-``close_codes_total{code}`` (counters); ``start_time_seconds``; ``build_info{version,python,gevent}``;
+Exposed, every name with the ``sphincter_`` prefix (a test checks this list and the README's
+table against what a scrape yields):
+
+- gauges: ``rooms_open``, ``rooms_waiting``, ``rooms_named``, ``subscribers``,
+  ``websocket_connections``, ``backlog_bytes``, ``sources_paused``, ``subscriber_lag_bytes_max``,
+  ``start_time_seconds``;
+- counters: ``rooms_opened_total``, ``rooms_closed_total``, ``subscribers_joined_total``,
+  ``subscribers_left_total``, ``messages_in_total``, ``bytes_in_total``, ``messages_out_total``,
+  ``bytes_out_total``, ``slow_subscribers_cut_total``, ``stall_cutoffs_total``,
+  ``skipped_messages_total``, ``source_pauses_total``, ``source_paused_seconds_total``,
+  ``room_resumes_total``, ``room_takeovers_total``, ``replayed_messages_total``;
+  write-back (``--write-back``): ``write_back_messages_received_total``,
+  ``write_back_received_bytes_total``, ``write_back_messages_sent_total``,
+  ``write_back_writer_pauses_total``;
+  ``rejected_connections_total{kind,reason}``, ``close_codes_total{code}``;
+- info: ``build_info{version,python,gevent}``;
+- Redis mode only (``--redis-url``): ``node_info{node}``, ``redis_up`` (gauge),
+  ``redis_batches_published_total``, ``redis_batches_received_total``,
+  ``redis_messages_received_total``, ``redis_gaps_total``, ``redis_outages_total``;
+
 plus the standard ``process_*`` and ``python_info`` collectors.
 """
 
@@ -50,6 +63,13 @@ COUNTERS = (
      "AUTH after its source left)."),
     ("takeovers", "room_takeovers", "Sources replaced by a newer source of the same room."),
     ("replayed_messages", "replayed_messages", "Messages replayed to subscribers as they joined."),
+    # write-back (--write-back): in Redis mode, received on the writer's node, sent on the source's
+    ("writes_in", "write_back_messages_received", "Write-back messages received from writers."),
+    ("write_bytes", "write_back_received_bytes", "Bytes of those (--framing lines: with the newline "
+     "added for the source)."),
+    ("writes_out", "write_back_messages_sent", "Write-back messages written to sources."),
+    ("writer_pauses", "write_back_writer_pauses", "Times a writer was paused because the queue "
+     "toward its source was full (--write-queue-bytes)."),
 )
 
 #: Redis mode only (--redis-url)

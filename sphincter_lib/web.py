@@ -268,7 +268,7 @@ class WebApp:
         self.routes = {"/ws": self.ws, "/healthz": self.healthz}
         self.routes.update(viewer.routes())
         self.routes.update(metrics.routes(registry, connections=lambda: self.connections))
-        self.routes.update(api.routes(registry, settings.admin_token))
+        self.routes.update(api.routes(registry, settings.admin_token, client=self.client))
         self.routes.update(presence.routes(registry, self.precheck, self._unknown_room,
                                            settings.max_presence_waits))
         self.origins = OriginPolicy(settings.allowed_origins)

@@ -1,8 +1,10 @@
 """The real process: ``python sphincter.py ...`` — exit codes, one-line errors, signals."""
 
+import glob
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -68,6 +70,28 @@ def test_help_and_version():
         assert opt.flag in flat and opt.env in flat
     r = run("--version")
     assert r.returncode == 0 and __version__ in r.stdout
+
+
+@pytest.mark.parametrize("command", [[], ["connect"]], ids=["relay", "connect"])
+@pytest.mark.parametrize("flag", ["--version", "--help", "-h", "--vers"])
+@pytest.mark.parametrize("setup", ["bad env", "bad config file", "missing config file"])
+def test_help_and_version_never_read_the_configuration(tmp_path, command, flag, setup):
+    """A bad SPHINCTER_* value or config file stops a run, never --help or --version."""
+    conf = tmp_path / "bad.conf"
+    conf.write_text("tcp-port = abc\nno-such-option = 1\n")
+    args, env = list(command), {}
+    if setup == "bad env":
+        env = {"SPHINCTER_TCP_PORT": "abc", "SPHINCTER_CONNECT_RETRY_MIN": "soon"}
+    else:
+        path = str(conf) if setup == "bad config file" else str(tmp_path / "missing.conf")
+        env = {"SPHINCTER_CONFIG": path, "SPHINCTER_CONNECT_CONFIG": path}
+        args += ["-c", path]
+    r = run(*(args + [flag]), env=env)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    if flag.startswith("--v"):
+        assert r.stdout == "sphincter %s\n" % __version__
+    else:
+        assert r.stdout.startswith("usage: sphincter" + (" connect" if command else ""))
 
 
 class Server:
@@ -212,17 +236,24 @@ def test_check_config_errors_exit_2_with_one_line(bad_config):
         assert r.stdout == "", what
 
 
-def test_install_sh_checks_the_settings_before_touching_anything(tmp_path):
-    """install.sh runs the new binary's --check-config on the settings first (staged install,
-    DESTDIR; the release tier does the same under systemd with a running service)."""
+def stage_release(tmp_path, binary=None):
+    """A release directory as the tarball unpacks (install.sh, env file, units), whose
+    ``sphincter`` is a shell script: by default this checkout's sphincter.py."""
     rel = tmp_path / "release"
-    rel.mkdir()
+    rel.mkdir(parents=True)
     for name in ("install.sh", os.path.join("conf", "sphincter.env"),
                  os.path.join("conf", "sphincter.service"), os.path.join("conf", "sphincter@.service")):
         with open(os.path.join(ROOT, name), "rb") as f:
             (rel / os.path.basename(name)).write_bytes(f.read())
-    (rel / "sphincter").write_text("#!/bin/sh\nexec %s %s \"$@\"\n" % (sys.executable, ENTRY))
+    (rel / "sphincter").write_text(binary or "#!/bin/sh\nexec %s %s \"$@\"\n" % (sys.executable, ENTRY))
     (rel / "sphincter").chmod(0o755)
+    return rel
+
+
+def test_install_sh_checks_the_settings_before_touching_anything(tmp_path):
+    """install.sh runs the new binary's --check-config on the settings first (staged install,
+    DESTDIR; the release tier does the same under systemd with a running service)."""
+    rel = stage_release(tmp_path)
     root = tmp_path / "root"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPHINCTER_")}
     # the caller's environment is not the service's: this does not leak into the check
@@ -253,3 +284,98 @@ def test_install_sh_checks_the_settings_before_touching_anything(tmp_path):
     assert "sphincter: error: argument --ws-port: invalid port '99999'" in p.stderr
     assert "nothing was installed or restarted" in p.stderr and "Traceback" not in p.stderr
     assert not binary.exists() and conf.read_text() == edited
+
+
+def test_readme_dist_names_the_checks_install_sh_runs():
+    """The release's README (packaging/README.dist) says what install.sh checks before it
+    installs or restarts anything."""
+    with open(os.path.join(ROOT, "install.sh")) as f:
+        install = f.read()
+    with open(os.path.join(ROOT, "packaging", "README.dist")) as f:
+        dist = " ".join(f.read().split())
+    for check in ("sphincter --version", "sphincter --check-config", "libz.so.1",
+                  "apt-get install zlib1g", "dnf install zlib"):
+        assert check in install.replace('"$here/sphincter"', "sphincter"), check
+        assert check in dist, check
+    assert "nothing is installed and the running service is left alone" in dist
+
+
+#: what glibc's dynamic loader prints when a program needs a library the host lacks
+LOADER_NO_LIBZ = ("%s: error while loading shared libraries: libz.so.1: cannot open shared object "
+                  "file: No such file or directory")
+
+
+def install_sh(rel, root, prefix=()):
+    """``sh install.sh`` of the staged release ``rel`` into DESTDIR ``root`` (after ``prefix``)."""
+    return subprocess.run(list(prefix) + ["sh", str(rel / "install.sh")], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True,
+                          env=dict(os.environ, DESTDIR=str(root)), timeout=unit(30))
+
+
+def install_sh_libz_message(p):
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 1 and len(lines) == 1, p.stdout + p.stderr
+    return lines[0]
+
+
+def test_install_sh_names_a_missing_libz_and_how_to_install_it(tmp_path):
+    """The release binary's bootloader links the host's libz.so.1: where it is missing,
+    install.sh says so in one line with the package to install, and touches nothing."""
+    rel = stage_release(tmp_path, '#!/bin/sh\necho "%s" >&2\nexit 127\n' % (LOADER_NO_LIBZ % "$0"))
+    root = tmp_path / "root"
+    p = install_sh(rel, root)
+    assert install_sh_libz_message(p) == (
+        "install.sh: error: this machine lacks libz.so.1 (zlib), which the sphincter binary needs: "
+        "install it (Debian/Ubuntu: apt-get install zlib1g; RHEL/Fedora: dnf install zlib) and run "
+        "install.sh again")
+    assert not root.exists()
+    # another loader failure that names libz (e.g. a noexec /tmp for the unpacked copy) is not
+    # a missing zlib: the loader's own words
+    other = "$0: error while loading shared libraries: libz.so.1: failed to map segment from shared object"
+    rel = stage_release(tmp_path / "other", "#!/bin/sh\necho \"%s\" >&2\nexit 127\n" % other)
+    p = install_sh(rel, root)
+    assert "does not run on this machine" in p.stderr and "failed to map segment" in p.stderr
+    assert "zlib1g" not in p.stderr and not root.exists()
+
+
+def _libz_directory():
+    """The directory of the libz.so.1 this process mapped, or None."""
+    import zlib  # noqa: F401  (maps libz.so.1 unless zlib is linked in statically)
+    with open("/proc/self/maps") as f:
+        for line in f:
+            path = line.split(None, 5)[-1].strip()
+            if "/libz.so" in path:
+                return os.path.dirname(os.path.realpath(path))
+    return None
+
+
+def test_install_sh_libz_check_against_the_real_loader(tmp_path):
+    """The same with the host's dynamic loader: libz.so.1 hidden in a private mount namespace
+    (unshare); the binary is an ELF object that needs it: Python's zlib module run by ld.so,
+    or Python itself where zlib is built in. Skipped where user namespaces or libz.so.1 are
+    not available."""
+    import zlib
+    libdir, ldso = _libz_directory(), glob.glob("/lib64/ld-linux-x86-64.so.2")
+    if getattr(zlib, "__file__", None):
+        needs_libz = "%s %s" % (ldso[0], zlib.__file__) if ldso else None
+    else:
+        needs_libz = sys.executable              # zlib built in: the interpreter links libz
+    if not (libdir and needs_libz and shutil.which("unshare")):
+        pytest.skip("needs libz.so.1 as a shared library, ld-linux-x86-64.so.2 and unshare")
+    if subprocess.run(["unshare", "-rm", "true"], stdout=subprocess.DEVNULL,
+                      stderr=subprocess.DEVNULL).returncode != 0:
+        pytest.skip("unshare -rm is not permitted here")
+    # The directory of libz, seen again without it: symlinks to its other entries through a
+    # bind mount of the original, then mounted over it (inside the namespace only).
+    orig, shadow = tmp_path / "orig", tmp_path / "shadow"
+    orig.mkdir()
+    shadow.mkdir()
+    for name in os.listdir(libdir):
+        if not name.startswith("libz.so"):
+            os.symlink(str(orig / name), str(shadow / name))
+    hide = 'mount --bind "$1" "$2" && mount --bind "$3" "$1" && shift 3 && exec "$@"'
+    rel = stage_release(tmp_path, "#!/bin/sh\nexec %s \"$@\"\n" % needs_libz)
+    root = tmp_path / "root"
+    p = install_sh(rel, root, ["unshare", "-rm", "sh", "-c", hide, "hide", libdir, str(orig), str(shadow)])
+    assert "this machine lacks libz.so.1 (zlib)" in install_sh_libz_message(p)
+    assert not root.exists()

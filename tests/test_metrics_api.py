@@ -177,6 +177,41 @@ def test_collector_reads_state_at_scrape_time():
     assert current()["sphincter_subscriber_lag_bytes_max"] == 0
 
 
+class NodeRegistry(rooms.RoomRegistry):
+    """In-process rooms reporting as a Redis-mode node does, for the Redis-only metrics' names."""
+    node, redis_state = "node-1", "ok"
+
+
+def exported_names():
+    """Every metric name a scrape can yield, Redis mode included, without the sphincter_ prefix."""
+    reg = NodeRegistry(encode=wsproto.encode_message, buffer_bytes=1 << 20)
+    names = set()
+    for family in RelayCollector(reg, connections=lambda: 0).collect():
+        suffix = {"counter": "_total", "info": "_info"}.get(family.type, "")
+        assert family.name.startswith("sphincter_")
+        names.add(family.name[len("sphincter_"):] + suffix)
+    return names
+
+
+def test_every_exported_metric_is_documented():
+    """The metrics module's docstring and the README's /metrics table list exactly what is
+    exported."""
+    import sphincter_lib.metrics as metrics
+    names = exported_names()
+    assert {"write_back_messages_received_total", "write_back_received_bytes_total",
+            "write_back_messages_sent_total", "write_back_writer_pauses_total",
+            "node_info", "redis_outages_total"} <= names
+    doc = metrics.__doc__[metrics.__doc__.index("Exposed"):]
+    in_doc = set(re.findall(r"``([a-z_]+)(?:\{[a-z,]*\})?``", doc)) - {"sphincter_", "python_info"}
+    assert in_doc == names
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    section = readme[readme.index("### Monitoring: `/metrics`"):]
+    section = section[:section.index("\n### ", 1)]
+    in_readme = set(re.findall(r"`sphincter_([a-z_]+)(?:\{[a-z,]*\})?`", section))
+    assert in_readme == names
+
+
 # -- /api/rooms ------------------------------------------------------------------------------
 
 def test_api_is_off_without_a_token(relay):
@@ -229,6 +264,23 @@ def test_api_with_token(relay):
     assert value(m, "sphincter_rejected_connections_total", kind="api", reason="unauthorized") == 5
     ws.close()
     src.close()
+
+
+def test_refused_api_calls_log_the_client_address(relay, caplog):
+    """Behind a trusted proxy (loopback is trusted by default) the client is the address it
+    forwards, as for subscribers; a peer that is not trusted is itself the client."""
+    wrong = {"Authorization": "Bearer wrong-token-0123456789"}
+    proxied, direct = relay("--admin-token", TOKEN), relay("--admin-token", TOKEN, "--trusted-proxies", "")
+    with caplog.at_level(logging.INFO, logger="sphincter_lib.api"):
+        for r, forwarded in ((proxied, {"X-Forwarded-For": "203.0.113.7, 127.0.0.1"}),
+                             (proxied, {"X-Real-IP": "2001:db8::5"}),
+                             (direct, {"X-Forwarded-For": "203.0.113.7"})):
+            assert request(r, "/api/rooms", dict(wrong, **forwarded))[0] == 401
+    logged = [rec.getMessage() for rec in caplog.records if rec.name == "sphincter_lib.api"]
+    assert logged[:2] == ["api: unauthorized request from 203.0.113.7",
+                          "api: unauthorized request from 2001:db8::5"]
+    assert re.match(r"^api: unauthorized request from 127\.0\.0\.1:\d+$", logged[2]), logged
+    assert len(logged) == 3
 
 
 def test_admin_token_option():

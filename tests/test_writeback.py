@@ -6,10 +6,12 @@ import os
 import re
 import socket
 import threading
+import urllib.request
 
 import gevent
 import pytest
 import websocket
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import raw_upgrade, recv_close, subscribe, unit, wait_for, ws_url
 from test_lifecycle import Src, rooms_file
@@ -59,6 +61,36 @@ def test_writer_lines_reach_the_source_and_readers_still_read(make_relay):
     src.send(b"to everyone\n")
     assert w.recv() == "to everyone" and reader.recv() == "to everyone"
     assert relay.stats.writes_in == 2
+
+
+def write_back_metrics(relay):
+    """The write-back counters as a scrape of the relay's /metrics shows them."""
+    with urllib.request.urlopen("http://%s:%d/metrics" % relay.ws_address, timeout=unit(10)) as resp:
+        text = resp.read().decode()
+    return {s.name[len("sphincter_write_back_"):]: s.value
+            for family in text_string_to_metric_families(text) for s in family.samples
+            if s.name.startswith("sphincter_write_back_")}
+
+
+def test_write_back_counters_on_metrics(make_relay):
+    relay = make_relay(write_back=True)
+    src = Src(relay.tcp_address)
+    code, key = banner(src)
+    assert write_back_metrics(relay) == {
+        "messages_received_total": 0, "received_bytes_total": 0, "messages_sent_total": 0,
+        "writer_pauses_total": 0}
+    w = writer(relay, code, key)
+    w.send("hello source")
+    w.send_binary(b"\x00\x01bin")
+    w.send("\u00e9t\u00e9")
+    assert src.line() == b"hello source\n"
+    assert read_exactly(src, 6) == b"\x00\x01bin\n"
+    assert src.line() == "\u00e9t\u00e9\n".encode()
+    wait_for(lambda: write_back_metrics(relay)["messages_sent_total"] == 3, timeout=unit(10),
+             what="3 messages sent to the source on /metrics")
+    assert write_back_metrics(relay) == {
+        "messages_received_total": 3, "received_bytes_total": 13 + 6 + 6,   # newlines included
+        "messages_sent_total": 3, "writer_pauses_total": 0}
 
 
 @pytest.mark.parametrize("query, reason", [("key=wrong-key-wrong-key-wrong", "wrong write key")])
@@ -135,6 +167,9 @@ def test_a_writer_that_outruns_its_source_is_paused_not_dropped(make_relay):
         left -= len(chunk)
     g.join(timeout=unit(30))
     assert done and got.hexdigest() == sent.hexdigest()
+    m = write_back_metrics(relay)
+    assert m["writer_pauses_total"] == relay.stats.writer_pauses > 0
+    assert m["received_bytes_total"] == total
 
 
 def test_writes_wait_for_a_source_that_is_away(make_relay, tmp_path):
