@@ -15,6 +15,7 @@ import pytest
 import websocket
 
 from conftest import recv_close, unit, wait_for
+from testkit import require_program
 from sphincter_lib import __version__, config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -360,9 +361,10 @@ def test_install_sh_libz_check_against_the_real_loader(tmp_path):
         needs_libz = "%s %s" % (ldso[0], zlib.__file__) if ldso else None
     else:
         needs_libz = sys.executable              # zlib built in: the interpreter links libz
-    if not (libdir and needs_libz and shutil.which("unshare")):
-        pytest.skip("needs libz.so.1 as a shared library, ld-linux-x86-64.so.2 and unshare")
-    if subprocess.run(["unshare", "-rm", "true"], stdout=subprocess.DEVNULL,
+    unshare = require_program("unshare")
+    if not (libdir and needs_libz):
+        pytest.skip("needs libz.so.1 as a shared library and ld-linux-x86-64.so.2")
+    if subprocess.run([unshare, "-rm", "true"], stdout=subprocess.DEVNULL,
                       stderr=subprocess.DEVNULL).returncode != 0:
         pytest.skip("unshare -rm is not permitted here")
     # The directory of libz, seen again without it: symlinks to its other entries through a
@@ -376,6 +378,6 @@ def test_install_sh_libz_check_against_the_real_loader(tmp_path):
     hide = 'mount --bind "$1" "$2" && mount --bind "$3" "$1" && shift 3 && exec "$@"'
     rel = stage_release(tmp_path, "#!/bin/sh\nexec %s \"$@\"\n" % needs_libz)
     root = tmp_path / "root"
-    p = install_sh(rel, root, ["unshare", "-rm", "sh", "-c", hide, "hide", libdir, str(orig), str(shadow)])
+    p = install_sh(rel, root, [unshare, "-rm", "sh", "-c", hide, "hide", libdir, str(orig), str(shadow)])
     assert "this machine lacks libz.so.1 (zlib)" in install_sh_libz_message(p)
     assert not root.exists()

@@ -22,7 +22,8 @@ import gevent
 import gevent.event
 import pytest
 
-from conftest import require_tool, unit, wait_for
+from conftest import unit, wait_for
+from testkit import require_program
 from flow_util import (SOURCE_CLOSED, TOO_SLOW, Blaster, FrameReader, Pattern, RelayProcess,
                        open_source, percentile, read_messages, ws_connect)
 
@@ -404,10 +405,10 @@ def test_bad_flow_options_are_one_line_errors(args, needle):
 def test_subscriber_send_buffer_sets_each_subscribers_kernel_buffer(relay_proc):
     """--subscriber-send-buffer: SO_SNDBUF of each subscriber's socket (Linux doubles it for its
     bookkeeping); 'auto' leaves the kernel's autotuning (which grows it to MBs on loopback)."""
-    require_tool("ss")
+    ss = require_program("ss")
 
     def send_buffer(relay):
-        out = subprocess.run(["ss", "-tmnH", "state", "established", "( sport = :%d )" % relay.ws[1]],
+        out = subprocess.run([ss, "-tmnH", "state", "established", "( sport = :%d )" % relay.ws[1]],
                              stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout
         sizes = [int(m) for m in re.findall(r"\btb(\d+)", out)]
         assert len(sizes) == 1, out

@@ -41,10 +41,12 @@ PROGRAMS = {
     "openssl": "openssl",
     "redis-server": "redis-server",
     "sh": "dash",
+    "ss": "iproute2",
     "shellcheck": "shellcheck",
     "systemd-analyze": "systemd",
     "systemd-nspawn": "systemd-container",
     "tar": "tar",
+    "unshare": "util-linux",
 }
 #: Files a test needs that are not programs, and the Debian package that ships each.
 FILES = {
