@@ -25,7 +25,7 @@ import gevent  # noqa: E402
 import run as R  # noqa: E402
 import targets as T  # noqa: E402
 from sphincter_lib import config  # noqa: E402
-from sphincter_lib.server import Relay  # noqa: E402
+from sphincter_lib.relay.server import Relay  # noqa: E402
 
 
 def main(argv=None):

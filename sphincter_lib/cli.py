@@ -11,7 +11,7 @@ import sys
 
 from . import config, logformat
 from .errors import BindError, ConfigError
-from .server import Relay
+from .relay.server import Relay
 
 
 def setup_logging(level, fmt="text"):
@@ -31,7 +31,7 @@ def check_only(settings):
 def main(argv=None):
     args = sys.argv[1:] if argv is None else list(argv)
     if args[:1] == ["connect"]:          # the source-side companion: `sphincter connect ...`
-        from .connect import main as connect_main
+        from .agent.connect import main as connect_main
         return connect_main(args[1:])
     try:
         settings = config.parse(argv)

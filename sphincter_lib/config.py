@@ -168,7 +168,7 @@ def path_or_empty(text):
 
 def tokens(text):
     """Comma-separated source tokens and/or ``@file`` (one token per line); '' for none."""
-    from .security import parse_tokens
+    from .relay.security import parse_tokens
     try:
         return parse_tokens(str(text))
     except (OSError, ValueError) as exc:
@@ -507,7 +507,7 @@ def check(s):
             "argument --subscriber-buffer-bytes: must be at least --max-message-bytes (%d < %d)"
             % (s.subscriber_buffer_bytes, s.max_message_bytes))
     if s.rooms_file:
-        from .roomsfile import load
+        from .proto.roomsfile import load
         try:
             load(s.rooms_file)
         except ConfigError as exc:
@@ -523,7 +523,7 @@ def check(s):
         if bool(c) != bool(k):
             raise ConfigError("argument --%s: needs --%s too" % ((cert, key) if c else (key, cert)))
         if c:
-            from .security import server_ssl_context
+            from .relay.security import server_ssl_context
             try:
                 server_ssl_context(c, k)
             except (OSError, ValueError) as exc:   # ssl.SSLError is an OSError

@@ -17,7 +17,7 @@ if not gevent.monkey.is_module_patched("socket"):
 import websocket  # noqa: E402  (websocket-client)
 
 from sphincter_lib import config  # noqa: E402
-from sphincter_lib.server import Relay  # noqa: E402
+from sphincter_lib.relay.server import Relay  # noqa: E402
 
 from testkit import IN_CI, TIME_FACTOR, require, unit  # noqa: E402,F401
 

@@ -3,8 +3,8 @@ import ipaddress
 
 import pytest
 
-from sphincter_lib.addresses import (canonical, client_address, format_peer, ip_key,
-                                     is_local_client, is_trusted, parse_ip, peer_name)
+from sphincter_lib.proto.addresses import (canonical, client_address, format_peer, ip_key,
+                                           is_local_client, is_trusted, parse_ip, peer_name)
 from sphincter_lib.config import networks
 
 LOOPBACK = networks("127.0.0.1,::1")          # the --trusted-proxies default

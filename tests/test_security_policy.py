@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from sphincter_lib import security
+from sphincter_lib.relay import security
 
 
 def test_tokens_parse_commas_and_files(tmp_path):

@@ -19,7 +19,7 @@ import base64
 import hashlib
 import json
 
-from .errors import SphincterError
+from ..errors import SphincterError
 
 SUBPROTOCOL = "obswebsocket.json"
 RPC_VERSION = 1

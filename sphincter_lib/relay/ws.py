@@ -20,8 +20,8 @@ import gevent
 from gevent.pywsgi import WSGIHandler
 from geventwebsocket.handler import WebSocketHandler
 
-from . import wsproto, wssession
-from .addresses import format_peer
+from ..proto import frames as wsproto, wssession
+from ..proto.addresses import format_peer
 
 logger = logging.getLogger(__name__)
 

@@ -40,8 +40,8 @@ from bisect import bisect_left, bisect_right
 from gevent import get_hub
 from gevent.event import Event
 
-from .closecodes import CloseCode
-from .errors import RoomFullError, RoomNotFound
+from ..closecodes import CloseCode
+from ..errors import RoomFullError, RoomNotFound
 from .outbox import Outbox
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ Both framers keep at most ``max_message_bytes`` bytes between calls, whatever
 the input: memory is bounded, and nothing is dropped.
 """
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 #: ``bytes.isascii`` (CPython 3.7+); on 3.6 a stand-in answering False, so the full UTF-8
 #: check runs instead (same result, slower)

@@ -37,13 +37,14 @@ import time
 import gevent
 from gevent.event import AsyncResult
 
-from . import __version__, redis_keys, resp
-from .backlog import CLOSED, LIVE, WAITING
-from .errors import CannotResume, ConfigError, RelayUnavailable, RoomFullError, RoomLimitError, RoomNotFound, ShuttingDown
-from .redislink import Endpoint, Listener, Pipe, control_client, redis_errors
-from .redisroom import RedisRoom
-from .roomcode import resume_key, room_key
-from .rooms import RoomRegistry
+from .. import __version__
+from ..proto import redis_keys, resp
+from ..rooms.room import CLOSED, LIVE, WAITING
+from ..errors import CannotResume, ConfigError, RelayUnavailable, RoomFullError, RoomLimitError, RoomNotFound, ShuttingDown
+from .link import Endpoint, Listener, Pipe, control_client, redis_errors
+from .room import RedisRoom
+from ..proto.roomcode import resume_key, room_key
+from ..rooms.registry import RoomRegistry
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,9 @@ import sys
 
 import gevent
 
-from . import obsws, wsclient
-from .errors import SphincterError
+from ..proto import obsws
+from . import wsclient
+from ..errors import SphincterError
 
 logger = logging.getLogger(__name__)
 

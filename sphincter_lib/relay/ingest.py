@@ -17,13 +17,13 @@ import time
 import gevent
 from gevent.exceptions import ConcurrentObjectUseError
 
-from .addresses import format_peer
-from .errors import RoomError
+from ..proto.addresses import format_peer
+from ..errors import RoomError
 from .security import ConnectionCaps, check_auth_line
-from .framing import is_text, make_framer
-from .preamble import Preamble
-from .rooms import Source
-from .tcp import keepalive
+from ..proto.framing import is_text, make_framer
+from ..proto.preamble import Preamble
+from ..rooms.registry import Source
+from ..tcp import keepalive
 
 logger = logging.getLogger(__name__)
 

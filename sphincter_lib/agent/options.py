@@ -12,9 +12,9 @@ import collections
 import os
 
 
-from . import __version__, config
-from .errors import ConfigError
-from .obsws import EVENTS_ALL
+from .. import __version__, config
+from ..errors import ConfigError
+from ..proto.obsws import EVENTS_ALL
 
 ENV_PREFIX = "SPHINCTER_CONNECT_"
 

@@ -12,7 +12,7 @@ names share one key space, case-insensitive: :func:`room_key`.
 import re
 import secrets
 
-from .errors import RoomNotFound
+from ..errors import RoomNotFound
 
 ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
 LENGTH = 6

@@ -17,8 +17,8 @@ import codecs
 import hashlib
 import struct
 
-from .closecodes import CloseCode
-from .errors import ProtocolError
+from ..closecodes import CloseCode
+from ..errors import ProtocolError
 
 #: ``bytes.isascii`` (CPython 3.7+); on 3.6 a stand-in answering False (the full check runs)
 _isascii = getattr(bytes, "isascii", lambda data: False)

@@ -13,9 +13,9 @@ session answers pings and closes, this module only echoes data messages.
 
 import logging
 
-from . import wsproto
+from ..proto import frames as wsproto
 from .ws import close_blocking
-from .wssession import OPEN, ServerSession
+from ..proto.wssession import OPEN, ServerSession
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import ssl
 import threading
 import time
 
-from .addresses import ip_key
+from ..proto.addresses import ip_key
 
 CODE_SPACE = 31 ** 6
 

@@ -12,8 +12,8 @@ import time
 
 import gevent.lock
 
-from .errors import SphincterError
-from .tcp import keepalive
+from ..errors import SphincterError
+from ..tcp import keepalive
 
 
 class RelayRefused(SphincterError):

@@ -24,7 +24,7 @@ and line number.
 
 import re
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .roomcode import is_name
 
 #: shortest token accepted in a rooms file

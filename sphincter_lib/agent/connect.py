@@ -29,11 +29,11 @@ import time
 import gevent
 import gevent.event
 
-from .errors import SphincterError
+from ..errors import SphincterError
 from . import wsclient
-from .connect_local import Fatal, make_local
-from .connect_options import parse
-from .connect_relay import RelayLink, RelayRefused
+from .local import Fatal, make_local
+from .options import parse
+from .relay_link import RelayLink, RelayRefused
 
 logger = logging.getLogger(__name__)
 
@@ -355,7 +355,7 @@ class Bridge:
 
 
 def main(argv=None, env=None):
-    from .cli import setup_logging
+    from ..cli import setup_logging
     try:
         opts = parse(argv, env)
     except SphincterError as exc:

@@ -29,8 +29,8 @@ What the adapter does, by state:
   After :meth:`receive_eof` nothing is sent at all.
 """
 
-from . import wsproto
-from .closecodes import CloseCode
+from . import frames as wsproto
+from ..closecodes import CloseCode
 
 OPEN, CLOSING, CLOSED = "open", "closing", "closed"
 

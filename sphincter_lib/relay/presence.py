@@ -24,7 +24,7 @@ elsewhere.
 import json
 from urllib.parse import parse_qs
 
-from .errors import RelayUnavailable, RoomNotFound, ShuttingDown
+from ..errors import RelayUnavailable, RoomNotFound, ShuttingDown
 
 #: longest long-poll (seconds)
 MAX_WAIT = 30.0

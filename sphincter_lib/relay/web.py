@@ -19,13 +19,15 @@ import gevent
 from gevent.event import Event
 from gevent.pool import Group
 
-from . import __version__, api, metrics, presence, viewer, wsproto
-from .addresses import client_address, is_local_client, is_trusted, peer_name
-from .closecodes import CloseCode
-from .errors import RelayUnavailable, RoomFullError, RoomNotFound, ShuttingDown
+from .. import __version__
+from . import api, metrics, presence, viewer
+from ..proto import frames as wsproto
+from ..proto.addresses import client_address, is_local_client, is_trusted, peer_name
+from ..closecodes import CloseCode
+from ..errors import RelayUnavailable, RoomFullError, RoomNotFound, ShuttingDown
 from .security import ConnectionCaps, OriginPolicy, RateLimiter
 from .ws import close_blocking
-from .wssession import CLOSING, OPEN, PING_TIMEOUT, ServerSession
+from ..proto.wssession import CLOSING, OPEN, PING_TIMEOUT, ServerSession
 
 logger = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ import gevent
 from gevent.event import Event
 from gevent.lock import Semaphore
 
-from . import resp
+from ..proto import resp
 
 logger = logging.getLogger(__name__)
 

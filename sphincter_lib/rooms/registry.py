@@ -38,10 +38,10 @@ import hmac
 import logging
 import time
 
-from .backlog import (CLOSED, CUT, LIVE, SKIP, SLOW_CLOSE, SOURCE_CLOSED, WAITING, Room, RoomLimits,
-                      Subscriber)
-from .errors import CannotResume, RoomLimitError, RoomNotFound, ShuttingDown
-from .roomcode import make_code, resume_key, room_key
+from .room import (CLOSED, CUT, LIVE, SKIP, SLOW_CLOSE, SOURCE_CLOSED, WAITING, Room, RoomLimits,
+                   Subscriber)
+from ..errors import CannotResume, RoomLimitError, RoomNotFound, ShuttingDown
+from ..proto.roomcode import make_code, resume_key, room_key
 from .stats import Stats
 
 logger = logging.getLogger(__name__)

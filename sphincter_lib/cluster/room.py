@@ -26,9 +26,9 @@ import time
 
 from gevent.event import Event
 
-from .backlog import CLOSED, LIVE, SLOW_CLOSE, SOURCE_CLOSED, WAITING, Room
-from .errors import RelayUnavailable
-from . import redis_keys, resp
+from ..rooms.room import CLOSED, LIVE, SLOW_CLOSE, SOURCE_CLOSED, WAITING, Room
+from ..errors import RelayUnavailable
+from ..proto import redis_keys, resp
 
 logger = logging.getLogger(__name__)
 

@@ -17,13 +17,14 @@ from gevent.event import Event
 from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 from gevent.server import StreamServer
 
-from . import roomsfile, security, wsproto
-from .addresses import format_peer
-from .closecodes import CloseCode
-from .errors import BindError, ConfigError
+from ..proto import roomsfile, frames as wsproto
+from . import security
+from ..proto.addresses import format_peer
+from ..closecodes import CloseCode
+from ..errors import BindError, ConfigError
 from .ingest import SourceHandler
-from .rooms import RoomRegistry
-from .stats import Stats
+from ..rooms.registry import RoomRegistry
+from ..rooms.stats import Stats
 from .web import WebApp
 from .ws import Handler
 
@@ -94,7 +95,7 @@ class Relay:
         self.stats = stats if stats is not None else Stats()
         model, extra = RoomRegistry, {}
         if settings.redis_url:
-            from .broker_redis import RedisRoomModel
+            from ..cluster.model import RedisRoomModel
             model = RedisRoomModel
             extra = dict(redis_url=settings.redis_url, node=settings.node_name,
                          prefix=settings.redis_prefix, lease=settings.redis_lease)

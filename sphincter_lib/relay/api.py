@@ -19,8 +19,8 @@ import json
 import logging
 from datetime import datetime, timezone
 
-from .addresses import client_address, peer_name
-from .errors import RelayUnavailable, RoomNotFound, ShuttingDown
+from ..proto.addresses import client_address, peer_name
+from ..errors import RelayUnavailable, RoomNotFound, ShuttingDown
 
 logger = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ import socket
 import ssl
 import struct
 
-from . import wsproto
-from .closecodes import CloseCode
-from .errors import ProtocolError, SphincterError
-from .wsproto import BINARY, CLOSE, PING, PONG, TEXT
+from ..proto import frames as wsproto
+from ..closecodes import CloseCode
+from ..errors import ProtocolError, SphincterError
+from ..proto.frames import BINARY, CLOSE, PING, PONG, TEXT
 
 _CODE = struct.Struct("!H")
 
