@@ -20,8 +20,8 @@ from hostile_client import OP_TEXT, ws_connect  # noqa: E402
 from nginxkit import Nginx  # noqa: E402
 from testkit import require, unit  # noqa: E402
 
-from sphincter_lib import config  # noqa: E402
-from sphincter_lib.config import networks  # noqa: E402
+from sphincter_lib.relay import config  # noqa: E402
+from sphincter_lib.relay.config import networks  # noqa: E402
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -17,7 +17,8 @@ import pytest
 import websocket
 from prometheus_client.parser import text_string_to_metric_families
 
-from sphincter_lib import __version__, config, logformat
+from sphincter_lib import __version__, logformat
+from sphincter_lib.relay import config
 from sphincter_lib.errors import ConfigError
 from sphincter_lib.relay.metrics import RelayCollector
 from sphincter_lib.rooms import registry as rooms

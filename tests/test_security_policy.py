@@ -1,4 +1,4 @@
-"""Unit tests of sphincter_lib.security (pure policy objects)."""
+"""Unit tests of sphincter_lib.relay.security (pure policy objects)."""
 import ssl
 import subprocess
 

@@ -1,4 +1,4 @@
-"""The sans-IO server session (sphincter_lib/wssession.py), fed bytes in memory.
+"""The sans-IO server session (sphincter_lib/proto/wssession.py), fed bytes in memory.
 
 No sockets, no clock: frames come from conftest.mask_frame (built independently
 of wsproto), time is passed in. Modelled on python-websockets' tests/test_protocol.py.

@@ -14,8 +14,8 @@ the local service: TCP backpressure) and relay -> local (write-back; dropped,
 and counted, while the local service is down). The room survives a relay-link
 drop through its ``RESUME`` line.
 
-Modules: :mod:`.connect_options` (the options), :mod:`.connect_relay` (the relay link and
-its sans-IO banner parser), :mod:`.connect_local` (the local services), this one (backoff,
+Modules: :mod:`.options` (the options), :mod:`.relay_link` (the relay link and
+its sans-IO banner parser), :mod:`.local` (the local services), this one (backoff,
 the two sides, the pumps, ``main``).
 """
 
@@ -30,6 +30,7 @@ import gevent
 import gevent.event
 
 from ..errors import SphincterError
+from ..logformat import setup_logging
 from . import wsclient
 from .local import Fatal, make_local
 from .options import parse
@@ -355,7 +356,6 @@ class Bridge:
 
 
 def main(argv=None, env=None):
-    from ..cli import setup_logging
     try:
         opts = parse(argv, env)
     except SphincterError as exc:

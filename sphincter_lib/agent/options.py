@@ -12,7 +12,7 @@ import collections
 import os
 
 
-from .. import __version__, config
+from .. import __version__, options
 from ..errors import ConfigError
 from ..proto.obsws import EVENTS_ALL
 
@@ -42,10 +42,10 @@ def _hostport(text, default_port=None):
         port_text = str(default_port)
     if not host or not port_text:
         raise argparse.ArgumentTypeError("expected HOST:PORT, got %r" % text)
-    port = config.port(port_text)
+    port = options.port(port_text)
     if port == 0:
         raise argparse.ArgumentTypeError("invalid port 0 in %r" % text)
-    return config.host(host), port
+    return options.host(host), port
 
 
 def relay_address(text):
@@ -118,48 +118,48 @@ OPTIONS = (
          "SPEC"),
     _opt("token", "", _token, "sent as 'AUTH <TOKEN>' first: a named room's token or one of the "
          "relay's --source-tokens; prefer the env var to the command line", "TOKEN"),
-    _opt("tls", "off", config.boolean, "connect to the relay with TLS (its --source-tls-cert)", "on|off"),
-    _opt("tls-ca", "", config.path_or_empty, "CA file to verify the relay's certificate "
+    _opt("tls", "off", options.boolean, "connect to the relay with TLS (its --source-tls-cert)", "on|off"),
+    _opt("tls-ca", "", options.path_or_empty, "CA file to verify the relay's certificate "
          "(default: the system's CAs)", "FILE"),
-    _opt("tls-server-name", "", config.path_or_empty, "name to ask for (SNI) and to verify in the "
+    _opt("tls-server-name", "", options.path_or_empty, "name to ask for (SNI) and to verify in the "
          "relay's certificate (default: the --relay host)", "NAME"),
-    _opt("local-connect", "start", config.choice("start", "on-write"), "when to connect to the "
+    _opt("local-connect", "start", options.choice("start", "on-write"), "when to connect to the "
          "local service: 'start' (at once, and again whenever it drops) or 'on-write' (when write-"
          "back data arrives, and again after it closed: for tunnels whose client speaks first, as "
          "a room drops what its source sends before anyone joined)", "WHEN"),
-    _opt("framing", "lines", config.choice("lines", "raw"), "the relay's --framing: with 'lines', "
+    _opt("framing", "lines", options.choice("lines", "raw"), "the relay's --framing: with 'lines', "
          "each WebSocket message of a ws:// service becomes one line and write-back lines become "
          "messages; with 'raw', chunks", "MODE"),
-    _opt("max-message-bytes", "16MiB", config.size, "largest WebSocket message to or from a ws:// "
+    _opt("max-message-bytes", "16MiB", options.size, "largest WebSocket message to or from a ws:// "
          "or obs:// service (longer write-back lines are sent in pieces)", "SIZE"),
-    _opt("keepalive", "0", config.seconds, "send a bare newline to the relay after this many quiet "
+    _opt("keepalive", "0", options.seconds, "send a bare newline to the relay after this many quiet "
          "seconds, only between lines (--framing lines: never published), so a relay with "
          "--source-idle-timeout keeps a quiet source; 0: never", "SECONDS"),
-    _opt("retry-min", "0.5", config.positive_seconds, "first reconnect delay (seconds); doubles on "
+    _opt("retry-min", "0.5", options.positive_seconds, "first reconnect delay (seconds); doubles on "
          "each failure, with jitter", "SECONDS"),
-    _opt("retry-max", "30", config.positive_seconds, "longest reconnect delay (seconds)", "SECONDS"),
-    _opt("connect-timeout", "10", config.positive_seconds, "seconds allowed to connect and get "
+    _opt("retry-max", "30", options.positive_seconds, "longest reconnect delay (seconds)", "SECONDS"),
+    _opt("connect-timeout", "10", options.positive_seconds, "seconds allowed to connect and get "
          "the relay's banner (or OBS's Identified)", "SECONDS"),
-    _opt("stats-interval", "60", config.seconds, "seconds between status lines in the log "
+    _opt("stats-interval", "60", options.seconds, "seconds between status lines in the log "
          "(state, bytes relayed); 0: none", "SECONDS"),
     _opt("obs-password", "", str, "obs-websocket password (Tools > WebSocket Server Settings); "
          "prefer the env var", "PASSWORD", env="SPHINCTER_OBS_PASSWORD"),
     _opt("obs-events", "all", event_mask, "obs-websocket eventSubscriptions bitmask ('all': every "
          "non-high-volume event)", "MASK"),
-    _opt("obs-allow-requests", "off", config.boolean, "forward writers' obs-websocket requests "
+    _opt("obs-allow-requests", "off", options.boolean, "forward writers' obs-websocket requests "
          "(op 6/8) to OBS; off: they are dropped and logged", "on|off"),
     _opt("obs-initial-requests", "GetCurrentProgramScene", _names, "obs-websocket requests (comma-"
          "separated types, no data) sent after each connection to OBS; their responses go to the room "
          "so it knows the current state at once; '' for none", "TYPES"),
-    _opt("log-level", "info", config.choice(*config.LOG_LEVELS), "log level: debug, info, warning, "
+    _opt("log-level", "info", options.choice(*options.LOG_LEVELS), "log level: debug, info, warning, "
          "error", "LEVEL"),
-    _opt("log-format", "text", config.choice("text", "json"), "log line format: text or json", "FORMAT"),
+    _opt("log-format", "text", options.choice("text", "json"), "log line format: text or json", "FORMAT"),
 )
 _FLAGS = ("tls", "obs-allow-requests")     # also accepted bare: --tls means --tls on
 
 
 def build_parser():
-    parser = config.new_parser(
+    parser = options.new_parser(
         "sphincter connect",
         "Bridge one local service into one Sphincter room, both ways, and keep "
         "doing so (reconnecting, resuming the room). Prints 'ROOM <CODE>' (and "
@@ -180,7 +180,7 @@ def build_parser():
 
 
 def parse(argv=None, env=None):
-    ns = config.parse_args(build_parser(), argv, env)
+    ns = options.parse_args(build_parser(), argv, env)
     ns.spec = getattr(ns, "from")
     if ns.retry_max < ns.retry_min:
         raise ConfigError("argument --retry-max: must be at least --retry-min")

@@ -1,4 +1,4 @@
-"""A small WebSocket *client* (RFC 6455) on top of :mod:`.wsproto`.
+"""A small WebSocket *client* (RFC 6455) on top of :mod:`..proto.frames`.
 
 The protocol part is sans-IO: :func:`handshake_request` builds the upgrade
 request, :func:`check_handshake` validates the server's answer (status 101,
@@ -15,7 +15,7 @@ import socket
 import ssl
 import struct
 
-from ..proto import frames as wsproto
+from ..proto import frames
 from ..closecodes import CloseCode
 from ..errors import ProtocolError, SphincterError
 from ..proto.frames import BINARY, CLOSE, PING, PONG, TEXT
@@ -121,7 +121,7 @@ def check_handshake(head, key, subprotocols=()):
     if "upgrade" not in [t.strip() for t in ",".join(fields.get("connection", [])).lower().split(",")]:
         raise HandshakeError("no 'Connection: Upgrade' in the response")
     accept = fields.get("sec-websocket-accept", [])
-    if accept != [wsproto.accept_key(key)]:
+    if accept != [frames.accept_key(key)]:
         raise HandshakeError("wrong Sec-WebSocket-Accept")
     chosen = fields.get("sec-websocket-protocol", [])
     if not chosen:
@@ -145,11 +145,11 @@ def encode_client_frame(opcode, payload, mask=None):
         head = struct.pack("!BBH", b0, 0x80 | 126, n)
     else:
         head = struct.pack("!BBQ", b0, 0x80 | 127, n)
-    return head + mask + wsproto.unmask(payload, mask)
+    return head + mask + frames.unmask(payload, mask)
 
 
 def encode_client_close(code=CloseCode.NORMAL, reason="", mask=None):
-    payload = b"" if code is None else _CODE.pack(code) + reason.encode("utf-8")[:wsproto.MAX_CLOSE_REASON]
+    payload = b"" if code is None else _CODE.pack(code) + reason.encode("utf-8")[:frames.MAX_CLOSE_REASON]
     return encode_client_frame(CLOSE, payload, mask)
 
 
@@ -165,7 +165,7 @@ class ClientSession:
     """
 
     def __init__(self, max_message_bytes=16 << 20):
-        self.parser = wsproto.FrameParser(max_message_bytes=max_message_bytes, require_mask=False)
+        self.parser = frames.FrameParser(max_message_bytes=max_message_bytes, require_mask=False)
         self.closed = False
         self.close_sent = False
         self.close_code = None
@@ -182,7 +182,7 @@ class ClientSession:
                 replies.append(encode_client_frame(PONG, payload))
             elif opcode == CLOSE:
                 self.closed = True
-                self.close_code, self.close_reason = wsproto.parse_close(payload)
+                self.close_code, self.close_reason = frames.parse_close(payload)
                 if not self.close_sent:
                     self.close_sent = True
                     replies.append(encode_client_close(self.close_code))

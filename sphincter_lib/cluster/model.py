@@ -1,10 +1,10 @@
 """Redis mode: the rooms of several processes (*nodes*) shared through one Redis.
 
-:class:`RedisRoomModel` is the :class:`~sphincter_lib.rooms.RoomModel` of a
+:class:`RedisRoomModel` is the :class:`~sphincter_lib.rooms.registry.RoomModel` of a
 node started with ``--redis-url``. ``ingest`` and ``web`` use it exactly like
 the in-process registry. What it adds (design and measurements:
 ``docs/redis-design.md``; keys and scripts: ``redis_keys``; I/O:
-``redislink``; a room as a node sees it: ``redisroom``):
+``cluster.link``; a room as a node sees it: ``cluster.room``):
 
 - **rooms relay-wide**: a code is reserved in Redis (``OPEN``), so codes are
   unique across nodes and ``--max-rooms`` counts every node's rooms; a named
@@ -12,7 +12,7 @@ the in-process registry. What it adds (design and measurements:
   it is, with the room's epoch); a source may ``RESUME`` its room on any node;
 - **messages**: the node holding a room's source publishes one batch per loop
   turn; a node with subscribers in the room listens to it and nobody else
-  receives anything of it (see ``redisroom``);
+  receives anything of it (see ``cluster.room``);
 - **subscribers**: admitted against the relay-wide count (``ADMIT``, 4429);
   a room this node has never seen is looked up in Redis and mirrored;
 - **liveness**: every ``--redis-lease``/3 s the node renews its heartbeat and

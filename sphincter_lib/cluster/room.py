@@ -1,6 +1,6 @@
 """Redis mode: a room as one node sees it, and its write-back queue in Redis.
 
-A :class:`RedisRoom` is a :class:`backlog.Room` — local subscribers are
+A :class:`RedisRoom` is a :class:`rooms.room.Room` — local subscribers are
 cursors into its backlog, exactly as in one process — that also takes part in
 the relay-wide room:
 
@@ -489,7 +489,7 @@ class RedisRoom(Room):
 class RedisOutbox:
     """The room's write-back queue, in Redis (``P:out:{K}``): writers on any node put whole
     messages; the drainer on the owner's node takes them. The same interface as
-    :class:`~sphincter_lib.outbox.Outbox`."""
+    :class:`~sphincter_lib.rooms.outbox.Outbox`."""
 
     def __init__(self, room, limit):
         self.room = room

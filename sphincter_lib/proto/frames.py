@@ -7,7 +7,7 @@ returns complete events; it raises :class:`~sphincter_lib.errors.ProtocolError`
 with the close code to answer (1002 protocol error, 1007 invalid UTF-8,
 1009 too big) as soon as a violation is visible, and checks sizes from the
 frame header *before* any payload is buffered. What a server does with those
-events (pongs, the closing handshake) is :mod:`sphincter_lib.wssession`'s
+events (pongs, the closing handshake) is :mod:`sphincter_lib.proto.wssession`'s
 business; every close code is in :mod:`sphincter_lib.closecodes`.
 """
 

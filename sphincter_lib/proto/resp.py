@@ -1,6 +1,6 @@
 """RESP (the Redis protocol), sans-IO: encode commands, parse replies and pub/sub pushes.
 
-Only what the relay's two hot Redis connections need (see ``redislink``):
+Only what the relay's two hot Redis connections need (see ``cluster.link``):
 :func:`command` encodes one command as a RESP array of bulk strings, and
 :class:`Parser` turns the bytes read from a connection into replies —
 ``bytes`` (simple and bulk strings), ``int``, ``None`` (null), ``list``

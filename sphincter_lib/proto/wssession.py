@@ -29,7 +29,7 @@ What the adapter does, by state:
   After :meth:`receive_eof` nothing is sent at all.
 """
 
-from . import frames as wsproto
+from . import frames
 from ..closecodes import CloseCode
 
 OPEN, CLOSING, CLOSED = "open", "closing", "closed"
@@ -37,7 +37,7 @@ OPEN, CLOSING, CLOSED = "open", "closing", "closed"
 #: the close code and reason for a peer that left a keepalive ping unanswered
 PING_TIMEOUT = CloseCode.INTERNAL_ERROR, "ping timeout"
 
-_PING = wsproto.encode_ping(b"")
+_PING = frames.encode_ping(b"")
 
 
 class ServerSession:
@@ -87,19 +87,19 @@ class ServerSession:
             return
         parser = self._parser
         if parser is None:
-            parser = self._parser = wsproto.FrameParser(max_message_bytes=self.max_message_bytes,
+            parser = self._parser = frames.FrameParser(max_message_bytes=self.max_message_bytes,
                                                         keep_data=self.keep_data)
         events, error = parser.feed_partial(data)
         if events:
             self.ping_sent_at = None     # any frame proves the peer is alive
         for opcode, payload in events:
-            if opcode == wsproto.PING:
+            if opcode == frames.PING:
                 if self.state is OPEN:
-                    self._queue(wsproto.encode_pong(payload))
-            elif opcode == wsproto.CLOSE:
+                    self._queue(frames.encode_pong(payload))
+            elif opcode == frames.CLOSE:
                 self._on_close(payload)
                 return
-            elif opcode != wsproto.PONG and on_message is not None and self.state is OPEN:
+            elif opcode != frames.PONG and on_message is not None and self.state is OPEN:
                 on_message(opcode, payload)
         if error is not None:
             self.close_received = parser.close_seen     # a broken close frame: the peer is done
@@ -111,7 +111,7 @@ class ServerSession:
         if self.close_sent:
             self.state = CLOSED          # the peer answered our close
             return
-        code, _reason = wsproto.parse_close(payload)    # validated by the parser already
+        code, _reason = frames.parse_close(payload)    # validated by the parser already
         self.send_close(code)            # echo the peer's code (none if it sent none)
 
     def receive_eof(self):
@@ -138,7 +138,7 @@ class ServerSession:
         """Queue a data message (``OPEN`` only; ignored otherwise)."""
         if self.state is not OPEN:
             return
-        frame = wsproto.encode_message(payload, text)
+        frame = frames.encode_message(payload, text)
         if frame.__class__ is tuple:     # a large frame: (header, payload)
             self._queue(frame[0])
             frame = frame[1]
@@ -151,7 +151,7 @@ class ServerSession:
             return
         self.close_sent = True
         self.close_code, self.close_reason = code, reason
-        self._queue(wsproto.encode_close(code, reason))
+        self._queue(frames.encode_close(code, reason))
         self.state = CLOSED if self.close_received or self.failed else CLOSING
 
     def fail(self, code, reason):

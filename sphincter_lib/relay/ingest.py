@@ -120,7 +120,7 @@ class SourceHandler:
     def _greet(self, sock, peer):
         """TLS handshake and the preamble lines (``AUTH``, ``RESUME``), within ``handshake_timeout``.
 
-        Returns a :class:`~sphincter_lib.preamble.Result` (its ``rest`` is the
+        Returns a :class:`~sphincter_lib.proto.preamble.Result` (its ``rest`` is the
         start of the source's data), or None if the source is to be dropped."""
         timer = gevent.Timeout.start_new(self.handshake_timeout) if self.handshake_timeout else None
         secured = not self.tls

@@ -1,7 +1,7 @@
 """``GET /metrics``: Prometheus exposition through ``prometheus_client``.
 
 Nothing here runs on the data path. :class:`RelayCollector` reads the process-wide
-:class:`~sphincter_lib.stats.Stats` counters and walks the live rooms only when Prometheus
+:class:`~sphincter_lib.rooms.stats.Stats` counters and walks the live rooms only when Prometheus
 scrapes; the relay bumps plain integers as it already does. No room code appears in any label,
 so the endpoint can be public without leaking codes.
 
@@ -88,7 +88,7 @@ REDIS_COUNTERS = (
 class RelayCollector:
     """Reads the relay's state at scrape time.
 
-    ``registry`` is the :class:`~sphincter_lib.rooms.RoomRegistry` (its ``stats`` are read too);
+    ``registry`` is the :class:`~sphincter_lib.rooms.registry.RoomRegistry` (its ``stats`` are read too);
     ``connections`` (optional) returns the number of open WebSocket connections.
     """
 

@@ -17,7 +17,7 @@ from gevent.event import Event
 from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 from gevent.server import StreamServer
 
-from ..proto import roomsfile, frames as wsproto
+from ..proto import frames, roomsfile
 from . import security
 from ..proto.addresses import format_peer
 from ..closecodes import CloseCode
@@ -100,7 +100,7 @@ class Relay:
             extra = dict(redis_url=settings.redis_url, node=settings.node_name,
                          prefix=settings.redis_prefix, lease=settings.redis_lease)
         self.registry = model(
-            encode=wsproto.encode_message,
+            encode=frames.encode_message,
             max_rooms=settings.max_rooms,
             max_subscribers_per_room=settings.max_subscribers_per_room,
             buffer_bytes=settings.subscriber_buffer_bytes,

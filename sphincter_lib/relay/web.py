@@ -3,7 +3,7 @@
 A subscriber :class:`Session` is one greenlet, its writer (it drains the
 room's backlog from the subscriber's cursor and writes what the protocol
 session queued), plus an I/O watcher that feeds what the client sends to the
-sans-IO :class:`~sphincter_lib.wssession.ServerSession` from the event loop.
+sans-IO :class:`~sphincter_lib.proto.wssession.ServerSession` from the event loop.
 While the writer sleeps, the event loop writes new frames itself with
 non-blocking sends (:meth:`Session._direct`); it never does while the writer
 is awake, so frames never interleave.
@@ -21,7 +21,7 @@ from gevent.pool import Group
 
 from .. import __version__
 from . import api, metrics, presence, viewer
-from ..proto import frames as wsproto
+from ..proto import frames
 from ..proto.addresses import client_address, is_local_client, is_trusted, peer_name
 from ..closecodes import CloseCode
 from ..errors import RelayUnavailable, RoomFullError, RoomNotFound, ShuttingDown
@@ -94,11 +94,11 @@ class Session:
 
     #: most bytes written to one subscriber per write (small frames are joined up to this;
     #: a frame this big or bigger goes alone, uncopied)
-    batch_bytes = wsproto.LARGE_PAYLOAD
+    batch_bytes = frames.LARGE_PAYLOAD
     #: most bytes written to one subscriber before its writer yields to the event loop (a
     #: socket that stays writable never blocks, so a fast reader would otherwise hold the loop);
     #: also the most one direct write from the event loop sends before handing over to the writer
-    yield_bytes = 4 * wsproto.LARGE_PAYLOAD
+    yield_bytes = 4 * frames.LARGE_PAYLOAD
 
     __slots__ = ("conn", "sub", "peer", "app", "ws", "_peer_closed", "writer")
 

@@ -6,7 +6,7 @@ is ours: :class:`Handler` replaces its handshake checks (clean 400/426 answers
 with bytes bodies, HTTP/1.0 refused, bad keys refused), and :class:`Connection`
 replaces its ``WebSocket`` class with socket I/O only: the protocol (parsing,
 pongs, the closing handshake with explicit close codes, which gevent-websocket
-0.10.1 drops) is a sans-IO :class:`~sphincter_lib.wssession.ServerSession`
+0.10.1 drops) is a sans-IO :class:`~sphincter_lib.proto.wssession.ServerSession`
 that the endpoints (``web.py``, ``echo.py``) drive over a Connection;
 :func:`close_blocking` ends one from a greenlet that reads and writes itself.
 """
@@ -20,7 +20,7 @@ import gevent
 from gevent.pywsgi import WSGIHandler
 from geventwebsocket.handler import WebSocketHandler
 
-from ..proto import frames as wsproto, wssession
+from ..proto import frames, wssession
 from ..proto.addresses import format_peer
 
 logger = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class Handler(WebSocketHandler):
             return self._refuse("426 Upgrade Required", "only WebSocket version 13 is supported\n",
                                 [("Sec-WebSocket-Version", "13")])
         key = env.get("HTTP_SEC_WEBSOCKET_KEY", "").strip()
-        if not wsproto.valid_key(key):
+        if not frames.valid_key(key):
             return self._refuse("400 Bad Request", "invalid Sec-WebSocket-Key\n")
         precheck = getattr(self.application, "precheck", None)
         refusal = precheck(env) if precheck is not None else None
@@ -152,7 +152,7 @@ class Handler(WebSocketHandler):
         self.start_response("101 Switching Protocols", [
             ("Upgrade", "websocket"),
             ("Connection", "Upgrade"),
-            ("Sec-WebSocket-Accept", wsproto.accept_key(key)),
+            ("Sec-WebSocket-Accept", frames.accept_key(key)),
         ])
         return None
 
@@ -173,7 +173,7 @@ def _one_line(text, limit=_MAX_REASON):
 
 
 class Connection:
-    """One upgraded connection's socket I/O, for a :class:`~sphincter_lib.wssession.ServerSession`.
+    """One upgraded connection's socket I/O, for a :class:`~sphincter_lib.proto.wssession.ServerSession`.
 
     Reading: :meth:`recv` (a greenlet that reads and writes itself: the echo
     endpoint, refusals) or :meth:`start_reading` (bytes delivered from the

@@ -99,7 +99,7 @@ class RoomEvents:
 class RoomModel:
     """The interface of a room registry. :class:`RoomRegistry` is the in-memory one."""
 
-    #: process-wide counters (:class:`~sphincter_lib.stats.Stats`)
+    #: process-wide counters (:class:`~sphincter_lib.rooms.stats.Stats`)
     stats = None
     #: subscribers in every room now
     subscriber_count = 0
@@ -280,7 +280,7 @@ class RoomRegistry(RoomModel, RoomEvents):
         return room
 
     def reload(self, specs):
-        """Make the named rooms those of ``specs`` (:class:`~sphincter_lib.roomsfile.RoomSpec`).
+        """Make the named rooms those of ``specs`` (:class:`~sphincter_lib.proto.roomsfile.RoomSpec`).
 
         New rooms appear (waiting for a source); changed ones take their new
         token and options (subscribers stay); removed ones close with 4410

@@ -2,7 +2,7 @@
 
 Data path: ``Room.publish(payload, text)`` encodes the message as a frame
 **once** and appends it to the room's shared *backlog*; every subscriber has a
-cursor into that backlog. A subscriber's writer (an adapter, see ``web.py``)
+cursor into that backlog. A subscriber's writer (an adapter, see ``relay/web.py``)
 calls :meth:`Subscriber.take` to get everything from its cursor on as one
 buffer (bounded by a batch size), writes it, then :meth:`Subscriber.commit`.
 
@@ -28,9 +28,9 @@ progress for ``stall_timeout`` seconds, so a room whose every subscriber
 froze lets its source go.
 
 A room knows nothing of its registry: it gets its limits (:class:`RoomLimits`)
-and an events listener (:class:`~sphincter_lib.rooms.RoomEvents`) when made,
+and an events listener (:class:`~sphincter_lib.rooms.registry.RoomEvents`) when made,
 and tells the listener what happens to it. The interface the rest of the relay
-uses is declared in :mod:`sphincter_lib.rooms`.
+uses is declared in :mod:`sphincter_lib.rooms.registry`.
 """
 
 import logging

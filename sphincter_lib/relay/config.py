@@ -1,82 +1,25 @@
-"""Options: one declaration each (flag, env var, config key, type, default, help).
+"""The relay's options: one declaration each (flag, env var, config key, type, default, help).
 
 Precedence: command line > environment (``SPHINCTER_*``) > config file
 (``key = value`` lines, keys are the long option names) > default.
 :func:`parse` returns a frozen :class:`Settings`; any bad value raises
-:class:`~sphincter_lib.errors.ConfigError` with one line naming the option.
+:class:`~sphincter_lib.errors.ConfigError` with one line naming the option. The value types
+and the parser are shared with ``sphincter connect`` (:mod:`sphincter_lib.options`).
 """
 
 import argparse
 import ipaddress
-import os
 import re
-import sys
 
-import configargparse
-
-from . import __version__
-from .errors import ConfigError
+from .. import __version__
+from ..errors import ConfigError
+from ..options import (LOG_LEVELS, boolean, choice, count, host, limit, new_parser, parse_args, path_or_empty,
+                       port, positive_seconds, seconds, size, size_or_auto)
 
 ENV_PREFIX = "SPHINCTER_"
-LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-# --- value types: each raises ArgumentTypeError with a short reason ---------------
-
-def port(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("invalid port %r (expected 0-65535)" % text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError("invalid port %r (expected 0-65535)" % text)
-    return value
-
-
-def host(text):
-    text = text.strip()
-    if not text or any(c.isspace() for c in text):
-        raise argparse.ArgumentTypeError("invalid host %r" % text)
-    return text
-
-
-_SIZE = re.compile(r"^\s*(\d+)\s*(|b|k|kb|kib|m|mb|mib|g|gb|gib)\s*$", re.I)
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 1000 ** 2,
-          "mib": 1 << 20, "g": 1 << 30, "gb": 1000 ** 3, "gib": 1 << 30}
-
-
-def size(text, _examples="65536, 64KiB, 1MiB"):
-    """Bytes: ``65536``, ``64KiB``, ``1MiB``, ``1M`` (binary), ``1MB`` (decimal); at least 1."""
-    if isinstance(text, int):
-        value = text
-    else:
-        m = _SIZE.match(str(text))
-        if not m:
-            raise argparse.ArgumentTypeError("invalid size %r (e.g. %s)" % (text, _examples))
-        value = int(m.group(1)) * _UNITS[m.group(2).lower()]
-    if value < 1:
-        raise argparse.ArgumentTypeError("invalid size %r (must be at least 1 byte)" % text)
-    return value
-
-
-def size_or_auto(text):
-    """A size, or ``auto`` (0) for a default derived from other options."""
-    if str(text).strip().lower() == "auto":
-        return 0
-    return size(text, "65536, 64KiB, 1MiB or auto")
-
-
-def _integer(minimum, hint):
-    def parse(text):
-        try:
-            value = int(text)
-        except (TypeError, ValueError):
-            raise argparse.ArgumentTypeError("invalid number %r" % text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError("invalid number %r (%s)" % (text, hint))
-        return value
-    return parse
-
+# --- the relay's own value types (the shared ones are in sphincter_lib/options.py) ---
 
 _REDIS_URL = re.compile(r"^(redis|rediss)://([^@/\s]*@)?(\[[0-9a-fA-F:.]+\]|[^:/@\s\[\]]+)(:\d{1,5})?(/\d+)?/?$")
 
@@ -110,43 +53,6 @@ def node_name(text):
     return text
 
 
-#: a count of at least 1
-count = _integer(1, "must be at least 1")
-#: a count where 0 means 'no limit'
-limit = _integer(0, "must be >= 0; 0: no limit")
-
-
-def seconds(text):
-    """A duration in seconds, ``0`` allowed where it means 'off'."""
-    try:
-        value = float(str(text).rstrip("s"))
-    except ValueError:
-        raise argparse.ArgumentTypeError("invalid duration %r (seconds, e.g. 20 or 0.5)" % text)
-    if value < 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError("invalid duration %r (must be >= 0)" % text)
-    return value
-
-
-def positive_seconds(text):
-    value = seconds(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("invalid duration %r (must be > 0)" % text)
-    return value
-
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-def boolean(text):
-    word = str(text).strip().lower()
-    if word in _TRUE:
-        return True
-    if word in _FALSE:
-        return False
-    raise argparse.ArgumentTypeError("invalid boolean %r (use on/off, true/false, yes/no)" % text)
-
-
 def networks(text):
     """Comma-separated IP addresses or CIDR networks; empty for none."""
     nets = []
@@ -161,14 +67,9 @@ def networks(text):
     return tuple(nets)
 
 
-def path_or_empty(text):
-    """A file path, or '' for none (the file is read when the server starts)."""
-    return str(text).strip()
-
-
 def tokens(text):
     """Comma-separated source tokens and/or ``@file`` (one token per line); '' for none."""
-    from .relay.security import parse_tokens
+    from .security import parse_tokens
     try:
         return parse_tokens(str(text))
     except (OSError, ValueError) as exc:
@@ -194,17 +95,6 @@ def secret(text):
     if value and (len(value) < 16 or any(c.isspace() for c in value)):
         raise argparse.ArgumentTypeError("invalid token (at least 16 characters, no spaces)")
     return value
-
-
-def choice(*choices):
-    def parse(text):
-        word = str(text).strip().lower()
-        if word not in choices:
-            raise argparse.ArgumentTypeError(
-                "invalid choice %r (choose from %s)" % (text, ", ".join(choices)))
-        return word
-    parse.__name__ = "choice"
-    return parse
 
 
 # --- the options ----------------------------------------------------------------
@@ -298,7 +188,7 @@ OPTIONS = (
            "set it in the environment or the config file rather than on the command line", "TOKEN"),
     Option("shutdown-timeout", "10", positive_seconds,
            "on SIGTERM/SIGINT, seconds to let subscribers drain before exiting", "SECONDS"),
-    # -- security (see sphincter_lib/security.py) --
+    # -- security (see sphincter_lib/relay/security.py) --
     Option("tls-cert", "", path_or_empty,
            "PEM certificate (chain) for the WebSocket/HTTP listener: serve wss:// and https://", "FILE"),
     Option("tls-key", "", path_or_empty, "PEM private key for --tls-cert", "FILE"),
@@ -328,7 +218,7 @@ OPTIONS = (
            "beyond the burst; more get HTTP 429; 0: no limit", "PER_SECOND"),
     Option("unknown-room-burst", "10", count,
            "unknown-room attempts an address may make at once before the rate applies", "N"),
-    # -- flow control (see sphincter_lib/rooms.py) --
+    # -- flow control (see sphincter_lib/rooms/room.py) --
     Option("flow-control", "on", boolean,
            "read a source only while its room's fastest subscriber is less than "
            "--source-high-water behind (off: the source never waits; slow subscribers are cut)", "on|off"),
@@ -346,7 +236,7 @@ OPTIONS = (
     Option("stall-timeout", "30", seconds,
            "cut (4408) a subscriber that has data waiting and makes no progress for this many seconds; "
            "0: never", "SECONDS"),
-    # -- room lifecycle (see sphincter_lib/rooms.py, roomsfile.py) --
+    # -- room lifecycle (see sphincter_lib/rooms/registry.py, proto/roomsfile.py) --
     Option("rooms-file", "", path_or_empty,
            "named rooms, one per line: 'NAME TOKEN [replay=N] [max-subscribers=N] [slow-policy=cut|skip] "
            "[write=KEY]'; "
@@ -367,7 +257,7 @@ OPTIONS = (
     Option("replay", "0", limit,
            "a subscriber that joins first receives the room's last N messages (at most "
            "--subscriber-buffer-bytes of them); 1: a 'last value' room; 0: none", "N"),
-    # -- several processes sharing rooms (see sphincter_lib/broker_redis.py, docs/REDIS.md) --
+    # -- several processes sharing rooms (see sphincter_lib/cluster/, docs/REDIS.md) --
     Option("redis-url", "", redis_url,
            "share rooms with every process given the same URL (a node of one relay): "
            "redis://[USER:PASSWORD@]HOST:PORT/DB or rediss:// (TLS); empty: rooms live in this "
@@ -426,34 +316,10 @@ class Settings(_ReadOnly):
         return DEFAULT_CLIENT_MESSAGE_BYTES
 
 
-class _Parser(configargparse.ArgParser):
-    def error(self, message):
-        raise ConfigError(message)
-
-
-def new_parser(prog, description, env_prefix=ENV_PREFIX):
-    """A configargparse parser whose errors raise ConfigError (one line), with ``-c/--config``
-    (also read from ``<env_prefix>CONFIG``): shared by the relay's and connect's options."""
-    parser = _Parser(
-        prog=prog,
-        description=description,
-        args_for_setting_config_path=["-c", "--config"],
-        config_arg_help_message="config file (key = value lines, keys are the long option names)",
-        config_file_parser_class=configargparse.DefaultConfigFileParser,
-        formatter_class=configargparse.ArgumentDefaultsRawHelpFormatter,
-        add_env_var_help=True,
-        ignore_unknown_config_file_keys=False,
-    )
-    # configargparse reads the config path from the environment only if declared so:
-    for action in parser._actions:
-        if "--config" in action.option_strings:
-            action.env_var = env_prefix + "CONFIG"
-    return parser
-
-
 def build_parser():
     parser = new_parser("sphincter",
-                        "Sphincter: relay TCP sources to WebSocket subscribers, one room per source.")
+                        "Sphincter: relay TCP sources to WebSocket subscribers, one room per source.",
+                        env_prefix=ENV_PREFIX)
     for opt in OPTIONS + HIDDEN_OPTIONS:
         parser.add_argument(*opt.short, opt.flag, env_var=opt.env, type=opt.type,
                             default=opt.default, metavar=opt.metavar,
@@ -465,29 +331,6 @@ def build_parser():
                              "binds no port")
     parser.add_argument("--version", action="version", version="sphincter " + __version__)
     return parser
-
-
-def parse_args(parser, argv=None, env=None):
-    """``parser.parse_args`` with ``env`` (default os.environ); an unreadable config file is a
-    ConfigError like any other bad value. ``--help`` and ``--version`` print and exit 0 without
-    reading the environment or a config file (see :func:`_answer_help_or_version`)."""
-    args = sys.argv[1:] if argv is None else list(argv)
-    _answer_help_or_version(parser, args)
-    try:
-        return parser.parse_args(args=args, env_vars=os.environ if env is None else env)
-    except OSError as exc:
-        raise ConfigError("cannot read config file: %s" % exc)
-
-
-def _answer_help_or_version(parser, args):
-    """Parse the command line alone first: its ``--help``/``--version`` (abbreviations and a
-    ``--`` included, as argparse reads them) print and exit 0 there, so a bad ``SPHINCTER_*``
-    value or an unreadable config file cannot stop them. Without either, nothing happens: an
-    error of the command line itself is left to the full parse, which reports it in order."""
-    try:
-        parser.parse_known_args(args=args, env_vars={}, config_file_contents="")
-    except ConfigError:
-        pass
 
 
 def parse(argv=None, env=None):
@@ -507,7 +350,7 @@ def check(s):
             "argument --subscriber-buffer-bytes: must be at least --max-message-bytes (%d < %d)"
             % (s.subscriber_buffer_bytes, s.max_message_bytes))
     if s.rooms_file:
-        from .proto.roomsfile import load
+        from ..proto.roomsfile import load
         try:
             load(s.rooms_file)
         except ConfigError as exc:
@@ -523,7 +366,7 @@ def check(s):
         if bool(c) != bool(k):
             raise ConfigError("argument --%s: needs --%s too" % ((cert, key) if c else (key, cert)))
         if c:
-            from .relay.security import server_ssl_context
+            from .security import server_ssl_context
             try:
                 server_ssl_context(c, k)
             except (OSError, ValueError) as exc:   # ssl.SSLError is an OSError
