@@ -9,7 +9,8 @@ Read with ``ast``, nothing imported, every import counted (those inside function
   relay's side; the shared top-level modules import no subpackage;
 - no import circle among the package's modules;
 - ``relay/ws.py`` is the only module that imports gevent-websocket, ``__main__`` the only one
-  that patches with gevent.
+  that patches with gevent;
+- loggers form one tree, ``sphincter.<side>.<module>``, each listed in the README.
 """
 import ast
 import os
@@ -163,3 +164,35 @@ def test_package_inits_import_nothing():
     for name, path in MODULES.items():
         if path.endswith("__init__.py"):
             assert imports(name) == [], name
+
+
+def string_literal(node):
+    """A string literal's value, else None (``ast.Str`` before CPython 3.8, ``ast.Constant`` after)."""
+    value = getattr(node, "value", getattr(node, "s", None))
+    return value if isinstance(value, str) else None
+
+
+def logger_names(name):
+    """[(logger name, or None when not a string literal; lineno)] of ``getLogger`` calls."""
+    return [(string_literal(node.args[0]) if node.args else None, node.lineno)
+            for node in ast.walk(parse(name))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "getLogger"]
+
+
+def test_loggers_form_one_tree_listed_in_the_readme():
+    """``sphincter.<side>.<module>`` (more names under the module's side are allowed: the
+    access log), written out so a log line's name is found with grep; the README lists them."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    seen = set()
+    for name in MODULES:
+        for logger, line in logger_names(name):
+            where = "%s:%d" % (name, line)
+            assert logger, "%s: name the logger with a string, 'sphincter.<side>.<module>'" % where
+            own = "sphincter" + name[len(PKG):]
+            assert logger == own or (side(name) and logger.startswith("sphincter.%s." % side(name))), (
+                "%s: logger %r, expected %r" % (where, logger, own))
+            assert "`%s`" % logger in readme, "%s: logger %r is not in the README's table" % (where, logger)
+            seen.add(logger)
+    assert "sphincter.relay.server" in seen and "sphincter.agent.connect" in seen

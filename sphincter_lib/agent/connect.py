@@ -36,7 +36,7 @@ from .local import Fatal, make_local
 from .options import parse
 from .relay_link import RelayLink, RelayRefused
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sphincter.agent.connect")
 
 #: bytes moved by a pump before it lets other greenlets run
 YIELD_EVERY = 1 << 20

@@ -17,7 +17,7 @@ from ..proto import obsws
 from . import wsclient
 from ..errors import SphincterError
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sphincter.agent.local")
 
 
 class Fatal(SphincterError):

@@ -35,7 +35,7 @@ from gevent.lock import Semaphore
 
 from ..proto import resp
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sphincter.cluster.link")
 
 __all__ = ["Endpoint", "control_client", "Pipe", "Listener", "redis_errors", "hide_password"]
 

@@ -46,7 +46,7 @@ from .room import RedisRoom
 from ..proto.roomcode import resume_key, room_key
 from ..rooms.registry import RoomRegistry
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sphincter.cluster.model")
 
 __all__ = ["RedisRoomModel", "default_node_name"]
 

@@ -30,7 +30,7 @@ from ..rooms.room import CLOSED, LIVE, SLOW_CLOSE, SOURCE_CLOSED, WAITING, Room
 from ..errors import RelayUnavailable
 from ..proto import redis_keys, resp
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sphincter.cluster.room")
 
 __all__ = ["RedisRoom", "RedisOutbox"]
 

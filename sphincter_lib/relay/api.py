@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from ..proto.addresses import client_address, peer_name
 from ..errors import RelayUnavailable, RoomNotFound, ShuttingDown
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sphincter.relay.api")
 
 __all__ = ["AdminApi", "routes", "room_info"]
 

@@ -17,7 +17,7 @@ from ..proto import frames
 from .ws import close_blocking
 from ..proto.wssession import OPEN, ServerSession
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sphincter.relay.echo")
 
 ECHO_PATH = "/_test/echo"
 

@@ -25,7 +25,7 @@ from ..proto.preamble import Preamble
 from ..rooms.registry import Source
 from ..tcp import keepalive
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sphincter.relay.ingest")
 
 
 def _log_crash(greenlet):

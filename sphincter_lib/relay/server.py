@@ -28,7 +28,7 @@ from ..rooms.stats import Stats
 from .web import WebApp
 from .ws import Handler
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sphincter.relay.server")
 
 SHUTDOWN_REASON = "server shutting down"
 
@@ -153,8 +153,8 @@ class Relay:
                                        **_tls_args(s.source_tls_cert, s.source_tls_key))
         self.ws_server = WebServer(
             (s.ws_host, s.ws_port), self.app, handler_class=self.handler_class, backlog=self.backlog,
-            log=LoggingLogAdapter(logging.getLogger("sphincter.access"), logging.DEBUG),
-            error_log=LoggingLogAdapter(logging.getLogger("sphincter.http"), logging.ERROR),
+            log=LoggingLogAdapter(logging.getLogger("sphincter.relay.access"), logging.DEBUG),
+            error_log=LoggingLogAdapter(logging.getLogger("sphincter.relay.http"), logging.ERROR),
             **_tls_args(s.tls_cert, s.tls_key))
         self.tcp_server.max_accept = self.ws_server.max_accept = self.max_accept
         _start(self.tcp_server, "sources", s.tcp_host, s.tcp_port)

@@ -29,7 +29,7 @@ from .security import ConnectionCaps, OriginPolicy, RateLimiter
 from .ws import close_blocking
 from ..proto.wssession import CLOSING, OPEN, PING_TIMEOUT, ServerSession
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sphincter.relay.web")
 
 
 class Keepalive:

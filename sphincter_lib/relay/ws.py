@@ -23,7 +23,7 @@ from geventwebsocket.handler import WebSocketHandler
 from ..proto import frames, wssession
 from ..proto.addresses import format_peer
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sphincter.relay.ws")
 
 _BAD_REQUEST = (b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain\r\n"
                 b"Content-Length: 12\r\n\r\nbad request\n")

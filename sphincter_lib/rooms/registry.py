@@ -35,7 +35,6 @@ registry implements :class:`RoomModel` the same way without changes to
 """
 
 import hmac
-import logging
 import time
 
 from .room import (CLOSED, CUT, LIVE, SKIP, SLOW_CLOSE, SOURCE_CLOSED, WAITING, Room, RoomLimits,
@@ -43,8 +42,6 @@ from .room import (CLOSED, CUT, LIVE, SKIP, SLOW_CLOSE, SOURCE_CLOSED, WAITING, 
 from ..errors import CannotResume, RoomLimitError, RoomNotFound, ShuttingDown
 from ..proto.roomcode import make_code, resume_key, room_key
 from .stats import Stats
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["RoomModel", "RoomEvents", "Source", "RoomRegistry", "Room", "RoomLimits", "Subscriber",
            "ROOM_FIGURES", "LIVE", "WAITING", "CLOSED", "CUT", "SKIP", "SLOW_CLOSE", "SOURCE_CLOSED"]

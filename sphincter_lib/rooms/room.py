@@ -44,7 +44,7 @@ from ..closecodes import CloseCode
 from ..errors import RoomFullError, RoomNotFound
 from .outbox import Outbox
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sphincter.rooms.room")
 
 #: room states: a source feeds it; no source (named room, or grace period); closed for good
 LIVE, WAITING, CLOSED = "live", "waiting", "closed"
