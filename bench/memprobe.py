@@ -24,8 +24,8 @@ import gevent  # noqa: E402
 
 import run as R  # noqa: E402
 import targets as T  # noqa: E402
-from sphincter_lib import config  # noqa: E402
-from sphincter_lib.server import Relay  # noqa: E402
+from sphincter_lib.relay import config  # noqa: E402
+from sphincter_lib.relay.server import Relay  # noqa: E402
 
 
 def main(argv=None):
@@ -35,7 +35,7 @@ def main(argv=None):
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--no-trace", action="store_true", help="RSS only (tracemalloc inflates it)")
     ap.add_argument("--set", action="append", default=[], metavar="MODULE.CLASS.ATTR=INT",
-                    help="try a documented tunable, e.g. ws.Connection.read_size=4096")
+                    help="try a documented tunable, e.g. relay.ws.Connection.read_size=4096")
     a = ap.parse_args(argv)
     R.build_wsbench()
     import importlib

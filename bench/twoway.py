@@ -77,7 +77,7 @@ def role_client(url, total, timeout, direction="both"):
     from gevent import monkey
     monkey.patch_all()
     import gevent
-    from sphincter_lib import wsclient
+    from sphincter_lib.agent import wsclient
 
     conn = wsclient.Connection(url, timeout=10, max_message_bytes=16 << 20).open()
     t0 = time.monotonic()

@@ -82,13 +82,11 @@ run_in_root "$root" sh /tmp/pyi/relink.sh "$zigvenv/bin/python" >"$here/build/re
 
 # 2. A clean copy of the sources, every mtime pinned.
 rm -rf "$root/src" "$root/tmp/pyi"
-mkdir -p "$root/src/sphincter_lib" "$root/tmp/pyi"
-cp "$src/sphincter.py" "$root/src/"
-find "$src/sphincter_lib" -maxdepth 1 -name '*.py' -exec cp {} "$root/src/sphincter_lib/" \;
+mkdir -p "$root/tmp/pyi"
+sh "$here/packaging/stage_src.sh" "$src" "$root/src"
 # Package data (the viewer's static files, read with importlib.resources) goes in as data.
 adddata=""
-if [ -d "$src/sphincter_lib/static" ]; then
-    cp -R "$src/sphincter_lib/static" "$root/src/sphincter_lib/static"
+if [ -d "$root/src/sphincter_lib/static" ]; then
     adddata="--add-data /src/sphincter_lib/static:sphincter_lib/static"
 fi
 cp "$here/packaging/glibc_floor.py" "$here/packaging/elfvers.py" "$root/tmp/pyi/"

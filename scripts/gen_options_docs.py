@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Regenerate the option table in README.md, conf/sphincter.conf and conf/sphincter.env
-(via packaging/gen_env.py) from sphincter_lib.config.OPTIONS.
+(via packaging/gen_env.py) from sphincter_lib.relay.config.OPTIONS.
 
 Run after adding an option: ``.venv/bin/python scripts/gen_options_docs.py``.
 tests/test_config.py checks both stay in step with the code.
@@ -12,7 +12,7 @@ import textwrap
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from sphincter_lib.config import OPTIONS  # noqa: E402
+from sphincter_lib.relay.config import OPTIONS  # noqa: E402
 
 START, END = "<!-- options:start -->", "<!-- options:end -->"
 

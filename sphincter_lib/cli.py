@@ -6,18 +6,12 @@ stderr naming the option), 1 when a port cannot be bound or the server fails.
 ``--help`` and ``--version`` read no environment and no config file: they print and exit 0.
 """
 
-import logging
 import sys
 
-from . import config, logformat
+from . import logformat
 from .errors import BindError, ConfigError
-from .server import Relay
-
-
-def setup_logging(level, fmt="text"):
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logformat.formatter(fmt))
-    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
+from .relay import config
+from .relay.server import Relay
 
 
 def check_only(settings):
@@ -31,7 +25,7 @@ def check_only(settings):
 def main(argv=None):
     args = sys.argv[1:] if argv is None else list(argv)
     if args[:1] == ["connect"]:          # the source-side companion: `sphincter connect ...`
-        from .connect import main as connect_main
+        from .agent.connect import main as connect_main
         return connect_main(args[1:])
     try:
         settings = config.parse(argv)
@@ -41,7 +35,7 @@ def main(argv=None):
     except ConfigError as exc:
         print("sphincter: error: %s" % exc, file=sys.stderr)
         return 2
-    setup_logging(settings.log_level, settings.log_format)
+    logformat.setup_logging(settings.log_level, settings.log_format)
     try:
         relay = Relay(settings, handle_signals=True).start()
     except BindError as exc:

@@ -3,7 +3,7 @@
 Codes below 4000 are RFC 6455's (section 7.4.1); the 4xxx codes are Sphincter's
 own, each an HTTP status with the same meaning plus 4000. A client's close
 code is echoed back as it came (any code a peer may send, see
-:func:`sphincter_lib.wsproto.valid_close_code`), so the codes on the wire are
+:func:`sphincter_lib.proto.frames.valid_close_code`), so the codes on the wire are
 these and whatever clients choose.
 """
 

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import sys
 from datetime import datetime, timezone
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -34,3 +35,11 @@ class JsonFormatter(logging.Formatter):
 def formatter(kind):
     """The :class:`logging.Formatter` for ``--log-format`` (``text`` or ``json``)."""
     return JsonFormatter() if kind == "json" else logging.Formatter(TEXT_FORMAT)
+
+
+def setup_logging(level, fmt="text"):
+    """Log to stderr at ``level`` (a ``--log-level`` word) in ``fmt`` (``--log-format``): the
+    relay's and ``sphincter connect``'s command lines both start with it."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(fmt))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])

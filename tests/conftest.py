@@ -16,8 +16,8 @@ if not gevent.monkey.is_module_patched("socket"):
 
 import websocket  # noqa: E402  (websocket-client)
 
-from sphincter_lib import config  # noqa: E402
-from sphincter_lib.server import Relay  # noqa: E402
+from sphincter_lib.relay import config  # noqa: E402
+from sphincter_lib.relay.server import Relay  # noqa: E402
 
 from testkit import IN_CI, TIME_FACTOR, require, unit  # noqa: E402,F401
 
@@ -146,7 +146,7 @@ def raw_upgrade(relay, query="", extra_headers=(), rcvbuf=None):
 
 
 def mask_frame(opcode, payload, fin=True, mask=b"\x01\x02\x03\x04", rsv=0):
-    """A client frame (masked), built independently of sphincter_lib.wsproto."""
+    """A client frame (masked), built independently of sphincter_lib.proto.frames."""
     b0 = (0x80 if fin else 0) | rsv | opcode
     n = len(payload)
     if n < 126:

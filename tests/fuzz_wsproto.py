@@ -17,7 +17,8 @@ import atheris
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 with atheris.instrument_imports():
-    from sphincter_lib import security, wsproto
+    from sphincter_lib.relay import security
+    from sphincter_lib.proto import frames as wsproto
     from sphincter_lib.errors import ProtocolError
 
 

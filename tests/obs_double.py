@@ -21,7 +21,7 @@ import gevent
 import gevent.event
 from gevent.server import StreamServer
 
-from sphincter_lib import wsproto
+from sphincter_lib.proto import frames as wsproto
 
 SCENES_INTENT = 1 << 2
 

@@ -176,7 +176,7 @@ class Node(RelayProcess):
     def wait(self, timeout=10.0):
         return self.proc.wait(timeout=unit(timeout))
 
-    def log_tail(self, lines=60, noise=(" sphincter.access: ", " sphincter_lib.ws: ", "MAINT_NOTIFICATIONS")):
+    def log_tail(self, lines=60, noise=(" sphincter.relay.access: ", " sphincter.relay.ws: ", "MAINT_NOTIFICATIONS")):
         """The last ``lines`` lines of its log, without the access log and per-connection chatter."""
         kept = [line for line in self.log().splitlines() if not any(n in line for n in noise)]
         return "\n".join(kept[-lines:])

@@ -3,6 +3,7 @@
 Also a small command line, so the same relay check runs inside a container's network
 namespace (``nsenter -t PID -n python tests/release_helpers.py relay HOST:PORT WS_URL``).
 """
+import marshal
 import os
 import re
 import socket
@@ -78,6 +79,29 @@ def onefile_members(binary):
         blob = data[start + offset:start + offset + stored]
         members[name] = zlib.decompress(blob) if compressed else blob
     return members
+
+
+def package_modules(root=ROOT):
+    """Every module of the ``sphincter_lib`` tree under ``root`` as a dotted name (a package by
+    its own name): what every way of shipping Sphincter must hold."""
+    found = set()
+    base = os.path.join(root, "sphincter_lib")
+    for folder, dirs, files in os.walk(base):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        rel = os.path.relpath(folder, root).replace(os.sep, ".")
+        found.update(rel if f == "__init__.py" else rel + "." + f[:-3]
+                     for f in files if f.endswith(".py"))
+    return found
+
+
+def pyz_modules(binary):
+    """The module names in a PyInstaller one-file executable's PYZ archive (its member of type
+    'z', PyInstaller.archive.readers.ZlibArchiveReader): magic PYZ\\0, the Python magic, "!i"
+    TOC offset; the TOC is a marshalled list (or dict) of (name, (typecode, offset, length))."""
+    pyz = [data for name, data in onefile_members(binary).items() if data[:4] == b"PYZ\0"]
+    assert len(pyz) == 1, "expected one PYZ archive in %s, found %d" % (binary, len(pyz))
+    toc_offset, = struct.unpack_from("!i", pyz[0], 8)
+    return set(dict(marshal.loads(pyz[0][toc_offset:])))
 
 
 class Server:

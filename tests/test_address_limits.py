@@ -20,8 +20,8 @@ from hostile_client import OP_TEXT, ws_connect  # noqa: E402
 from nginxkit import Nginx  # noqa: E402
 from testkit import require, unit  # noqa: E402
 
-from sphincter_lib import config  # noqa: E402
-from sphincter_lib.config import networks  # noqa: E402
+from sphincter_lib.relay import config  # noqa: E402
+from sphincter_lib.relay.config import networks  # noqa: E402
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -248,7 +248,7 @@ def test_dual_stack_local_client_is_its_ipv4_address():
     with ServerProcess("--ws-host", "::", "--max-subscribers-per-ip", "1",
                        "--log-level", "debug") as server:
         check_local_client_is_limited(server, "127.0.0.1", "127.0.0.1:", other=ALICE)
-        ours = [line for line in server.output().splitlines() if "sphincter.access" not in line]
+        ours = [line for line in server.output().splitlines() if "sphincter.relay.access" not in line]
         assert not [line for line in ours if "::ffff:" in line]
         assert poll(lambda: "per-address limit reached by 127.0.0.1," in server.output(), unit(5))
 
@@ -282,7 +282,7 @@ def test_remote_trusted_proxy_forwarding_nothing_warns_once(make_relay, caplog):
     relay = make_relay(trusted_proxies=networks("10.0.0.0/8,127.0.0.1,::1"),
                        unknown_room_rate=0.01, unknown_room_burst=1)
     app = relay.app
-    with caplog.at_level("INFO", logger="sphincter_lib"):
+    with caplog.at_level("INFO", logger="sphincter"):
         for _ in range(5):
             assert app.client(request_from("10.0.0.5")) is None
             app.unknown_rooms.allow(app.client(request_from("10.0.0.5")))

@@ -1,11 +1,11 @@
-"""Unit tests of sphincter_lib.addresses (pure functions)."""
+"""Unit tests of sphincter_lib.proto.addresses (pure functions)."""
 import ipaddress
 
 import pytest
 
-from sphincter_lib.addresses import (canonical, client_address, format_peer, ip_key,
-                                     is_local_client, is_trusted, parse_ip, peer_name)
-from sphincter_lib.config import networks
+from sphincter_lib.proto.addresses import (canonical, client_address, format_peer, ip_key,
+                                           is_local_client, is_trusted, parse_ip, peer_name)
+from sphincter_lib.relay.config import networks
 
 LOOPBACK = networks("127.0.0.1,::1")          # the --trusted-proxies default
 

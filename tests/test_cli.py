@@ -16,7 +16,8 @@ import websocket
 
 from conftest import recv_close, unit, wait_for
 from testkit import require_program
-from sphincter_lib import __version__, config
+from sphincter_lib import __version__
+from sphincter_lib.relay import config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTRY = os.path.join(ROOT, "sphincter.py")

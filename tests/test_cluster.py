@@ -964,7 +964,7 @@ def test_a_node_redis_cut_off_for_being_slow_tells_its_subscribers(cluster, then
 def test_a_node_without_subscribers_in_a_room_receives_nothing_of_it(cluster):
     """Cost: a message crosses Redis once per node that has subscribers in its room, not once per
     subscriber; a node with none receives nothing of it. Counted by Redis (subscriptions to the
-    room's channel ``sph:m:{CODE}``, sphincter_lib/redis_keys.py) and by each node's
+    room's channel ``sph:m:{CODE}``, sphincter_lib/proto/redis_keys.py) and by each node's
     ``sphincter_redis_messages_received_total``."""
     n1, n2, n3 = cluster.nodes(3)
     src, code, _ = source(cluster, n1)

@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from sphincter_lib import config
+from sphincter_lib.relay import config
 from sphincter_lib.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

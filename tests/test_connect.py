@@ -859,7 +859,7 @@ def test_obs_scene_overlay_in_chromium(make_relay, obs, connects, tmp_path):
 
 
 def test_readme_documents_every_connect_option():
-    from sphincter_lib.connect_options import OPTIONS
+    from sphincter_lib.agent.options import OPTIONS
     with open(os.path.join(ROOT, "README.md")) as f:
         readme = f.read()
     section = readme[readme.index("## `sphincter connect`"):readme.index("## OBS overlay in five minutes")]

@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from sphincter_lib.errors import ConfigError
-from sphincter_lib.framing import LineFramer, RawFramer, is_text, make_framer
+from sphincter_lib.proto.framing import LineFramer, RawFramer, is_text, make_framer
 
 
 def run(framer, chunks):

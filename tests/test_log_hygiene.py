@@ -107,7 +107,7 @@ def test_hostile_http_is_one_info_line_each():
         bad = wait_lines(server, "bad request", 20 + len(others))
         assert len(floods) == 20 and len(bad) == 20 + len(others), bad
         for line in bad:
-            assert " INFO sphincter_lib.ws: http 127.0.0.1:" in line, line
+            assert " INFO sphincter.relay.ws: http 127.0.0.1:" in line, line
             assert len(line) < 400, line
         # a control byte from the client is escaped in the log line, not written raw
         assert all("\x01" not in line and "\x16" not in line for line in bad)

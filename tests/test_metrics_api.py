@@ -17,12 +17,13 @@ import pytest
 import websocket
 from prometheus_client.parser import text_string_to_metric_families
 
-from sphincter_lib import __version__, config, logformat
+from sphincter_lib import __version__, logformat
+from sphincter_lib.relay import config
 from sphincter_lib.errors import ConfigError
-from sphincter_lib.metrics import RelayCollector
-from sphincter_lib import rooms
-from sphincter_lib.server import Relay
-from sphincter_lib import wsproto
+from sphincter_lib.relay.metrics import RelayCollector
+from sphincter_lib.rooms import registry as rooms
+from sphincter_lib.relay.server import Relay
+from sphincter_lib.proto import frames as wsproto
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = "s3cret-admin-token-0123456789"
@@ -196,7 +197,7 @@ def exported_names():
 def test_every_exported_metric_is_documented():
     """The metrics module's docstring and the README's /metrics table list exactly what is
     exported."""
-    import sphincter_lib.metrics as metrics
+    import sphincter_lib.relay.metrics as metrics
     names = exported_names()
     assert {"write_back_messages_received_total", "write_back_received_bytes_total",
             "write_back_messages_sent_total", "write_back_writer_pauses_total",
@@ -271,12 +272,12 @@ def test_refused_api_calls_log_the_client_address(relay, caplog):
     forwards, as for subscribers; a peer that is not trusted is itself the client."""
     wrong = {"Authorization": "Bearer wrong-token-0123456789"}
     proxied, direct = relay("--admin-token", TOKEN), relay("--admin-token", TOKEN, "--trusted-proxies", "")
-    with caplog.at_level(logging.INFO, logger="sphincter_lib.api"):
+    with caplog.at_level(logging.INFO, logger="sphincter.relay.api"):
         for r, forwarded in ((proxied, {"X-Forwarded-For": "203.0.113.7, 127.0.0.1"}),
                              (proxied, {"X-Real-IP": "2001:db8::5"}),
                              (direct, {"X-Forwarded-For": "203.0.113.7"})):
             assert request(r, "/api/rooms", dict(wrong, **forwarded))[0] == 401
-    logged = [rec.getMessage() for rec in caplog.records if rec.name == "sphincter_lib.api"]
+    logged = [rec.getMessage() for rec in caplog.records if rec.name == "sphincter.relay.api"]
     assert logged[:2] == ["api: unauthorized request from 203.0.113.7",
                           "api: unauthorized request from 2001:db8::5"]
     assert re.match(r"^api: unauthorized request from 127\.0\.0\.1:\d+$", logged[2]), logged
@@ -306,12 +307,12 @@ def test_viewer_routes_are_mounted(relay):
 # -- --log-format ----------------------------------------------------------------------------
 
 def test_json_formatter():
-    rec = logging.LogRecord("sphincter_lib.rooms", logging.INFO, __file__, 1, "room %s opened",
+    rec = logging.LogRecord("sphincter.relay.ingest", logging.INFO, __file__, 1, "room %s opened",
                             ("ABC234",), None)
     rec.peer = "127.0.0.1:5"
     out = json.loads(logformat.JsonFormatter().format(rec))
     assert out["msg"] == "room ABC234 opened" and out["level"] == "info"
-    assert out["logger"] == "sphincter_lib.rooms" and out["peer"] == "127.0.0.1:5"
+    assert out["logger"] == "sphincter.relay.ingest" and out["peer"] == "127.0.0.1:5"
     assert out["ts"].endswith("Z")
     try:
         raise ValueError("boom")

@@ -7,10 +7,10 @@ import random
 
 import pytest
 
-from sphincter_lib import obsws
-from sphincter_lib.connect import Backoff
-from sphincter_lib.connect_relay import BannerParser
-from sphincter_lib.connect_local import LineSplitter
+from sphincter_lib.proto import obsws
+from sphincter_lib.agent.connect import Backoff
+from sphincter_lib.agent.relay_link import BannerParser
+from sphincter_lib.agent.local import LineSplitter
 
 
 def hello(auth=True):

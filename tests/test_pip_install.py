@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from release_helpers import ROOT, Server, relay_line, require, run, unit
+from release_helpers import ROOT, Server, package_modules, relay_line, require, run, unit
 from sphincter_lib import __version__
 
 pytestmark = pytest.mark.timeout(600)
@@ -73,6 +73,8 @@ def test_python_m_sphincter_lib_relays(installed, tmp_path):
     out = run([python, "-c", "import sphincter_lib, sys; sys.stdout.write(sphincter_lib.__file__)"],
               cwd=str(tmp_path)).stdout
     assert out.startswith(installed), out
+    # every module of every subpackage (a package setup.cfg does not name is silently left out)
+    assert package_modules(os.path.dirname(os.path.dirname(out))) == package_modules()
     with Server([python, "-m", "sphincter_lib", "-c", config_file(tmp_path)],
                 tmp_path / "sphincter.log") as srv:
         _, got = relay_line("127.0.0.1", srv.tcp_port, "ws://127.0.0.1:%d/ws" % srv.ws_port)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from sphincter_lib.preamble import Preamble
+from sphincter_lib.proto.preamble import Preamble
 
 
 def run(data, split=None, **kw):

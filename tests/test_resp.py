@@ -2,8 +2,8 @@
 
 import pytest
 
-from sphincter_lib import redis_keys, resp
-from sphincter_lib.redislink import Endpoint, hide_password
+from sphincter_lib.proto import redis_keys, resp
+from sphincter_lib.cluster.link import Endpoint, hide_password
 
 
 def test_command_is_an_array_of_bulk_strings():

@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from sphincter_lib import roomcode
+from sphincter_lib.proto import roomcode
 from sphincter_lib.errors import RoomNotFound
 
 

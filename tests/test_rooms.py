@@ -1,10 +1,11 @@
 import pytest
 
-from sphincter_lib import rooms, wsproto
-from sphincter_lib.outbox import Outbox
+from sphincter_lib.rooms import registry as rooms
+from sphincter_lib.proto import frames as wsproto
+from sphincter_lib.rooms.outbox import Outbox
 from sphincter_lib.errors import RoomFullError, RoomLimitError, RoomNotFound, ShuttingDown
-from sphincter_lib.rooms import SLOW_CLOSE, SOURCE_CLOSED, RoomRegistry, Source
-from sphincter_lib.stats import Stats
+from sphincter_lib.rooms.registry import SLOW_CLOSE, SOURCE_CLOSED, RoomRegistry, Source
+from sphincter_lib.rooms.stats import Stats
 
 
 def registry(**kw):

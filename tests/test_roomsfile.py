@@ -1,8 +1,8 @@
 import pytest
 
-from sphincter_lib import roomsfile
+from sphincter_lib.proto import roomsfile
 from sphincter_lib.errors import ConfigError, RoomNotFound
-from sphincter_lib.roomcode import room_key
+from sphincter_lib.proto.roomcode import room_key
 
 
 def test_parses_rooms_options_comments_and_blank_lines():

@@ -1,10 +1,10 @@
-"""Unit tests of sphincter_lib.security (pure policy objects)."""
+"""Unit tests of sphincter_lib.relay.security (pure policy objects)."""
 import ssl
 import subprocess
 
 import pytest
 
-from sphincter_lib import security
+from sphincter_lib.relay import security
 
 
 def test_tokens_parse_commas_and_files(tmp_path):

@@ -5,7 +5,7 @@ import pkgutil
 
 import pytest
 
-from sphincter_lib import viewer
+from sphincter_lib.relay import viewer
 
 
 def call(app, path="/", method="GET", query="", **headers):

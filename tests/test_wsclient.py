@@ -6,10 +6,11 @@ import os
 
 import pytest
 
-from sphincter_lib import wsclient, wsproto
+from sphincter_lib.agent import wsclient
+from sphincter_lib.proto import frames as wsproto
 from sphincter_lib.closecodes import CloseCode
 from sphincter_lib.errors import ProtocolError
-from sphincter_lib.wsclient import HandshakeError, check_handshake
+from sphincter_lib.agent.wsclient import HandshakeError, check_handshake
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="           # RFC 6455 section 1.3
 ACCEPT = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="

@@ -1,7 +1,7 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from sphincter_lib import wsproto
+from sphincter_lib.proto import frames as wsproto
 from sphincter_lib.errors import ProtocolError
 from conftest import mask_frame
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hostile_client as hc  # noqa: E402
-from sphincter_lib import wsproto  # noqa: E402
+from sphincter_lib.proto import frames as wsproto  # noqa: E402
 from sphincter_lib.errors import ProtocolError  # noqa: E402
 
 SETTINGS = settings(max_examples=int(os.environ.get("SPHINCTER_HYPOTHESIS_EXAMPLES", "300")),

@@ -1,4 +1,4 @@
-"""The sans-IO server session (sphincter_lib/wssession.py), fed bytes in memory.
+"""The sans-IO server session (sphincter_lib/proto/wssession.py), fed bytes in memory.
 
 No sockets, no clock: frames come from conftest.mask_frame (built independently
 of wsproto), time is passed in. Modelled on python-websockets' tests/test_protocol.py.
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from sphincter_lib import wsproto
+from sphincter_lib.proto import frames as wsproto
 from sphincter_lib.closecodes import CloseCode
-from sphincter_lib.wssession import CLOSED, CLOSING, OPEN, PING_TIMEOUT, ServerSession
+from sphincter_lib.proto.wssession import CLOSED, CLOSING, OPEN, PING_TIMEOUT, ServerSession
 from conftest import Source, mask_frame, raw_upgrade, read_to_eof, unit, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,7 +22,8 @@ def main():
 
     monkey.patch_all()
     gevent_config.track_greenlet_tree = False
-    from sphincter_lib import cli, redisroom
+    from sphincter_lib import cli
+    from sphincter_lib.cluster import room as redisroom
 
     flush = redisroom.RedisRoom._flush
 

@@ -1,0 +1,403 @@
+"""Redis mode's I/O: the only module that talks to Redis.
+
+- :func:`control_client`: a redis-py client for every command that needs an
+  answer before the caller goes on (open, claim, resume, admit, heartbeat).
+- :class:`Pipe`: one connection carrying, in order and without waiting for
+  replies, what a node *sends*: message batches (``PUBLISH``, ``XADD``),
+  write-back messages, a source leaving. Order matters: a room's last batch
+  must reach Redis before the script saying its source left. Commands are
+  pre-encoded RESP (``resp.command``): the hot path costs a ``bytes`` join and
+  a ``sendall`` per loop turn, not redis-py's per-command machinery
+  (docs/redis-design.md, table P). Replies are read back in order and handed
+  to each command's callback.
+- :class:`Listener`: one connection in pub/sub mode for the node's rooms'
+  channels; pushes are parsed by ``resp.Parser`` and handed to one callback.
+
+Both connections reconnect by themselves (0.1 s doubling to 2 s) and tell
+their owner (``on_down`` / ``on_up``); the Pipe resends what was in flight
+(receivers drop duplicates by sequence number).
+"""
+
+import logging
+import socket
+import ssl
+import time
+from collections import deque
+
+try:
+    from urllib.parse import unquote, urlsplit
+except ImportError:                                   # pragma: no cover
+    raise
+
+import gevent
+from gevent.event import Event
+from gevent.lock import Semaphore
+
+from ..proto import resp
+
+logger = logging.getLogger("sphincter.cluster.link")
+
+__all__ = ["Endpoint", "control_client", "Pipe", "Listener", "redis_errors", "hide_password"]
+
+#: backoff between reconnection attempts (seconds): first, then doubled up to the last
+BACKOFF = (0.1, 2.0)
+
+
+def hide_password(url):
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+class Endpoint:
+    """Where Redis is, from ``--redis-url``."""
+
+    def __init__(self, url, timeout=2.0):
+        parts = urlsplit(url)
+        self.url = url
+        self.tls = parts.scheme == "rediss"
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 6379
+        self.username = unquote(parts.username) if parts.username else None
+        self.password = unquote(parts.password) if parts.password is not None else None
+        path = (parts.path or "/").strip("/")
+        self.db = int(path) if path else 0
+        self.timeout = timeout
+
+    def __str__(self):
+        return hide_password(self.url)
+
+    def connect(self):
+        """A connected, authenticated socket (RESP2), or OSError."""
+        sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            if self.tls:
+                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.host)
+            hello = []
+            if self.password is not None:
+                hello.append(resp.command("AUTH", *([self.username] if self.username else []) + [self.password]))
+            if self.db:
+                hello.append(resp.command("SELECT", self.db))
+            if hello:
+                sock.sendall(b"".join(hello))
+                parser, replies = resp.Parser(), []
+                while len(replies) < len(hello):
+                    data = sock.recv(4096)
+                    if not data:
+                        raise OSError("connection closed during AUTH/SELECT")
+                    replies.extend(parser.feed(data))
+                for reply in replies:
+                    if isinstance(reply, resp.Error):
+                        raise OSError("redis refused: %s" % reply.message)
+            sock.settimeout(None)
+            return sock
+        except Exception:
+            sock.close()
+            raise
+
+
+def control_client(endpoint, max_connections=64):
+    """A redis-py client (greenlet-safe under gevent's monkey-patching) whose pool makes a
+    caller wait for a free connection rather than fail: a burst of joins (each one round trip)
+    queues up instead of looking like an outage."""
+    import redis
+    pool = redis.BlockingConnectionPool.from_url(
+        endpoint.url, max_connections=max_connections, timeout=10.0, socket_timeout=endpoint.timeout,
+        socket_connect_timeout=endpoint.timeout, decode_responses=False)
+    return redis.Redis(connection_pool=pool)
+
+
+def redis_errors():
+    """The exceptions that mean "Redis cannot be reached now"."""
+    import redis
+    return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+class _Link:
+    """A connection that comes back by itself. Subclasses: ``_session(sock)`` until it breaks."""
+
+    name = "link"
+
+    def __init__(self, endpoint, on_down=None, on_up=None):
+        self.endpoint = endpoint
+        self.on_down = on_down
+        self.on_up = on_up
+        self.connected = False
+        self._sock = None
+        self._greenlet = None
+        self._stopping = False
+
+    def start(self):
+        self._greenlet = gevent.spawn(self._run)
+        self._greenlet.link_exception(lambda g: logger.error("redis %s crashed", self.name,
+                                                             exc_info=g.exc_info))
+        return self
+
+    def stop(self):
+        self._stopping = True
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+        if self._sock is not None:
+            self._sock.close()
+
+    def _run(self):
+        delay = BACKOFF[0]
+        while not self._stopping:
+            try:
+                sock = self.endpoint.connect()
+            except OSError as exc:
+                logger.debug("redis %s: cannot connect to %s: %s", self.name, self.endpoint, exc)
+                gevent.sleep(delay)
+                delay = min(delay * 2, BACKOFF[1])
+                continue
+            delay = BACKOFF[0]
+            self._sock = sock
+            self.connected = True
+            try:
+                self._session(sock)
+            except (OSError, resp.ProtocolError) as exc:
+                if not self._stopping:
+                    logger.warning("redis %s: connection to %s lost: %s", self.name, self.endpoint, exc)
+            finally:
+                self.connected = False
+                self._sock = None
+                sock.close()
+            if not self._stopping and self.on_down is not None:
+                self.on_down(self)
+            gevent.sleep(BACKOFF[0])
+
+    def _session(self, sock):
+        raise NotImplementedError
+
+
+class Pipe(_Link):
+    """Commands sent in order, replies read back in order; ``send`` never blocks.
+
+    ``send(data, callback=None, droppable=False)``: ``data`` is pre-encoded
+    RESP for one command; ``callback(reply)`` runs with its reply (from this
+    link's greenlet). When nothing is being written, ``send`` writes at once
+    (a non-blocking send, from whatever calls it, the event loop included): a
+    message batch leaves for Redis before the owner's own subscribers are
+    served, not after. Past ``max_bytes`` queued (Redis unreachable), the
+    oldest droppable commands (message batches) are dropped; receivers see
+    the gap. After a reconnect, what was in flight is sent again."""
+
+    name = "pipe"
+    #: most bytes written to Redis in one go by the greenlet
+    batch_bytes = 1 << 20
+
+    def __init__(self, endpoint, on_down=None, on_up=None, max_bytes=64 << 20):
+        _Link.__init__(self, endpoint, on_down, on_up)
+        self.max_bytes = max_bytes
+        self._queue = deque()       # not written yet
+        self._inflight = deque()    # written (or being written), reply still to come
+        self._queued = 0
+        self._busy = False          # a greenlet is in a blocking write
+        self._send_now = None       # a non-blocking send on the socket (plain TCP only)
+        self._ready = Event()
+        self.dropped = 0            # droppable commands dropped while Redis was unreachable
+        self.sent = 0
+        self.errors = 0
+
+    def send(self, data, callback=None, droppable=False):
+        self._queue.append((data, callback, droppable))
+        self._queued += len(data)
+        if self._queued > self.max_bytes:
+            self._shed()
+        elif self._send_now is not None and not self._busy:
+            self._write_now()
+        self._ready.set()
+
+    def _write_now(self):
+        items = list(self._queue)
+        self._queue.clear()
+        self._queued = 0
+        self._inflight.extend(items)
+        data = items[0][0] if len(items) == 1 else b"".join(item[0] for item in items)
+        try:
+            sent = self._send_now(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = 0                            # the reader sees the broken connection
+        if sent < len(data):                    # the rest by a greenlet: this may be the loop
+            self._busy = True
+            gevent.spawn(self._finish, self._sock, data[sent:])
+
+    def _finish(self, sock, rest):
+        """Write the rest of a partial direct write, then whatever was queued meanwhile."""
+        try:
+            sock.sendall(rest)
+            while self._queue and self._sock is sock:
+                items = list(self._queue)
+                self._queue.clear()
+                self._queued = 0
+                self._inflight.extend(items)
+                sock.sendall(b"".join(item[0] for item in items))
+        except OSError:
+            pass                                  # the reader sees the broken connection
+        finally:
+            self._busy = False
+
+    def _shed(self):
+        kept = deque()
+        while self._queue and self._queued > self.max_bytes // 2:
+            item = self._queue.popleft()
+            if item[2]:
+                self._queued -= len(item[0])
+                self.dropped += 1
+            else:
+                kept.append(item)
+        kept.extend(self._queue)
+        self._queue = kept
+
+    def flush(self, timeout):
+        """Wait until everything queued was sent and answered (or ``timeout``); True if so."""
+        deadline = time.monotonic() + timeout
+        while (self._queue or self._inflight) and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+        return not (self._queue or self._inflight)
+
+    def _session(self, sock):
+        if self.on_up is not None:
+            self.on_up(self)
+        # what was in flight when the last connection broke goes first (receivers drop duplicates)
+        self._queue.extendleft(reversed(self._inflight))
+        self._queued = sum(len(item[0]) for item in self._queue)
+        self._inflight.clear()
+        self._busy = False
+        parser = resp.Parser()
+        inflight = self._inflight
+        raw = getattr(sock, "_sock", None)
+        self._send_now = raw.send if raw is not None and not self.endpoint.tls else None
+        try:
+            while True:
+                if not inflight:
+                    if not self._queue or self._busy:
+                        self._ready.clear()
+                        self._ready.wait(0.05 if self._busy else None)
+                        continue
+                    items, size = [], 0
+                    while self._queue and size < self.batch_bytes:
+                        item = self._queue.popleft()
+                        self._queued -= len(item[0])
+                        size += len(item[0])
+                        items.append(item)
+                    inflight.extend(items)
+                    self._write(sock, b"".join(item[0] for item in items))
+                    continue
+                data = sock.recv(65536)
+                if not data:
+                    raise OSError("connection closed by Redis")
+                replies = parser.feed(data)
+                for reply in replies:
+                    data_, callback, _ = inflight.popleft()
+                    self.sent += 1
+                    if isinstance(reply, resp.Error):
+                        self.errors += 1
+                        logger.debug("redis pipe: %s", reply.message)
+                    if callback is not None:
+                        try:
+                            callback(reply)
+                        except Exception:
+                            logger.error("redis pipe: callback failed", exc_info=True)
+                if len(replies) > 256:
+                    gevent.sleep(0)               # a busy pipe must not hold the loop
+        finally:
+            self._send_now = None
+
+    def _write(self, sock, data):
+        self._busy = True
+        try:
+            sock.sendall(data)
+        finally:
+            self._busy = False
+
+
+_DONE = Event()
+_DONE.set()
+
+
+class Listener(_Link):
+    """Pub/sub: ``subscribe(channel)`` (returns an Event set once Redis confirmed it),
+    ``unsubscribe(channel)``; every message goes to ``on_message(channel, data)``."""
+
+    name = "listener"
+    #: bytes of messages handled before yielding to the event loop. Small beside a room's
+    #: budget: a node that fell behind (a stall) and reads many batches at once lets its
+    #: subscribers take each part before the next is applied, so one that keeps up is never
+    #: judged against its budget on a whole burst (``skip``/``cut``). Set from the budget.
+    yield_bytes = 32 * 1024
+
+    def __init__(self, endpoint, on_message, on_down=None, on_up=None):
+        _Link.__init__(self, endpoint, on_down, on_up)
+        self.on_message = on_message
+        self.channels = set()
+        self._confirm = {}
+        self._send_lock = Semaphore()
+        self.received = 0
+        self.received_bytes = 0
+
+    def subscribe(self, channel):
+        if channel in self.channels:
+            return self._confirm.get(channel) or _DONE
+        self.channels.add(channel)
+        event = self._confirm[channel] = Event()
+        self._send(resp.command("SUBSCRIBE", channel))
+        return event
+
+    def unsubscribe(self, channel):
+        if channel in self.channels:
+            self.channels.discard(channel)
+            self._confirm.pop(channel, None)
+            self._send(resp.command("UNSUBSCRIBE", channel))
+
+    def _send(self, data):
+        sock = self._sock
+        if sock is None or not self.connected:
+            return                            # sent again with every channel once reconnected
+        with self._send_lock:
+            try:
+                sock.sendall(data)
+            except OSError:
+                pass                          # the reader notices and reconnects
+
+    def _session(self, sock):
+        parser = resp.Parser()
+        channels = sorted(self.channels)
+        for channel in channels:
+            self._confirm.setdefault(channel, Event())
+        with self._send_lock:
+            for i in range(0, len(channels), 512):
+                sock.sendall(b"".join(resp.command("SUBSCRIBE", c) for c in channels[i:i + 512]))
+        if self.on_up is not None:
+            self.on_up(self)
+        budget = self.yield_bytes
+        while True:
+            data = sock.recv(256 * 1024)
+            if not data:
+                raise OSError("connection closed by Redis")
+            for push in parser.feed(data):
+                if push.__class__ is not list or len(push) < 3:
+                    continue
+                kind = push[0]
+                if kind == b"message":
+                    self.received += 1
+                    self.received_bytes += len(push[2])
+                    budget -= len(push[2])
+                    try:
+                        self.on_message(push[1].decode(), push[2])
+                    except Exception:
+                        logger.error("redis listener: message handler failed", exc_info=True)
+                elif kind == b"subscribe":
+                    budget -= 64
+                    event = self._confirm.pop(push[1].decode(), None)
+                    if event is not None:
+                        event.set()
+                if budget <= 0:
+                    budget = self.yield_bytes
+                    gevent.sleep(0)               # subscribers take what came before the next part
