@@ -7,7 +7,7 @@ VPY    := $(VENV)/bin/python
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test system-deps venv clean
+.PHONY: run test test-unit system-deps venv clean
 .DEFAULT_GOAL := test
 
 $(VENV)/.runtime: requirements.txt
@@ -30,6 +30,10 @@ system-deps:
 # gevent must patch before pytest imports anything: run pytest under gevent.monkey.
 test: $(VENV)/.dev system-deps
 	$(VPY) -m gevent.monkey --module pytest $(PYTEST_ARGS)
+
+# The pure tier alone (tests/unit/: in memory, no gevent patching, no system packages): seconds.
+test-unit: $(VENV)/.dev
+	$(VPY) -m pytest tests/unit $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache

@@ -434,7 +434,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--smoke", action="store_true",
-                    help="seconds: 6 subscribers, a few hundred messages (tests/test_bench_cluster)")
+                    help="seconds: 6 subscribers, a few hundred messages (tests/relay/test_bench_cluster.py)")
     ap.add_argument("--subs", type=int, default=N)
     ap.add_argument("--only", default=",".join(WORKLOADS),
                     help="workloads, comma-separated: " + ",".join(WORKLOADS))

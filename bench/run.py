@@ -3,7 +3,7 @@
 websockify and socat), all on loopback, driven by the compiled load generator bench/wsbench.c.
 
     python bench/run.py                 # full run (make bench), well under 15 minutes
-    python bench/run.py --smoke --out-dir /tmp/x   # seconds; what tests/test_bench_smoke.py runs
+    python bench/run.py --smoke --out-dir /tmp/x   # seconds; what tests/relay/test_bench_smoke.py runs
 
 Scenarios (each bounded in count and time): fanout (N = 10/100/1000, closed loop), latency
 (N = 100, 1000 msg/s paced), memory (1000 idle subscribers over 10 rooms), tunnel (1 -> 1, raw,

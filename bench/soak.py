@@ -1,7 +1,7 @@
 """Soak run: steady load with churn against a real server process.
 
     python bench/soak.py --seconds 600          # on demand (make soak)
-    python bench/soak.py --seconds 45 --json    # the CI version (tests/test_soak.py)
+    python bench/soak.py --seconds 45 --json    # the CI version (tests/relay/test_soak.py)
 
 Load: ``--rooms`` sources each send ``--rate`` numbered lines per second; each
 room has ``--healthy`` subscribers that must receive every line from the one

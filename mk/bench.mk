@@ -37,7 +37,7 @@ bench-cluster: $(VENV)/.bench
 	$(VPY) bench/cluster.py $(BENCH_ARGS)
 
 bench-smoke: $(VENV)/.dev
-	$(VPY) -m gevent.monkey --module pytest tests/test_bench_smoke.py tests/test_bench_cluster.py $(PYTEST_ARGS)
+	$(VPY) -m gevent.monkey --module pytest tests/relay/test_bench_smoke.py tests/relay/test_bench_cluster.py $(PYTEST_ARGS)
 
 bench-profile: $(VENV)/.bench
 	$(VPY) bench/profile.py $(BENCH_ARGS)

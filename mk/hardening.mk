@@ -7,7 +7,7 @@
 #   make soak            soak run, SOAK_SECONDS (default 600)
 #
 # `make test` gets the Autobahn venv as an extra prerequisite; when no CPython 2.7
-# is found the venv is not made and tests/test_autobahn.py skips (fails under CI=true).
+# is found the venv is not made and tests/relay/test_autobahn.py skips (fails under CI=true).
 
 AUTOBAHN_VENV ?= build/autobahn-venv
 # CPython 2.7: PY27=..., else python2.7 on PATH (not a pyenv shim), else pyenv's.
@@ -21,7 +21,7 @@ test: autobahn-venv
 
 $(AUTOBAHN_VENV)/.ok: tests/autobahn/requirements-py27.txt tests/autobahn/requirements-bootstrap.txt
 	@if [ -z "$(PY27)" ]; then \
-	    echo "autobahn-venv: no CPython 2.7 found (set PY27=); tests/test_autobahn.py will skip (fail under CI=true)"; \
+	    echo "autobahn-venv: no CPython 2.7 found (set PY27=); tests/relay/test_autobahn.py will skip (fail under CI=true)"; \
 	elif ( set -e; \
 	    test -x build/autobahn-tools/bin/python || $(PYTHON) -m venv build/autobahn-tools; \
 	    build/autobahn-tools/bin/python -m pip install -q --disable-pip-version-check \
@@ -33,14 +33,14 @@ $(AUTOBAHN_VENV)/.ok: tests/autobahn/requirements-py27.txt tests/autobahn/requir
 	    $(AUTOBAHN_VENV)/bin/wstest -a >/dev/null ); then \
 	    touch $@; \
 	else \
-	    echo "autobahn-venv: could not be built; tests/test_autobahn.py will say so"; \
+	    echo "autobahn-venv: could not be built; tests/relay/test_autobahn.py will say so"; \
 	fi
 
 autobahn-venv: $(AUTOBAHN_VENV)/.ok
 
 autobahn: $(VENV)/.dev autobahn-venv
 	SPHINCTER_AUTOBAHN_SET=full $(VPY) -m gevent.monkey --module pytest -p no:cacheprovider \
-	    -o timeout=1800 -s tests/test_autobahn.py $(PYTEST_ARGS)
+	    -o timeout=1800 -s tests/relay/test_autobahn.py $(PYTEST_ARGS)
 
 fuzz: $(VENV)/.dev
 	mkdir -p build/fuzz/corpus
@@ -51,6 +51,6 @@ soak: $(VENV)/.dev
 
 # Just this tier's tests (quick iteration).
 hardening-test: $(VENV)/.dev autobahn-venv
-	$(VPY) -m gevent.monkey --module pytest $(PYTEST_ARGS) tests/test_autobahn.py \
-	    tests/test_security.py tests/test_security_policy.py tests/test_hostile.py \
-	    tests/test_wsproto_props.py tests/test_fuzz.py tests/test_soak.py
+	$(VPY) -m gevent.monkey --module pytest $(PYTEST_ARGS) tests/relay/test_autobahn.py \
+	    tests/relay/test_security.py tests/unit/relay/test_security_policy.py tests/relay/test_hostile.py \
+	    tests/unit/proto/test_wsproto_props.py tests/process/test_fuzz.py tests/relay/test_soak.py

@@ -14,13 +14,17 @@ VENV36 := .venv36
 # The relay contract end to end (real server, real sockets, real WebSocket client, the real
 # `python3.6 sphincter.py` process) and the pure protocol modules under it; test_cluster.py: three
 # real nodes and a real Redis (redis-py 4.3.6 on 3.6), about 80 s.
-PY36_TESTS ?= tests/test_relay.py tests/test_cli.py tests/test_config.py tests/test_framing.py \
-              tests/test_wsproto.py tests/test_wsproto_props.py tests/test_rooms.py \
-              tests/test_roomcode.py tests/test_security.py tests/test_security_policy.py \
-              tests/test_metrics_api.py tests/test_viewer_static.py tests/test_lifecycle.py \
-              tests/test_writeback.py tests/test_preamble.py tests/test_roomsfile.py \
-              tests/test_connect.py tests/test_wsclient.py tests/test_obsws.py \
-              tests/test_resp.py tests/test_redis_mode.py tests/test_cluster.py
+PY36_TESTS ?= tests/relay/test_relay.py tests/process/test_cli.py \
+              tests/unit/relay/test_config.py tests/unit/proto/test_framing.py \
+              tests/unit/proto/test_wsproto.py tests/unit/proto/test_wsproto_props.py \
+              tests/unit/rooms/test_rooms.py tests/unit/proto/test_roomcode.py \
+              tests/relay/test_security.py tests/unit/relay/test_security_policy.py \
+              tests/relay/test_metrics_api.py tests/unit/relay/test_viewer_static.py \
+              tests/relay/test_lifecycle.py tests/relay/test_writeback.py \
+              tests/unit/proto/test_preamble.py tests/unit/proto/test_roomsfile.py \
+              tests/process/test_connect.py tests/unit/agent/test_wsclient.py \
+              tests/unit/proto/test_obsws.py tests/unit/proto/test_resp.py \
+              tests/relay/test_redis_mode.py tests/relay/test_cluster.py
 
 .PHONY: test-py36
 test: test-py36

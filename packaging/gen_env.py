@@ -3,7 +3,7 @@
 The env file is /etc/default/sphincter: KEY=VALUE lines read by the unit's EnvironmentFile=
 and by sphincter's own SPHINCTER_* environment options. Every option of --help is listed,
 commented out, with its default, so the file documents itself and stays in step with the
-program: tests/test_release.py runs --check.
+program: tests/release/test_release.py runs --check.
 
 Usage: python packaging/gen_env.py [--check] [--help-cmd "python sphincter.py"] [OUT]
 """

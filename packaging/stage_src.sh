@@ -2,7 +2,7 @@
 # Copy what the release binary is built from into DEST: sphincter.py, every module of
 # sphincter_lib (every subpackage, at any depth; no caches) and its static files.
 # A module left out here is a binary that fails only when that code runs, so
-# tests/test_packaging.py checks this copy against the tree, and tests/test_release.py checks
+# tests/unit/test_packaging.py checks this copy against the tree, and tests/release/test_release.py checks
 # that the binary holds every module.
 #
 # Usage: packaging/stage_src.sh SRC DEST      (DEST must not exist yet)

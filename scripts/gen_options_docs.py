@@ -3,7 +3,7 @@
 (via packaging/gen_env.py) from sphincter_lib.relay.config.OPTIONS.
 
 Run after adding an option: ``.venv/bin/python scripts/gen_options_docs.py``.
-tests/test_config.py checks both stay in step with the code.
+tests/unit/relay/test_config.py checks both stay in step with the code.
 """
 import os
 import re

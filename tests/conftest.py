@@ -1,6 +1,7 @@
 """Shared fixtures. The suite runs under ``python -m gevent.monkey --module pytest``
 (see the Makefile), so sockets are cooperative and an in-process server can
-serve a blocking-style client in the same process."""
+serve a blocking-style client in the same process. tests/unit/ (pure code) also
+runs under plain pytest (``make test-unit``); the other tiers refuse to."""
 
 import base64
 import os
@@ -11,15 +12,23 @@ import gevent
 import gevent.monkey
 import pytest
 
-if not gevent.monkey.is_module_patched("socket"):
-    pytest.exit("run the tests with `make test` (python -m gevent.monkey --module pytest)", returncode=4)
-
 import websocket  # noqa: E402  (websocket-client)
 
 from sphincter_lib.relay import config  # noqa: E402
 from sphincter_lib.relay.server import Relay  # noqa: E402
 
 from testkit import IN_CI, TIME_FACTOR, require, unit  # noqa: E402,F401
+
+UNIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "unit") + os.sep
+
+
+def pytest_collectstart(collector):
+    """tests/unit/ (pure code) runs under plain pytest; every other tier needs gevent's patching."""
+    path = str(getattr(collector, "fspath", ""))
+    if (isinstance(collector, pytest.Module) and not path.startswith(UNIT)
+            and not gevent.monkey.is_module_patched("socket")):
+        pytest.exit("%s: run the tests with `make test` (python -m gevent.monkey --module pytest); "
+                    "only tests/unit/ runs without it (`make test-unit`)" % path, returncode=4)
 
 
 def wait_for(predicate, timeout=None, interval=0.005, what="condition"):

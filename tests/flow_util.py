@@ -1,4 +1,4 @@
-"""Helpers for tests/test_flow.py (issue 9: flow control and fairness).
+"""Helpers for tests/relay/test_flow.py (issue 9: flow control and fairness).
 
 The relay under test is the real process (``python sphincter.py``): the tests measure the relay,
 not a relay sharing the test's event loop and GIL. Loads that must not hog the test's own loop

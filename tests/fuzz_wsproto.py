@@ -1,7 +1,7 @@
 """atheris (libFuzzer) target for the WebSocket frame parser.
 
     python tests/fuzz_wsproto.py -max_total_time=300      # make fuzz (FUZZ_SECONDS)
-    python tests/fuzz_wsproto.py -runs=100000             # tests/test_fuzz.py, bounded
+    python tests/fuzz_wsproto.py -runs=100000             # tests/process/test_fuzz.py, bounded
 
 Per input: choose parser options and split points from the input itself, feed
 the rest; check that only ProtocolError (1002/1007/1009) escapes, that the

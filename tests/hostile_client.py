@@ -5,8 +5,8 @@ frames with a 2**62 length header, bad UTF-8, unmasked frames, oversized or
 fragmented control frames, reserved bits and opcodes, invalid close codes, a
 64 MiB message; slowloris and garbage on the HTTP port; RST storms.
 
-Works with plain or gevent-patched sockets.  Used by tests/test_hostile.py and
-tests/test_security.py, and runnable by hand:
+Works with plain or gevent-patched sockets.  Used by tests/relay/test_hostile.py and
+tests/relay/test_security.py, and runnable by hand:
 
     python tests/hostile_client.py --url ws://127.0.0.1:8080/ws?room=ABCDEF all
 """

@@ -1,4 +1,4 @@
-"""A real Redis and real Sphincter nodes for the cross-node tests (issue 13, tests/test_cluster.py).
+"""A real Redis and real Sphincter nodes for the cross-node tests (issue 13, tests/relay/test_cluster.py).
 
 - :class:`RedisServer`: ``redis-server`` on a free loopback port, no persistence; ``stop()``,
   ``restart()`` on the same port (it comes back empty, as a Redis without persistence does),

@@ -1,4 +1,4 @@
-"""Helpers for tests/test_release.py: real processes, real sockets, a real systemd.
+"""Helpers for tests/release/test_release.py: real processes, real sockets, a real systemd.
 
 Also a small command line, so the same relay check runs inside a container's network
 namespace (``nsenter -t PID -n python tests/release_helpers.py relay HOST:PORT WS_URL``).

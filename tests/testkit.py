@@ -26,7 +26,7 @@ def require(what, available, reason=""):
 
 
 #: Every program a test runs, and the Debian package that ships it. Tests ask for a program
-#: with require_program(); tests/test_deps_declared.py checks that every program the tests name
+#: with require_program(); tests/unit/test_deps_declared.py checks that every program the tests name
 #: is here and that its package is in scripts/apt-deps.d/*.txt (which `make test` installs).
 PROGRAMS = {
     "chromium": "chromium",

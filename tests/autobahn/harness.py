@@ -10,7 +10,7 @@ Case sets (compression cases 12.* and 13.* are always excluded: Sphincter does n
 implement permessage-deflate):
 
 * ``full``: sections 1-7, 9 and 10, all 301 cases.  Against Sphincter's echo
-  endpoint this takes ~25 s here, so CI runs it (tests/test_autobahn.py).
+  endpoint this takes ~25 s here, so CI runs it (tests/relay/test_autobahn.py).
 * ``ci``: sections 1-7 and 10 whole, plus the smaller section-9 cases (messages up
   to 1 MiB, bursts up to 1000 x 256 B/16 KiB): 259 cases, for slower machines
   (``SPHINCTER_AUTOBAHN_SET=ci``).

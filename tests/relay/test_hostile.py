@@ -17,7 +17,7 @@ import time
 import gevent
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: the helpers
 import hostile_client as hc  # noqa: E402
 from hardening_util import ROOT, ServerProcess, Source, fd_count, poll, rss_kib  # noqa: E402
 

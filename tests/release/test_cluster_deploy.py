@@ -14,7 +14,7 @@
 Needs systemd-analyze, nginx with its stream module (Debian: libnginx-mod-stream), openssl and
 redis-server (scripts/apt-deps.d/); outside CI a missing one skips, under CI=true it fails.
 install.sh needs a ``sphincter`` binary beside it: a two-line wrapper around this checkout's
-``sphincter.py`` stands in for the one-file build (tests/test_release.py runs the real one).
+``sphincter.py`` stands in for the one-file build (tests/release/test_release.py runs the real one).
 """
 import json
 import os

@@ -14,14 +14,14 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: the helpers
 from hardening_util import ROOT, ServerProcess  # noqa: E402
 
 
 def _load_harness():
     # by path: the directory name must not shadow the 'autobahn' package if one is installed
     import importlib.util
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "autobahn", "harness.py")
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "autobahn", "harness.py")
     spec = importlib.util.spec_from_file_location("sphincter_autobahn_harness", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -1,8 +1,8 @@
 """Every way of shipping Sphincter holds every module of the package tree (fast checks).
 
 A subpackage left out of a release is the worst kind of bug: the binary starts, and fails only
-when the missing code runs. tests/test_release.py checks the built binary itself and
-tests/test_pip_install.py an installed copy; these run in the main suite, in a second.
+when the missing code runs. tests/release/test_release.py checks the built binary itself and
+tests/process/test_pip_install.py an installed copy; these run in the main suite, in a second.
 """
 import configparser
 import os

@@ -2,7 +2,7 @@
 
 Fast checks of the room model across nodes (each node is a full Relay with its own
 ports, its own RedisRoomModel and Redis connections). The subprocess tier, with
-SIGKILL and Redis restarts, is tests/test_cluster.py.
+SIGKILL and Redis restarts, is tests/relay/test_cluster.py.
 """
 
 import json

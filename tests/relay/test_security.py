@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: the helpers
 from hardening_util import ServerProcess, Source, make_cert  # noqa: E402
 from hostile_client import (OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, connect_tcp,  # noqa: E402
                             http_request, read_http_response, ws_connect)

@@ -2,7 +2,7 @@
 
 The runtime side (library calls 3.6 lacks fail only when they run) is covered by the 3.6 tier
 (`make test-py36`, run by `make test`: the relay contract tests under 3.6) and by
-tests/test_release.py::test_single_file_mode_on_cpython (a venv per CPython 3.6 to 3.13 from
+tests/release/test_release.py::test_single_file_mode_on_cpython (a venv per CPython 3.6 to 3.13 from
 requirements.txt, relaying through `pythonX.Y sphincter.py`). This test is the quick guard in
 the main suite: every module of the program, and every test module the 3.6 tier runs, compiles
 with the real CPython 3.6.
@@ -14,7 +14,7 @@ import subprocess
 
 from testkit import require, unit
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 COMPILE_ALL = r"""
 import sys

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/
 ROOT = os.path.dirname(HERE)
 SECONDS = int(os.environ.get("SPHINCTER_SOAK_SECONDS", "45"))
 

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: the helpers
 from hardening_util import ServerProcess, Source, poll  # noqa: E402
 from hostile_client import OP_TEXT, ws_connect  # noqa: E402
 from nginxkit import Nginx  # noqa: E402

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: the helpers
 from hardening_util import ServerProcess, make_cert, poll  # noqa: E402
 from hostile_client import rst_close  # noqa: E402
 from testkit import unit  # noqa: E402

@@ -17,7 +17,7 @@ import os
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PKG = "sphincter_lib"
 
 #: top-level modules every side may use ("" is the package itself: ``__version__``)

@@ -18,7 +18,7 @@ import websocket
 
 from conftest import recv_close, subscribe, unit, wait_for
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TEXT = websocket.ABNF.OPCODE_TEXT
 
 

@@ -14,7 +14,7 @@ other, slow readers on both.
 
 CI runs the seeded cases (well under a minute). For many random ones (the issue asks 200 in a row)::
 
-    SPHINCTER_SKIP_RUNS=200 make test PYTEST_ARGS="tests/test_skip_property.py -x"
+    SPHINCTER_SKIP_RUNS=200 make test PYTEST_ARGS="tests/relay/test_skip_property.py -x"
 
 A failing case prints its seed; ``SPHINCTER_SKIP_SEED=<seed>`` runs that one again.
 """

@@ -13,7 +13,7 @@ import sys
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # tests/: the helpers
 import hostile_client as hc  # noqa: E402
 from sphincter_lib.proto import frames as wsproto  # noqa: E402
 from sphincter_lib.errors import ProtocolError  # noqa: E402

@@ -335,7 +335,7 @@ def server_frames(data):
 @pytest.mark.timeout(120)
 def test_slow_but_moving_subscriber_gets_4408(make_relay):
     # with flow control a lone subscriber is its room's fastest and slows the source down
-    # instead (tests/test_flow.py); without it, a subscriber that falls behind is cut
+    # instead (tests/relay/test_flow.py); without it, a subscriber that falls behind is cut
     budget = 256 * 1024
     relay = make_relay(subscriber_buffer_bytes=budget, max_message_bytes=64 * 1024,
                        close_timeout=unit(5), log_level="info", flow_control=False)

@@ -23,7 +23,7 @@ from cdp_browser import Browser, find_chromium
 from nginxkit import Nginx
 from testkit import require_program
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENTRY = os.path.join(ROOT, "sphincter.py")
 ARTIFACTS = os.path.join(ROOT, "artifacts")
 LISTENING = re.compile(r"listening tcp=(\S+):(\d+) ws=(\S+):(\d+)")

@@ -20,7 +20,7 @@ from conftest import subscribe, unit, wait_for, ws_url
 from testkit import stop_process
 from obs_double import ObsDouble
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENTRY = os.path.join(ROOT, "sphincter.py")
 TEXT = websocket.ABNF.OPCODE_TEXT
 

@@ -15,10 +15,10 @@ import pytest
 
 from testkit import require_program
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 #: every scenario's targets, each named (bench/run.py's options ending in -targets): with
-#: --require a missing one fails the run. tests/test_deps_declared.py checks that this names
+#: --require a missing one fails the run. tests/unit/test_deps_declared.py checks that this names
 #: all of run.py's target options and that the Debian packages of these targets are declared.
 TARGETS = {"--targets": "sphincter,asyncio", "--tunnel-targets": "sphincter,asyncio",
            "--blast-targets": "sphincter,asyncio"}

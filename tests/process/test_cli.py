@@ -19,7 +19,7 @@ from testkit import require_program
 from sphincter_lib import __version__
 from sphincter_lib.relay import config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENTRY = os.path.join(ROOT, "sphincter.py")
 LOCAL = ["--tcp-host", "127.0.0.1", "--ws-host", "127.0.0.1"]
 

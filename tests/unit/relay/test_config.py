@@ -6,7 +6,7 @@ import pytest
 from sphincter_lib.relay import config
 from sphincter_lib.errors import ConfigError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 def test_defaults():

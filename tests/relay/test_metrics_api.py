@@ -25,7 +25,7 @@ from sphincter_lib.rooms import registry as rooms
 from sphincter_lib.relay.server import Relay
 from sphincter_lib.proto import frames as wsproto
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOKEN = "s3cret-admin-token-0123456789"
 
 pytestmark = pytest.mark.timeout(60)

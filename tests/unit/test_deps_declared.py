@@ -7,7 +7,7 @@ Fast, no server. An ast scan of tests/ finds the programs the tests name: ``shut
 first word of a subprocess call's literal argv (``run(["openssl", ...])``). Each must be in
 testkit.PROGRAMS or testkit.FILES, whose Debian packages must be listed in apt-deps.d (what
 `make test` installs) or be Essential. The bench smoke run is covered the same way: bench/run.py
-runs no target its command line does not name, tests/test_bench_smoke.py names every scenario's,
+runs no target its command line does not name, tests/relay/test_bench_smoke.py names every scenario's,
 and the Debian packages of those targets and of the load generator's build must be listed.
 """
 import ast
@@ -21,9 +21,11 @@ from pathlib import Path
 import pytest
 
 from testkit import ESSENTIAL, FILES, PROGRAMS, require_program
-from test_bench_smoke import TARGETS
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "relay"))  # test_bench_smoke's tier
+from test_bench_smoke import TARGETS  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
 TESTS = ROOT / "tests"
 APT_DEPS = ROOT / "scripts" / "apt-deps.d"
 
