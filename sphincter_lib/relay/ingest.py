@@ -22,7 +22,7 @@ from ..errors import RoomError
 from .security import ConnectionCaps, check_auth_line
 from ..proto.framing import is_text, make_framer
 from ..proto.preamble import Preamble
-from ..rooms.registry import Source
+from ..rooms.interface import Source
 from ..tcp import keepalive
 
 logger = logging.getLogger("sphincter.relay.ingest")

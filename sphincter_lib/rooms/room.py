@@ -28,9 +28,9 @@ progress for ``stall_timeout`` seconds, so a room whose every subscriber
 froze lets its source go.
 
 A room knows nothing of its registry: it gets its limits (:class:`RoomLimits`)
-and an events listener (:class:`~sphincter_lib.rooms.registry.RoomEvents`) when made,
+and an events listener (:class:`~sphincter_lib.rooms.interface.RoomEvents`) when made,
 and tells the listener what happens to it. The interface the rest of the relay
-uses is declared in :mod:`sphincter_lib.rooms.registry`.
+uses is declared in :mod:`sphincter_lib.rooms.interface`.
 """
 
 import logging
@@ -40,21 +40,12 @@ from bisect import bisect_left, bisect_right
 from gevent import get_hub
 from gevent.event import Event
 
-from ..closecodes import CloseCode
 from ..errors import RoomFullError, RoomNotFound
+from .interface import CLOSED, CUT, LIVE, SKIP, SLOW_CLOSE, SOURCE_CLOSED, WAITING
 from .outbox import Outbox
 
 logger = logging.getLogger("sphincter.rooms.room")
 
-#: room states: a source feeds it; no source (named room, or grace period); closed for good
-LIVE, WAITING, CLOSED = "live", "waiting", "closed"
-#: slow-subscriber policies: close it (4408), or jump it to the newest whole message
-CUT, SKIP = "cut", "skip"
-
-#: close code for a subscriber cut off because it fell too far behind (or stalled)
-SLOW_CLOSE = CloseCode.TOO_SLOW
-#: close code for subscribers of a room whose source closed (or that was removed)
-SOURCE_CLOSED = CloseCode.SOURCE_CLOSED
 
 
 class RoomLimits:
@@ -235,6 +226,11 @@ class Room:
     (:meth:`attach`) — else it closes. ``closed`` is final: subscribers drain,
     then get the close code.
     """
+
+    #: where its source is and every node's subscribers: None on a room of this process only
+    #: (see ``interface.ROOM_FIGURES``; the Redis room sets them)
+    source_node = None
+    relay_subscribers = None
 
     def __init__(self, code, source, limits, encode, events, stats, clock=time.time,
                  monotonic=time.monotonic, named=False):
