@@ -4,7 +4,7 @@ Mounted at :data:`ECHO_PATH` only with the hidden ``--test-echo-endpoint on``
 (never in production); it exists so an independent conformance suite
 (Autobahn|Testsuite's fuzzingclient, ``tests/test_autobahn.py``) exercises
 exactly the code subscribers meet: ``ws.Handler``'s handshake,
-``ws.Connection``, ``wssession.ServerSession`` and the ``proto.frames`` parser and
+``ws.ServerConnection``, ``wssession.ServerSession`` and the ``proto.frames`` parser and
 encoders.
 
 One greenlet per connection is both the reader and the only writer; the

@@ -25,6 +25,7 @@ from ..proto import frames
 from ..proto.addresses import client_address, is_local_client, is_trusted, peer_name
 from ..closecodes import CloseCode
 from ..errors import RelayUnavailable, RoomFullError, RoomNotFound, ShuttingDown
+from ..logformat import log_crash
 from .security import ConnectionCaps, OriginPolicy, RateLimiter
 from .ws import close_blocking
 from ..proto.wssession import CLOSING, OPEN, PING_TIMEOUT, ServerSession
@@ -45,7 +46,7 @@ class Keepalive:
     def start(self):
         if self.interval > 0 and self._greenlet is None:
             self._greenlet = gevent.spawn(self._run)
-            self._greenlet.link_exception(_log_crash("keepalive"))
+            self._greenlet.link_exception(log_crash(logger, "keepalive"))
 
     def stop(self):
         if self._greenlet is not None:
@@ -70,12 +71,6 @@ class Keepalive:
             elif ws.ping_due(now, self.interval):
                 ws.send_ping(now)
                 s.sub.wake()
-
-
-def _log_crash(what):
-    def log(greenlet):
-        logger.error("%s crashed", what, exc_info=greenlet.exc_info)
-    return log
 
 
 class Session:
@@ -381,7 +376,7 @@ class WebApp:
         if conn.detach():
             # the session no longer needs the HTTP handler: run it in a fresh greenlet with a
             # shallow stack, and let the handler (its greenlet, its request state) go
-            self.sessions.spawn(self._run, session, slot).link_exception(_log_crash("session"))
+            self.sessions.spawn(self._run, session, slot).link_exception(log_crash(logger, "session"))
         else:
             self._run(session, slot)
         return []

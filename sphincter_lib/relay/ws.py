@@ -3,11 +3,11 @@
 gevent-websocket does the HTTP upgrade plumbing (its ``WebSocketHandler`` runs
 the WSGI application with ``environ['wsgi.websocket']`` set). Everything else
 is ours: :class:`Handler` replaces its handshake checks (clean 400/426 answers
-with bytes bodies, HTTP/1.0 refused, bad keys refused), and :class:`Connection`
+with bytes bodies, HTTP/1.0 refused, bad keys refused), and :class:`ServerConnection`
 replaces its ``WebSocket`` class with socket I/O only: the protocol (parsing,
 pongs, the closing handshake with explicit close codes, which gevent-websocket
 0.10.1 drops) is a sans-IO :class:`~sphincter_lib.proto.wssession.ServerSession`
-that the endpoints (``web.py``, ``echo.py``) drive over a Connection;
+that the endpoints (``web.py``, ``echo.py``) drive over a ServerConnection;
 :func:`close_blocking` ends one from a greenlet that reads and writes itself.
 """
 
@@ -84,7 +84,7 @@ class Handler(WebSocketHandler):
         if timer is not None:
             timer.close()                       # the head is in: the session has no deadline
         # gevent-websocket's run_application, except that the 101 response is not written
-        # before the application runs: the connection writes it (Connection.accept) when the
+        # before the application runs: the connection writes it (ServerConnection.accept) when the
         # application first uses it, so a subscriber is in its room once its handshake is done
         # (a shared room model admits it with a round trip to Redis first)
         self.result = self.upgrade_websocket()
@@ -146,7 +146,7 @@ class Handler(WebSocketHandler):
                 self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
             except OSError as exc:               # not fatal: the kernel's own size stays
                 logger.debug("http %s: SO_SNDBUF not set: %s", format_peer(self.client_address), exc)
-        self.websocket = Connection(self)
+        self.websocket = ServerConnection(self)
         env["wsgi.websocket_version"] = "13"
         env["wsgi.websocket"] = self.websocket
         self.start_response("101 Switching Protocols", [
@@ -172,7 +172,7 @@ def _one_line(text, limit=_MAX_REASON):
     return shown + ("..." if len(text) > limit else "")
 
 
-class Connection:
+class ServerConnection:
     """One upgraded connection's socket I/O, for a :class:`~sphincter_lib.proto.wssession.ServerSession`.
 
     Reading: :meth:`recv` (a greenlet that reads and writes itself: the echo
