@@ -181,7 +181,7 @@ class ServerConnection:
     block the calling greenlet, :attr:`writing` is True meanwhile; the event
     loop may also write with one non-blocking :attr:`send_now` while no
     greenlet writes, handing an unsent rest to :meth:`defer`. Whoever writes
-    must make sure writes never overlap (``web.Session``: its writer greenlet,
+    must make sure writes never overlap (``session.Session``: its writer greenlet,
     and direct sends only while that greenlet sleeps). :meth:`close` is the one
     way to end the connection. Protocol state (close frames, pings) is the
     session's, not this object's.
