@@ -20,7 +20,7 @@ from ..errors import RelayUnavailable, RoomFullError, RoomNotFound, ShuttingDown
 from ..logformat import log_crash
 from .security import ConnectionCaps, OriginPolicy, RateLimiter
 from .session import Keepalive, Session
-from .ws import close_blocking
+from .wsconn import close_blocking
 from ..proto.wssession import ServerSession
 
 logger = logging.getLogger("sphincter.relay.web")
