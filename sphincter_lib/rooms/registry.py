@@ -10,7 +10,8 @@ import time
 
 from .interface import (CLOSED, CUT, LIVE, ROOM_FIGURES, SKIP, SLOW_CLOSE, SOURCE_CLOSED, WAITING,
                         RoomEvents, RoomModel, Source)
-from .room import Room, RoomLimits, Subscriber
+from .cursor import Subscriber
+from .room import Room, RoomLimits
 from ..errors import CannotResume, RoomLimitError, RoomNotFound, ShuttingDown
 from ..proto.roomcode import make_code, resume_key, room_key
 from .stats import Stats
