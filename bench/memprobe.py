@@ -35,7 +35,7 @@ def main(argv=None):
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--no-trace", action="store_true", help="RSS only (tracemalloc inflates it)")
     ap.add_argument("--set", action="append", default=[], metavar="MODULE.CLASS.ATTR=INT",
-                    help="try a documented tunable, e.g. relay.ws.Connection.read_size=4096")
+                    help="try a documented tunable, e.g. relay.wsconn.ServerConnection.read_size=4096")
     a = ap.parse_args(argv)
     R.build_wsbench()
     import importlib

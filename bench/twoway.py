@@ -79,7 +79,7 @@ def role_client(url, total, timeout, direction="both"):
     import gevent
     from sphincter_lib.agent import wsclient
 
-    conn = wsclient.Connection(url, timeout=10, max_message_bytes=16 << 20).open()
+    conn = wsclient.ClientConnection(url, timeout=10, max_message_bytes=16 << 20).open()
     t0 = time.monotonic()
     start = time.time()            # wall clock: the service's last byte is compared with it
     up_done = {}

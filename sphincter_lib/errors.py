@@ -1,4 +1,4 @@
-"""The one exception tree of Sphincter.
+"""The exception tree of Sphincter: its root and the errors the relay's sides share.
 
 ::
 
@@ -12,7 +12,18 @@
     │   ├── CannotResume     a RESUME line with a wrong key, an unknown or expired code
     │   ├── ShuttingDown     the server is stopping
     │   └── RelayUnavailable Redis mode: Redis cannot be reached now (close 1013)
-    └── ProtocolError        a peer broke the WebSocket protocol; carries the close code
+    ├── ProtocolError        a peer broke the WebSocket protocol; carries the close code
+    │
+    │   defined next to the one module that raises them:
+    ├── ObsError             proto/obsws.py: OBS said something that makes the session useless
+    ├── HandshakeError       agent/wsclient.py: a WebSocket server refused the upgrade
+    ├── ConnectionClosed     agent/wsclient.py: the WebSocket connection is closed
+    ├── RelayRefused         agent/relay_link.py: the relay refused the source (``ERROR``)
+    ├── RetryNow             agent/connect.py: open again at once (the relay forgot the room)
+    └── Fatal                agent/local.py: retrying cannot help: stop with an exit status
+
+Outside the tree: ``proto.resp.RespError`` (Redis sent bytes that are not RESP; the
+Redis link drops the connection), so no ``except SphincterError`` catches it.
 """
 
 

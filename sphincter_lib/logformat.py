@@ -43,3 +43,12 @@ def setup_logging(level, fmt="text"):
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter(fmt))
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
+
+
+def log_crash(logger, what):
+    """A ``link_exception`` callback: ``<what> crashed`` at ERROR on ``logger``, with the traceback.
+
+    Every long-lived greenlet gets one (ARCHITECTURE.md, style 6)."""
+    def log(greenlet):
+        logger.error("%s crashed", what, exc_info=greenlet.exc_info)
+    return log

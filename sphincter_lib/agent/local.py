@@ -134,7 +134,7 @@ class WsLocal:
         self.opts = opts
         self.lines = opts.framing == "lines"
         self.splitter = LineSplitter(opts.max_message_bytes)
-        self.conn = wsclient.Connection(spec.url, subprotocols, timeout=opts.connect_timeout,
+        self.conn = wsclient.ClientConnection(spec.url, subprotocols, timeout=opts.connect_timeout,
                                         max_message_bytes=opts.max_message_bytes)
 
     def open(self):

@@ -5,7 +5,7 @@ request, :func:`check_handshake` validates the server's answer (status 101,
 ``Upgrade``/``Connection`` headers, the ``Sec-WebSocket-Accept`` value, the
 subprotocol), :func:`encode_client_frame` builds masked client frames and
 :class:`ClientSession` turns the bytes a server sends into messages (answering
-pings, echoing a close). :class:`Connection` is the thin blocking adapter over
+pings, echoing a close). :class:`ClientConnection` is the thin blocking adapter over
 a (gevent-cooperative) socket that ``sphincter connect`` uses.
 """
 
@@ -199,7 +199,7 @@ class ClientSession:
 
 # --- a thin blocking adapter (gevent-cooperative when sockets are patched) ------------
 
-class Connection:
+class ClientConnection:
     """One client connection: :meth:`open` it, then :meth:`recv` / :meth:`send`.
 
     ``recv`` returns ``(opcode, payload)`` for each data message and raises

@@ -8,7 +8,7 @@ Only what the relay's two hot Redis connections need (see ``cluster.link``):
 Every other Redis command goes through redis-py.
 """
 
-__all__ = ["command", "Parser", "Error", "ProtocolError"]
+__all__ = ["command", "Parser", "Error", "RespError"]
 
 _CRLF = b"\r\n"
 
@@ -39,8 +39,15 @@ class Error(object):
         return isinstance(other, Error) and other.message == self.message
 
 
-class ProtocolError(Exception):
-    """The server sent bytes that are not RESP: the connection must be dropped."""
+class RespError(Exception):
+    """The server sent bytes that are not RESP: the connection must be dropped.
+
+    Not a :class:`~sphincter_lib.errors.ProtocolError` (that one is WebSocket's, with a close
+    code); it stays outside the ``SphincterError`` tree so nothing catches it by accident."""
+
+
+#: the old name, until cluster/link.py (another branch's file) says ``resp.RespError``
+ProtocolError = RespError
 
 
 class Parser:
@@ -92,7 +99,7 @@ class Parser:
             if n < 0:
                 return None, nxt
             if n > self.max_bulk:
-                raise ProtocolError("bulk string of %d bytes" % n)
+                raise RespError("bulk string of %d bytes" % n)
             end = nxt + n
             if end + 2 > len(buf):
                 return None, -1
@@ -114,4 +121,4 @@ class Parser:
             return int(line), nxt
         if kind == 45:                        # '-' error
             return Error(bytes(line).decode("utf-8", "replace")), nxt
-        raise ProtocolError("unexpected reply type %r" % chr(kind))
+        raise RespError("unexpected reply type %r" % chr(kind))

@@ -15,7 +15,7 @@ fails protocol errors with their code (1002, 1007, 1009), and keeps the
 keepalive bookkeeping (with the clock's readings passed in). It queues
 control frames; data messages an endpoint sends (the echo) are queued in
 the same order. Subscribers' data frames do *not* go through the session:
-their adapter (``web.Session``) writes the room's pre-encoded frames itself
+their adapter (``relay.session.Session``) writes the room's pre-encoded frames itself
 and asks the session only whether control frames are :attr:`pending`.
 
 What the adapter does, by state:

@@ -53,10 +53,11 @@ def room_info(room):
         "takeovers": room.takeovers,
         "replayed_messages": room.replayed,
     }
-    node = getattr(room, "source_node", None)
+    node = room.source_node
     if node is not None:                      # Redis mode: where its source is, every node's subscribers
         info["source_node"] = node or None
-        info["relay_subscribers"] = getattr(room, "relay_subscribers", info["subscribers"])
+        relay = room.relay_subscribers
+        info["relay_subscribers"] = relay if relay is not None else info["subscribers"]
     return info
 
 

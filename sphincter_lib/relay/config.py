@@ -236,7 +236,7 @@ OPTIONS = (
     Option("stall-timeout", "30", seconds,
            "cut (4408) a subscriber that has data waiting and makes no progress for this many seconds; "
            "0: never", "SECONDS"),
-    # -- room lifecycle (see sphincter_lib/rooms/registry.py, proto/roomsfile.py) --
+    # -- room lifecycle (see sphincter_lib/rooms/interface.py, rooms/registry.py, proto/roomsfile.py) --
     Option("rooms-file", "", path_or_empty,
            "named rooms, one per line: 'NAME TOKEN [replay=N] [max-subscribers=N] [slow-policy=cut|skip] "
            "[write=KEY]'; "

@@ -4,7 +4,7 @@ Mounted at :data:`ECHO_PATH` only with the hidden ``--test-echo-endpoint on``
 (never in production); it exists so an independent conformance suite
 (Autobahn|Testsuite's fuzzingclient, ``tests/test_autobahn.py``) exercises
 exactly the code subscribers meet: ``ws.Handler``'s handshake,
-``ws.Connection``, ``wssession.ServerSession`` and the ``proto.frames`` parser and
+``wsconn.ServerConnection``, ``wssession.ServerSession`` and the ``proto.frames`` parser and
 encoders.
 
 One greenlet per connection is both the reader and the only writer; the
@@ -14,7 +14,7 @@ session answers pings and closes, this module only echoes data messages.
 import logging
 
 from ..proto import frames
-from .ws import close_blocking
+from .wsconn import close_blocking
 from ..proto.wssession import OPEN, ServerSession
 
 logger = logging.getLogger("sphincter.relay.echo")

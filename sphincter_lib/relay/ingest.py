@@ -19,17 +19,15 @@ from gevent.exceptions import ConcurrentObjectUseError
 
 from ..proto.addresses import format_peer
 from ..errors import RoomError
+from ..logformat import log_crash
 from .security import ConnectionCaps, check_auth_line
 from ..proto.framing import is_text, make_framer
 from ..proto.preamble import Preamble
-from ..rooms.registry import Source
+from ..rooms.interface import Source
 from ..tcp import keepalive
 
 logger = logging.getLogger("sphincter.relay.ingest")
-
-
-def _log_crash(greenlet):
-    logger.error("source greenlet crashed", exc_info=greenlet.exc_info)
+_crashed = log_crash(logger, "source greenlet")
 
 
 class TcpSource(Source):
@@ -52,7 +50,7 @@ class TcpSource(Source):
 
     def hang_up(self, reason):
         """In a greenlet of its own: ``ERROR <reason>``, then end the connection (wakes its reader)."""
-        gevent.spawn(self._hang_up, b"ERROR %s\n" % reason.encode()).link_exception(_log_crash)
+        gevent.spawn(self._hang_up, b"ERROR %s\n" % reason.encode()).link_exception(_crashed)
 
     def _hang_up(self, line):
         self.send(line)
@@ -231,7 +229,7 @@ class SourceHandler:
                 source.send(lines)
             if room.write_key:
                 writer = gevent.spawn(self._write_back, sock, room, source, peer)
-                writer.link_exception(_log_crash)
+                writer.link_exception(_crashed)
             if self.idle_timeout:
                 sock.settimeout(self.idle_timeout)
             if not self._pump(sock, room, source, greeting.rest):

@@ -88,7 +88,7 @@ REDIS_COUNTERS = (
 class RelayCollector:
     """Reads the relay's state at scrape time.
 
-    ``registry`` is the :class:`~sphincter_lib.rooms.registry.RoomRegistry` (its ``stats`` are read too);
+    ``registry`` is the :class:`~sphincter_lib.rooms.interface.RoomModel` (its ``stats`` are read too);
     ``connections`` (optional) returns the number of open WebSocket connections.
     """
 

@@ -3,7 +3,9 @@
 ``Relay(settings).start()`` binds both ports (raising BindError naming the
 address) and returns; ``tcp_address``/``ws_address`` are then the bound
 addresses (useful with port 0). ``serve_forever()`` runs until SIGTERM/SIGINT
-or :meth:`request_stop`; signal handlers only set an event.
+or :meth:`request_stop`. The SIGTERM/SIGINT handlers only set an event;
+the SIGHUP handler (:meth:`request_reload`) spawns a greenlet that re-reads
+the rooms file, and returns.
 """
 
 import logging
@@ -22,6 +24,7 @@ from . import security
 from ..proto.addresses import format_peer
 from ..closecodes import CloseCode
 from ..errors import BindError, ConfigError
+from ..logformat import log_crash
 from .ingest import SourceHandler
 from ..rooms.registry import RoomRegistry
 from ..rooms.stats import Stats
@@ -167,7 +170,7 @@ class Relay:
         self.registry.start()
         if self.registry.sweep_interval:
             self._sweeper = gevent.spawn(self._sweep, self.registry.sweep_interval)
-            self._sweeper.link_exception(_log_crash("stall sweeper"))
+            self._sweeper.link_exception(log_crash(logger, "stall sweeper"))
         if self.handle_signals:         # before the 'listening' line: a signal right after it is handled
             self._signal_handlers = [gevent.signal_handler(sig, self.request_stop, sig)
                                      for sig in (signal.SIGTERM, signal.SIGINT)]
@@ -197,7 +200,7 @@ class Relay:
 
     def request_reload(self):
         """Schedule a re-read of the rooms file (safe from a signal handler)."""
-        gevent.spawn(self.reload_rooms).link_exception(_log_crash("rooms reload"))
+        gevent.spawn(self.reload_rooms).link_exception(log_crash(logger, "rooms reload"))
 
     def reload_rooms(self):
         """Re-read ``--rooms-file``: added rooms appear, removed ones close (4410) after draining,
@@ -247,12 +250,6 @@ class Relay:
         logger.info("stopped in %.2fs (%d connections cut at the deadline); messages in=%d deliveries=%d",
                     time.monotonic() - started, left, self.stats.messages_in, self.stats.messages_out)
         self._stopped.set()
-
-
-def _log_crash(what):
-    def log(greenlet):
-        logger.error("%s crashed", what, exc_info=greenlet.exc_info)
-    return log
 
 
 def _tls_args(cert, key):

@@ -1,12 +1,7 @@
 """The HTTP side: a WSGI app with ``/ws`` (subscribers), ``/healthz``, and a route table.
 
-A subscriber :class:`Session` is one greenlet, its writer (it drains the
-room's backlog from the subscriber's cursor and writes what the protocol
-session queued), plus an I/O watcher that feeds what the client sends to the
-sans-IO :class:`~sphincter_lib.proto.wssession.ServerSession` from the event loop.
-While the writer sleeps, the event loop writes new frames itself with
-non-blocking sends (:meth:`Session._direct`); it never does while the writer
-is awake, so frames never interleave.
+``/ws`` admits a subscriber (origin, rate, caps, room) and runs its
+:class:`~sphincter_lib.relay.session.Session` (see ``relay/session.py``).
 """
 
 import hmac
@@ -15,245 +10,20 @@ import logging
 import time
 from urllib.parse import parse_qs
 
-import gevent
-from gevent.event import Event
 from gevent.pool import Group
 
 from .. import __version__
 from . import api, metrics, presence, viewer
-from ..proto import frames
 from ..proto.addresses import client_address, is_local_client, is_trusted, peer_name
 from ..closecodes import CloseCode
 from ..errors import RelayUnavailable, RoomFullError, RoomNotFound, ShuttingDown
+from ..logformat import log_crash
 from .security import ConnectionCaps, OriginPolicy, RateLimiter
-from .ws import close_blocking
-from ..proto.wssession import CLOSING, OPEN, PING_TIMEOUT, ServerSession
+from .session import Keepalive, Session
+from .wsconn import close_blocking
+from ..proto.wssession import ServerSession
 
 logger = logging.getLogger("sphincter.relay.web")
-
-
-class Keepalive:
-    """One greenlet pings every connection every ``interval`` s; drops those silent for ``timeout`` s."""
-
-    def __init__(self, interval, timeout, clock=time.monotonic):
-        self.interval = interval
-        self.timeout = timeout
-        self.clock = clock
-        self.sessions = set()
-        self._greenlet = None
-
-    def start(self):
-        if self.interval > 0 and self._greenlet is None:
-            self._greenlet = gevent.spawn(self._run)
-            self._greenlet.link_exception(_log_crash("keepalive"))
-
-    def stop(self):
-        if self._greenlet is not None:
-            self._greenlet.kill(block=False)
-            self._greenlet = None
-
-    def _run(self):
-        tick = max(0.05, min(5.0, self.interval / 2, self.timeout / 2))
-        while True:
-            gevent.sleep(tick)
-            self.sweep()
-
-    def sweep(self):
-        now = self.clock()
-        for s in list(self.sessions):
-            ws = s.ws
-            if ws.ping_overdue(now, self.timeout):
-                logger.debug("subscriber %s: no pong in %.1fs, dropping", s.peer, self.timeout)
-                ws.fail(*PING_TIMEOUT)
-                s.sub.kick(*PING_TIMEOUT)
-                self.sessions.discard(s)
-            elif ws.ping_due(now, self.interval):
-                ws.send_ping(now)
-                s.sub.wake()
-
-
-def _log_crash(what):
-    def log(greenlet):
-        logger.error("%s crashed", what, exc_info=greenlet.exc_info)
-    return log
-
-
-class Session:
-    """One subscriber connection: a room cursor, a protocol session, one greenlet.
-
-    The calling (handler) greenlet is the writer: it drains the room's backlog
-    from the subscriber's cursor and writes the frames the protocol session
-    :attr:`ws` queued (pongs, pings, the close frame). Incoming bytes go to
-    :attr:`ws` from the event loop (:meth:`_on_data`), without a greenlet of
-    their own, so an idle subscriber costs one parked greenlet and one I/O
-    watcher. Who closes: the room (``sub.kick``: too slow; ``close_after_drain``:
-    source gone, shutdown), the protocol session (the client's close is echoed,
-    a protocol error, keepalive) — each decision reaches the other side, and
-    the first close frame queued is the one sent.
-    """
-
-    #: most bytes written to one subscriber per write (small frames are joined up to this;
-    #: a frame this big or bigger goes alone, uncopied)
-    batch_bytes = frames.LARGE_PAYLOAD
-    #: most bytes written to one subscriber before its writer yields to the event loop (a
-    #: socket that stays writable never blocks, so a fast reader would otherwise hold the loop);
-    #: also the most one direct write from the event loop sends before handing over to the writer
-    yield_bytes = 4 * frames.LARGE_PAYLOAD
-
-    __slots__ = ("conn", "sub", "peer", "app", "ws", "_peer_closed", "writer")
-
-    def __init__(self, app, conn, sub, peer, writer=False):
-        self.app, self.conn, self.sub, self.peer = app, conn, sub, peer
-        #: True: a writer (it presented the room's write key): its messages go to the source
-        self.writer = writer
-        self.ws = ServerSession(max_message_bytes=app.settings.client_message_limit(writer),
-                                keep_data=writer,         # other subscribers' messages are discarded
-                                now=app.keepalive.clock())
-        self._peer_closed = None        # an Event while the writer waits for the client's close
-
-    def run(self):
-        sub, conn = self.sub, self.conn
-        sub.attach(direct=None if conn.tls else self._direct, interrupt=self._interrupt)
-        keepalive = self.app.keepalive
-        keepalive.sessions.add(self)
-        try:
-            conn.start_reading(self._on_data)
-            self._write()
-        finally:
-            keepalive.sessions.discard(self)
-            sub.leave()
-            conn.close()
-
-    def _interrupt(self):
-        """Kicked (from anywhere; must not block): the close frame is queued at once. A
-        write in progress may finish (then the close frame goes out) for at most
-        ``close_timeout`` seconds, else the connection is dropped."""
-        sub = self.sub
-        self.ws.send_close(sub.close_code, sub.close_reason)   # no-op if one is queued already
-        if self.conn.writing:
-            timer = gevent.get_hub().loop.timer(self.app.settings.close_timeout)
-            timer.start(self._drop)
-
-    def _drop(self):
-        self.conn.close()
-        self._wake_closer()
-
-    def _wake_closer(self):
-        if self._peer_closed is not None:
-            self._peer_closed.set()
-
-    def _direct(self):
-        """New frames while the writer sleeps (called from the event loop, must not block).
-
-        Sends them with non-blocking sends: True once all went (the writer
-        stays asleep), False to wake the writer — for a large frame, a close,
-        queued control frames, or a send that would block. A partial send's
-        remainder is handed to ``conn.defer``: the writer's next write sends
-        it before anything else, so the byte stream stays in order.
-        """
-        conn, sub = self.conn, self.sub
-        if conn.writing or conn.closed or conn.unsent or self.ws.pending or sub.closing:
-            return False                   # (checked before take(): the writer may hold one)
-        send, take, batch = conn.send_now, sub.take, self.batch_bytes
-        budget = self.yield_bytes
-        while True:                        # until caught up, or the kernel takes no more
-            if budget <= 0:
-                return False               # much to send: the writer goes on, yielding as it goes
-            data = take(batch)
-            if data is None:
-                return True
-            if data.__class__ is tuple:
-                return False
-            budget -= len(data)
-            try:
-                sent = send(data)
-            except OSError:                # BlockingIOError included: the writer retries
-                return False
-            if not sent:
-                return False
-            sub.commit()
-            if sent < len(data):
-                conn.defer(data[sent:])
-                return False
-
-    def _on_data(self, data):
-        """Incoming bytes (from the event loop: must not block). ``b""``: the peer is gone."""
-        ws, sub = self.ws, self.sub
-        if not data:                       # gone without a close frame: just drop it
-            ws.receive_eof()
-            self._drop()
-            sub.kick(None, "")
-            return
-        was_open, was_failed = ws.state is OPEN, ws.failed
-        ws.receive_data(data, self._on_message if self.writer else None)
-        if ws.state is OPEN:
-            if ws.pending:
-                sub.wake()                 # a pong to send
-            return
-        if ws.state is CLOSING:            # our close is queued or out, the client's is still to come
-            return
-        self.conn.stop_reading()           # the client's close came, or it broke the protocol
-        if ws.failed and not was_failed:
-            logger.debug("subscriber %s: protocol error, close %s %s", self.peer, ws.close_code, ws.close_reason)
-        self._wake_closer()
-        if was_open:
-            sub.kick(ws.close_code, ws.close_reason)     # the writer sends the close frame now
-
-    def _on_message(self, opcode, payload):
-        """A writer's message (from the event loop): to the room's source, whole. When the queue
-        toward the source is full, stop reading this connection until it has room again."""
-        if self.app.settings.framing == "lines":
-            payload += b"\n"
-        room = self.sub.room
-        if not room.write(payload) and self.conn.reading:
-            self.conn.stop_reading()
-            self.app.stats.writer_pauses += 1
-            room.outbox.when_writable(self._resume_reading)
-
-    def _resume_reading(self):
-        if self.ws.state is OPEN and not self.conn.closed and not self.conn.reading:
-            self.conn.start_reading(self._on_data)
-
-    def _write(self):
-        conn, sub, ws = self.conn, self.sub, self.ws
-        batch, budget = self.batch_bytes, self.yield_bytes
-        try:
-            while True:
-                if sub.closing and (sub.close_now or sub.caught_up()):
-                    break
-                if conn.unsent or ws.pending:
-                    conn.sendall(ws.data_to_send())
-                    continue               # (that write may have blocked: check for a close again)
-                data = sub.take(batch)
-                if data is None:
-                    budget = self.yield_bytes
-                    sub.wait()
-                    continue
-                conn.send_frame(data)
-                sub.commit()
-                budget -= len(data) if data.__class__ is not tuple else len(data[1])
-                if budget <= 0:
-                    budget = self.yield_bytes
-                    gevent.sleep(0)
-            if not conn.closed:
-                self._close()
-        except OSError as exc:
-            logger.debug("subscriber %s: write failed: %s", self.peer, exc)
-        finally:
-            conn.close()
-
-    def _close(self):
-        """The closing handshake, within ``close_timeout``: write what is queued and the
-        close frame; if ours went first, wait for the client's."""
-        conn, sub, ws = self.conn, self.sub, self.ws
-        with gevent.Timeout(self.app.settings.close_timeout, False):
-            ws.send_close(sub.close_code, sub.close_reason)     # no-op if one is queued already
-            conn.sendall(ws.data_to_send())
-            if ws.close_sent and ws.close_code is not None:
-                self.app.stats.close_codes[ws.close_code] += 1
-            if ws.state is CLOSING:
-                self._peer_closed = Event()
-                self._peer_closed.wait()
 
 
 class WebApp:
@@ -381,7 +151,7 @@ class WebApp:
         if conn.detach():
             # the session no longer needs the HTTP handler: run it in a fresh greenlet with a
             # shallow stack, and let the handler (its greenlet, its request state) go
-            self.sessions.spawn(self._run, session, slot).link_exception(_log_crash("session"))
+            self.sessions.spawn(self._run, session, slot).link_exception(log_crash(logger, "session"))
         else:
             self._run(session, slot)
         return []

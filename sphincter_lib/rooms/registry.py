@@ -1,172 +1,23 @@
-"""The room model: its declared interface, and the in-memory registry.
+"""The in-memory room registry: :class:`RoomRegistry`, the :class:`RoomModel` of one process.
 
-A *room* is one source's messages fanned out to its subscribers under a code.
-Who may call what:
-
-- the **TCP side** (``ingest``): :meth:`RoomModel.open` with a source object
-  (:class:`Source`), :meth:`RoomModel.claim` (a named room's token) or
-  :meth:`RoomModel.resume` (a ``RESUME`` line); then on the room its
-  ``code``, ``resume_key`` and ``write_key`` (the banner lines),
-  :meth:`~Room.publish`, :meth:`~Room.read_budget`,
-  :meth:`~Room.source_must_wait` / :meth:`~Room.wait_for_readers` (flow
-  control), ``room.source is source`` (not replaced), the write-back
-  ``outbox`` (``take``/``done``/``wait``/``closed``) and, when its connection
-  ends, :meth:`~Room.source_left`;
-- the **HTTP side** (``web``): :meth:`RoomModel.subscribe`, then on the
-  subscriber (:class:`Subscriber`) :meth:`~Subscriber.attach` its delivery
-  hooks, :meth:`~Subscriber.take` / :meth:`~Subscriber.commit` /
-  :meth:`~Subscriber.wait` to write, :meth:`~Subscriber.kick` to cut it and
-  :meth:`~Subscriber.leave` when its connection is gone; for writers, the
-  room's ``write_key``, :meth:`~Room.write` and ``outbox.when_writable``;
-  ``presence`` routes read ``state``, ``presence``, ``named`` and
-  :meth:`~Room.presence_changed`;
-- the **API and metrics**: :meth:`RoomModel.rooms`, :meth:`RoomModel.get`,
-  ``len()``, :attr:`RoomModel.subscriber_count`, :attr:`RoomModel.stats` and,
-  on a room, the read-only figures listed in :data:`ROOM_FIGURES`;
-- the **server**: :meth:`RoomModel.sweep` every :attr:`RoomModel.sweep_interval`
-  seconds, :meth:`RoomModel.close_all` at shutdown.
-
-A room tells a :class:`RoomEvents` listener what happens to it: subscriber
-joined/left, source attached/detached, closed. The room model owns the room
-lifecycle (``live`` → ``waiting`` for its source → ``closed``; named rooms
-never close unless removed); the TCP and HTTP sides only call it and react. :class:`RoomRegistry` keeps rooms in this process; a shared (Redis)
-registry implements :class:`RoomModel` the same way without changes to
-``web`` or ``ingest``.
+The interface it implements (and the only part of the rooms ``relay/`` may
+use) is declared in :mod:`sphincter_lib.rooms.interface`; its names are
+re-exported here.
 """
 
 import hmac
 import time
 
-from .room import (CLOSED, CUT, LIVE, SKIP, SLOW_CLOSE, SOURCE_CLOSED, WAITING, Room, RoomLimits,
-                   Subscriber)
+from .interface import (CLOSED, CUT, LIVE, ROOM_FIGURES, SKIP, SLOW_CLOSE, SOURCE_CLOSED, WAITING,
+                        RoomEvents, RoomModel, Source)
+from .cursor import Subscriber
+from .room import Room, RoomLimits
 from ..errors import CannotResume, RoomLimitError, RoomNotFound, ShuttingDown
 from ..proto.roomcode import make_code, resume_key, room_key
 from .stats import Stats
 
 __all__ = ["RoomModel", "RoomEvents", "Source", "RoomRegistry", "Room", "RoomLimits", "Subscriber",
            "ROOM_FIGURES", "LIVE", "WAITING", "CLOSED", "CUT", "SKIP", "SLOW_CLOSE", "SOURCE_CLOSED"]
-
-#: what the API and metrics may read on a room (attributes; ``paused_for()`` and ``lag_max()``
-#: are methods)
-ROOM_FIGURES = ("code", "state", "named", "presence", "peer", "opened_at", "subscribers",
-                "peak_subscribers", "messages", "bytes", "backlog_bytes", "slow_cutoffs", "skipped",
-                "source_paused", "source_pauses", "paused_seconds", "resumes", "takeovers", "replayed")
-
-
-class Source:
-    """What a room holds of its source: its address, and a way to write to it.
-
-    The TCP side implements it (``ingest.TcpSource``); a room never touches a
-    socket. This base class is a source that cannot be written to."""
-
-    def __init__(self, peer=""):
-        #: the source's address as text, for logs and the API
-        self.peer = peer
-
-    def send(self, data):
-        """Write ``data`` to the source; False if it could not be written."""
-        return False
-
-    def hang_up(self, reason):
-        """Tell the source ``ERROR <reason>`` and end its connection; must not block."""
-
-
-class RoomEvents:
-    """What a room tells its listener; every method is a no-op here (subclass what you need).
-
-    Called synchronously from the room (often from the event loop): they must
-    not block."""
-
-    def subscriber_joined(self, room, sub):
-        pass
-
-    def subscriber_left(self, room, sub):
-        pass
-
-    def source_attached(self, room, source):
-        pass
-
-    def source_detached(self, room, source):
-        pass
-
-    def room_closed(self, room):
-        pass
-
-
-class RoomModel:
-    """The interface of a room registry. :class:`RoomRegistry` is the in-memory one."""
-
-    #: process-wide counters (:class:`~sphincter_lib.rooms.stats.Stats`)
-    stats = None
-    #: subscribers in every room now
-    subscriber_count = 0
-    #: True once :meth:`close_all` ran: no new rooms nor subscribers
-    shutting_down = False
-    #: this process's name among the nodes of a relay (None: rooms live in this process only)
-    node = None
-    #: "ok" or "down" when rooms are shared through Redis; None otherwise
-    redis_state = None
-    #: the rooms' limits and policies (:class:`RoomLimits`)
-    limits = None
-    #: named rooms configured
-    named_count = 0
-
-    def start(self):
-        """Called once the relay listens (a shared model connects here)."""
-
-    def stop(self):
-        """Called last at shutdown, after :meth:`close_all` and the drain."""
-
-    def listing(self):
-        """Every room of the relay, for the admin API (in-process: :meth:`rooms`)."""
-        return self.rooms()
-
-    def reload(self, specs):
-        """Make the named rooms those of ``specs``; returns (added, changed, removed) names."""
-        raise NotImplementedError
-
-    def __len__(self):
-        raise NotImplementedError
-
-    def rooms(self):
-        """Every open room (a list; a snapshot)."""
-        raise NotImplementedError
-
-    def open(self, source):
-        """A new live room fed by ``source``, with a fresh code; RoomLimitError / ShuttingDown."""
-        raise NotImplementedError
-
-    def claim(self, token, source):
-        """Feed the named room whose token is ``token`` (bytes) with ``source``.
-
-        Returns ``(room, replaced_source_or_None)``, or None when no named room
-        has that token."""
-        raise NotImplementedError
-
-    def resume(self, code, key, source):
-        """Feed room ``code`` again from ``source`` if ``key`` is its resume key.
-
-        Returns ``(room, replaced_source_or_None)``; CannotResume otherwise."""
-        raise NotImplementedError
-
-    def get(self, code):
-        """The open room for a code typed by a person (case-insensitive), or RoomNotFound."""
-        raise NotImplementedError
-
-    def subscribe(self, code, peer):
-        """A :class:`Subscriber` of that room; RoomNotFound / RoomFullError / ShuttingDown."""
-        raise NotImplementedError
-
-    #: how often :meth:`sweep` should run (seconds), None: never
-    sweep_interval = None
-
-    def sweep(self, now=None):
-        """Periodic work: cut stalled subscribers."""
-        raise NotImplementedError
-
-    def close_all(self, code, reason):
-        """Refuse new rooms and subscribers; close every room (subscribers drain, then ``code``)."""
-        raise NotImplementedError
 
 
 class RoomRegistry(RoomModel, RoomEvents):

@@ -2,7 +2,8 @@
 
 Data path: ``Room.publish(payload, text)`` encodes the message as a frame
 **once** and appends it to the room's shared *backlog*; every subscriber has a
-cursor into that backlog. A subscriber's writer (an adapter, see ``relay/web.py``)
+cursor into that backlog (:class:`~sphincter_lib.rooms.cursor.Subscriber`, in
+``rooms/cursor.py``). A subscriber's writer (an adapter, see ``relay/session.py``)
 calls :meth:`Subscriber.take` to get everything from its cursor on as one
 buffer (bounded by a batch size), writes it, then :meth:`Subscriber.commit`.
 
@@ -28,33 +29,24 @@ progress for ``stall_timeout`` seconds, so a room whose every subscriber
 froze lets its source go.
 
 A room knows nothing of its registry: it gets its limits (:class:`RoomLimits`)
-and an events listener (:class:`~sphincter_lib.rooms.registry.RoomEvents`) when made,
+and an events listener (:class:`~sphincter_lib.rooms.interface.RoomEvents`) when made,
 and tells the listener what happens to it. The interface the rest of the relay
-uses is declared in :mod:`sphincter_lib.rooms.registry`.
+uses is declared in :mod:`sphincter_lib.rooms.interface`.
 """
 
 import logging
 import time
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 
 from gevent import get_hub
 from gevent.event import Event
 
-from ..closecodes import CloseCode
 from ..errors import RoomFullError, RoomNotFound
+from .interface import CLOSED, CUT, LIVE, SKIP, SLOW_CLOSE, SOURCE_CLOSED, WAITING
+from .cursor import Subscriber
 from .outbox import Outbox
 
 logger = logging.getLogger("sphincter.rooms.room")
-
-#: room states: a source feeds it; no source (named room, or grace period); closed for good
-LIVE, WAITING, CLOSED = "live", "waiting", "closed"
-#: slow-subscriber policies: close it (4408), or jump it to the newest whole message
-CUT, SKIP = "cut", "skip"
-
-#: close code for a subscriber cut off because it fell too far behind (or stalled)
-SLOW_CLOSE = CloseCode.TOO_SLOW
-#: close code for subscribers of a room whose source closed (or that was removed)
-SOURCE_CLOSED = CloseCode.SOURCE_CLOSED
 
 
 class RoomLimits:
@@ -94,138 +86,6 @@ class RoomLimits:
         return copy
 
 
-class Subscriber:
-    """One subscriber's cursor into its room's backlog, and its wake-up event."""
-
-    __slots__ = ("room", "peer", "seq", "pos", "_next", "_event", "_parked",
-                 "closing", "close_code", "close_reason", "close_now", "interrupt", "direct", "active",
-                 "swept_pos", "progress_at", "unread", "__weakref__")
-
-    def __init__(self, room, peer):
-        self.room = room
-        self.peer = peer
-        self.seq = room.head_seq         # absolute index of the next frame to send
-        self.pos = room.head_pos         # absolute byte offset of that frame
-        self._next = None
-        self._event = Event()
-        self._parked = False
-        self.closing = False             # True once the subscriber is to be closed
-        self.close_code = None           # the code to close with (None: no status code)
-        self.close_reason = ""
-        self.close_now = False           # True: close without draining the backlog
-        self.interrupt = None            # delivery hooks: see attach()
-        self.direct = None
-        self.active = True               # False once it left or was kicked
-        self.swept_pos = self.pos        # the cursor at the last stall sweep
-        self.progress_at = None          # when the last sweep saw it move or caught up
-        #: bytes its cursor jumped over (``skip``): ``pos - unread`` is how far it got by
-        #: reading, which decides who leads (see Room._skip_behind)
-        self.unread = 0
-
-    def attach(self, direct=None, interrupt=None):
-        """The connection's delivery hooks (both optional, both called from the event loop).
-
-        ``direct()``: new frames arrived while the writer is parked; write them
-        without blocking and return True, or return False to have the writer
-        woken instead. ``interrupt()``: the subscriber was kicked; abort a write
-        that may be blocked.
-        """
-        self.direct, self.interrupt = direct, interrupt
-
-    @property
-    def lag_bytes(self):
-        return self.room.head_pos - self.pos
-
-    def take(self, limit):
-        """Frames from the cursor on, joined, at most ``limit`` bytes (at least one frame).
-
-        Returns None when the subscriber is caught up; a lone frame as encoded
-        (``bytes`` or a ``(header, payload)`` pair for a large one) when the
-        next frame alone reaches ``limit``. Call :meth:`commit` once written.
-        """
-        room = self.room
-        frames = room._frames
-        i = self.seq - room._base_seq
-        n = len(frames)
-        if i >= n:
-            return None
-        ends = room._ends
-        j = bisect_right(ends, self.pos + limit, i, n)
-        if j <= i + 1:
-            self._next = (self.seq + 1, ends[i])
-            return frames[i]
-        self._next = (self.seq + j - i, ends[j - 1])
-        try:
-            return b"".join(frames[i:j])
-        except TypeError:              # a (header, payload) pair below the limit
-            return b"".join(b"".join(f) if f.__class__ is tuple else f for f in frames[i:j])
-
-    def commit(self):
-        """Advance the cursor past what the last :meth:`take` returned.
-
-        A cursor that jumped ahead meanwhile (``skip`` policy) stays where it is."""
-        seq, pos = self._next
-        self._next = None
-        if seq <= self.seq:
-            return
-        room = self.room
-        stats = room.stats
-        stats.messages_out += seq - self.seq
-        stats.bytes_out += pos - self.pos
-        self.seq, self.pos = seq, pos
-        lead = room.lead
-        if lead is not self:
-            if not self.active or (lead is not None and pos - self.unread <= lead.pos - lead.unread):
-                return
-            room.lead = self             # it has read further than the lead
-        room.lead_pos = pos
-        if room._source_paused and room.head_pos - pos <= room.low_water:
-            room._resume_source()
-        elif room.lead_watch is not None and pos >= room.lead_watch:
-            room.lead_passed()
-
-    def skip_to(self, seq, pos):
-        """Jump forward to frame ``seq`` at byte ``pos`` (a frame boundary); returns frames skipped.
-
-        A batch being written goes out whole: what it holds is not counted as skipped."""
-        start = self._next[0] if self._next is not None else self.seq
-        self.seq, self.pos = seq, pos
-        return max(0, seq - start)
-
-    def caught_up(self):
-        return self.seq >= self.room.head_seq
-
-    def wait(self, timeout=None):
-        """Park until there is something to do (new frames, a close, a wake-up)."""
-        if not self._parked:
-            self._parked = True
-            self.room._parked.append(self)
-        self._event.wait(timeout)
-        self._event.clear()
-
-    def wake(self):
-        self._event.set()
-
-    def kick(self, code, reason):
-        """Close this subscriber now, without draining (slow, ping timeout, protocol error)."""
-        if not self.close_now:
-            self.close_code, self.close_reason = code, reason
-            self.closing = self.close_now = True
-        self.room._drop(self)
-        self._event.set()
-        if self.interrupt is not None:
-            self.interrupt()
-
-    def close_after_drain(self, code, reason):
-        if not self.closing:
-            self.close_code, self.close_reason, self.closing = code, reason, True
-        self._event.set()
-
-    def leave(self):
-        """The connection is gone: stop counting it."""
-        self.room._drop(self)
-
-
 class Room:
     """A code (or name), its backlog of encoded frames, its subscribers, its source if any.
 
@@ -235,6 +95,11 @@ class Room:
     (:meth:`attach`) — else it closes. ``closed`` is final: subscribers drain,
     then get the close code.
     """
+
+    #: where its source is and every node's subscribers: None on a room of this process only
+    #: (see ``interface.ROOM_FIGURES``; the Redis room sets them)
+    source_node = None
+    relay_subscribers = None
 
     def __init__(self, code, source, limits, encode, events, stats, clock=time.time,
                  monotonic=time.monotonic, named=False):
