@@ -29,19 +29,11 @@ from gevent.event import Event
 from ..rooms.room import CLOSED, LIVE, SLOW_CLOSE, SOURCE_CLOSED, WAITING, Room
 from ..errors import RelayUnavailable
 from ..proto import redis_keys, resp
+from ..proto.redis_feed import RedisFeed, parse_last
 
 logger = logging.getLogger("sphincter.cluster.room")
 
 __all__ = ["RedisRoom", "RedisOutbox"]
-
-
-def parse_last(text):
-    """``"E:S"`` → (E, S); None for anything else."""
-    try:
-        epoch, seq = text.split(":")
-        return int(epoch), int(seq)
-    except ValueError:
-        return None
 
 
 class RedisRoom(Room):
@@ -58,13 +50,10 @@ class RedisRoom(Room):
         self.chan_e = keys.events(self.key)
         self.chan_w = keys.writes(self.key)
         self.outbox = RedisOutbox(self, limits.write_queue_bytes)
-        #: the room's epoch: +1 at every source attach anywhere (fences replaced sources)
-        self.epoch = 0
-        self.pub_seq = 0                 # batches this node published in this epoch (owner)
+        #: the room's epoch and batch order as this node sees them (sans-IO: it decides,
+        #: the room acts)
+        self.feed = RedisFeed()
         self.feeding = False             # listening to the room's batches
-        self.feed_epoch = 0              # the epoch and next seq expected from Redis
-        self.next_seq = None             # None: take the next batch as it comes
-        self.tainted = False             # our Redis connection broke while fed: batches may be lost
         self._own_seen = 0               # the newest epoch of ours whose 'live' event came back
         self._own_wait = None            # (epoch, Event): a claim or resume waiting for it
         self.remote_peer = ""            # the source's address when it is on another node
@@ -84,6 +73,30 @@ class RedisRoom(Room):
         self.reported_lead = None        # mirror: the offset last reported (None: none yet)
         self.reported_unread = 0         # mirror: that report's lead's unread bytes
         self.report_step = max(1, limits.high_water // 4)
+
+    # -- the feed's state, as the model reads it -----------------------------------------
+    @property
+    def epoch(self):
+        """The room's epoch: +1 at every source attach anywhere (fences replaced sources)."""
+        return self.feed.epoch
+
+    @epoch.setter
+    def epoch(self, epoch):
+        self.feed.epoch = epoch
+
+    @property
+    def pub_seq(self):
+        """Batches this node published in this epoch (owner)."""
+        return self.feed.pub_seq
+
+    @property
+    def tainted(self):
+        """Our Redis connection broke while fed: batches may be lost."""
+        return self.feed.tainted
+
+    @tainted.setter
+    def tainted(self, tainted):
+        self.feed.tainted = tainted
 
     # -- who feeds it ------------------------------------------------------------------
     @property
@@ -108,12 +121,9 @@ class RedisRoom(Room):
         """``source`` (on this node) feeds the room from ``epoch`` on; returns the source it replaced
         on this node, if any."""
         self._batch = []
-        if epoch > self.epoch:
-            self._set_epoch(epoch)
+        self.feed.own(epoch, self.feeding)
         self.reported_lead = self.lead_watch = None
         self.remote_leads = {}
-        self.pub_seq = 0
-        self.feed_epoch, self.next_seq = self.epoch, 1
         self.source_id = self.model.node_id
         self.remote_peer = ""
         return self.attach(source)
@@ -143,10 +153,8 @@ class RedisRoom(Room):
         frames, self._batch = self._batch, []
         if not frames or self._batch_epoch != self.epoch:
             return                            # replaced meanwhile: the new owner's batches count
-        self.pub_seq += 1
-        self.feed_epoch, self.next_seq = self.epoch, self.pub_seq + 1   # what we have, if we lose it
-        self.model.publish_batch(self, redis_keys.encode_batch(self.epoch, self.pub_seq, self.head_pos,
-                                                               frames))
+        epoch, seq = self.feed.next_batch()
+        self.model.publish_batch(self, redis_keys.encode_batch(epoch, seq, self.head_pos, frames))
 
     # -- mirroring (the source is on another node) ---------------------------------------
     def ensure_feed(self, timeout):
@@ -160,7 +168,7 @@ class RedisRoom(Room):
                 ready.wait(timeout)
             return
         self.feeding = True
-        self.next_seq = None
+        self.feed.start()
         ready = self._feed_ready = Event()
         try:
             if not self.model.pubsub.subscribe(self.chan_m).wait(timeout):
@@ -176,8 +184,7 @@ class RedisRoom(Room):
         self.forget_lead()
         if self.feeding:
             self.feeding = False
-            self.next_seq = None
-            self.tainted = False
+            self.feed.stop()
             self.model.pubsub.unsubscribe(self.chan_m)
 
     def _load_replay(self):
@@ -216,27 +223,13 @@ class RedisRoom(Room):
         except ValueError as exc:
             logger.warning("room %s: dropped a malformed batch from Redis: %s", self.code, exc)
             return
-        if self.source is not None and not from_log:
-            return                            # ours, back from Redis (or fenced: an event follows)
-        if epoch < self.epoch and not from_log:
-            return                            # from a source that was replaced
-        expected, fe = self.next_seq, self.feed_epoch
-        if expected is None and self.tainted:
-            self._gap("batches while the connection to Redis was down")
-        if expected is not None:
-            if epoch == fe:
-                if seq < expected:
-                    return                    # a duplicate (resent after a reconnect)
-                if seq > expected:
-                    self._gap("%d batch(es)" % (seq - expected))
-            elif epoch > fe and seq != 1:
-                self._gap("the first %d batch(es) of epoch %d" % (seq - 1, epoch))
-            elif epoch < fe:
-                return
-        self.feed_epoch, self.next_seq = epoch, seq + 1
-        self.tainted = False
-        if epoch > self.epoch:
-            self.epoch = epoch
+        # ours, back from Redis (or fenced: an event follows); from a replaced source; a
+        # duplicate (resent after a reconnect); or to deliver, maybe after a gap
+        decision = self.feed.batch(epoch, seq, owned=self.source is not None, from_log=from_log)
+        if decision.gap is not None:
+            self._gap(decision.gap)
+        if not decision.deliver:
+            return
         if self.state is CLOSED:
             return
         stats = self.stats
@@ -251,7 +244,7 @@ class RedisRoom(Room):
                 self._pass(len(frame))
         self.pub_delta = end - self.head_pos
         if self.subscribers and self.flow_control and not from_log:
-            if (self.reported_lead is None or epoch != self.feed_epoch
+            if (self.reported_lead is None or epoch != self.feed.feed_epoch
                     or self.reported_unread != self.lead_unread):
                 self.report_lead()
             else:
@@ -260,7 +253,7 @@ class RedisRoom(Room):
     @property
     def last_published(self):
         """``"E:S"``: the last batch this node published for the room (owner)."""
-        return "%d:%d" % (self.epoch, self.pub_seq)
+        return self.feed.last_published
 
     def check_last(self, last):
         """An event: ``last`` is the room's last batch (epoch, seq) when the script knew it, else
@@ -268,16 +261,9 @@ class RedisRoom(Room):
         tell is taken as lost: never shown as a gap."""
         if not self.feeding or self.source is not None or self._loading is not None:
             return
-        mine = (self.feed_epoch, self.next_seq - 1) if self.next_seq is not None else None
-        if last is not None and last[1] == 0:
-            last = None                       # no batch in that epoch: it says nothing of before
-        if last is not None and mine is not None:
-            if last > mine:
-                self._gap("batches up to %d:%d (have %d:%d)" % (last + mine))
-                self.feed_epoch, self.next_seq = last[0], last[1] + 1
-        elif self.tainted:
-            self._gap("batches while the connection to Redis was down")
-        self.tainted = False
+        gap = self.feed.check_last(last)
+        if gap is not None:
+            self._gap(gap)
 
     def _gap(self, what):
         """Batches were lost on the way (Redis restarted, or this node was cut off as too slow)."""
@@ -358,7 +344,7 @@ class RedisRoom(Room):
         self.reported_lead = offset
         self.reported_unread = unread = self.lead_unread
         self.lead_watch = offset + self.report_step - self.pub_delta
-        self.model.report_flow(self, "%d %d%s" % (self.feed_epoch, offset, ":%d" % unread if unread else ""))
+        self.model.report_flow(self, "%d %d%s" % (self.feed.feed_epoch, offset, ":%d" % unread if unread else ""))
 
     def lead_passed(self):
         if self.source is None and self.subscribers and self.reported_lead is not None:
@@ -375,13 +361,11 @@ class RedisRoom(Room):
         """Mirror side: no subscriber left here (or no more batches): the owner stops counting us."""
         if self.reported_lead is not None:
             self.reported_lead = self.lead_watch = None
-            self.model.report_flow(self, "%d -" % self.feed_epoch)
+            self.model.report_flow(self, "%d -" % self.feed.feed_epoch)
 
     # -- room events -------------------------------------------------------------------
     def _set_epoch(self, epoch):
-        self.epoch = epoch
-        if self.feeding:
-            self.feed_epoch, self.next_seq = epoch, 1
+        self.feed.set_epoch(epoch, self.feeding)
 
     def on_event(self, text):
         """``live E NODE``, ``waiting E``, ``closed E``, ``writable`` (from the listener)."""
