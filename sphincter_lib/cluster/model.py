@@ -280,7 +280,7 @@ class RedisRoomModel(RoomRegistry):
         if self._rooms.get(rkey) is not room:
             room.code = rkey
             room.opened_at = float(opened_at or room.opened_at)
-            room._fed = True
+            room.mark_fed()
             self._add(room)
         room.resume_key = new_key
         room.write_key = write or None

@@ -132,20 +132,20 @@ class RedisRoom(Room):
     def publish(self, payload, text):
         if self.state is not LIVE:
             return
-        self._count_in(payload)
-        frame = self._encode(payload, text)
+        self.count_in(payload)
+        frame = self.encode_frame(payload, text)
         if not self._batch:
             # scheduled before the local subscribers' flush: the batch leaves for the other
             # nodes first (the pipe writes at once), then this node's subscribers are served
             self._batch_epoch = self.epoch
             if not self._batch_scheduled:
                 self._batch_scheduled = True
-                self._loop.run_callback(self.send_batch)
+                self.call_soon(self.send_batch)
         self._batch.append(frame)
         if self.subscribers or self.replay:
-            self._append(frame)
+            self.append_frame(frame)
         else:                                  # offsets count frame bytes: other nodes use them
-            self._pass(len(frame) if frame.__class__ is not tuple else len(frame[0]) + len(frame[1]))
+            self.pass_bytes(len(frame) if frame.__class__ is not tuple else len(frame[0]) + len(frame[1]))
 
     def send_batch(self):
         """Hand what the source sent this loop turn to Redis, as one batch (one PUBLISH)."""
@@ -196,17 +196,11 @@ class RedisRoom(Room):
         except RelayUnavailable:
             entries = []
         pending, self._loading = self._loading, None
-        self._forget_backlog()
+        self.forget_backlog()
         for entry_id, data in reversed(entries):
             self._take(data, from_log=True)
         for data in pending:
             self.receive(data)
-
-    def _forget_backlog(self):
-        del self._frames[:]
-        del self._ends[:]
-        self._base_seq, self._base_pos = self.head_seq, self.head_pos
-        self.lead_pos = self.head_pos
 
     def receive(self, data):
         """A batch from Redis (from the listener greenlet)."""
@@ -239,9 +233,9 @@ class RedisRoom(Room):
             self.messages += 1
             self.bytes += len(frame)
             if self.subscribers or self.replay:
-                self._append(frame)
+                self.append_frame(frame)
             else:
-                self._pass(len(frame))
+                self.pass_bytes(len(frame))
         self.pub_delta = end - self.head_pos
         if self.subscribers and self.flow_control and not from_log:
             if (self.reported_lead is None or epoch != self.feed.feed_epoch
@@ -279,7 +273,7 @@ class RedisRoom(Room):
                 self.stats.slow_cutoffs += 1
                 sub.kick(SLOW_CLOSE, "missed messages")
         if self.skip:
-            self._trim_to(self.head_seq)
+            self.trim_to(self.head_seq)
 
     # -- flow control across nodes -------------------------------------------------------
     # Credit, in the owner's byte offsets (every batch carries the offset after it). A mirror
@@ -301,7 +295,7 @@ class RedisRoom(Room):
             return Room.source_must_wait(self)
         if not self.flow_control or self.state is not LIVE:
             return False
-        now = self._monotonic()
+        now = self.now()
         for node, (offset, until, _) in list(leads.items()):
             if until < now:
                 del leads[node]
@@ -320,9 +314,9 @@ class RedisRoom(Room):
         if not self.remote_leads:
             return Room.wait_for_readers(self)
         while self.source_must_wait():
-            self._pause_source()
-            self._readers.wait(self.model.flow_recheck)
-        self._resume_source()
+            self.pause_source()
+            self.wait_readers(self.model.flow_recheck)
+        self.resume_source()
 
     def remote_flow(self, node, epoch, offset, expires, unread=0):
         """Owner side: ``node``'s fastest subscriber reached ``offset`` (None: it has none), of
@@ -335,8 +329,8 @@ class RedisRoom(Room):
             self.remote_leads.pop(node, None)
         else:
             self.remote_leads[node] = (offset, expires, unread)
-        if self._source_paused and not self.source_must_wait():
-            self._resume_source()
+        if self.source_paused and not self.source_must_wait():
+            self.resume_source()
 
     def report_lead(self):
         """Mirror side: tell the owner how far our fastest subscriber got."""
@@ -435,13 +429,13 @@ class RedisRoom(Room):
             self.state = LIVE
             self.resumes += 1
             self.stats.resumes += 1
-            self._presence_change()
+            self.announce_presence()
 
     def went_waiting(self):
         self.state = WAITING
         self.source_id = ""
         self.remote_peer = ""
-        self._presence_change()
+        self.announce_presence()
 
     def fenced(self, why):
         """Another node's source took the room over: hang up ours (it must not publish)."""
@@ -453,7 +447,7 @@ class RedisRoom(Room):
         self.takeovers += 1
         self.stats.takeovers += 1
         self.events.source_detached(self, old)
-        self._resume_source()
+        self.resume_source()
         old.hang_up(why)
         self.outbox.wake()
 
@@ -465,9 +459,7 @@ class RedisRoom(Room):
         Room.source_left(self, source)
         if self.state is WAITING:
             self.source_id = ""
-            if self._grace_timer is not None:     # the relay decides when the grace ends
-                self._grace_timer.close()
-                self._grace_timer = None
+            self.cancel_grace()               # the relay decides when the grace ends
 
 
 class RedisOutbox:
