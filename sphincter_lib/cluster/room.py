@@ -17,8 +17,11 @@ the relay-wide room:
 - room events (``P:e:{K}``: live/waiting/closed/writable) move its state.
 
 Everything here runs in the event loop or a greenlet and never blocks, except
-:meth:`RedisRoom.ensure_feed` and the :class:`RedisOutbox` drainer calls,
-which are called from greenlets that may.
+:meth:`RedisRoom.ensure_feed`, :meth:`RedisRoom.await_own_live`,
+:meth:`RedisRoom.wait_for_readers` (the source's reader) and the
+:class:`RedisOutbox` drainer calls, which are called from greenlets that may.
+The order of the batches (epoch, sequence, gaps, fencing) is decided by a
+sans-IO :class:`~sphincter_lib.proto.redis_feed.RedisFeed` the room holds.
 """
 
 import logging
