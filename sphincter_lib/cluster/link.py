@@ -1,4 +1,7 @@
-"""Redis mode's I/O: the only module that talks to Redis.
+"""Redis mode's I/O: the connections to Redis and what carries commands over them.
+
+The commands themselves are built elsewhere too (``cluster/model.py`` and ``cluster/room.py``
+send theirs through the clients made here); every connection to Redis is made here.
 
 - :func:`control_client`: a redis-py client for every command that needs an
   answer before the caller goes on (open, claim, resume, admit, heartbeat).

@@ -141,9 +141,13 @@ class RedisRoomModel(RoomRegistry):
         self.pubsub = Listener(self.endpoint, self._on_push, on_down=self._link_down, on_up=self._listener_up)
         scripts = ("OPEN", "CLAIM", "RESUME", "CHECK", "REFRESH", "ADMIT", "ENSURE_NAMED")
         self._lua = {name: self.redis.register_script(getattr(redis_keys, name)) for name in scripts}
-        RoomRegistry.__init__(self, encode, **kwargs)
+        # the base loads the named rooms through reload(), which this class overrides: it gets
+        # none here, and they are loaded last, once this model is whole
+        named = kwargs.pop("named", ())
+        RoomRegistry.__init__(self, encode, named=(), **kwargs)
         self.grace_ms = int((self.limits.grace or 0) * 1000)
         self.pubsub.yield_bytes = max(4096, min(Listener.yield_bytes, self.limits.buffer_bytes // 4))
+        self.reload(named)
 
     # -- state ---------------------------------------------------------------------------
     @property
@@ -280,7 +284,7 @@ class RedisRoomModel(RoomRegistry):
         if self._rooms.get(rkey) is not room:
             room.code = rkey
             room.opened_at = float(opened_at or room.opened_at)
-            room._fed = True
+            room.mark_fed()
             self._add(room)
         room.resume_key = new_key
         room.write_key = write or None

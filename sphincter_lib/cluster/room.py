@@ -17,8 +17,11 @@ the relay-wide room:
 - room events (``P:e:{K}``: live/waiting/closed/writable) move its state.
 
 Everything here runs in the event loop or a greenlet and never blocks, except
-:meth:`RedisRoom.ensure_feed` and the :class:`RedisOutbox` drainer calls,
-which are called from greenlets that may.
+:meth:`RedisRoom.ensure_feed`, :meth:`RedisRoom.await_own_live`,
+:meth:`RedisRoom.wait_for_readers` (the source's reader) and the
+:class:`RedisOutbox` drainer calls, which are called from greenlets that may.
+The order of the batches (epoch, sequence, gaps, fencing) is decided by a
+sans-IO :class:`~sphincter_lib.proto.redis_feed.RedisFeed` the room holds.
 """
 
 import logging
@@ -28,20 +31,13 @@ from gevent.event import Event
 
 from ..rooms.room import CLOSED, LIVE, SLOW_CLOSE, SOURCE_CLOSED, WAITING, Room
 from ..errors import RelayUnavailable
-from ..proto import redis_keys, resp
+from ..proto import redis_keys
+from ..proto.redis_feed import RedisFeed, parse_last
+from .outbox import RedisOutbox
 
 logger = logging.getLogger("sphincter.cluster.room")
 
 __all__ = ["RedisRoom", "RedisOutbox"]
-
-
-def parse_last(text):
-    """``"E:S"`` → (E, S); None for anything else."""
-    try:
-        epoch, seq = text.split(":")
-        return int(epoch), int(seq)
-    except ValueError:
-        return None
 
 
 class RedisRoom(Room):
@@ -58,13 +54,10 @@ class RedisRoom(Room):
         self.chan_e = keys.events(self.key)
         self.chan_w = keys.writes(self.key)
         self.outbox = RedisOutbox(self, limits.write_queue_bytes)
-        #: the room's epoch: +1 at every source attach anywhere (fences replaced sources)
-        self.epoch = 0
-        self.pub_seq = 0                 # batches this node published in this epoch (owner)
+        #: the room's epoch and batch order as this node sees them (sans-IO: it decides,
+        #: the room acts)
+        self.feed = RedisFeed()
         self.feeding = False             # listening to the room's batches
-        self.feed_epoch = 0              # the epoch and next seq expected from Redis
-        self.next_seq = None             # None: take the next batch as it comes
-        self.tainted = False             # our Redis connection broke while fed: batches may be lost
         self._own_seen = 0               # the newest epoch of ours whose 'live' event came back
         self._own_wait = None            # (epoch, Event): a claim or resume waiting for it
         self.remote_peer = ""            # the source's address when it is on another node
@@ -84,6 +77,30 @@ class RedisRoom(Room):
         self.reported_lead = None        # mirror: the offset last reported (None: none yet)
         self.reported_unread = 0         # mirror: that report's lead's unread bytes
         self.report_step = max(1, limits.high_water // 4)
+
+    # -- the feed's state, as the model reads it -----------------------------------------
+    @property
+    def epoch(self):
+        """The room's epoch: +1 at every source attach anywhere (fences replaced sources)."""
+        return self.feed.epoch
+
+    @epoch.setter
+    def epoch(self, epoch):
+        self.feed.epoch = epoch
+
+    @property
+    def pub_seq(self):
+        """Batches this node published in this epoch (owner)."""
+        return self.feed.pub_seq
+
+    @property
+    def tainted(self):
+        """Our Redis connection broke while fed: batches may be lost."""
+        return self.feed.tainted
+
+    @tainted.setter
+    def tainted(self, tainted):
+        self.feed.tainted = tainted
 
     # -- who feeds it ------------------------------------------------------------------
     @property
@@ -108,12 +125,9 @@ class RedisRoom(Room):
         """``source`` (on this node) feeds the room from ``epoch`` on; returns the source it replaced
         on this node, if any."""
         self._batch = []
-        if epoch > self.epoch:
-            self._set_epoch(epoch)
+        self.feed.own(epoch, self.feeding)
         self.reported_lead = self.lead_watch = None
         self.remote_leads = {}
-        self.pub_seq = 0
-        self.feed_epoch, self.next_seq = self.epoch, 1
         self.source_id = self.model.node_id
         self.remote_peer = ""
         return self.attach(source)
@@ -122,20 +136,20 @@ class RedisRoom(Room):
     def publish(self, payload, text):
         if self.state is not LIVE:
             return
-        self._count_in(payload)
-        frame = self._encode(payload, text)
+        self.count_in(payload)
+        frame = self.encode_frame(payload, text)
         if not self._batch:
             # scheduled before the local subscribers' flush: the batch leaves for the other
             # nodes first (the pipe writes at once), then this node's subscribers are served
             self._batch_epoch = self.epoch
             if not self._batch_scheduled:
                 self._batch_scheduled = True
-                self._loop.run_callback(self.send_batch)
+                self.call_soon(self.send_batch)
         self._batch.append(frame)
         if self.subscribers or self.replay:
-            self._append(frame)
+            self.append_frame(frame)
         else:                                  # offsets count frame bytes: other nodes use them
-            self._pass(len(frame) if frame.__class__ is not tuple else len(frame[0]) + len(frame[1]))
+            self.pass_bytes(len(frame) if frame.__class__ is not tuple else len(frame[0]) + len(frame[1]))
 
     def send_batch(self):
         """Hand what the source sent this loop turn to Redis, as one batch (one PUBLISH)."""
@@ -143,10 +157,8 @@ class RedisRoom(Room):
         frames, self._batch = self._batch, []
         if not frames or self._batch_epoch != self.epoch:
             return                            # replaced meanwhile: the new owner's batches count
-        self.pub_seq += 1
-        self.feed_epoch, self.next_seq = self.epoch, self.pub_seq + 1   # what we have, if we lose it
-        self.model.publish_batch(self, redis_keys.encode_batch(self.epoch, self.pub_seq, self.head_pos,
-                                                               frames))
+        epoch, seq = self.feed.next_batch()
+        self.model.publish_batch(self, redis_keys.encode_batch(epoch, seq, self.head_pos, frames))
 
     # -- mirroring (the source is on another node) ---------------------------------------
     def ensure_feed(self, timeout):
@@ -160,7 +172,7 @@ class RedisRoom(Room):
                 ready.wait(timeout)
             return
         self.feeding = True
-        self.next_seq = None
+        self.feed.start()
         ready = self._feed_ready = Event()
         try:
             if not self.model.pubsub.subscribe(self.chan_m).wait(timeout):
@@ -176,8 +188,7 @@ class RedisRoom(Room):
         self.forget_lead()
         if self.feeding:
             self.feeding = False
-            self.next_seq = None
-            self.tainted = False
+            self.feed.stop()
             self.model.pubsub.unsubscribe(self.chan_m)
 
     def _load_replay(self):
@@ -189,17 +200,11 @@ class RedisRoom(Room):
         except RelayUnavailable:
             entries = []
         pending, self._loading = self._loading, None
-        self._forget_backlog()
+        self.forget_backlog()
         for entry_id, data in reversed(entries):
             self._take(data, from_log=True)
         for data in pending:
             self.receive(data)
-
-    def _forget_backlog(self):
-        del self._frames[:]
-        del self._ends[:]
-        self._base_seq, self._base_pos = self.head_seq, self.head_pos
-        self.lead_pos = self.head_pos
 
     def receive(self, data):
         """A batch from Redis (from the listener greenlet)."""
@@ -216,27 +221,13 @@ class RedisRoom(Room):
         except ValueError as exc:
             logger.warning("room %s: dropped a malformed batch from Redis: %s", self.code, exc)
             return
-        if self.source is not None and not from_log:
-            return                            # ours, back from Redis (or fenced: an event follows)
-        if epoch < self.epoch and not from_log:
-            return                            # from a source that was replaced
-        expected, fe = self.next_seq, self.feed_epoch
-        if expected is None and self.tainted:
-            self._gap("batches while the connection to Redis was down")
-        if expected is not None:
-            if epoch == fe:
-                if seq < expected:
-                    return                    # a duplicate (resent after a reconnect)
-                if seq > expected:
-                    self._gap("%d batch(es)" % (seq - expected))
-            elif epoch > fe and seq != 1:
-                self._gap("the first %d batch(es) of epoch %d" % (seq - 1, epoch))
-            elif epoch < fe:
-                return
-        self.feed_epoch, self.next_seq = epoch, seq + 1
-        self.tainted = False
-        if epoch > self.epoch:
-            self.epoch = epoch
+        # ours, back from Redis (or fenced: an event follows); from a replaced source; a
+        # duplicate (resent after a reconnect); or to deliver, maybe after a gap
+        decision = self.feed.batch(epoch, seq, owned=self.source is not None, from_log=from_log)
+        if decision.gap is not None:
+            self._gap(decision.gap)
+        if not decision.deliver:
+            return
         if self.state is CLOSED:
             return
         stats = self.stats
@@ -246,12 +237,12 @@ class RedisRoom(Room):
             self.messages += 1
             self.bytes += len(frame)
             if self.subscribers or self.replay:
-                self._append(frame)
+                self.append_frame(frame)
             else:
-                self._pass(len(frame))
+                self.pass_bytes(len(frame))
         self.pub_delta = end - self.head_pos
         if self.subscribers and self.flow_control and not from_log:
-            if (self.reported_lead is None or epoch != self.feed_epoch
+            if (self.reported_lead is None or epoch != self.feed.feed_epoch
                     or self.reported_unread != self.lead_unread):
                 self.report_lead()
             else:
@@ -260,7 +251,7 @@ class RedisRoom(Room):
     @property
     def last_published(self):
         """``"E:S"``: the last batch this node published for the room (owner)."""
-        return "%d:%d" % (self.epoch, self.pub_seq)
+        return self.feed.last_published
 
     def check_last(self, last):
         """An event: ``last`` is the room's last batch (epoch, seq) when the script knew it, else
@@ -268,16 +259,9 @@ class RedisRoom(Room):
         tell is taken as lost: never shown as a gap."""
         if not self.feeding or self.source is not None or self._loading is not None:
             return
-        mine = (self.feed_epoch, self.next_seq - 1) if self.next_seq is not None else None
-        if last is not None and last[1] == 0:
-            last = None                       # no batch in that epoch: it says nothing of before
-        if last is not None and mine is not None:
-            if last > mine:
-                self._gap("batches up to %d:%d (have %d:%d)" % (last + mine))
-                self.feed_epoch, self.next_seq = last[0], last[1] + 1
-        elif self.tainted:
-            self._gap("batches while the connection to Redis was down")
-        self.tainted = False
+        gap = self.feed.check_last(last)
+        if gap is not None:
+            self._gap(gap)
 
     def _gap(self, what):
         """Batches were lost on the way (Redis restarted, or this node was cut off as too slow)."""
@@ -293,7 +277,7 @@ class RedisRoom(Room):
                 self.stats.slow_cutoffs += 1
                 sub.kick(SLOW_CLOSE, "missed messages")
         if self.skip:
-            self._trim_to(self.head_seq)
+            self.trim_to(self.head_seq)
 
     # -- flow control across nodes -------------------------------------------------------
     # Credit, in the owner's byte offsets (every batch carries the offset after it). A mirror
@@ -315,7 +299,7 @@ class RedisRoom(Room):
             return Room.source_must_wait(self)
         if not self.flow_control or self.state is not LIVE:
             return False
-        now = self._monotonic()
+        now = self.now()
         for node, (offset, until, _) in list(leads.items()):
             if until < now:
                 del leads[node]
@@ -334,9 +318,9 @@ class RedisRoom(Room):
         if not self.remote_leads:
             return Room.wait_for_readers(self)
         while self.source_must_wait():
-            self._pause_source()
-            self._readers.wait(self.model.flow_recheck)
-        self._resume_source()
+            self.pause_source()
+            self.wait_readers(self.model.flow_recheck)
+        self.resume_source()
 
     def remote_flow(self, node, epoch, offset, expires, unread=0):
         """Owner side: ``node``'s fastest subscriber reached ``offset`` (None: it has none), of
@@ -349,8 +333,8 @@ class RedisRoom(Room):
             self.remote_leads.pop(node, None)
         else:
             self.remote_leads[node] = (offset, expires, unread)
-        if self._source_paused and not self.source_must_wait():
-            self._resume_source()
+        if self.source_paused and not self.source_must_wait():
+            self.resume_source()
 
     def report_lead(self):
         """Mirror side: tell the owner how far our fastest subscriber got."""
@@ -358,7 +342,7 @@ class RedisRoom(Room):
         self.reported_lead = offset
         self.reported_unread = unread = self.lead_unread
         self.lead_watch = offset + self.report_step - self.pub_delta
-        self.model.report_flow(self, "%d %d%s" % (self.feed_epoch, offset, ":%d" % unread if unread else ""))
+        self.model.report_flow(self, "%d %d%s" % (self.feed.feed_epoch, offset, ":%d" % unread if unread else ""))
 
     def lead_passed(self):
         if self.source is None and self.subscribers and self.reported_lead is not None:
@@ -375,13 +359,11 @@ class RedisRoom(Room):
         """Mirror side: no subscriber left here (or no more batches): the owner stops counting us."""
         if self.reported_lead is not None:
             self.reported_lead = self.lead_watch = None
-            self.model.report_flow(self, "%d -" % self.feed_epoch)
+            self.model.report_flow(self, "%d -" % self.feed.feed_epoch)
 
     # -- room events -------------------------------------------------------------------
     def _set_epoch(self, epoch):
-        self.epoch = epoch
-        if self.feeding:
-            self.feed_epoch, self.next_seq = epoch, 1
+        self.feed.set_epoch(epoch, self.feeding)
 
     def on_event(self, text):
         """``live E NODE``, ``waiting E``, ``closed E``, ``writable`` (from the listener)."""
@@ -451,13 +433,13 @@ class RedisRoom(Room):
             self.state = LIVE
             self.resumes += 1
             self.stats.resumes += 1
-            self._presence_change()
+            self.announce_presence()
 
     def went_waiting(self):
         self.state = WAITING
         self.source_id = ""
         self.remote_peer = ""
-        self._presence_change()
+        self.announce_presence()
 
     def fenced(self, why):
         """Another node's source took the room over: hang up ours (it must not publish)."""
@@ -469,7 +451,7 @@ class RedisRoom(Room):
         self.takeovers += 1
         self.stats.takeovers += 1
         self.events.source_detached(self, old)
-        self._resume_source()
+        self.resume_source()
         old.hang_up(why)
         self.outbox.wake()
 
@@ -481,100 +463,4 @@ class RedisRoom(Room):
         Room.source_left(self, source)
         if self.state is WAITING:
             self.source_id = ""
-            if self._grace_timer is not None:     # the relay decides when the grace ends
-                self._grace_timer.close()
-                self._grace_timer = None
-
-
-class RedisOutbox:
-    """The room's write-back queue, in Redis (``P:out:{K}``): writers on any node put whole
-    messages; the drainer on the owner's node takes them. The same interface as
-    :class:`~sphincter_lib.rooms.outbox.Outbox`."""
-
-    def __init__(self, room, limit):
-        self.room = room
-        self.limit = limit
-        self.closed = False
-        self.known = 0            # bytes queued in Redis, as last seen
-        self.sending = 0          # bytes on their way to Redis
-        self._event = Event()
-        self._callbacks = []
-        self._taken = None
-        self._trimmed = None      # set once Redis applied the last done()
-
-    def put(self, data):
-        """From the event loop: queue ``data``; False when the queue is (about) full."""
-        size = len(data)
-        self.sending += size
-        room = self.room
-        room.model.pipe.send(resp.command("EVAL", redis_keys.WPUT, 6, *(room.redis_keys + [
-            room.chan_e, data, room.chan_w])), lambda reply: self._put_done(reply, size))
-        return self.known + self.sending < self.limit
-
-    def _put_done(self, reply, size):
-        self.sending -= size
-        if isinstance(reply, int) and reply >= 0:
-            self.known = reply
-
-    @property
-    def waiting_writers(self):
-        return len(self._callbacks)
-
-    def when_writable(self, callback):
-        self._callbacks.append(callback)
-
-    def writable(self):
-        self.known = 0
-        callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            callback()
-
-    def take(self, limit=64 * 1024):
-        """Whole messages from the head of the queue, joined, at most ``limit`` bytes (at least
-        one message); None when there are none (or Redis cannot be reached)."""
-        trimmed = self._trimmed
-        if trimmed is not None and not trimmed.wait(2.0):
-            return None                       # the last done() is not applied yet
-        try:
-            items = self.room.model.out_head(self.room)
-        except RelayUnavailable:
-            return None
-        if not items:
-            return None
-        taken, size = [], 0
-        for item in items:
-            if taken and size + len(item) > limit:
-                break
-            taken.append(item)
-            size += len(item)
-        self._taken = (len(taken), size)
-        return b"".join(taken)
-
-    def done(self):
-        """The messages of the last :meth:`take` were written: drop them from the queue. Sent
-        through the node's pipe, so it happens even if the drainer is stopped right after."""
-        n, size = self._taken
-        self._taken = None
-        trimmed = self._trimmed = Event()
-        room = self.room
-
-        def applied(reply):
-            if isinstance(reply, int):
-                self.known = reply
-            trimmed.set()
-        room.model.pipe.send(resp.command("EVAL", redis_keys.WDONE, 6, *(room.redis_keys + [
-            room.chan_e, n, size, self.limit])), applied)
-        return n
-
-    def wait(self, timeout=None):
-        """Until woken (``P:w:{K}``), or at most a second: a wake-up lost with Redis costs that."""
-        self._event.wait(1.0 if timeout is None else min(timeout, 1.0))
-        self._event.clear()
-
-    def wake(self):
-        self._event.set()
-
-    def close(self):
-        self.closed = True
-        self._event.set()
-        self._callbacks = []
+            self.cancel_grace()               # the relay decides when the grace ends

@@ -520,3 +520,63 @@ class Room:
         self.events.room_closed(self)
         for sub in list(self.subscribers):
             sub.close_after_drain(code, reason)
+
+    # -- for a room that builds on this one (cluster.room.RedisRoom): the parts of the core it
+    # -- uses, so that nothing outside this class touches its underscore names ---------------
+    def count_in(self, payload):
+        """Count a message from the source (messages/bytes in)."""
+        self._count_in(payload)
+
+    def encode_frame(self, payload, text):
+        """``payload`` as the frame subscribers are sent (encoded once)."""
+        return self._encode(payload, text)
+
+    def append_frame(self, frame):
+        """Append an encoded frame to the backlog (and serve the subscribers)."""
+        self._append(frame)
+
+    def pass_bytes(self, size):
+        """A frame of ``size`` bytes went by with nobody to keep it for: offsets move on."""
+        self._pass(size)
+
+    def forget_backlog(self):
+        """Drop the whole backlog: what follows starts at the head."""
+        del self._frames[:]
+        del self._ends[:]
+        self._base_seq, self._base_pos = self.head_seq, self.head_pos
+        self.lead_pos = self.head_pos
+
+    def trim_to(self, seq):
+        self._trim_to(seq)
+
+    def pause_source(self):
+        self._pause_source()
+
+    def resume_source(self):
+        self._resume_source()
+
+    def wait_readers(self, timeout):
+        """Block until the source may read again (or ``timeout``)."""
+        self._readers.wait(timeout)
+
+    def announce_presence(self):
+        """The room's presence may have changed: wake whoever waits on it."""
+        self._presence_change()
+
+    def cancel_grace(self):
+        """Stop the grace period's timer, if one runs (someone else decides when it ends)."""
+        if self._grace_timer is not None:
+            self._grace_timer.close()
+            self._grace_timer = None
+
+    def mark_fed(self):
+        """A source fed the room once (elsewhere): the next one here resumes it."""
+        self._fed = True
+
+    def call_soon(self, callback):
+        """Run ``callback`` in the event loop, after this turn's callbacks."""
+        self._loop.run_callback(callback)
+
+    def now(self):
+        """The room's monotonic clock."""
+        return self._monotonic()
