@@ -162,7 +162,7 @@ class _Link:
             self.connected = True
             try:
                 self._session(sock)
-            except (OSError, resp.ProtocolError) as exc:
+            except (OSError, resp.RespError) as exc:
                 if not self._stopping:
                     logger.warning("redis %s: connection to %s lost: %s", self.name, self.endpoint, exc)
             finally:

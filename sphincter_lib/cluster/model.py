@@ -1,6 +1,6 @@
 """Redis mode: the rooms of several processes (*nodes*) shared through one Redis.
 
-:class:`RedisRoomModel` is the :class:`~sphincter_lib.rooms.registry.RoomModel` of a
+:class:`RedisRoomModel` is the :class:`~sphincter_lib.rooms.interface.RoomModel` of a
 node started with ``--redis-url``. ``ingest`` and ``web`` use it exactly like
 the in-process registry. What it adds (design and measurements:
 ``docs/redis-design.md``; keys and scripts: ``redis_keys``; I/O:

@@ -46,10 +46,6 @@ class RespError(Exception):
     code); it stays outside the ``SphincterError`` tree so nothing catches it by accident."""
 
 
-#: the old name, until cluster/link.py (another branch's file) says ``resp.RespError``
-ProtocolError = RespError
-
-
 class Parser:
     """Feed bytes, get whole replies: ``for reply in parser.feed(data): ...``.
 

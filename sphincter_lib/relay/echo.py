@@ -2,7 +2,7 @@
 
 Mounted at :data:`ECHO_PATH` only with the hidden ``--test-echo-endpoint on``
 (never in production); it exists so an independent conformance suite
-(Autobahn|Testsuite's fuzzingclient, ``tests/test_autobahn.py``) exercises
+(Autobahn|Testsuite's fuzzingclient, ``tests/relay/test_autobahn.py``) exercises
 exactly the code subscribers meet: ``ws.Handler``'s handshake,
 ``wsconn.ServerConnection``, ``wssession.ServerSession`` and the ``proto.frames`` parser and
 encoders.

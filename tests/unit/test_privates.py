@@ -16,8 +16,6 @@ NAMEDTUPLE = {"_replace", "_asdict", "_fields", "_make"}
 
 #: (module path under sphincter_lib/, attribute) pairs still allowed, and why
 ALLOWED = {
-    # the Redis model marks a room fed from outside it; the cluster split removes this
-    ("cluster/model.py", "_fed"),
     # argparse has no public list of a parser's actions (options.py walks them for --help/env)
     ("options.py", "_actions"),
     # gevent's socket wraps the OS socket as _sock: the event loop's direct, non-blocking
@@ -65,7 +63,6 @@ def test_no_one_touches_another_objects_privates():
 
 
 def test_the_allowlist_has_no_stale_entry():
-    """(cluster/ is left out: another branch removes its entries, and may land first.)"""
     used = {(rel, attr) for rel, _, attr in _reaches()}
-    stale = sorted(e for e in ALLOWED - used if not e[0].startswith("cluster/"))
+    stale = sorted(ALLOWED - used)
     assert not stale, "no longer needed, remove from ALLOWED: %s" % stale

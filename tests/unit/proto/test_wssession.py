@@ -1,9 +1,9 @@
 """The sans-IO server session (sphincter_lib/proto/wssession.py), fed bytes in memory.
 
 No sockets, no clock: frames come from conftest.mask_frame (built independently
-of wsproto), time is passed in. Modelled on python-websockets' tests/test_protocol.py.
-The last section checks, over real connections, that the adapters (web.Session,
-the refusal path) do what the session's state tells them.
+of proto/frames.py), time is passed in. Modelled on python-websockets' tests/test_protocol.py.
+That the adapters (relay.session.Session, the refusal path) do what the session's state
+tells them is checked over real connections in tests/relay/test_wssession_adapters.py.
 """
 import re
 import sys
