@@ -41,6 +41,7 @@ from .. import __version__
 from ..proto import redis_keys, resp
 from ..rooms.room import CLOSED, LIVE, WAITING
 from ..errors import CannotResume, ConfigError, RelayUnavailable, RoomFullError, RoomLimitError, RoomNotFound, ShuttingDown
+from .flow import parse_report, report_message
 from .link import Endpoint, Listener, Pipe, control_client, redis_errors
 from .room import RedisRoom
 from ..proto.roomcode import resume_key, room_key
@@ -308,25 +309,17 @@ class RedisRoomModel(RoomRegistry):
         owner."""
         if room.source_id and room.source_id != self.node_id:
             self.pipe.send(resp.command("PUBLISH", self.keys.to_node(room.source_id),
-                                        "fc %s %s %s" % (room.key, text, self.node_id)), droppable=True)
+                                        report_message(room.key, text, self.node_id)), droppable=True)
 
     def _on_flow(self, text):
-        parts = text.split()
-        if len(parts) != 5 or parts[0] != "fc":
-            return
-        room = self._rooms.get(parts[1])
+        """Another node's flow-control report (``cluster.flow``) about a room this node owns."""
+        report = parse_report(text)
+        room = self._rooms.get(report[0]) if report is not None else None
         if room is None:
             return
-        text, _, unread = parts[3].partition(":")   # OFFSET[:UNREAD]: see RedisRoom.source_must_wait
-        try:
-            epoch = int(parts[2])
-            offset = {"-": None, "^": -1}.get(text)
-            if offset is None and text != "-":
-                offset = int(text)
-            unread = int(unread) if unread else 0
-        except ValueError:
-            return
-        room.remote_flow(parts[4], epoch, offset, self._monotonic() + self.lease, unread)
+        key, epoch, offset, unread, node = report
+        if room.flow.remote_flow(node, epoch, offset, self._monotonic() + self.lease, unread):
+            room.resume_source()
 
     # -- subscribers -----------------------------------------------------------------------
     def get(self, code):
@@ -541,7 +534,7 @@ class RedisRoomModel(RoomRegistry):
         self._count_left(room)
         if not room.subscribers:
             room.idle_since = self._monotonic()
-            room.forget_lead()
+            room.flow.forget_lead()
 
     def room_closed(self, room):
         if self._rooms.get(room.key) is room:
@@ -602,11 +595,10 @@ class RedisRoomModel(RoomRegistry):
                 r.outbox.writable()
         base += len(paused)
         for r, counts in zip(owned, answers[base:base + len(owned)]):
-            r.remote_nodes = frozenset(_text(n) for n, c in counts.items()
+            r.flow.remote_nodes = frozenset(_text(n) for n, c in counts.items()
                                        if int(c) > 0 and _text(n) != self.node_id)
         for r in self._rooms.values():
-            if r.source is None and r.reported_lead is not None and r.lagging:
-                r.report_lead()                      # renewed while it lags
+            r.flow.renew()                           # a mirror's report, renewed while it lags
         if recovering:
             self._beat_ok = True
             if self.stats.redis_reconnects:

@@ -1,27 +1,33 @@
-"""Redis mode: a room as one node sees it, and its write-back queue in Redis.
+"""Redis mode: a room as one node sees it.
 
 A :class:`RedisRoom` is a :class:`rooms.room.Room` — local subscribers are
 cursors into its backlog, exactly as in one process — that also takes part in
-the relay-wide room:
+the relay-wide room. It builds on ``Room`` through its public methods only, and
+holds what it adds, by responsibility:
 
 - when this node holds the room's **source** (it *owns* the room), every
   message is encoded once, appended to the local backlog and queued for Redis;
   one loop turn's messages go out as one batch (``PUBLISH`` on ``P:m:{K}``,
-  plus ``XADD`` to the replay log in a replay room) carrying ``(epoch, seq)``;
+  plus ``XADD`` to the replay log in a replay room) carrying ``(epoch, seq)``
+  (here);
 - when the source is elsewhere, the room is a **mirror**: while it has local
-  subscribers it listens to ``P:m:{K}`` and appends the frames it receives
-  (already encoded: a node encodes nothing twice). A batch of an older epoch
-  (a source that was replaced) is dropped; a duplicate is dropped; a missing
-  batch is a **gap**: local subscribers are closed 4408 ``missed messages``
-  (under ``--slow-policy skip`` they go on), never shown a gap;
-- room events (``P:e:{K}``: live/waiting/closed/writable) move its state.
+  subscribers its :class:`~sphincter_lib.cluster.mirror.Mirror` listens to
+  ``P:m:{K}`` and the room appends the frames received (already encoded: a node
+  encodes nothing twice). A batch of an older epoch (a source that was replaced)
+  is dropped; a duplicate is dropped; a missing batch is a **gap**: local
+  subscribers are closed 4408 ``missed messages`` (under ``--slow-policy skip``
+  they go on), never shown a gap. The order (epoch, sequence, gaps, fencing) is
+  decided by a sans-IO :class:`~sphincter_lib.proto.redis_feed.RedisFeed` the
+  room holds;
+- **flow control across nodes** (the owner's source waits for the fastest
+  subscriber on any node) is its :class:`~sphincter_lib.cluster.flow.CrossNodeFlow`;
+- the write-back queue is a :class:`~sphincter_lib.cluster.outbox.RedisOutbox`;
+- room events (``P:e:{K}``: live/waiting/closed/writable) move its state (here).
 
 Everything here runs in the event loop or a greenlet and never blocks, except
 :meth:`RedisRoom.ensure_feed`, :meth:`RedisRoom.await_own_live`,
 :meth:`RedisRoom.wait_for_readers` (the source's reader) and the
 :class:`RedisOutbox` drainer calls, which are called from greenlets that may.
-The order of the batches (epoch, sequence, gaps, fencing) is decided by a
-sans-IO :class:`~sphincter_lib.proto.redis_feed.RedisFeed` the room holds.
 """
 
 import logging
@@ -30,14 +36,15 @@ import time
 from gevent.event import Event
 
 from ..rooms.room import CLOSED, LIVE, SLOW_CLOSE, SOURCE_CLOSED, WAITING, Room
-from ..errors import RelayUnavailable
 from ..proto import redis_keys
 from ..proto.redis_feed import RedisFeed, parse_last
+from .flow import CrossNodeFlow
+from .mirror import Mirror
 from .outbox import RedisOutbox
 
 logger = logging.getLogger("sphincter.cluster.room")
 
-__all__ = ["RedisRoom", "RedisOutbox"]
+__all__ = ["RedisRoom"]
 
 
 class RedisRoom(Room):
@@ -57,7 +64,10 @@ class RedisRoom(Room):
         #: the room's epoch and batch order as this node sees them (sans-IO: it decides,
         #: the room acts)
         self.feed = RedisFeed()
-        self.feeding = False             # listening to the room's batches
+        #: its batches from Redis while the source is elsewhere (cluster.mirror)
+        self.mirror = Mirror(self, self.feed, model)
+        #: flow control across nodes (cluster.flow)
+        self.flow = CrossNodeFlow(self, self.feed, model.report_flow, limits.high_water // 4)
         self._own_seen = 0               # the newest epoch of ours whose 'live' event came back
         self._own_wait = None            # (epoch, Event): a claim or resume waiting for it
         self.remote_peer = ""            # the source's address when it is on another node
@@ -66,17 +76,6 @@ class RedisRoom(Room):
         self._batch = []
         self._batch_epoch = 0
         self._batch_scheduled = False
-        self._loading = None             # batches received while the replay log is read
-        self._feed_ready = None
-        # flow control across nodes (see source_must_wait)
-        self.remote_nodes = frozenset()  # owner: other nodes with subscribers here (from Redis)
-        self.remote_leads = {}           # owner: node -> (offset its fastest subscriber reached,
-                                         # when that report expires, bytes of it that
-                                         # subscriber did not read: see Room.lead)
-        self.pub_delta = 0               # mirror: the owner's offset minus ours (head_pos)
-        self.reported_lead = None        # mirror: the offset last reported (None: none yet)
-        self.reported_unread = 0         # mirror: that report's lead's unread bytes
-        self.report_step = max(1, limits.high_water // 4)
 
     # -- the feed's state, as the model reads it -----------------------------------------
     @property
@@ -126,8 +125,7 @@ class RedisRoom(Room):
         on this node, if any."""
         self._batch = []
         self.feed.own(epoch, self.feeding)
-        self.reported_lead = self.lead_watch = None
-        self.remote_leads = {}
+        self.flow.reset()
         self.source_id = self.model.node_id
         self.remote_peer = ""
         return self.attach(source)
@@ -160,74 +158,32 @@ class RedisRoom(Room):
         epoch, seq = self.feed.next_batch()
         self.model.publish_batch(self, redis_keys.encode_batch(epoch, seq, self.head_pos, frames))
 
-    # -- mirroring (the source is on another node) ---------------------------------------
-    def ensure_feed(self, timeout):
-        """Listen to the room's batches (and read the replay log), before a local subscriber joins.
+    # -- mirroring (the source is on another node): see cluster.mirror --------------------
+    @property
+    def feeding(self):
+        """Listening to the room's batches."""
+        return self.mirror.feeding
 
-        Blocks the calling greenlet for a round trip or two; RelayUnavailable if Redis does
-        not confirm within ``timeout``."""
-        ready = self._feed_ready
-        if self.feeding:
-            if ready is not None:
-                ready.wait(timeout)
-            return
-        self.feeding = True
-        self.feed.start()
-        ready = self._feed_ready = Event()
-        try:
-            if not self.model.pubsub.subscribe(self.chan_m).wait(timeout):
-                self.stop_feed()
-                raise RelayUnavailable()
-            if self.replay and self.source is None:
-                self._load_replay()
-        finally:
-            self._feed_ready = None
-            ready.set()
+    def ensure_feed(self, timeout):
+        """Listen to the room's batches before a local subscriber joins (:meth:`Mirror.ensure`:
+        blocks for a round trip or two; RelayUnavailable)."""
+        self.mirror.ensure(timeout)
 
     def stop_feed(self):
-        self.forget_lead()
-        if self.feeding:
-            self.feeding = False
-            self.feed.stop()
-            self.model.pubsub.unsubscribe(self.chan_m)
-
-    def _load_replay(self):
-        """The newest ``replay`` batches from the room's log, joined with the live batches that
-        arrive meanwhile at the first (epoch, seq) both have: no gap, no duplicate."""
-        self._loading = []
-        try:
-            entries = self.model.read_log(self)
-        except RelayUnavailable:
-            entries = []
-        pending, self._loading = self._loading, None
-        self.forget_backlog()
-        for entry_id, data in reversed(entries):
-            self._take(data, from_log=True)
-        for data in pending:
-            self.receive(data)
+        self.flow.forget_lead()
+        self.mirror.stop()
 
     def receive(self, data):
         """A batch from Redis (from the listener greenlet)."""
-        if self.source is not None:
-            return                            # ours, back from Redis: not even decoded
-        if self._loading is not None:
-            self._loading.append(data)
-            return
-        self._take(data)
+        self.mirror.receive(data)
 
-    def _take(self, data, from_log=False):
-        try:
-            epoch, seq, end, frames = redis_keys.decode_batch(data)
-        except ValueError as exc:
-            logger.warning("room %s: dropped a malformed batch from Redis: %s", self.code, exc)
-            return
-        # ours, back from Redis (or fenced: an event follows); from a replaced source; a
-        # duplicate (resent after a reconnect); or to deliver, maybe after a gap
-        decision = self.feed.batch(epoch, seq, owned=self.source is not None, from_log=from_log)
-        if decision.gap is not None:
-            self._gap(decision.gap)
-        if not decision.deliver:
-            return
+    def check_last(self, last):
+        """An event told the room's last batch (:meth:`Mirror.check_last`)."""
+        self.mirror.check_last(last)
+
+    def deliver(self, epoch, end, frames, from_log=False):
+        """A batch of ``epoch`` from Redis, ending at the owner's offset ``end``: its frames
+        (already encoded) go to the local subscribers."""
         if self.state is CLOSED:
             return
         stats = self.stats
@@ -240,30 +196,14 @@ class RedisRoom(Room):
                 self.append_frame(frame)
             else:
                 self.pass_bytes(len(frame))
-        self.pub_delta = end - self.head_pos
-        if self.subscribers and self.flow_control and not from_log:
-            if (self.reported_lead is None or epoch != self.feed.feed_epoch
-                    or self.reported_unread != self.lead_unread):
-                self.report_lead()
-            else:
-                self.lead_watch = self.reported_lead + self.report_step - self.pub_delta
+        self.flow.batch_taken(epoch, end, from_log)
 
     @property
     def last_published(self):
         """``"E:S"``: the last batch this node published for the room (owner)."""
         return self.feed.last_published
 
-    def check_last(self, last):
-        """An event: ``last`` is the room's last batch (epoch, seq) when the script knew it, else
-        None. A batch we lack is lost, and a tainted feed (our connection broke) that cannot
-        tell is taken as lost: never shown as a gap."""
-        if not self.feeding or self.source is not None or self._loading is not None:
-            return
-        gap = self.feed.check_last(last)
-        if gap is not None:
-            self._gap(gap)
-
-    def _gap(self, what):
+    def missed(self, what):
         """Batches were lost on the way (Redis restarted, or this node was cut off as too slow)."""
         self.stats.redis_gaps += 1
         logger.warning("room %s: missed %s from Redis; %s %d local subscriber(s)", self.code,
@@ -279,87 +219,21 @@ class RedisRoom(Room):
         if self.skip:
             self.trim_to(self.head_seq)
 
-    # -- flow control across nodes -------------------------------------------------------
-    # Credit, in the owner's byte offsets (every batch carries the offset after it). A mirror
-    # with subscribers reports how far its fastest subscriber got ("fc K EPOCH OFFSET NODE")
-    # (its first subscriber's arrival is announced as "^": at the owner's head), then from its
-    # first batch on, each time that moved a quarter of high_water on, and every heartbeat
-    # while it lags that much; "-" when it has no subscriber left. The owner's source waits
-    # while every node with subscribers here (and its own fastest subscriber, if any) is
-    # high_water or more behind what it published: the room moves at the speed of its fastest
-    # subscriber wherever it is, and what is on its way through Redis counts. A node that
-    # says nothing is taken to keep up; a report not renewed expires (a node that died).
-    # As in one process, the pace is that of the subscriber that has *read* furthest: a node
-    # whose fastest subscriber skipped (or joined late) reports "OFFSET:UNREAD", the bytes its
-    # cursor moved without its reading them, and the owner follows the node (or its own
-    # subscriber) with the greatest OFFSET - UNREAD, at that node's OFFSET.
+    # -- flow control across nodes: see cluster.flow ------------------------------------
     def source_must_wait(self):
-        leads = self.remote_leads
-        if not leads:
-            return Room.source_must_wait(self)
-        if not self.flow_control or self.state is not LIVE:
-            return False
-        now = self.now()
-        for node, (offset, until, _) in list(leads.items()):
-            if until < now:
-                del leads[node]
-        if not leads:
-            return Room.source_must_wait(self)
-        for node in self.remote_nodes:
-            if node not in leads:
-                return False                      # a node that says nothing keeps up
-        leads = list(leads.values())
-        if self.subscribers:
-            leads.append((self.lead_pos, now, self.lead_unread))
-        best = max(leads, key=lambda lead: lead[0] - lead[2])[0]
-        return self.head_pos - best >= self.high_water
+        wait = self.flow.must_wait()
+        return Room.source_must_wait(self) if wait is None else wait
 
     def wait_for_readers(self):
-        if not self.remote_leads:
+        if not self.flow.active:
             return Room.wait_for_readers(self)
         while self.source_must_wait():
             self.pause_source()
             self.wait_readers(self.model.flow_recheck)
         self.resume_source()
 
-    def remote_flow(self, node, epoch, offset, expires, unread=0):
-        """Owner side: ``node``'s fastest subscriber reached ``offset`` (None: it has none), of
-        which it did not read ``unread`` bytes (skipped, or joined late)."""
-        if self.source is None or epoch != self.epoch:
-            return
-        if offset == -1:                          # "where your source is now": a new node
-            offset = self.head_pos
-        if offset is None:
-            self.remote_leads.pop(node, None)
-        else:
-            self.remote_leads[node] = (offset, expires, unread)
-        if self.source_paused and not self.source_must_wait():
-            self.resume_source()
-
-    def report_lead(self):
-        """Mirror side: tell the owner how far our fastest subscriber got."""
-        offset = self.lead_pos + self.pub_delta
-        self.reported_lead = offset
-        self.reported_unread = unread = self.lead_unread
-        self.lead_watch = offset + self.report_step - self.pub_delta
-        self.model.report_flow(self, "%d %d%s" % (self.feed.feed_epoch, offset, ":%d" % unread if unread else ""))
-
     def lead_passed(self):
-        if self.source is None and self.subscribers and self.reported_lead is not None:
-            self.report_lead()
-        else:
-            self.lead_watch = None
-
-    @property
-    def lagging(self):
-        """Mirror side: our fastest subscriber is a report step or more behind."""
-        return bool(self.subscribers) and self.head_pos - self.lead_pos >= self.report_step
-
-    def forget_lead(self):
-        """Mirror side: no subscriber left here (or no more batches): the owner stops counting us."""
-        if self.reported_lead is not None:
-            self.reported_lead = self.lead_watch = None
-            self.model.report_flow(self, "%d -" % self.feed.feed_epoch)
+        self.flow.lead_passed()
 
     # -- room events -------------------------------------------------------------------
     def _set_epoch(self, epoch):
