@@ -1,0 +1,103 @@
+"""Redis mode: this process among the nodes of a relay, and its link to Redis.
+
+A :class:`NodeLink` is what every part of the Redis model shares: the node's id, the key
+names (``proto.redis_keys``), the connections ``cluster.link`` makes (a redis-py client for
+calls that need an answer, the ordered send :class:`~sphincter_lib.cluster.link.Pipe`, the
+pub/sub :class:`~sphincter_lib.cluster.link.Listener`), the Lua scripts those calls run, and
+whether Redis is reachable: the heartbeat (``cluster.liveness``) says when it is, the first
+call that fails says when it is not.
+"""
+
+import hashlib
+import logging
+import os
+import secrets
+import socket
+
+from ..errors import RelayUnavailable
+from ..proto import redis_keys
+from .link import Endpoint, Listener, Pipe, control_client, redis_errors
+
+logger = logging.getLogger("sphincter.cluster.node")
+
+__all__ = ["NodeLink", "default_node_name", "digest", "text"]
+
+#: the scripts called with an answer (through the client); the others go down the pipe
+SCRIPTS = ("OPEN", "CLAIM", "RESUME", "CHECK", "REFRESH", "ADMIT", "ENSURE_NAMED")
+
+
+def default_node_name():
+    return "%s-%d" % (socket.gethostname().split(".")[0] or "node", os.getpid())
+
+
+def digest(key):
+    """What Redis keeps of a secret (a resume key): its SHA-256, in hex."""
+    return hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()
+
+
+def text(value):
+    """A Redis answer (bytes, or None) as text."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else ("" if value is None else str(value))
+
+
+class NodeLink:
+    """This node's id and keys, its connections to Redis, and whether Redis is reachable.
+
+    ``on_message(channel, data)`` gets every pub/sub message; ``stats.redis_reconnects``
+    counts the outages."""
+
+    def __init__(self, redis_url, stats, on_message, node="", prefix="sph", lease=5.0):
+        self.node = node or default_node_name()
+        #: this process among the nodes in Redis: its name and a nonce, so that a node restarted
+        #: under the same name is not taken for its previous run (its leases, subscriber counts)
+        self.node_id = "%s/%s" % (self.node, secrets.token_hex(3))
+        self.keys = redis_keys.Keys(prefix)
+        self.endpoint = Endpoint(redis_url)
+        self.lease = lease
+        self.lease_ms = int(lease * 1000)
+        self.stats = stats
+        self.redis = control_client(self.endpoint)
+        #: the exceptions that mean "Redis cannot be reached now"
+        self.errors = redis_errors()
+        #: the last heartbeat reached Redis (set by the heartbeat, cleared by a failed call)
+        self.reachable = False
+        # the pipe reconnects and resends by itself: only the listener (always reading, so it
+        # notices at once) and the control calls say whether Redis is reachable
+        self.pipe = Pipe(self.endpoint)
+        self.pubsub = Listener(self.endpoint, on_message, on_down=self._link_down)
+        self.scripts = {name: self.redis.register_script(getattr(redis_keys, name)) for name in SCRIPTS}
+
+    @property
+    def up(self):
+        """Redis is reachable: the heartbeat got through and the listener is connected."""
+        return self.reachable and self.pubsub.connected
+
+    def failed(self, exc):
+        """A call could not reach Redis: new sources and subscribers are refused until the
+        heartbeat gets through again."""
+        if self.reachable:
+            self.reachable = False
+            self.stats.redis_reconnects += 1
+            logger.warning("redis unreachable at %s: %s; new sources and subscribers are refused until "
+                           "it is back", self.endpoint, exc)
+
+    def _link_down(self, link):
+        self.failed("%s connection lost" % link.name)
+
+    def call(self, name, room, *args):
+        """Script ``name`` on ``room``'s keys, with an answer; RelayUnavailable when Redis cannot
+        be reached."""
+        if not self.reachable:
+            raise RelayUnavailable()
+        return self.ask(self.scripts[name], keys=room.redis_keys, args=list(args))
+
+    def ask(self, fn, *args, **kwargs):
+        """``fn(...)`` against Redis, tried twice: a pooled connection that Redis closed (a
+        restart) fails once, then the pool connects afresh. RelayUnavailable after that."""
+        for attempt in (1, 2):
+            try:
+                return fn(*args, **kwargs)
+            except self.errors as exc:
+                if attempt == 2:
+                    self.failed(exc)
+                    raise RelayUnavailable()
