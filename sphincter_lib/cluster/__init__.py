@@ -1,2 +1,3 @@
-"""Rooms shared by several relay processes through Redis: the room model, the Redis room,
-the link to Redis."""
+"""Rooms shared by several relay processes through Redis: the room model (``model``) and what
+it holds (``node``, ``admission``, ``liveness``, ``listing``), the Redis room (``room``) and what
+it holds (``mirror``, ``flow``, ``outbox``), the link to Redis (``link``)."""

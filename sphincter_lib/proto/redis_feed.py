@@ -7,7 +7,8 @@ sends is of an older epoch), the sequence counts the batches of that epoch from 
 the ``last`` of room events, answers what to do with them: deliver, drop (a duplicate, an
 older epoch, our own batch back from Redis), and whether batches were lost on the way (a
 *gap*, with a phrase saying what). It does no I/O and knows no room: :class:`RedisRoom
-<sphincter_lib.cluster.room.RedisRoom>` holds one and acts on its decisions.
+<sphincter_lib.cluster.room.RedisRoom>` holds one, and acts on its decisions with its
+:class:`~sphincter_lib.cluster.mirror.Mirror`.
 
 A feed is *tainted* when the node's connection to Redis broke while it listened: batches
 may have been lost without a trace, and the first batch or event that cannot prove
