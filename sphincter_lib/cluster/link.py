@@ -1,18 +1,14 @@
 """Redis mode's I/O: the connections to Redis and what carries commands over them.
 
-The commands themselves are built elsewhere too (``cluster/model.py`` and ``cluster/room.py``
-send theirs through the clients made here); every connection to Redis is made here.
+The commands themselves are built by those who send them (the model and what it holds, the
+rooms, their outboxes), through the clients made here and held by ``cluster/node.py``; every
+connection to Redis is made here.
 
 - :func:`control_client`: a redis-py client for every command that needs an
   answer before the caller goes on (open, claim, resume, admit, heartbeat).
-- :class:`Pipe`: one connection carrying, in order and without waiting for
-  replies, what a node *sends*: message batches (``PUBLISH``, ``XADD``),
-  write-back messages, a source leaving. Order matters: a room's last batch
-  must reach Redis before the script saying its source left. Commands are
-  pre-encoded RESP (``resp.command``): the hot path costs a ``bytes`` join and
-  a ``sendall`` per loop turn, not redis-py's per-command machinery
-  (docs/redis-design.md, table P). Replies are read back in order and handed
-  to each command's callback.
+- :class:`~sphincter_lib.cluster.pipe.Pipe` (``cluster/pipe.py``, a :class:`Link`): one
+  connection carrying, in order and without waiting for replies, what a node *sends*
+  (message batches, write-back messages, a source leaving).
 - :class:`Listener`: one connection in pub/sub mode for the node's rooms'
   channels; pushes are parsed by ``resp.Parser`` and handed to one callback.
 
@@ -24,8 +20,6 @@ their owner (``on_down`` / ``on_up``); the Pipe resends what was in flight
 import logging
 import socket
 import ssl
-import time
-from collections import deque
 
 try:
     from urllib.parse import unquote, urlsplit
@@ -40,7 +34,7 @@ from ..proto import resp
 
 logger = logging.getLogger("sphincter.cluster.link")
 
-__all__ = ["Endpoint", "control_client", "Pipe", "Listener", "redis_errors", "hide_password"]
+__all__ = ["Endpoint", "control_client", "Link", "Listener", "redis_errors", "hide_password"]
 
 #: backoff between reconnection attempts (seconds): first, then doubled up to the last
 BACKOFF = (0.1, 2.0)
@@ -120,8 +114,9 @@ def redis_errors():
     return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
-class _Link:
-    """A connection that comes back by itself. Subclasses: ``_session(sock)`` until it breaks."""
+class Link:
+    """A connection that comes back by itself. Subclasses: ``_session(sock)`` until it breaks
+    (:class:`Listener` here, :class:`~sphincter_lib.cluster.pipe.Pipe`)."""
 
     name = "link"
 
@@ -133,6 +128,11 @@ class _Link:
         self._sock = None
         self._greenlet = None
         self._stopping = False
+
+    @property
+    def sock(self):
+        """The connected socket (None between connections)."""
+        return self._sock
 
     def start(self):
         self._greenlet = gevent.spawn(self._run)
@@ -177,155 +177,11 @@ class _Link:
         raise NotImplementedError
 
 
-class Pipe(_Link):
-    """Commands sent in order, replies read back in order; ``send`` never blocks.
-
-    ``send(data, callback=None, droppable=False)``: ``data`` is pre-encoded
-    RESP for one command; ``callback(reply)`` runs with its reply (from this
-    link's greenlet). When nothing is being written, ``send`` writes at once
-    (a non-blocking send, from whatever calls it, the event loop included): a
-    message batch leaves for Redis before the owner's own subscribers are
-    served, not after. Past ``max_bytes`` queued (Redis unreachable), the
-    oldest droppable commands (message batches) are dropped; receivers see
-    the gap. After a reconnect, what was in flight is sent again."""
-
-    name = "pipe"
-    #: most bytes written to Redis in one go by the greenlet
-    batch_bytes = 1 << 20
-
-    def __init__(self, endpoint, on_down=None, on_up=None, max_bytes=64 << 20):
-        _Link.__init__(self, endpoint, on_down, on_up)
-        self.max_bytes = max_bytes
-        self._queue = deque()       # not written yet
-        self._inflight = deque()    # written (or being written), reply still to come
-        self._queued = 0
-        self._busy = False          # a greenlet is in a blocking write
-        self._send_now = None       # a non-blocking send on the socket (plain TCP only)
-        self._ready = Event()
-        self.dropped = 0            # droppable commands dropped while Redis was unreachable
-        self.sent = 0
-        self.errors = 0
-
-    def send(self, data, callback=None, droppable=False):
-        self._queue.append((data, callback, droppable))
-        self._queued += len(data)
-        if self._queued > self.max_bytes:
-            self._shed()
-        elif self._send_now is not None and not self._busy:
-            self._write_now()
-        self._ready.set()
-
-    def _write_now(self):
-        items = list(self._queue)
-        self._queue.clear()
-        self._queued = 0
-        self._inflight.extend(items)
-        data = items[0][0] if len(items) == 1 else b"".join(item[0] for item in items)
-        try:
-            sent = self._send_now(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            sent = 0                            # the reader sees the broken connection
-        if sent < len(data):                    # the rest by a greenlet: this may be the loop
-            self._busy = True
-            gevent.spawn(self._finish, self._sock, data[sent:])
-
-    def _finish(self, sock, rest):
-        """Write the rest of a partial direct write, then whatever was queued meanwhile."""
-        try:
-            sock.sendall(rest)
-            while self._queue and self._sock is sock:
-                items = list(self._queue)
-                self._queue.clear()
-                self._queued = 0
-                self._inflight.extend(items)
-                sock.sendall(b"".join(item[0] for item in items))
-        except OSError:
-            pass                                  # the reader sees the broken connection
-        finally:
-            self._busy = False
-
-    def _shed(self):
-        kept = deque()
-        while self._queue and self._queued > self.max_bytes // 2:
-            item = self._queue.popleft()
-            if item[2]:
-                self._queued -= len(item[0])
-                self.dropped += 1
-            else:
-                kept.append(item)
-        kept.extend(self._queue)
-        self._queue = kept
-
-    def flush(self, timeout):
-        """Wait until everything queued was sent and answered (or ``timeout``); True if so."""
-        deadline = time.monotonic() + timeout
-        while (self._queue or self._inflight) and time.monotonic() < deadline:
-            gevent.sleep(0.01)
-        return not (self._queue or self._inflight)
-
-    def _session(self, sock):
-        if self.on_up is not None:
-            self.on_up(self)
-        # what was in flight when the last connection broke goes first (receivers drop duplicates)
-        self._queue.extendleft(reversed(self._inflight))
-        self._queued = sum(len(item[0]) for item in self._queue)
-        self._inflight.clear()
-        self._busy = False
-        parser = resp.Parser()
-        inflight = self._inflight
-        raw = getattr(sock, "_sock", None)
-        self._send_now = raw.send if raw is not None and not self.endpoint.tls else None
-        try:
-            while True:
-                if not inflight:
-                    if not self._queue or self._busy:
-                        self._ready.clear()
-                        self._ready.wait(0.05 if self._busy else None)
-                        continue
-                    items, size = [], 0
-                    while self._queue and size < self.batch_bytes:
-                        item = self._queue.popleft()
-                        self._queued -= len(item[0])
-                        size += len(item[0])
-                        items.append(item)
-                    inflight.extend(items)
-                    self._write(sock, b"".join(item[0] for item in items))
-                    continue
-                data = sock.recv(65536)
-                if not data:
-                    raise OSError("connection closed by Redis")
-                replies = parser.feed(data)
-                for reply in replies:
-                    data_, callback, _ = inflight.popleft()
-                    self.sent += 1
-                    if isinstance(reply, resp.Error):
-                        self.errors += 1
-                        logger.debug("redis pipe: %s", reply.message)
-                    if callback is not None:
-                        try:
-                            callback(reply)
-                        except Exception:
-                            logger.error("redis pipe: callback failed", exc_info=True)
-                if len(replies) > 256:
-                    gevent.sleep(0)               # a busy pipe must not hold the loop
-        finally:
-            self._send_now = None
-
-    def _write(self, sock, data):
-        self._busy = True
-        try:
-            sock.sendall(data)
-        finally:
-            self._busy = False
-
-
 _DONE = Event()
 _DONE.set()
 
 
-class Listener(_Link):
+class Listener(Link):
     """Pub/sub: ``subscribe(channel)`` (returns an Event set once Redis confirmed it),
     ``unsubscribe(channel)``; every message goes to ``on_message(channel, data)``."""
 
@@ -337,7 +193,7 @@ class Listener(_Link):
     yield_bytes = 32 * 1024
 
     def __init__(self, endpoint, on_message, on_down=None, on_up=None):
-        _Link.__init__(self, endpoint, on_down, on_up)
+        Link.__init__(self, endpoint, on_down, on_up)
         self.on_message = on_message
         self.channels = set()
         self._confirm = {}
@@ -360,7 +216,7 @@ class Listener(_Link):
             self._send(resp.command("UNSUBSCRIBE", channel))
 
     def _send(self, data):
-        sock = self._sock
+        sock = self.sock
         if sock is None or not self.connected:
             return                            # sent again with every channel once reconnected
         with self._send_lock:

@@ -2,7 +2,7 @@
 
 A :class:`NodeLink` is what every part of the Redis model shares: the node's id, the key
 names (``proto.redis_keys``), the connections ``cluster.link`` makes (a redis-py client for
-calls that need an answer, the ordered send :class:`~sphincter_lib.cluster.link.Pipe`, the
+calls that need an answer, the ordered send :class:`~sphincter_lib.cluster.pipe.Pipe`, the
 pub/sub :class:`~sphincter_lib.cluster.link.Listener`), the Lua scripts those calls run, and
 whether Redis is reachable: the heartbeat (``cluster.liveness``) says when it is, the first
 call that fails says when it is not.
@@ -16,7 +16,8 @@ import socket
 
 from ..errors import RelayUnavailable
 from ..proto import redis_keys
-from .link import Endpoint, Listener, Pipe, control_client, redis_errors
+from .link import Endpoint, Listener, control_client, redis_errors
+from .pipe import Pipe
 
 logger = logging.getLogger("sphincter.cluster.node")
 
