@@ -166,3 +166,19 @@ def mask_frame(opcode, payload, fin=True, mask=b"\x01\x02\x03\x04", rsv=0):
         head = bytes([b0, 0x80 | 127]) + n.to_bytes(8, "big")
     masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     return head + mask + masked
+
+
+def parse_server_frames(data):
+    """(opcode, payload) of each unmasked server frame in ``data``, parsed independently of
+    sphincter_lib.proto.frames."""
+    frames, pos = [], 0
+    while pos < len(data):
+        b0, n = data[pos], data[pos + 1] & 0x7F
+        pos += 2
+        if n == 126:
+            n, pos = int.from_bytes(data[pos:pos + 2], "big"), pos + 2
+        elif n == 127:
+            n, pos = int.from_bytes(data[pos:pos + 8], "big"), pos + 8
+        frames.append((b0 & 0x0F, data[pos:pos + n]))
+        pos += n
+    return frames

@@ -5,26 +5,11 @@ an in-process relay on real sockets."""
 import time
 
 from sphincter_lib.proto import frames as wsproto
-from conftest import Source, mask_frame, raw_upgrade, read_to_eof, unit, wait_for
+from conftest import Source, mask_frame, parse_server_frames, raw_upgrade, read_to_eof, unit, wait_for
 
 
 def close_payload(code, reason=b""):
     return code.to_bytes(2, "big") + reason
-
-
-def parse_server_frames(data):
-    """(opcode, payload) of each unmasked server frame in ``data``."""
-    frames, pos = [], 0
-    while pos < len(data):
-        b0, n = data[pos], data[pos + 1] & 0x7F
-        pos += 2
-        if n == 126:
-            n, pos = int.from_bytes(data[pos:pos + 2], "big"), pos + 2
-        elif n == 127:
-            n, pos = int.from_bytes(data[pos:pos + 8], "big"), pos + 8
-        frames.append((b0 & 0x0F, data[pos:pos + n]))
-        pos += n
-    return frames
 
 
 def read_frame(sock):

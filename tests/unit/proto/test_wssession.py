@@ -14,7 +14,7 @@ import pytest
 from sphincter_lib.proto import frames as wsproto
 from sphincter_lib.closecodes import CloseCode
 from sphincter_lib.proto.wssession import CLOSED, CLOSING, OPEN, PING_TIMEOUT, ServerSession
-from conftest import mask_frame
+from conftest import mask_frame, parse_server_frames
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -26,21 +26,6 @@ def close_payload(code, reason=b""):
 def server_close(code, reason=""):
     """The close frame the server is expected to write (unmasked)."""
     return wsproto.encode_close(code, reason)
-
-
-def parse_server_frames(data):
-    """(opcode, payload) of each unmasked server frame in ``data``."""
-    frames, pos = [], 0
-    while pos < len(data):
-        b0, n = data[pos], data[pos + 1] & 0x7F
-        pos += 2
-        if n == 126:
-            n, pos = int.from_bytes(data[pos:pos + 2], "big"), pos + 2
-        elif n == 127:
-            n, pos = int.from_bytes(data[pos:pos + 8], "big"), pos + 8
-        frames.append((b0 & 0x0F, data[pos:pos + n]))
-        pos += n
-    return frames
 
 
 class Echo:
