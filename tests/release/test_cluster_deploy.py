@@ -32,8 +32,8 @@ import websocket
 
 from conftest import unit, wait_for
 from flow_util import ROOT, RelayProcess
-from nginxkit import free_port, nginx_binary
-from testkit import require, require_file, require_program, stop_process
+from nginxkit import free_port, nginx_binary, stream_module
+from testkit import require_program, stop_process
 from rediskit import RedisServer
 
 pytestmark = pytest.mark.timeout(180)
@@ -147,18 +147,6 @@ http {{
 }}
 include {d}/sphincter-stream.conf;
 """
-
-
-def stream_module():
-    """The ``load_module`` line nginx needs for ``stream {}`` (Debian: a dynamic module)."""
-    binary = nginx_binary()
-    built = subprocess.run([binary, "-V"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           universal_newlines=True).stdout
-    if "--with-stream=dynamic" not in built:
-        require("nginx's stream module", "--with-stream" in built, "nginx built without it")
-        return ""
-    path = require_file("/usr/lib/nginx/modules/ngx_stream_module.so", "nginx's stream module")
-    return "load_module %s;" % path
 
 
 def substitute(text, subs, what):
