@@ -1,8 +1,9 @@
 """TCP sources: a ``StreamServer`` handler that feeds one room from one connection.
 
 Per connection: with ``--source-proxy-protocol``, read the PROXY protocol header a trusted
-proxy sends first (:mod:`.proxyproto`; from then on the source *is* the client it names: per-address
-cap, logs, ``/api/rooms``), or make sure a direct peer sends none; read the preamble (``AUTH <TOKEN>`` and/or ``RESUME <CODE>
+proxy sends first (:mod:`.proxyproto`; from then on the source *is* the client it names, for
+the per-address cap, the logs and ``/api/rooms``), or make sure a direct peer sends none. Read
+the preamble (``AUTH <TOKEN>`` and/or ``RESUME <CODE>
 <KEY>`` when the configuration expects them, see :mod:`.preamble`), then
 claim the named room of that token, resume the room of that code, or open a
 new room — or answer ``ERROR <reason>`` and close. Send the banner ``ROOM
