@@ -179,7 +179,8 @@ OPTIONS = (
     Option("trusted-proxies", "127.0.0.1,::1", networks,
            "comma-separated proxy addresses/networks believed about the client address: "
            "X-Forwarded-For, or X-Real-IP without it ('' for none); a loopback peer that "
-           "sends neither is the client itself", "NETS"),
+           "sends neither is the client itself; with --source-proxy-protocol, the peers whose "
+           "PROXY header the source port reads", "NETS"),
     Option("log-level", "info", choice(*LOG_LEVELS), "log level: " + ", ".join(LOG_LEVELS), "LEVEL"),
     Option("log-format", "text", choice("text", "json"),
            "log line format: 'text', or 'json' (one object per line, for log shippers)", "FORMAT"),
@@ -209,7 +210,12 @@ OPTIONS = (
            "more get HTTP 429; 0: no limit", "N"),
     Option("handshake-timeout", "10", positive_seconds,
            "seconds a connection has to finish its TLS handshake and HTTP request head "
-           "(sources: TLS and the AUTH line)", "SECONDS"),
+           "(sources: the PROXY header, TLS and the AUTH line)", "SECONDS"),
+    Option("source-proxy-protocol", "off", boolean,
+           "the source port reads a PROXY protocol header (v1 or v2; nginx 'proxy_protocol on;', "
+           "HAProxy 'send-proxy') from peers in --trusted-proxies, which must send one, and counts, "
+           "logs and lists each source by the client address in it; other peers connect directly and "
+           "may not send one; not with --source-tls-cert (terminate TLS at the proxy)", "on|off"),
     Option("source-idle-timeout", "0", seconds,
            "close a source that sends nothing for this many seconds ('ERROR idle timeout'); 0: never",
            "SECONDS"),
@@ -361,6 +367,12 @@ def check(s):
         raise ConfigError(
             "argument --source-high-water: must be below --subscriber-buffer-bytes (%d >= %d)"
             % (s.source_high_water, s.subscriber_buffer_bytes))
+    if s.source_proxy_protocol and s.source_tls_cert:
+        raise ConfigError("argument --source-proxy-protocol: not with --source-tls-cert "
+                          "(the header comes before TLS: terminate TLS at the proxy)")
+    if s.source_proxy_protocol and not s.trusted_proxies:
+        raise ConfigError("argument --source-proxy-protocol: needs --trusted-proxies "
+                          "(the addresses of the proxies that send the header)")
     for cert, key in (("tls-cert", "tls-key"), ("source-tls-cert", "source-tls-key")):
         c, k = getattr(s, cert.replace("-", "_")), getattr(s, key.replace("-", "_"))
         if bool(c) != bool(k):

@@ -1,6 +1,9 @@
 """TCP sources: a ``StreamServer`` handler that feeds one room from one connection.
 
-Per connection: read the preamble (``AUTH <TOKEN>`` and/or ``RESUME <CODE>
+Per connection: with ``--source-proxy-protocol``, read the PROXY protocol header a trusted
+proxy sends first (:mod:`.proxyproto`; from then on the source *is* the client it names, for
+the per-address cap, the logs and ``/api/rooms``), or make sure a direct peer sends none. Read
+the preamble (``AUTH <TOKEN>`` and/or ``RESUME <CODE>
 <KEY>`` when the configuration expects them, see :mod:`.preamble`), then
 claim the named room of that token, resume the room of that code, or open a
 new room — or answer ``ERROR <reason>`` and close. Send the banner ``ROOM
@@ -17,12 +20,13 @@ import time
 import gevent
 from gevent.exceptions import ConcurrentObjectUseError
 
-from ..proto.addresses import format_peer
+from ..proto.addresses import format_peer, is_trusted
 from ..errors import RoomError
 from ..logformat import log_crash
 from .security import ConnectionCaps, check_auth_line
 from ..proto.framing import is_text, make_framer
 from ..proto.preamble import Preamble
+from ..proto.proxyproto import HeaderReader
 from ..rooms.interface import Source
 from ..tcp import keepalive
 
@@ -80,7 +84,8 @@ class SourceHandler:
     write_batch = 64 * 1024
 
     def __init__(self, registry, framing="lines", max_message_bytes=1 << 20, banner=True,
-                 tokens=(), max_per_ip=0, handshake_timeout=10.0, idle_timeout=0, tls=False):
+                 tokens=(), max_per_ip=0, handshake_timeout=10.0, idle_timeout=0, tls=False,
+                 proxy_protocol=False, trusted_proxies=()):
         self.registry = registry
         self.stats = registry.stats
         self.framing = framing
@@ -91,6 +96,10 @@ class SourceHandler:
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout    # 0: a source may stay silent forever
         self.tls = tls
+        #: read a PROXY protocol header from peers in ``trusted_proxies`` (they must send one;
+        #: other peers must not)
+        self.proxy_protocol = proxy_protocol
+        self.trusted_proxies = tuple(trusted_proxies)
         self._live = {}          # source -> room, for shutdown
 
     @property
@@ -98,25 +107,38 @@ class SourceHandler:
         return len(self._live)
 
     def __call__(self, sock, address):
-        peer = format_peer(address)
-        slot = self.caps.acquire(address[0] if isinstance(address, tuple) else str(address))
+        peer = who = format_peer(address)
+        host = address[0] if isinstance(address, tuple) else str(address)
+        slot, first = None, None
         try:
+            if self.proxy_protocol and is_trusted(host, self.trusted_proxies):
+                header = self._read_start(sock, HeaderReader(expect=True), time.monotonic())
+                if header.error:
+                    self._refuse(sock, peer, header.error, detail=header.detail)
+                    return
+                first = header.rest
+                if header.source is not None:       # else LOCAL/UNKNOWN: the proxy itself
+                    host, peer = header.source[0], format_peer(header.source)
+                    who = "%s via %s" % (peer, who)
+            slot = self.caps.acquire(host)
             if slot is None:
                 self.stats.rejected["source", "too many connections"] += 1
-                logger.warning("source %s refused: too many connections from its address", peer)
+                logger.warning("source %s refused: too many connections from its address", who)
                 self._send(sock, b"ERROR too many connections\n")
             else:
-                self._serve(sock, peer)
+                self._serve(sock, peer, who, first)
         except OSError as exc:           # the connection broke (reset, TLS garbage): not a bug
-            logger.info("source %s: connection broke: %s", peer, exc.strerror or exc)
+            logger.info("source %s: connection broke: %s", who, exc.strerror or exc)
         except Exception:
-            logger.error("source %s: handler crashed", peer, exc_info=True)
+            logger.error("source %s: handler crashed", who, exc_info=True)
         finally:
             self.caps.release(slot)
             sock.close()
 
-    def _greet(self, sock, peer):
-        """TLS handshake and the preamble lines (``AUTH``, ``RESUME``), within ``handshake_timeout``.
+    def _greet(self, sock, peer, first=None):
+        """TLS handshake, no PROXY header from a direct peer (``--source-proxy-protocol``; ``first``
+        is None), and the preamble lines (``AUTH``, ``RESUME``), within ``handshake_timeout``.
+        ``first``: what followed a trusted proxy's header.
 
         Returns a :class:`~sphincter_lib.proto.preamble.Result` (its ``rest`` is the
         start of the source's data), or None if the source is to be dropped."""
@@ -136,10 +158,18 @@ class SourceHandler:
         finally:
             if timer is not None:
                 timer.close()
+        started = time.monotonic()
         preamble = Preamble(require_auth=bool(self.tokens), accept_auth=self.registry.named_count > 0,
                             accept_resume=self.registry.limits.grace > 0, max_line=self.max_auth_line)
         try:
-            result = self._read_preamble(sock, preamble)
+            if first is None and self.proxy_protocol:     # a direct peer: its bytes are its own
+                direct = self._read_start(sock, HeaderReader(expect=False), started)
+                if direct.error:
+                    return self._refuse(sock, peer, direct.error, detail=direct.detail)
+                first = direct.rest
+            if not (preamble.require_auth or preamble.accept_auth or preamble.accept_resume):
+                return (first and preamble.feed(first)) or preamble.timeout()   # all of it is data
+            result = self._read_start(sock, preamble, started, first)
         except OSError as exc:
             logger.info("source %s: connection failed before its data: %s", peer, exc)
             return None
@@ -147,38 +177,41 @@ class SourceHandler:
             return self._refuse(sock, peer, result.error, secured)
         return result
 
-    def _read_preamble(self, sock, preamble):
-        """Feed ``preamble`` until it decides: a line that may or may not come is waited for
-        ``preamble_wait`` seconds, a required one up to ``handshake_timeout``."""
-        now = time.monotonic()
-        deadline = now + (self.handshake_timeout or 3600.0)
-        soft = now + self.preamble_wait
-        if not (preamble.require_auth or preamble.accept_auth or preamble.accept_resume):
-            return preamble.timeout()           # no line expected: all of it is data
+    def _read_start(self, sock, parser, since, first=b""):
+        """Feed ``parser`` (a :class:`Preamble`, a PROXY header's :class:`HeaderReader`) the
+        connection's first bytes, ``first`` then what arrives, until it decides: what may or may
+        not come is waited for until ``preamble_wait`` after ``since``, what must come
+        (``parser.required_pending``) up to ``handshake_timeout`` after it."""
+        if first:
+            result = parser.feed(first)
+            if result is not None:
+                return result
+        deadline = since + (self.handshake_timeout or 3600.0)
+        soft = since + self.preamble_wait
         try:
             while True:
                 now = time.monotonic()
-                if preamble.required_pending:
+                if parser.required_pending:
                     soft = now + self.preamble_wait     # optional lines may follow the AUTH line
                     limit = deadline
                 else:
                     limit = min(deadline, soft)
                 if limit <= now:
-                    return preamble.timeout()
+                    return parser.timeout()
                 sock.settimeout(limit - now)
                 try:
-                    data = sock.recv(self.max_auth_line)
+                    data = sock.recv(getattr(parser, "wanted", self.max_auth_line))
                 except socket.timeout:
-                    return preamble.timeout()
-                result = preamble.feed(data)
+                    return parser.timeout()
+                result = parser.feed(data)
                 if result is not None:
                     return result
         finally:
             sock.settimeout(None)
 
-    def _refuse(self, sock, peer, why, secured=True):
+    def _refuse(self, sock, peer, why, secured=True, detail=""):
         self.stats.rejected["source", why] += 1
-        logger.warning("source %s refused: %s", peer, why)
+        logger.warning("source %s refused: %s%s", peer, why, " (%s)" % detail if detail else "")
         if secured:                  # no ERROR line into a half-done TLS handshake
             self._send(sock, b"ERROR %s\n" % why.encode())
         return None
@@ -204,19 +237,19 @@ class SourceHandler:
             replaced.hang_up("replaced by a newer source")
         return room, how
 
-    def _serve(self, sock, peer):
-        greeting = self._greet(sock, peer)
+    def _serve(self, sock, peer, who, first=None):
+        greeting = self._greet(sock, who, first)
         if greeting is None:
             return
         source = TcpSource(sock, peer, self.write_timeout)
         try:
             room, how = self._join(source, greeting)
         except RoomError as exc:
-            self._refuse(sock, peer, exc.reason)
+            self._refuse(sock, who, exc.reason)
             return
         self._live[source] = room
         keepalive(sock, idle=60, interval=10, probes=6)   # a vanished source: ~2 min
-        logger.info("room %s %s by %s%s", room.code, how, peer, " (named)" if room.named else "")
+        logger.info("room %s %s by %s%s", room.code, how, who, " (named)" if room.named else "")
         end = "source closed"
         writer = None
         try:

@@ -126,7 +126,9 @@ class Relay:
                                      max_per_ip=settings.max_sources_per_ip,
                                      handshake_timeout=settings.handshake_timeout,
                                      idle_timeout=settings.source_idle_timeout,
-                                     tls=bool(settings.source_tls_cert))
+                                     tls=bool(settings.source_tls_cert),
+                                     proxy_protocol=settings.source_proxy_protocol,
+                                     trusted_proxies=settings.trusted_proxies)
         self.app = WebApp(self.registry, settings)
         ws_paths = {"/ws"}
         if settings.test_echo_endpoint:
@@ -175,9 +177,10 @@ class Relay:
             self._signal_handlers = [gevent.signal_handler(sig, self.request_stop, sig)
                                      for sig in (signal.SIGTERM, signal.SIGINT)]
             self._signal_handlers.append(gevent.signal_handler(signal.SIGHUP, self.request_reload))
-        logger.info("listening tcp=%s ws=%s framing=%s%s%s", format_peer(self.tcp_address),
+        logger.info("listening tcp=%s ws=%s framing=%s%s%s%s", format_peer(self.tcp_address),
                     format_peer(self.ws_address), s.framing,
-                    " tls=ws" if s.tls_cert else "", " tls=sources" if s.source_tls_cert else "")
+                    " tls=ws" if s.tls_cert else "", " tls=sources" if s.source_tls_cert else "",
+                    " proxy-protocol=sources" if s.source_proxy_protocol else "")
         sd_notify("READY=1\nSTATUS=listening tcp=%s ws=%s" % (
             format_peer(self.tcp_address), format_peer(self.ws_address)))
         return self

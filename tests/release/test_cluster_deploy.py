@@ -6,8 +6,9 @@
   one; uninstall.sh removes the template and, with --purge, the instance files.
 - ``conf/nginx-cluster.conf`` + ``conf/nginx-cluster-stream.conf``: ``nginx -t`` with the stream
   module, and end to end: a real ``redis-server``, two real nodes
-  (``python sphincter.py --redis-url ...``), nginx with the shipped configs (only ports,
-  certificate and log paths replaced): a source through nginx's stream port, subscribers through
+  (``python sphincter.py --redis-url ... --source-proxy-protocol on``), nginx with the shipped
+  configs (only ports, certificate and log paths replaced): a source through nginx's stream port
+  (known to its node by its own address, from nginx's PROXY header), subscribers through
   nginx's wss port and on each node directly (so one of them is on the node without the source:
   its messages come through Redis), every one receives the source's lines.
 
@@ -32,8 +33,8 @@ import websocket
 
 from conftest import unit, wait_for
 from flow_util import ROOT, RelayProcess
-from nginxkit import free_port, nginx_binary
-from testkit import require, require_file, require_program, stop_process
+from nginxkit import free_port, nginx_binary, stream_module
+from testkit import require_program, stop_process
 from rediskit import RedisServer
 
 pytestmark = pytest.mark.timeout(180)
@@ -147,18 +148,6 @@ http {{
 }}
 include {d}/sphincter-stream.conf;
 """
-
-
-def stream_module():
-    """The ``load_module`` line nginx needs for ``stream {}`` (Debian: a dynamic module)."""
-    binary = nginx_binary()
-    built = subprocess.run([binary, "-V"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           universal_newlines=True).stdout
-    if "--with-stream=dynamic" not in built:
-        require("nginx's stream module", "--with-stream" in built, "nginx built without it")
-        return ""
-    path = require_file("/usr/lib/nginx/modules/ngx_stream_module.so", "nginx's stream module")
-    return "load_module %s;" % path
 
 
 def substitute(text, subs, what):
@@ -285,9 +274,9 @@ def cluster(tmp_path):
         stop.append(redis)
         nodes = []
         for name in ("n1", "n2"):
-            # behind the stream proxy every source is 127.0.0.1: the per-address cap is nginx's
+            # the shipped stream config sends a PROXY header (nginx on 127.0.0.1 is trusted)
             node = RelayProcess("--redis-url", redis.url, "--node-name", name,
-                                "--max-sources-per-ip", "0")
+                                "--source-proxy-protocol", "on")
             stop.append(node)
             nodes.append(node)
         conf = render(d, [n.ws[1] for n in nodes], [n.tcp[1] for n in nodes], port_tls, port_tcp,
@@ -310,10 +299,14 @@ def test_end_to_end_through_nginx_and_redis(cluster):
     nodes, port_tls, port_tcp = cluster
     tls = {"cert_reqs": ssl.CERT_NONE}
 
-    source = socket.create_connection(("127.0.0.1", port_tcp), timeout=unit(10))
+    # from another loopback address than nginx's: the node knows the source by it (PROXY header)
+    source = socket.create_connection(("127.0.0.1", port_tcp), timeout=unit(10),
+                                      source_address=("127.0.0.2", 0))
     line = readline(source)
     assert line.startswith(b"ROOM "), line
     code = line[5:].strip().decode()
+    opened = "room %s opened by 127.0.0.2:%d via 127.0.0.1:" % (code, source.getsockname()[1])
+    wait_for(lambda: any(opened in node.log() for node in nodes), unit(5), what=opened)
 
     # one subscriber through nginx (wss, hashed by room), one on each node directly: whichever
     # node the source landed on, one of the direct ones is on the other node (through Redis)

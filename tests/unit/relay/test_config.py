@@ -47,6 +47,9 @@ def test_precedence_cli_over_env_over_file_over_default(tmp_path):
     (["--max-client-message-bytes", "0"], {}, "--max-client-message-bytes"),
     ([], {"SPHINCTER_MAX_CLIENT_MESSAGE_BYTES": "-1"}, "--max-client-message-bytes"),
     (["--no-such-option"], {}, "--no-such-option"),
+    (["--source-proxy-protocol", "maybe"], {}, "--source-proxy-protocol"),
+    ([], {"SPHINCTER_SOURCE_PROXY_PROTOCOL": "2"}, "--source-proxy-protocol"),
+    (["--source-proxy-protocol", "on", "--trusted-proxies", ""], {}, "--source-proxy-protocol"),
 ])
 def test_bad_values_name_the_option(argv, env, needle):
     with pytest.raises(ConfigError) as info:
@@ -154,3 +157,27 @@ def test_settings_are_read_only_values():
         config.with_overrides(s, subscriber_buffer_bytes=1)
     with pytest.raises(TypeError):
         config.Settings(tcp_port=1)
+
+
+def test_source_proxy_protocol_option(tmp_path):
+    assert config.defaults().source_proxy_protocol is False
+    assert config.parse(["--source-proxy-protocol", "on"], env={}).source_proxy_protocol is True
+    assert config.parse([], env={"SPHINCTER_SOURCE_PROXY_PROTOCOL": "on"}).source_proxy_protocol is True
+    conf = tmp_path / "s.conf"
+    conf.write_text("source-proxy-protocol = on\n")
+    assert config.parse(["-c", str(conf)], env={}).source_proxy_protocol is True
+    with pytest.raises(ConfigError) as info:
+        config.parse(["--source-proxy-protocol", "yes please"], env={})
+    assert str(info.value) == ("argument --source-proxy-protocol: invalid boolean 'yes please' "
+                               "(use on/off, true/false, yes/no)")
+
+
+def test_source_proxy_protocol_is_not_for_a_tls_source_port(tmp_path):
+    """Checked before the certificate is loaded: the files need not exist."""
+    s = config.Settings(**dict(vars(config.defaults()), source_tls_cert=str(tmp_path / "c.pem"),
+                               source_tls_key=str(tmp_path / "k.pem"), source_proxy_protocol=True))
+    with pytest.raises(ConfigError) as info:
+        config.check(s)
+    message = str(info.value)
+    assert message.startswith("argument --source-proxy-protocol: not with --source-tls-cert")
+    assert "\n" not in message
