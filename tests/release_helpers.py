@@ -311,6 +311,31 @@ class Container:
         self.stop()
 
 
+TARBALL = "sphincter-linux-x64.tar.gz"
+_RELEASE = {}
+
+
+def build_release(outdir, env=None):
+    """Run packaging/build.sh into `outdir`: (the tarball's path, the finished process)."""
+    require_root("the release build debootstraps and chroots")
+    require_tools("debootstrap", "chroot", "tar", "gzip")
+    proc = run(["sh", os.path.join(ROOT, "packaging", "build.sh"), str(outdir)],
+               timeout=unit(900), check=False, env=env)
+    return os.path.join(str(outdir), TARBALL), proc
+
+
+def release_tarball(tmp_path_factory):
+    """The release tarball, built once per test session and shared by the release tier
+    (test_release.py, test_rpm.py, test_image.py: the .rpm and the image are made from it)."""
+    if "tarball" not in _RELEASE:
+        path, proc = build_release(tmp_path_factory.mktemp("dist"))
+        print(proc.stderr)
+        _RELEASE["tarball"] = path if proc.returncode == 0 else None
+        _RELEASE["error"] = "build failed:\n" + proc.stderr[-6000:]
+    assert _RELEASE["tarball"], _RELEASE["error"]
+    return _RELEASE["tarball"]
+
+
 def main(argv):
     if len(argv) == 3 and argv[0] == "relay":
         host, port = argv[1].rsplit(":", 1)

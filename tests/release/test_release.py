@@ -25,8 +25,8 @@ import tarfile
 import pytest
 
 from release_helpers import (ROOT, Container, Server, elfvers, onefile_members, package_modules,
-                             pyz_modules, relay_line, require, require_root, require_tools, run,
-                             unit, wait_for)
+                             pyz_modules, relay_line, release_tarball, require, require_root,
+                             require_tools, run, unit, wait_for)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -61,11 +61,8 @@ def build(outdir, env=None, expect_ok=True):
 
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory):
-    """Build the tarball once for the module (the roots and the venv stay cached)."""
-    outdir = tmp_path_factory.mktemp("dist")
-    path, proc = build(outdir)
-    print(proc.stderr)
-    return path
+    """The tarball, built once per session (the roots and the venv stay cached)."""
+    return release_tarball(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
