@@ -229,7 +229,7 @@ def image_files(binary, version, root, mtime):
     cfg = dict(mediaType=MT_CONFIG, **blob(files, canonical(config)))
     manifest = {"schemaVersion": 2, "mediaType": MT_MANIFEST, "config": cfg, "layers": [layer]}
     man = dict(mediaType=MT_MANIFEST, **blob(files, canonical(manifest)))
-    tags = ["sphincter:%s" % version, "sphincter:latest"]
+    tags = image_tags(version)
     files["index.json"] = canonical({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": [
         dict(man, annotations={"org.opencontainers.image.ref.name": tag,
                                "io.containerd.image.name": "docker.io/library/" + tag})
@@ -239,6 +239,11 @@ def image_files(binary, version, root, mtime):
                                          "RepoTags": tags,
                                          "Layers": ["blobs/sha256/" + layer["digest"][7:]]}])
     return files
+
+
+def image_tags(version):
+    """The names the archive loads as (podman adds its localhost/ prefix)."""
+    return ["sphincter:%s" % version, "sphincter:latest"]
 
 
 def canonical(obj):
