@@ -171,44 +171,93 @@ class Podman:
         return run(self.base + list(args), env=self.env, check=check, timeout=timeout)
 
 
-@pytest.mark.timeout(600)
-def test_podman_load_and_run(image, tmp_path):
-    podman = Podman(tmp_path)
-    out = podman("load", "-i", image, timeout=unit(300)).stdout
-    assert "Loaded image: localhost/sphincter:%s" % VERSION in out, out
-    tcp, ws = free_port(), free_port()
-    name = "sphincter-test-%d" % os.getpid()
-    podman("run", "-d", "--name", name, "--network", "host",
-           "-e", "SPHINCTER_TCP_HOST=127.0.0.1", "-e", "SPHINCTER_TCP_PORT=%d" % tcp,
-           "-e", "SPHINCTER_WS_HOST=127.0.0.1", "-e", "SPHINCTER_WS_PORT=%d" % ws,
-           "sphincter:%s" % VERSION)
+@pytest.fixture(scope="module")
+def podman(image, tmp_path_factory):
+    """The image loaded into a podman of its own; removed (and nothing left) afterwards."""
+    podman = Podman(tmp_path_factory.mktemp("podman"))
     try:
-        def logs():
-            return podman("logs", name, check=False).stdout + podman("logs", name, check=False).stderr
+        out = podman("load", "-i", image, timeout=unit(300)).stdout
+        assert "Loaded image: localhost/sphincter:%s" % VERSION in out, out
+        assert "Loaded image: localhost/sphincter:latest" in out, out
+        yield podman
+        podman("rmi", "-f", "localhost/sphincter:%s" % VERSION, "localhost/sphincter:latest")
+        assert not podman("images", "-q").stdout.strip()
+    finally:
+        podman.close()
 
-        def listening():
-            state = podman("inspect", "-f", "{{.State.Running}}", name).stdout.strip()
-            assert state == "true", "the container stopped:\n" + logs()
-            return "listening tcp=127.0.0.1:%d ws=127.0.0.1:%d" % (tcp, ws) in logs()
 
-        wait_for(listening, unit(60), "the container's 'listening' line", interval=0.3)
-        code, got = relay_line("127.0.0.1", tcp, "ws://127.0.0.1:%d/ws" % ws)
+class Node:
+    """One container of the image on the host's network, on two free loopback ports."""
+
+    def __init__(self, podman, name, *env):
+        self.podman, self.name = podman, "%s-%d" % (name, os.getpid())
+        self.tcp, self.ws = free_port(), free_port()
+        args = ["run", "-d", "--name", self.name, "--network", "host",
+                "-e", "SPHINCTER_TCP_HOST=127.0.0.1", "-e", "SPHINCTER_TCP_PORT=%d" % self.tcp,
+                "-e", "SPHINCTER_WS_HOST=127.0.0.1", "-e", "SPHINCTER_WS_PORT=%d" % self.ws]
+        for e in env:
+            args += ["-e", e]
+        podman(*(args + ["sphincter:%s" % VERSION]))
+        wait_for(self.listening, unit(60), "the container's 'listening' line", interval=0.3)
+
+    def logs(self):
+        out = self.podman("logs", self.name, check=False)
+        return out.stdout + out.stderr
+
+    def listening(self):
+        state = self.podman("inspect", "-f", "{{.State.Running}}", self.name).stdout.strip()
+        assert state == "true", "the container stopped:\n" + self.logs()
+        return "listening tcp=127.0.0.1:%d ws=127.0.0.1:%d" % (self.tcp, self.ws) in self.logs()
+
+    @property
+    def ws_url(self):
+        return "ws://127.0.0.1:%d/ws" % self.ws
+
+    def remove(self):
+        self.podman("rm", "-f", self.name, check=False)
+
+
+def test_podman_run_relays_answers_healthz_as_non_root_and_stops_gracefully(podman):
+    node = Node(podman, "sphincter-test")
+    try:
+        code, got = relay_line("127.0.0.1", node.tcp, node.ws_url)
         assert re.match(r"^[A-Z0-9]{6}$", code) and got.startswith("hello from the source")
-        with urllib.request.urlopen("http://127.0.0.1:%d/healthz" % ws, timeout=unit(10)) as r:
+        with urllib.request.urlopen("http://127.0.0.1:%d/healthz" % node.ws, timeout=unit(10)) as r:
             assert r.status == 200
             health = json.loads(r.read().decode())
         assert health["status"] == "ok" and health["version"] == VERSION
         # non-root: the image's user, in the container and on the host
-        assert podman("inspect", "-f", "{{.Config.User}}", name).stdout.strip() == "%d:%d" % (UID, UID)
-        top = podman("top", name, "user", "huser", "args").stdout.splitlines()[1:]
+        assert podman("inspect", "-f", "{{.Config.User}}", node.name).stdout.strip() == "%d:%d" % (UID, UID)
+        top = podman("top", node.name, "user", "huser", "args").stdout.splitlines()[1:]
         assert top and all(line.split()[:2] == ["sphincter", str(UID)] for line in top), top
         # SIGTERM reaches Python through the one-file bootloader: a graceful stop, exit 0
-        podman("stop", "-t", "20", name, timeout=unit(60))
-        assert podman("inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip() == "0", logs()
-        assert "received SIGTERM, stopping" in logs() and "stopped in" in logs()
+        podman("stop", "-t", "20", node.name, timeout=unit(60))
+        assert podman("inspect", "-f", "{{.State.ExitCode}}", node.name).stdout.strip() == "0", node.logs()
+        assert "received SIGTERM, stopping" in node.logs() and "stopped in" in node.logs()
     finally:
-        podman("rm", "-f", name, check=False)
-        podman("rmi", "-f", "localhost/sphincter:%s" % VERSION, "localhost/sphincter:latest", check=False)
-        left = podman("images", "-q", check=False).stdout.strip()
-        podman.close()
-    assert not left
+        node.remove()
+
+
+def test_two_containers_share_rooms_through_redis_by_host_name(podman):
+    """examples/compose.yaml's premise: nodes of the image reach Redis by a host name (glibc's
+    NSS modules are in the image) and a subscriber on one node receives a source on the other."""
+    from rediskit import RedisServer
+
+    redis = RedisServer()
+    url = "SPHINCTER_REDIS_URL=redis://localhost:%d/0" % redis.port
+    nodes = []
+    try:
+        nodes.append(Node(podman, "sphincter-node1", url, "SPHINCTER_NODE_NAME=node1"))
+        nodes.append(Node(podman, "sphincter-node2", url, "SPHINCTER_NODE_NAME=node2"))
+        code, got = relay_line("127.0.0.1", nodes[0].tcp, nodes[1].ws_url)
+        assert got.startswith("hello from the source"), got
+        with urllib.request.urlopen("http://127.0.0.1:%d/healthz" % nodes[1].ws, timeout=unit(10)) as r:
+            assert json.loads(r.read().decode())["status"] == "ok"
+        # a name the image cannot resolve is refused by the check, as on a host
+        bad = podman("run", "--rm", "--network", "host", "-e", "SPHINCTER_TCP_HOST=no-such-host.invalid",
+                     "sphincter:%s" % VERSION, "--check-config", check=False)
+        assert bad.returncode == 2 and "cannot resolve" in bad.stderr, bad.stdout + bad.stderr
+    finally:
+        for node in nodes:
+            node.remove()
+        redis.stop()
