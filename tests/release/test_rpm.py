@@ -172,6 +172,24 @@ def test_rpm_installs_the_release_binary_with_the_packages_paths(scratch, tarbal
     assert "/etc/default" not in (root / "etc/sysconfig/sphincter").read_text()
 
 
+def test_config_noreplace_survives_reinstall_and_removal(rpm, tmp_path):
+    """rpm's own handling of %config(noreplace) in a scratch root: an edited
+    /etc/sysconfig/sphincter is kept by a reinstall and saved as .rpmsave on removal."""
+    root = tmp_path / "root"
+    root.mkdir()
+    base = ["rpm", "--root", str(root), "--dbpath", "/var/lib/rpm"]
+    install = ["--nodeps", "--noscripts", "--ignorearch", "--ignoreos"]
+    run(base + install + ["-i", rpm], timeout=unit(120))
+    conf = root / "etc/sysconfig/sphincter"
+    conf.write_text(conf.read_text() + "SPHINCTER_ROOM_GRACE=10\n")
+    run(base + install + ["-U", "--replacepkgs", rpm], timeout=unit(120))
+    assert conf.read_text().endswith("SPHINCTER_ROOM_GRACE=10\n")
+    assert run(base + ["-q", "sphincter"]).stdout.strip() == "sphincter-%s-1.x86_64" % VERSION
+    run(base + ["--nodeps", "--noscripts", "-e", "sphincter"], timeout=unit(120))
+    assert not (root / "usr/bin/sphincter").exists() and not conf.exists()
+    assert (root / "etc/sysconfig/sphincter.rpmsave").read_text().endswith("SPHINCTER_ROOM_GRACE=10\n")
+
+
 def _perms(text):
     bits, mode = "rwxrwxrwx", 0
     for i, c in enumerate(text[1:10]):
