@@ -20,6 +20,9 @@ from testkit import IN_CI, TIME_FACTOR, require, require_program, unit  # noqa: 
 sys.path.insert(0, os.path.join(ROOT, "packaging"))
 import elfvers  # noqa: E402,F401  (packaging/elfvers.py: symbol versions, stdlib only)
 
+NAME = "sphincter-linux-x64"
+TARBALL = NAME + ".tar.gz"
+
 LISTENING_RE = re.compile(r"listening tcp=(\S+):(\d+) ws=(\S+):(\d+)")
 
 
@@ -30,6 +33,17 @@ def require_tools(*tools):
 
 def require_root(why):
     require("root", os.geteuid() == 0, why)
+
+
+def build(outdir, env=None, expect_ok=True):
+    """`packaging/build.sh OUTDIR`: the tarball (returned) and the .deb beside it."""
+    require_root("the release build debootstraps and chroots")
+    require_tools("debootstrap", "chroot", "tar", "gzip", "dpkg-deb", "readelf", "python3")
+    proc = run(["sh", os.path.join(ROOT, "packaging", "build.sh"), str(outdir)],
+               timeout=unit(900), check=False, env=env)
+    if expect_ok:
+        assert proc.returncode == 0, "build failed:\n" + proc.stderr[-6000:]
+    return os.path.join(str(outdir), TARBALL), proc
 
 
 def wait_for(predicate, timeout, what, interval=0.05):

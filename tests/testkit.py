@@ -42,6 +42,8 @@ PROGRAMS = {
     "nginx": "nginx",
     "nsenter": "util-linux",
     "openssl": "openssl",
+    "python3": "python3-minimal",
+    "readelf": "binutils",
     "redis-server": "redis-server",
     "sh": "dash",
     "ss": "iproute2",
