@@ -24,9 +24,9 @@ import tarfile
 
 import pytest
 
-from release_helpers import (NAME, ROOT, TARBALL, Container, Server, build, elfvers, onefile_members,
-                             package_modules, pyz_modules, relay_line, require, require_tools, run,
-                             unit, wait_for)
+from release_helpers import (NAME, ROOT, TARBALL, Container, Server, build, elfvers,
+                             onefile_members, package_modules, pyz_modules, relay_line, require,
+                             require_root, require_tools, run, unit, wait_for)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
