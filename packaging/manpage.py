@@ -111,9 +111,10 @@ def page(version, date):
         ".TP", "\\fI/etc/default/sphincter\\fR",
         "the service's settings, every option listed with its default (read by the unit's "
         "EnvironmentFile=).",
-        ".TP", "\\fI/lib/systemd/system/sphincter.service\\fR",
-        "the hardened systemd unit; \\fIsphincter@.service\\fR runs several nodes sharing rooms "
-        "through Redis, one per \\fI/etc/sphincter/instances/NAME.env\\fR.",
+        ".TP", "\\fIsphincter.service\\fR",
+        "the hardened systemd unit (in the system's unit directory); \\fIsphincter@.service\\fR "
+        "runs several nodes sharing rooms through Redis, one per "
+        "\\fI/etc/sphincter/instances/NAME.env\\fR.",
         ".TP", "\\fI/usr/share/doc/sphincter/examples/\\fR",
         "nginx configuration: TLS (wss://) in front of one relay, and in front of several nodes.",
         ".SH SEE ALSO",
