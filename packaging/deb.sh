@@ -44,8 +44,11 @@ for lib in $(readelf -d "$bin" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
     case ", $depends, " in *", $pkg, "*) ;; *) depends=${depends:+$depends, }$pkg ;; esac
 done
 
-tree=$here/build/deb/sphincter_$version
-rm -rf "$tree"
+# A private staging directory (a concurrent run stages its own); its name is not in the .deb.
+mkdir -p "$here/build"
+work=$(mktemp -d "$here/build/deb.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+tree=$work/sphincter_$version
 mkdir -p "$tree/DEBIAN" "$tree/usr/bin" "$tree/lib/systemd/system" "$tree/etc/default" \
     "$tree/usr/share/man/man1" "$tree/usr/share/doc/sphincter/examples" \
     "$tree/usr/share/lintian/overrides"

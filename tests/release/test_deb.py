@@ -11,6 +11,7 @@ import glob
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import tarfile
 
@@ -182,7 +183,7 @@ def next_debs(deb, unpacked_tarball, tmp_path_factory):
     for suffix in (NEXT, THIRD):
         run(["sh", os.path.join(ROOT, "packaging", "deb.sh"), unpacked_tarball, str(out)],
             env=dict(os.environ, DEB_VERSION=version + suffix), timeout=unit(300))
-    run(["cp", deb, str(out)])
+    shutil.copy(deb, str(out))
     return str(out), version
 
 
