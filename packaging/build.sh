@@ -1,7 +1,8 @@
 #!/bin/sh
 # Build dist/sphincter-linux-x64.tar.gz: a PyInstaller --onefile binary of sphincter.py,
 # built inside a Debian 11 (bullseye) root, plus install.sh, uninstall.sh, the env file,
-# the unit, the nginx block and a README. The binary runs on glibc >= GLIBC_FLOOR (2.17):
+# the unit, the nginx block and a README; and from the same files dist/sphincter_<version>_amd64.deb
+# (packaging/deb.sh). The binary runs on glibc >= GLIBC_FLOOR (2.17):
 # zig (from PyPI, hash-pinned in packaging/requirements-zig.txt) relinks Debian's libpython
 # and builds greenlet against glibc 2.17's symbol versions (packaging/relink.sh), and the
 # build fails if the binary or anything it bundles needs more than GLIBC_MAX.
@@ -128,3 +129,6 @@ tar -C "$stage" --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$SOURC
 mv "$outdir/$name.tar.gz.tmp" "$outdir/$name.tar.gz"
 log "$(cd "$outdir" && sha256sum "$name.tar.gz")"
 log "binary sha256 $(sha256sum "$stage/$name/sphincter" | cut -d' ' -f1), $(stat -c %s "$stage/$name/sphincter") bytes"
+
+# 5. The .deb, from the same binary and files (packaging/deb.sh).
+sh "$here/packaging/deb.sh" "$stage/$name" "$outdir"

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Regenerate the option table in README.md, conf/sphincter.conf and conf/sphincter.env
-(via packaging/gen_env.py) from sphincter_lib.relay.config.OPTIONS.
+(via packaging/gen_env.py) from sphincter_lib.relay.config.OPTIONS. packaging/manpage.py
+reads the same table (and `sphincter connect`'s) through :func:`load_options`.
 
 Run after adding an option: ``.venv/bin/python scripts/gen_options_docs.py``.
 tests/unit/relay/test_config.py checks both stay in step with the code.
@@ -11,8 +12,30 @@ import sys
 import textwrap
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from sphincter_lib.relay.config import OPTIONS  # noqa: E402
+
+
+def load_options(root=ROOT):
+    """(the relay's OPTIONS, `sphincter connect`'s OPTIONS) from the package under ``root``.
+
+    The declarations need only the standard library, but sphincter_lib.options subclasses
+    configargparse's parser when imported: where configargparse is missing (a bare python3
+    building the man page) a stand-in serves for the import, and no parser is built."""
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        import configargparse  # noqa: F401
+    except ImportError:
+        import argparse
+        import types
+        stand_in = types.ModuleType("configargparse")
+        stand_in.ArgParser = argparse.ArgumentParser
+        sys.modules["configargparse"] = stand_in
+    from sphincter_lib.agent.options import OPTIONS as connect_options
+    from sphincter_lib.relay.config import OPTIONS as relay_options
+    return relay_options, connect_options
+
+
+OPTIONS = load_options()[0]
 
 START, END = "<!-- options:start -->", "<!-- options:end -->"
 

@@ -20,6 +20,9 @@ from testkit import IN_CI, TIME_FACTOR, require, require_program, unit  # noqa: 
 sys.path.insert(0, os.path.join(ROOT, "packaging"))
 import elfvers  # noqa: E402,F401  (packaging/elfvers.py: symbol versions, stdlib only)
 
+NAME = "sphincter-linux-x64"
+TARBALL = NAME + ".tar.gz"
+
 LISTENING_RE = re.compile(r"listening tcp=(\S+):(\d+) ws=(\S+):(\d+)")
 
 
@@ -30,6 +33,17 @@ def require_tools(*tools):
 
 def require_root(why):
     require("root", os.geteuid() == 0, why)
+
+
+def build(outdir, env=None, expect_ok=True):
+    """`packaging/build.sh OUTDIR`: the tarball (returned) and the .deb beside it."""
+    require_root("the release build debootstraps and chroots")
+    require_tools("debootstrap", "chroot", "tar", "gzip", "dpkg-deb", "readelf", "python3")
+    proc = run(["sh", os.path.join(ROOT, "packaging", "build.sh"), str(outdir)],
+               timeout=unit(900), check=False, env=env)
+    if expect_ok:
+        assert proc.returncode == 0, "build failed:\n" + proc.stderr[-6000:]
+    return os.path.join(str(outdir), TARBALL), proc
 
 
 def wait_for(predicate, timeout, what, interval=0.05):
@@ -311,24 +325,15 @@ class Container:
         self.stop()
 
 
-TARBALL = "sphincter-linux-x64.tar.gz"
 _RELEASE = {}
-
-
-def build_release(outdir, env=None):
-    """Run packaging/build.sh into `outdir`: (the tarball's path, the finished process)."""
-    require_root("the release build debootstraps and chroots")
-    require_tools("debootstrap", "chroot", "tar", "gzip")
-    proc = run(["sh", os.path.join(ROOT, "packaging", "build.sh"), str(outdir)],
-               timeout=unit(900), check=False, env=env)
-    return os.path.join(str(outdir), TARBALL), proc
 
 
 def release_tarball(tmp_path_factory):
     """The release tarball, built once per test session and shared by the release tier
-    (test_release.py, test_rpm.py, test_image.py: the .rpm and the image are made from it)."""
+    (test_release.py, test_deb.py, test_rpm.py, test_image.py: the .deb, the .rpm and the
+    image are made from its binary; the .deb lies beside it)."""
     if "tarball" not in _RELEASE:
-        path, proc = build_release(tmp_path_factory.mktemp("dist"))
+        path, proc = build(tmp_path_factory.mktemp("dist"), expect_ok=False)
         print(proc.stderr)
         _RELEASE["tarball"] = path if proc.returncode == 0 else None
         _RELEASE["error"] = "build failed:\n" + proc.stderr[-6000:]

@@ -48,14 +48,9 @@ for f in sphincter.service sphincter@.service sphincter.env; do
     mv "$src/$f.tmp" "$src/$f"
 done
 
-# The man page, when packaging/manpage.py exists (the .deb's work adds it; this guard goes
-# once both are merged).
-man=0
-if [ -f "$here/packaging/manpage.py" ]; then
-    "$PYTHON" "$here/packaging/manpage.py" "$work/sphincter.1"
-    gzip -9n <"$work/sphincter.1" >"$src/sphincter.1.gz"
-    man=1
-fi
+# The man page, generated from the option table (the .deb's is the same).
+"$PYTHON" "$here/packaging/manpage.py" "$work/sphincter.1"
+gzip -9n <"$work/sphincter.1" >"$src/sphincter.1.gz"
 # The changelog entry: this version, dated SOURCE_DATE_EPOCH.
 cp "$here/packaging/rpm/sphincter.spec" "$work/sphincter.spec"
 printf '\n%%changelog\n* %s Sphincter maintainers - %s-1\n- Release %s (see CHANGELOG.md).\n' \
@@ -69,7 +64,6 @@ rpmbuild -bb --quiet --target x86_64-linux \
     --define "_topdir $work/top" \
     --define "sph_version $version" \
     --define "sph_src $src" \
-    --define "sph_man $man" \
     --define "_binary_payload w9.gzdio" \
     --define "_binary_filedigest_algorithm 8" \
     --define "_buildhost reproducible" \

@@ -24,14 +24,12 @@ import tarfile
 
 import pytest
 
-from release_helpers import (ROOT, Container, Server, elfvers, onefile_members, package_modules,
-                             pyz_modules, relay_line, release_tarball, require, require_root,
-                             require_tools, run, unit, wait_for)
+from release_helpers import (NAME, ROOT, TARBALL, Container, Server, build, elfvers,
+                             onefile_members, package_modules, pyz_modules, relay_line, require,
+                             require_root, require_tools, run, unit, wait_for)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-NAME = "sphincter-linux-x64"
-TARBALL = NAME + ".tar.gz"
 #: the highest glibc symbol version the binary and its bundled libraries may need
 GLIBC_MAX = (2, 17)
 EXPOSURE_MAX = 2.0
@@ -47,22 +45,6 @@ INSTALLED = {  # file under DESTDIR -> mode
     "etc/systemd/system/sphincter@.service": 0o644,
 }
 HELP_SKIP = {"help", "version", "config", "check-config"}
-
-
-def build(outdir, env=None, expect_ok=True):
-    require_root("the release build debootstraps and chroots")
-    require_tools("debootstrap", "chroot", "tar", "gzip")
-    proc = run(["sh", os.path.join(ROOT, "packaging", "build.sh"), str(outdir)],
-               timeout=unit(900), check=False, env=env)
-    if expect_ok:
-        assert proc.returncode == 0, "build failed:\n" + proc.stderr[-6000:]
-    return os.path.join(str(outdir), TARBALL), proc
-
-
-@pytest.fixture(scope="module")
-def dist(tmp_path_factory):
-    """The tarball, built once per session (the roots and the venv stay cached)."""
-    return release_tarball(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -270,6 +252,7 @@ def test_shellcheck_scripts():
     scripts = [os.path.join(ROOT, s) for s in ("install.sh", "uninstall.sh")]
     scripts += [os.path.join(ROOT, "packaging", s)
                 for s in sorted(os.listdir(os.path.join(ROOT, "packaging"))) if s.endswith(".sh")]
+    scripts += [os.path.join(ROOT, "packaging", "deb", s) for s in ("postinst", "prerm", "postrm")]
     proc = run(["shellcheck", "--shell=sh"] + scripts, check=False)
     assert proc.returncode == 0, proc.stdout
 

@@ -34,7 +34,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 with open(os.path.join(ROOT, "sphincter_lib", "__init__.py")) as _f:
     VERSION = re.search(r'__version__ = "([^"]+)"', _f.read()).group(1)
 RPM = "sphincter-%s-1.x86_64.rpm" % VERSION
-HAS_MAN = os.path.isfile(os.path.join(ROOT, "packaging", "manpage.py"))
 FILES = {  # path -> (mode, owner, group, flags)
     "/usr/bin/sphincter": ("-rwxr-xr-x", "root", "root", ""),
     "/usr/lib/systemd/system/sphincter.service": ("-rw-r--r--", "root", "root", ""),
@@ -47,9 +46,8 @@ FILES = {  # path -> (mode, owner, group, flags)
     "/usr/share/doc/sphincter/nginx-sphincter.conf": ("-rw-r--r--", "root", "root", "d"),
     "/usr/share/doc/sphincter/nginx-cluster.conf": ("-rw-r--r--", "root", "root", "d"),
     "/usr/share/doc/sphincter/nginx-cluster-stream.conf": ("-rw-r--r--", "root", "root", "d"),
+    "/usr/share/man/man1/sphincter.1.gz": ("-rw-r--r--", "root", "root", "d"),
 }
-if HAS_MAN:
-    FILES["/usr/share/man/man1/sphincter.1.gz"] = ("-rw-r--r--", "root", "root", "d")
 SCRIPTLETS = ("PREIN", "POSTIN", "PREUN", "POSTUN")
 
 
