@@ -17,10 +17,18 @@ import tarfile
 
 import pytest
 
-from release_helpers import (NAME, ROOT, Container, onefile_members, require, require_root,
-                             require_tools, run, unit, wait_for)
+from release_helpers import (NAME, ROOT, Container, onefile_members, release_tarball, require,
+                             require_root, require_tools, run, unit, wait_for)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+@pytest.fixture(scope="session")
+def dist(tmp_path_factory):
+    """The tarball's path, built once per session (release_helpers.release_tarball); the .deb
+    is beside it."""
+    return release_tarball(tmp_path_factory)
+
 
 CONTENTS = {  # path in the package -> mode
     "usr/bin/sphincter": 0o755,

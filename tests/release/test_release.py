@@ -25,10 +25,19 @@ import tarfile
 import pytest
 
 from release_helpers import (NAME, ROOT, TARBALL, Container, Server, build, elfvers,
-                             onefile_members, package_modules, pyz_modules, relay_line, require,
-                             require_root, require_tools, run, unit, wait_for)
+                             onefile_members, package_modules, pyz_modules, relay_line,
+                             release_tarball, require, require_root, require_tools, run, unit,
+                             wait_for)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+@pytest.fixture(scope="session")
+def dist(tmp_path_factory):
+    """The tarball's path, built once per session (release_helpers.release_tarball); the .deb
+    is beside it."""
+    return release_tarball(tmp_path_factory)
+
 
 #: the highest glibc symbol version the binary and its bundled libraries may need
 GLIBC_MAX = (2, 17)
