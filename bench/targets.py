@@ -322,12 +322,73 @@ TUNNELS = {"sphincter": SphincterRaw(), "asyncio": AsyncioRaw(), "websockify": W
            "socat": Socat(), "sphincter-flow-off": SphincterRawFlowOff()}
 
 
+#: where ``sphincter@REV`` targets are materialised, one folder per commit (bench/.gitignore)
+REVS_DIR = ROOT / "bench" / "build" / "revs"
+
+
+def resolve_rev(rev):
+    """The full commit id of git revision *rev* (HEAD, a branch, a short id) in this checkout."""
+    p = subprocess.run(["git", "rev-parse", "--verify", "--quiet", rev + "^{commit}"], cwd=str(ROOT),
+                       capture_output=True, text=True)
+    if p.returncode or not p.stdout.strip():
+        raise ValueError(f"not a git revision here: {rev}")
+    return p.stdout.strip()
+
+
+def materialise(rev):
+    """``sphincter.py`` and ``sphincter_lib/`` of commit *rev*, extracted once (``git archive``) to
+    bench/build/revs/<commit>/; returns that folder. It runs with this venv's interpreter."""
+    sha = resolve_rev(rev)
+    dest = REVS_DIR / sha
+    if not (dest / "sphincter.py").exists():
+        REVS_DIR.mkdir(parents=True, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{sha[:12]}-", dir=str(REVS_DIR))
+        archive = subprocess.Popen(["git", "archive", "--format=tar", sha, "sphincter.py",
+                                    "sphincter_lib"], cwd=str(ROOT), stdout=subprocess.PIPE)
+        tar = subprocess.run(["tar", "-x", "-C", tmp], stdin=archive.stdout)
+        archive.stdout.close()
+        if archive.wait(60) or tar.returncode:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise RuntimeError(f"git archive {sha} failed")
+        try:
+            os.rename(tmp, dest)
+        except OSError:              # another run made it meanwhile
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+class RevSphincter(Sphincter):
+    """``sphincter@REV``: Sphincter as of git revision REV (old vs new, side by side)."""
+
+    def __init__(self, rev, raw=False):
+        self.rev, self.raw = rev, raw
+        self.name = "sphincter@" + rev
+        self.tree = self.commit = None
+
+    def available(self):
+        try:
+            self.tree = materialise(self.rev)
+        except (ValueError, RuntimeError, OSError) as e:
+            return str(e)
+        self.commit = self.tree.name
+        self.script = str(self.tree / "sphincter.py")
+        return None
+
+    def start(self, workdir, framing="lines"):
+        return super().start(workdir, "raw" if self.raw else framing)
+
+
 def relay(name, raw=None):
     """A relay target by name; ``sphincter@path/to/launcher.py`` runs Sphincter through a
-    launcher script (same CLI) that applies a candidate change, to measure it side by side."""
+    launcher script (same CLI) that applies a candidate change, to measure it side by side;
+    ``sphincter@REV`` (anything else after the @: HEAD, 802e3cc, a branch) runs Sphincter as of
+    that git revision (see :func:`materialise`)."""
     if name.startswith("sphincter@"):
+        what = name.split("@", 1)[1]
+        if not what.endswith(".py"):
+            return RevSphincter(what, raw=bool(raw))
         t = Sphincter() if raw is None else SphincterRaw()
-        t.script = name.split("@", 1)[1]
+        t.script = what
         t.name = "sphincter@" + Path(t.script).stem
         return t
     return (TUNNELS if raw else RELAYS)[name]

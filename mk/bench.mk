@@ -6,7 +6,7 @@
 BENCH_ARGS ?=
 BENCH_PKGS := nginx libnginx-mod-nchan socat
 
-.PHONY: bench bench-flow bench-smoke bench-deps bench-profile bench-cluster
+.PHONY: bench bench-flow bench-smoke bench-deps bench-profile bench-cluster bench-revs
 
 $(VENV)/.bench: $(VENV)/.runtime requirements-bench.txt
 	$(VPY) -m pip install -q --disable-pip-version-check -r requirements-bench.txt
@@ -41,3 +41,15 @@ bench-smoke: $(VENV)/.dev
 
 bench-profile: $(VENV)/.bench
 	$(VPY) bench/profile.py $(BENCH_ARGS)
+
+# Sphincter at two git revisions side by side (issue 19: no regression from a refactor): fan-out
+# at N = 10/100/1000 and one room in process, old and new interleaved, 7 repetitions; results:
+# bench/results/<date>-<TAG>.{json,md} (TAG default: <OLD>-vs-<NEW>).
+#   make bench-revs OLD=802e3cc NEW=HEAD TAG=layout-old-vs-new
+OLD ?=
+NEW ?= HEAD
+TAG ?=
+bench-revs: export BENCH_REVS_COMMAND = make bench-revs OLD=$(OLD) NEW=$(NEW)$(if $(TAG), TAG=$(TAG))$(if $(BENCH_ARGS), BENCH_ARGS="$(BENCH_ARGS)")
+bench-revs: $(VENV)/.bench
+	@test -n "$(OLD)" || { echo "bench-revs: say OLD=<git revision> (and NEW=, default HEAD)"; exit 2; }
+	$(VPY) bench/revs.py $(OLD) $(NEW) $(if $(TAG),--tag $(TAG)) $(BENCH_ARGS)
