@@ -10,7 +10,9 @@ The budget is per cursor: one that falls more than ``buffer_bytes`` behind the h
 run once the head has moved a budget past the last trim). The backlog keeps the frames of the
 slowest cursor left, plus the replay window (the newest ``replay`` frames that fit in
 ``buffer_bytes``), and nothing else: a room holds at most ``buffer_bytes`` plus one frame,
-whatever its subscribers do.
+whatever its subscribers do. :meth:`Backlog.sweep` (the registry's periodic sweep, through
+``Room.sweep``) cuts cursors that have frames waiting and made no progress for
+``stall_timeout`` seconds, so that a room whose every subscriber froze lets its source go.
 
 Parked cursors (writers asleep, caught up) are woken by one event-loop callback per burst of
 appends (:meth:`Backlog.flush`), which first offers each its ``direct`` hook: a non-blocking
@@ -25,13 +27,13 @@ from bisect import bisect_left
 
 from .interface import SLOW_CLOSE
 
-#: the room's logger: cut-offs and skips are logged as they were before the backlog was its own
-#: module (README, logging)
+#: the room's logger (README, logging): the room logs nothing else, and a log filter on
+#: ``sphincter.rooms.room`` still sees cut-offs, skips and stalls
 logger = logging.getLogger("sphincter.rooms.room")
 
 
 class Backlog:
-    """The frames a room's subscribers still need, and its parked cursors."""
+    """The frames a room's subscribers still need, the budget over them, the parked cursors."""
 
     __slots__ = ("room", "frames", "ends", "base_seq", "base_pos", "head_seq", "head_pos",
                  "subscribers", "buffer_bytes", "replay", "reclaim_at", "parked",

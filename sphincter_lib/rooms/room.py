@@ -24,7 +24,6 @@ happens to it. The interface the rest of the relay uses is declared in
 :mod:`sphincter_lib.rooms.interface`.
 """
 
-import logging
 import time
 from operator import attrgetter
 
@@ -39,9 +38,6 @@ from .backlog import Backlog
 from .cursor import Subscriber
 from .flow import Flow
 from .outbox import Outbox
-
-logger = logging.getLogger("sphincter.rooms.room")
-
 
 def _of(path, doc, settable=False):
     """A property reading ``self.<part>.<name>`` (``path``), and writing it if ``settable``."""
