@@ -41,7 +41,7 @@ class Backlog:
 
     def __init__(self, room, buffer_bytes, replay, call_soon):
         #: the room it belongs to: :meth:`reclaim` applies its policy (``skip``), moves its
-        #: ``flow``'s lead and counts in its figures (``slow_cutoffs``, ``skipped``, ``stats``)
+        #: ``pace``'s lead and counts in its figures (``slow_cutoffs``, ``skipped``, ``stats``)
         self.room = room
         #: encoded frames (``bytes`` or a ``(header, payload)`` pair); ``frames[k]`` is frame
         #: ``base_seq + k`` and ends at absolute byte offset ``ends[k]``
@@ -144,9 +144,9 @@ class Backlog:
                 sub.kick(SLOW_CLOSE, "too slow")
             elif sub.pos < min_pos:
                 min_seq, min_pos = sub.seq, sub.pos
-        flow = room.flow
-        if newest is not None and flow.lead is not None and flow.lead.unread:
-            flow.recompute(self.subscribers)     # the lead itself was skipped (no flow control)
+        pace = room.pace
+        if newest is not None and pace.lead is not None and pace.lead.unread:
+            pace.recompute(self.subscribers)     # the lead itself was skipped (no flow control)
         self.trim_to(min_seq)
 
     def sweep(self, now, stall_timeout):

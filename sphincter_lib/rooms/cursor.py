@@ -1,7 +1,7 @@
 """A subscriber of a room: its cursor into the room's shared backlog, and its wake-up event.
 
 The cursor reads the backlog (``rooms/backlog.py``: ``frames``, ``ends``, ``base_seq``, the
-head) in :meth:`Subscriber.take`, and moves the room's lead (``rooms/flow.py``) in
+head) in :meth:`Subscriber.take`, and moves the room's lead (``rooms/pace.py``) in
 :meth:`Subscriber.commit`: it holds both, so the data path costs one attribute per name and
 no call. It parks itself on the backlog (:meth:`Subscriber.wait`); the backlog's flush serves
 it directly or unparks it (:meth:`Subscriber.unpark`).
@@ -15,14 +15,14 @@ from gevent.event import Event
 class Subscriber:
     """One subscriber's cursor into its room's backlog, and its wake-up event."""
 
-    __slots__ = ("room", "backlog", "flow", "peer", "seq", "pos", "_next", "_event", "_parked",
+    __slots__ = ("room", "backlog", "pace", "peer", "seq", "pos", "_next", "_event", "_parked",
                  "closing", "close_code", "close_reason", "close_now", "interrupt", "direct", "active",
                  "swept_pos", "progress_at", "unread", "__weakref__")
 
     def __init__(self, room, peer):
         self.room = room
         backlog = self.backlog = room.backlog
-        self.flow = room.flow
+        self.pace = room.pace
         self.peer = peer
         self.seq = backlog.head_seq      # absolute index of the next frame to send
         self.pos = backlog.head_pos      # absolute byte offset of that frame
@@ -92,16 +92,16 @@ class Subscriber:
         stats.messages_out += seq - self.seq
         stats.bytes_out += pos - self.pos
         self.seq, self.pos = seq, pos
-        flow = self.flow
-        lead = flow.lead
+        pace = self.pace
+        lead = pace.lead
         if lead is not self:
             if not self.active or (lead is not None and pos - self.unread <= lead.pos - lead.unread):
                 return
-            flow.lead = self             # it has read further than the lead
-        flow.lead_pos = pos
-        if flow.paused and self.backlog.head_pos - pos <= flow.low_water:
-            flow.resume()
-        elif flow.lead_watch is not None and pos >= flow.lead_watch:
+            pace.lead = self             # it has read further than the lead
+        pace.lead_pos = pos
+        if pace.paused and self.backlog.head_pos - pos <= pace.low_water:
+            pace.resume()
+        elif pace.lead_watch is not None and pos >= pace.lead_watch:
             self.room.lead_passed()      # through the room: a room may override it
 
     def skip_to(self, seq, pos):

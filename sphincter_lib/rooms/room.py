@@ -9,7 +9,7 @@ its cursor on as one buffer (bounded by a batch size), writes it, then
 :meth:`Subscriber.commit`. Publishing costs O(1) however many subscribers there are, and never
 blocks.
 
-Flow control (:class:`~sphincter_lib.rooms.flow.Flow`, ``rooms/flow.py``): the room reads its
+Flow control (:class:`~sphincter_lib.rooms.pace.Pace`, ``rooms/pace.py``): the room reads its
 source only while its *lead*, the subscriber that has read furthest, is under ``high_water``
 bytes behind (:meth:`Room.source_must_wait`, :meth:`Room.wait_for_readers`); it moves at the
 speed of its fastest subscriber and never waits for the slowest, which are cut (policy ``cut``)
@@ -36,7 +36,7 @@ from .interface import CLOSED, LIVE, SKIP, SLOW_CLOSE, SOURCE_CLOSED, WAITING  #
 from .limits import RoomLimits  # noqa: F401  (still importable from here)
 from .backlog import Backlog
 from .cursor import Subscriber
-from .flow import Flow
+from .pace import Pace
 from .outbox import Outbox
 
 def _of(path, doc, settable=False):
@@ -56,7 +56,7 @@ class Room:
     then get the close code.
 
     It holds its :class:`~sphincter_lib.rooms.backlog.Backlog` (``backlog``) and its
-    :class:`~sphincter_lib.rooms.flow.Flow` (``flow``); their figures are read here under
+    :class:`~sphincter_lib.rooms.pace.Pace` (``pace``); their figures are read here under
     their old names (``head_seq``, ``lead``, ``source_pauses``...).
     """
 
@@ -110,7 +110,7 @@ class Room:
         self.backlog = Backlog(self, limits.buffer_bytes, limits.replay, self._loop.run_callback)
         self._append = self.backlog.append
         #: the lead and the source's pauses
-        self.flow = Flow(self.backlog, limits.high_water, limits.low_water, stats, monotonic)
+        self.pace = Pace(self.backlog, limits.high_water, limits.low_water, stats, monotonic)
 
     def __repr__(self):
         return "<Room %s %s subscribers=%d>" % (self.code, self.state, len(self.subscribers))
@@ -120,19 +120,19 @@ class Room:
     head_pos = _of("backlog.head_pos", "The byte offset where the next frame will start.")
     backlog_bytes = _of("backlog.bytes", "Bytes of frames kept.")
     replay = _of("backlog.replay", "Messages a joining subscriber gets first.", settable=True)
-    lead = _of("flow.lead", "The subscriber that has read furthest (None without subscribers).")
-    lead_unread = _of("flow.lead_unread", "Bytes the lead's cursor moved without reading them.")
-    lead_watch = _of("flow.lead_watch", "A position whose passing by the lead calls "
+    lead = _of("pace.lead", "The subscriber that has read furthest (None without subscribers).")
+    lead_unread = _of("pace.lead_unread", "Bytes the lead's cursor moved without reading them.")
+    lead_watch = _of("pace.lead_watch", "A position whose passing by the lead calls "
                      ":meth:`lead_passed` (None: off).", settable=True)
-    source_paused = _of("flow.paused", "True while the source's reader is told to wait.")
-    source_pauses = _of("flow.pauses", "Times the source was paused.")
-    paused_seconds = _of("flow.paused_seconds", "Seconds the source waited, finished pauses.")
+    source_paused = _of("pace.paused", "True while the source's reader is told to wait.")
+    source_pauses = _of("pace.pauses", "Times the source was paused.")
+    paused_seconds = _of("pace.paused_seconds", "Seconds the source waited, finished pauses.")
 
     @property
     def lead_pos(self):
         """The lead's cursor, which flow control follows (the head when there is no lead)."""
-        flow = self.flow
-        return flow.lead_pos if flow.lead is not None else self.backlog.head_pos
+        pace = self.pace
+        return pace.lead_pos if pace.lead is not None else self.backlog.head_pos
 
     @property
     def peer(self):
@@ -175,7 +175,7 @@ class Room:
     def source_must_wait(self):
         """True while the source's reader should wait: its fastest subscriber is far behind."""
         return (self.flow_control and self.state is LIVE and bool(self.subscribers)
-                and self.backlog.head_pos - self.flow.lead_pos >= self.high_water)
+                and self.backlog.head_pos - self.pace.lead_pos >= self.high_water)
 
     def wait_for_readers(self):
         """Block the calling (source reader) greenlet until the room may read again.
@@ -184,8 +184,8 @@ class Room:
         back under ``low_water``, leaves or is cut, or the room closes."""
         if not self.source_must_wait():
             return
-        self.flow.pause()
-        self.flow.wait()
+        self.pace.pause()
+        self.pace.wait()
 
     def lead_passed(self):
         """The fastest subscriber passed ``lead_watch`` (for a room shared across processes)."""
@@ -193,7 +193,7 @@ class Room:
 
     def paused_for(self, now=None):
         """Seconds the source has waited in all, the current pause included."""
-        return self.flow.paused_for(now)
+        return self.pace.paused_for(now)
 
     def sweep(self, now, stall_timeout):
         """Cut subscribers with data waiting that made no progress for ``stall_timeout`` s."""
@@ -211,7 +211,7 @@ class Room:
             self.replayed += n
             self.stats.replayed_messages += n
         self.subscribers.add(sub)
-        self.flow.joined(sub)
+        self.pace.joined(sub)
         if len(self.subscribers) > self.peak_subscribers:
             self.peak_subscribers = len(self.subscribers)
         self.events.subscriber_joined(self, sub)
@@ -226,8 +226,8 @@ class Room:
         self.events.subscriber_left(self, sub)
         if not self.subscribers:
             self.backlog.trim_to(self.backlog.head_seq)
-        if sub is self.flow.lead:
-            self.flow.recompute(self.subscribers)
+        if sub is self.pace.lead:
+            self.pace.recompute(self.subscribers)
 
     # -- lifecycle -----------------------------------------------------------------
     def configure(self, limits):
@@ -272,7 +272,7 @@ class Room:
             self.resumes += 1
             self.stats.resumes += 1
         self._fed = True
-        self.flow.resume()                    # the old reader stops; the new one decides afresh
+        self.pace.resume()                    # the old reader stops; the new one decides afresh
         self.events.source_attached(self, source)
         self.announce_presence()
         self.outbox.wake()                       # the old drainer stops, the new one starts
@@ -293,7 +293,7 @@ class Room:
             self.close(SOURCE_CLOSED, "source closed")
             return
         self.state = WAITING
-        self.flow.resume()
+        self.pace.resume()
         if not self.named:
             self._grace_timer = self._loop.timer(grace)
             self._grace_timer.start(self._grace_over)
@@ -312,7 +312,7 @@ class Room:
         self.state = CLOSED
         self.close_code, self.close_reason = code, reason
         self.cancel_grace()
-        self.flow.resume()
+        self.pace.resume()
         self.announce_presence()
         self.outbox.close()
         self.events.room_closed(self)
@@ -333,27 +333,27 @@ class Room:
         """A frame of ``size`` bytes went by with nobody to keep it for: offsets move on."""
         backlog = self.backlog
         backlog.pass_bytes(size)
-        self.flow.lead_pos = backlog.head_pos
+        self.pace.lead_pos = backlog.head_pos
 
     def forget_backlog(self):
         """Drop the whole backlog: what follows starts at the head."""
         backlog = self.backlog
         backlog.forget()
-        self.flow.lead_pos = backlog.head_pos
+        self.pace.lead_pos = backlog.head_pos
 
     def trim_to(self, seq):
         """Drop frames before ``seq`` (but keep the replay window)."""
         self.backlog.trim_to(seq)
 
     def pause_source(self):
-        self.flow.pause()
+        self.pace.pause()
 
     def resume_source(self):
-        self.flow.resume()
+        self.pace.resume()
 
     def wait_readers(self, timeout):
         """Block until the source may read again (or ``timeout``)."""
-        self.flow.wait(timeout)
+        self.pace.wait(timeout)
 
     def announce_presence(self):
         """The room's presence may have changed: wake whoever waits on it."""

@@ -7,7 +7,7 @@ import pytest
 
 from sphincter_lib.rooms.backlog import Backlog
 from sphincter_lib.rooms.cursor import Subscriber
-from sphincter_lib.rooms.flow import Flow
+from sphincter_lib.rooms.pace import Pace
 from sphincter_lib.rooms.interface import SLOW_CLOSE
 from sphincter_lib.rooms.stats import Stats
 
@@ -23,13 +23,13 @@ class Holder:
         self.subscribers = set()
         self.scheduled = []
         self.backlog = Backlog(self, buffer_bytes, replay, self.scheduled.append)
-        self.flow = Flow(self.backlog, high_water, high_water // 2, self.stats, lambda: 0.0)
+        self.pace = Pace(self.backlog, high_water, high_water // 2, self.stats, lambda: 0.0)
         self.passed = 0
 
     def join(self, peer):
         sub = Subscriber(self, peer)
         self.subscribers.add(sub)
-        self.flow.joined(sub)
+        self.pace.joined(sub)
         return sub
 
     def drop_subscriber(self, sub):
@@ -117,7 +117,7 @@ def test_reclaim_skips_in_a_skip_room_and_the_jump_counts_as_unread():
         read(fast)
     assert slow.active and slow.seq == room.backlog.head_seq - 1      # jumped to the newest frame
     assert slow.unread == slow.pos and room.skipped == room.stats.skipped_messages == 3
-    assert room.flow.lead is fast
+    assert room.pace.lead is fast
 
 
 def test_flush_serves_parked_cursors_directly_or_unparks_them():

@@ -190,14 +190,14 @@ def test_paused_source_resumes_at_low_water_and_is_counted():
         room.publish(b"x" * 40, True)              # 160 behind
     assert room.source_must_wait()
     room.pause_source()                            # as wait_for_readers does before blocking
-    assert not room.flow.wait(0)
+    assert not room.pace.wait(0)
     clock[0] += 2.5
     sub.take(40)
     sub.commit()                                   # 120 behind: above low water (50)
     assert room.source_paused
     sub.take(80)
     sub.commit()                                   # 40 behind: resume
-    assert not room.source_paused and room.flow.wait(0)
+    assert not room.source_paused and room.pace.wait(0)
     assert room.paused_seconds == pytest.approx(2.5) and reg.stats.source_paused_seconds == pytest.approx(2.5)
 
 

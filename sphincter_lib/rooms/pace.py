@@ -1,21 +1,24 @@
-"""A room's flow control: its lead (the fastest reader), and pausing its source's reads.
+"""A room's pace (its flow control in this process): its lead, and pausing its source's reads.
 
 The *lead* is the subscriber that has *read* furthest: the greatest ``pos - unread`` (a
 ``skip`` jump moves a cursor without its reading; see ``Subscriber.jump``). While the lead is
 ``high_water`` bytes or more behind the head, the room's source should wait
-(``Room.source_must_wait``); its reader waits in :meth:`Flow.wait` once :meth:`Flow.pause` is
-called, and reads again when the lead is back under ``low_water`` (:meth:`Flow.resume`). The
+(``Room.source_must_wait``); its reader waits in :meth:`Pace.wait` once :meth:`Pace.pause` is
+called, and reads again when the lead is back under ``low_water`` (:meth:`Pace.resume`). The
 room thus moves at the speed of its fastest subscriber and never waits for the slowest.
 
 The cursor moves the lead on the data path (``Subscriber.commit`` writes ``lead`` and
 ``lead_pos`` and reads ``paused``, ``low_water`` and ``lead_watch``: one attribute each);
 the room recomputes it when the lead leaves or was skipped, and a newcomer may take it.
+
+(A room holds it as ``room.pace``; ``flow`` is the Redis room's flow control across nodes,
+``cluster/flow.py``, which reads this one through the room's names: ``lead_pos``, ...)
 """
 
 from gevent.event import Event
 
 
-class Flow:
+class Pace:
     """One room's lead and source pauses (see the module docstring)."""
 
     __slots__ = ("backlog", "high_water", "low_water", "lead", "lead_pos", "lead_watch",

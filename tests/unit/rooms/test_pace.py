@@ -1,12 +1,12 @@
-"""Flow control (rooms/flow.py) on its own: the lead, and the source's pauses."""
+"""Flow control (rooms/pace.py) on its own: the lead, and the source's pauses."""
 import pytest
 
-from sphincter_lib.rooms.flow import Flow
+from sphincter_lib.rooms.pace import Pace
 from sphincter_lib.rooms.stats import Stats
 
 
 class Head:
-    """A backlog's head, as the flow reads it."""
+    """A backlog's head, as the pace reads it."""
     head_pos = 0
 
 
@@ -15,14 +15,14 @@ class Cursor:
         self.pos, self.unread = pos, unread
 
 
-def flow(high_water=100, clock=None, stats=None):
+def pace(high_water=100, clock=None, stats=None):
     clock = clock if clock is not None else [0.0]
-    return Flow(Head(), high_water, high_water // 2, stats or Stats(), lambda: clock[0])
+    return Pace(Head(), high_water, high_water // 2, stats or Stats(), lambda: clock[0])
 
 
 def test_pauses_are_counted_once_and_timed():
     clock, stats = [10.0], Stats()
-    f = flow(clock=clock, stats=stats)
+    f = pace(clock=clock, stats=stats)
     f.pause()
     clock[0] = 12.0
     f.pause()                                  # already paused: not a second pause
@@ -36,7 +36,7 @@ def test_pauses_are_counted_once_and_timed():
 
 
 def test_a_newcomer_leads_only_if_it_has_read_further():
-    f = flow()
+    f = pace()
     f.backlog.head_pos = 300
     first = Cursor(100)
     f.joined(first)
@@ -48,7 +48,7 @@ def test_a_newcomer_leads_only_if_it_has_read_further():
 
 
 def test_a_newcomer_at_the_head_lets_a_paused_source_read():
-    f = flow(high_water=100)
+    f = pace(high_water=100)
     f.backlog.head_pos = 500
     f.joined(Cursor(100))
     f.pause()
@@ -57,7 +57,7 @@ def test_a_newcomer_at_the_head_lets_a_paused_source_read():
 
 
 def test_recompute_follows_the_furthest_reader_and_resumes_at_low_water():
-    f = flow(high_water=100)
+    f = pace(high_water=100)
     f.backlog.head_pos = 400
     a, b = Cursor(300), Cursor(390, unread=200)   # b read only 190
     f.pause()
