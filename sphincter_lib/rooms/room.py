@@ -12,9 +12,10 @@ blocks.
 Flow control (:class:`~sphincter_lib.rooms.pace.Pace`, ``rooms/pace.py``): the room reads its
 source only while its *lead*, the subscriber that has read furthest, is under ``high_water``
 bytes behind (:meth:`Room.source_must_wait`, :meth:`Room.wait_for_readers`); it moves at the
-speed of its fastest subscriber and never waits for the slowest, which are cut (policy ``cut``)
-or jump to the newest whole message (``skip``). A room without subscribers never makes its
-source wait; :meth:`Room.sweep` cuts subscribers that made no progress for ``stall_timeout``.
+speed of its fastest subscriber and never waits for the slowest: those more than
+``buffer_bytes`` behind are cut (policy ``cut``) or jump to the newest whole message (``skip``),
+by the backlog. A room without subscribers never makes its source wait; :meth:`Room.sweep`
+cuts subscribers that made no progress for ``stall_timeout``.
 
 The room holds both, keeps the lifecycle (source attached, waiting, closed; subscribers in and
 out; write-back to the source) and shows their figures under its own names. It knows nothing
@@ -38,6 +39,7 @@ from .backlog import Backlog
 from .cursor import Subscriber
 from .pace import Pace
 from .outbox import Outbox
+
 
 def _of(path, doc, settable=False):
     """A property reading ``self.<part>.<name>`` (``path``), and writing it if ``settable``."""
