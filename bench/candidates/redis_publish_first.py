@@ -3,12 +3,12 @@
 measure it side by side (bench/cluster.py --configs two-nodes,two-nodes@bench/candidates/...).
 
 The change: a room's owner hands its batch to Redis *before* serving its own subscribers. As
-written, ``RedisRoom.publish`` appends the frame first (``Room._append`` schedules ``_flush``,
+written, ``RedisRoom.publish`` appends the frame first (``Backlog.append`` schedules ``flush``,
 the local fan-out) and schedules ``send_batch`` after it; ``send_batch`` only queues the
 PUBLISH and sets the pipe's Event, whose waiter runs after the callbacks already queued. So a
 node with 500 local subscribers writes all 500 before the other nodes hear of the message, and
-their subscribers wait for that on top of the hop. Here ``_flush`` of an owned room steps
-aside (at most twice per flush) while its batch or the pipe's queue is still pending.
+their subscribers wait for that on top of the hop. Here the backlog ``flush`` of an owned room
+steps aside (at most twice per flush) while its batch or the pipe's queue is still pending.
 """
 import sys
 from pathlib import Path
@@ -23,21 +23,23 @@ def main():
     monkey.patch_all()
     gevent_config.track_greenlet_tree = False
     from sphincter_lib import cli
-    from sphincter_lib.cluster import room as redisroom
+    from sphincter_lib.rooms.backlog import Backlog
 
-    flush = redisroom.RedisRoom._flush
+    flush = Backlog.flush
 
-    def _flush(self):
-        deferred = getattr(self, "_bench_deferred", 0)
-        pipe = getattr(self.model, "pipe", None)
-        if deferred < 2 and self.owned and (self._batch_scheduled or (pipe is not None and pipe.pending)):
-            self._bench_deferred = deferred + 1
-            self._loop.run_callback(self._flush)      # _flush_scheduled stays True meanwhile
+    def _flush(self):                              # (Backlog has __slots__: the count is the room's)
+        room = self.room
+        deferred = getattr(room, "_bench_deferred", 0)
+        pipe = getattr(getattr(room, "model", None), "pipe", None)
+        if deferred < 2 and getattr(room, "owned", False) and (
+                room._batch_scheduled or (pipe is not None and pipe.pending)):
+            room._bench_deferred = deferred + 1
+            room.call_soon(self.flush)                 # _flush_scheduled stays True meanwhile
             return
-        self._bench_deferred = 0
+        room._bench_deferred = 0
         flush(self)
 
-    redisroom.RedisRoom._flush = _flush
+    Backlog.flush = _flush
     return cli.main()
 
 

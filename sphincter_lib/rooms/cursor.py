@@ -1,9 +1,10 @@
 """A subscriber of a room: its cursor into the room's shared backlog, and its wake-up event.
 
-The cursor is the room's other half (see ``rooms/room.py``): it reads the
-backlog's frames and ends and the room's flow-control state on the data path
-(:meth:`Subscriber.take`, :meth:`Subscriber.commit`), and parks itself on the
-room; ``tests/unit/test_privates.py`` lists those accesses.
+The cursor reads the backlog (``rooms/backlog.py``: ``frames``, ``ends``, ``base_seq``, the
+head) in :meth:`Subscriber.take`, and moves the room's lead (``rooms/pace.py``) in
+:meth:`Subscriber.commit`: it holds both, so the data path costs one attribute per name and
+no call. It parks itself on the backlog (:meth:`Subscriber.wait`); the backlog's flush serves
+it directly or unparks it (:meth:`Subscriber.unpark`).
 """
 
 from bisect import bisect_right
@@ -14,15 +15,17 @@ from gevent.event import Event
 class Subscriber:
     """One subscriber's cursor into its room's backlog, and its wake-up event."""
 
-    __slots__ = ("room", "peer", "seq", "pos", "_next", "_event", "_parked",
+    __slots__ = ("room", "backlog", "pace", "peer", "seq", "pos", "_next", "_event", "_parked",
                  "closing", "close_code", "close_reason", "close_now", "interrupt", "direct", "active",
                  "swept_pos", "progress_at", "unread", "__weakref__")
 
     def __init__(self, room, peer):
         self.room = room
+        backlog = self.backlog = room.backlog
+        self.pace = room.pace
         self.peer = peer
-        self.seq = room.head_seq         # absolute index of the next frame to send
-        self.pos = room.head_pos         # absolute byte offset of that frame
+        self.seq = backlog.head_seq      # absolute index of the next frame to send
+        self.pos = backlog.head_pos      # absolute byte offset of that frame
         self._next = None
         self._event = Event()
         self._parked = False
@@ -36,7 +39,7 @@ class Subscriber:
         self.swept_pos = self.pos        # the cursor at the last stall sweep
         self.progress_at = None          # when the last sweep saw it move or caught up
         #: bytes its cursor jumped over (``skip``): ``pos - unread`` is how far it got by
-        #: reading, which decides who leads (see Room._skip_behind)
+        #: reading, which decides who leads (see :meth:`jump`)
         self.unread = 0
 
     def attach(self, direct=None, interrupt=None):
@@ -51,7 +54,7 @@ class Subscriber:
 
     @property
     def lag_bytes(self):
-        return self.room.head_pos - self.pos
+        return self.backlog.head_pos - self.pos
 
     def take(self, limit):
         """Frames from the cursor on, joined, at most ``limit`` bytes (at least one frame).
@@ -60,13 +63,13 @@ class Subscriber:
         (``bytes`` or a ``(header, payload)`` pair for a large one) when the
         next frame alone reaches ``limit``. Call :meth:`commit` once written.
         """
-        room = self.room
-        frames = room._frames
-        i = self.seq - room._base_seq
+        backlog = self.backlog
+        frames = backlog.frames
+        i = self.seq - backlog.base_seq
         n = len(frames)
         if i >= n:
             return None
-        ends = room._ends
+        ends = backlog.ends
         j = bisect_right(ends, self.pos + limit, i, n)
         if j <= i + 1:
             self._next = (self.seq + 1, ends[i])
@@ -85,21 +88,21 @@ class Subscriber:
         self._next = None
         if seq <= self.seq:
             return
-        room = self.room
-        stats = room.stats
+        stats = self.room.stats
         stats.messages_out += seq - self.seq
         stats.bytes_out += pos - self.pos
         self.seq, self.pos = seq, pos
-        lead = room.lead
+        pace = self.pace
+        lead = pace.lead
         if lead is not self:
             if not self.active or (lead is not None and pos - self.unread <= lead.pos - lead.unread):
                 return
-            room.lead = self             # it has read further than the lead
-        room.lead_pos = pos
-        if room._source_paused and room.head_pos - pos <= room.low_water:
-            room._resume_source()
-        elif room.lead_watch is not None and pos >= room.lead_watch:
-            room.lead_passed()
+            pace.lead = self             # it has read further than the lead
+        pace.lead_pos = pos
+        if pace.paused and self.backlog.head_pos - pos <= pace.low_water:
+            pace.resume()
+        elif pace.lead_watch is not None and pos >= pace.lead_watch:
+            self.room.lead_passed()      # through the room: a room may override it
 
     def skip_to(self, seq, pos):
         """Jump forward to frame ``seq`` at byte ``pos`` (a frame boundary); returns frames skipped.
@@ -109,16 +112,37 @@ class Subscriber:
         self.seq, self.pos = seq, pos
         return max(0, seq - start)
 
+    def jump(self, seq, pos):
+        """``skip``: the cursor fell a budget behind; it jumps to frame ``seq`` (at ``pos``).
+        Returns the frames skipped.
+
+        The jump carries it past the lead without its having read that far. Were it then the
+        lead (the furthest cursor), the source would read on for it, and the real fastest
+        reader would fall a budget behind and be skipped in turn. So the bytes jumped over
+        count as ``unread``: the lead is the subscriber that has *read* furthest, and this one
+        leads again only once it has read more than the lead since (the faster reader after all).
+        """
+        start = self._next[1] if self._next is not None else self.pos   # a batch in flight goes out
+        n = self.skip_to(seq, pos)
+        self.unread += max(0, pos - start)
+        return n
+
     def caught_up(self):
-        return self.seq >= self.room.head_seq
+        return self.seq >= self.backlog.head_seq
 
     def wait(self, timeout=None):
         """Park until there is something to do (new frames, a close, a wake-up)."""
         if not self._parked:
             self._parked = True
-            self.room._parked.append(self)
+            self.backlog.parked.append(self)
         self._event.wait(timeout)
         self._event.clear()
+
+    def unpark(self):
+        """The backlog took it off its parked cursors (it could not be served directly): wake
+        its writer."""
+        self._parked = False
+        self._event.set()
 
     def wake(self):
         self._event.set()
@@ -128,7 +152,7 @@ class Subscriber:
         if not self.close_now:
             self.close_code, self.close_reason = code, reason
             self.closing = self.close_now = True
-        self.room._drop(self)
+        self.room.drop_subscriber(self)
         self._event.set()
         if self.interrupt is not None:
             self.interrupt()
@@ -140,4 +164,4 @@ class Subscriber:
 
     def leave(self):
         """The connection is gone: stop counting it."""
-        self.room._drop(self)
+        self.room.drop_subscriber(self)

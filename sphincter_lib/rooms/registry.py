@@ -11,7 +11,8 @@ import time
 from .interface import (CLOSED, CUT, LIVE, ROOM_FIGURES, SKIP, SLOW_CLOSE, SOURCE_CLOSED, WAITING,
                         RoomEvents, RoomModel, Source)
 from .cursor import Subscriber
-from .room import Room, RoomLimits
+from .limits import RoomLimits
+from .room import Room
 from ..errors import CannotResume, RoomLimitError, RoomNotFound, ShuttingDown
 from ..proto.roomcode import make_code, resume_key, room_key
 from .stats import Stats

@@ -21,14 +21,6 @@ ALLOWED = {
     # gevent's socket wraps the OS socket as _sock: the event loop's direct, non-blocking
     # send and read need the OS socket itself (no public name in gevent 1.x to 24.x)
     ("relay/wsconn.py", "_sock"),
-    # the Subscriber (rooms/cursor.py) is the Room's cursor: one unit in two classes (the
-    # cursor has __slots__), sharing the backlog's internals on the data path (take, commit,
-    # park, and the room's flush waking parked cursors); a public cursor API on Room would
-    # cost a call per batch, to be measured with the bench before it replaces these
-    ("rooms/cursor.py", "_frames"), ("rooms/cursor.py", "_ends"), ("rooms/cursor.py", "_base_seq"),
-    ("rooms/cursor.py", "_source_paused"), ("rooms/cursor.py", "_resume_source"),
-    ("rooms/cursor.py", "_parked"), ("rooms/cursor.py", "_drop"),
-    ("rooms/room.py", "_parked"), ("rooms/room.py", "_event"), ("rooms/room.py", "_next"),
 }
 
 

@@ -2,6 +2,7 @@ import pytest
 
 from sphincter_lib.rooms import registry as rooms
 from sphincter_lib.proto import frames as wsproto
+from sphincter_lib.rooms.backlog import Backlog
 from sphincter_lib.rooms.outbox import Outbox
 from sphincter_lib.errors import RoomFullError, RoomLimitError, RoomNotFound, ShuttingDown
 from sphincter_lib.rooms.registry import SLOW_CLOSE, SOURCE_CLOSED, RoomRegistry, Source
@@ -188,16 +189,15 @@ def test_paused_source_resumes_at_low_water_and_is_counted():
     for _ in range(4):
         room.publish(b"x" * 40, True)              # 160 behind
     assert room.source_must_wait()
-    room._source_paused = True                     # as wait_for_readers does before blocking
-    room._paused_since = clock[0]
-    room._readers.clear()
+    room.pause_source()                            # as wait_for_readers does before blocking
+    assert not room.pace.wait(0)
     clock[0] += 2.5
     sub.take(40)
     sub.commit()                                   # 120 behind: above low water (50)
     assert room.source_paused
     sub.take(80)
     sub.commit()                                   # 40 behind: resume
-    assert not room.source_paused and room._readers.is_set()
+    assert not room.source_paused and room.pace.wait(0)
     assert room.paused_seconds == pytest.approx(2.5) and reg.stats.source_paused_seconds == pytest.approx(2.5)
 
 
@@ -451,13 +451,13 @@ def test_no_write_key_without_write_back():
     assert registry().open(Source("p")).write_key is None
 
 
-def test_replay_window_does_not_make_every_publish_reclaim():
+def test_replay_window_does_not_make_every_publish_reclaim(monkeypatch):
     reg = registry(buffer_bytes=1000, replay=100)       # a window as large as the budget
     room = reg.open(Source("p"))
     subs = [room.subscribe(i) for i in range(3)]
     calls = []
-    real = room._reclaim
-    room._reclaim = lambda: calls.append(1) or real()
+    real = Backlog.reclaim
+    monkeypatch.setattr(Backlog, "reclaim", lambda self: calls.append(1) or real(self))
     for i in range(200):
         room.publish(b"x" * 50, True)
         for s in subs:
