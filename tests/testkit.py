@@ -46,6 +46,7 @@ PROGRAMS = {
     "systemd-analyze": "systemd",
     "systemd-nspawn": "systemd-container",
     "tar": "tar",
+    "tinyproxy": "tinyproxy-bin",
     "unshare": "util-linux",
 }
 #: Files a test needs that are not programs, and the Debian package that ships each.
