@@ -1,7 +1,7 @@
 """``sphincter pipe URL``: the client side of a tunnel. stdin/stdout (or, with ``--listen``,
 each local TCP connection) joined to one WebSocket session, as binary messages both ways.
 
-A :class:`Session` splices one *local end* (:class:`StdioEnd`, :class:`SocketEnd`) to one
+A :class:`Session` splices one *local end* (:mod:`.pipe_local`: stdin/stdout, a socket) to one
 WebSocket (opened by :mod:`.dial`, upgraded by :class:`.wsclient.ClientConnection`) with
 two pumps, each holding at most one message, so a slow side slows the other down (TCP
 backpressure) and nothing piles up here:
@@ -18,10 +18,7 @@ status 0. Any other close code, an end without a close frame, or a failure to co
 (DNS, TCP, proxy, TLS, the upgrade) is status 1 with one line saying which.
 """
 
-import errno
-import fcntl
 import logging
-import os
 import signal
 import socket
 import ssl
@@ -29,7 +26,6 @@ import sys
 
 import gevent
 import gevent.event
-import gevent.os
 
 from ..closecodes import CloseCode
 from ..errors import SphincterError
@@ -37,6 +33,7 @@ from ..logformat import setup_logging
 from ..proto.addresses import format_peer
 from . import wsclient
 from .dial import DialError, dial, tls_context
+from .pipe_local import SocketEnd, StdioEnd
 from .pipe_options import parse
 
 logger = logging.getLogger("sphincter.agent.pipe")
@@ -56,72 +53,6 @@ class Outcome:
 
     def __repr__(self):
         return "Outcome(%d, %r)" % (self.status, self.line)
-
-
-# --- local ends ------------------------------------------------------------------------
-
-class StdioEnd:
-    """stdin and stdout, read and written cooperatively (pipes, files, terminals): the file
-    descriptors are made non-blocking for the session and restored by :meth:`close`."""
-
-    name = "stdin/stdout"
-
-    def __init__(self, fd_in=0, fd_out=1):
-        self.fd_in, self.fd_out = fd_in, fd_out
-        self._flags = {}
-        for fd in (fd_in, fd_out):
-            try:
-                self._flags[fd] = fcntl.fcntl(fd, fcntl.F_GETFL)
-                gevent.os.make_nonblocking(fd)
-            except OSError:
-                pass                   # closed, or a file that cannot be: plain blocking I/O
-
-    def read(self, size):
-        try:
-            return gevent.os.nb_read(self.fd_in, size)
-        except OSError as exc:
-            if exc.errno == errno.EBADF:
-                return b""             # no stdin at all: an empty input
-            raise
-
-    def write(self, data):
-        view = memoryview(data)
-        while view:
-            view = view[gevent.os.nb_write(self.fd_out, view):]
-
-    def end_output(self):
-        """Every byte is out: nothing to do for a file descriptor we do not own."""
-
-    def close(self):
-        for fd, flags in self._flags.items():
-            try:
-                fcntl.fcntl(fd, fcntl.F_SETFL, flags)
-            except OSError:
-                pass
-
-
-class SocketEnd:
-    """A local TCP connection accepted by ``--listen``; :meth:`close` closes it."""
-
-    def __init__(self, sock, peer):
-        self.sock = sock
-        self.name = format_peer(peer)
-
-    def read(self, size):
-        return self.sock.recv(size)
-
-    def write(self, data):
-        self.sock.sendall(data)
-
-    def end_output(self):
-        """Every byte is out: our FIN tells the local client (the session is over)."""
-        try:
-            self.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def close(self):
-        self.sock.close()
 
 
 # --- one session -----------------------------------------------------------------------

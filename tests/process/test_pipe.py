@@ -401,10 +401,12 @@ def test_listen_on_a_busy_port_is_one_line_exit_1(relay):
 # --- --header ----------------------------------------------------------------------------------------
 
 class HandshakeRecorder:
-    """A WebSocket server that records each handshake's request head, accepts it, echoes one
-    binary message and closes 1000: a real socket, so the headers pipe sends are seen."""
+    """A WebSocket server that records each handshake's request head and accepts it; then, by
+    default, sends one binary message and closes 1000 (``then(sock)``: something else). A real
+    socket, so what pipe sends is seen as sent."""
 
-    def __init__(self):
+    def __init__(self, then=None):
+        self.then = then
         self.heads = []
         self.server = StreamServer(("127.0.0.1", 0), self._handle)
         self.server.start()
@@ -424,6 +426,8 @@ class HandshakeRecorder:
             (key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
         sock.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                       "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n" % accept).encode())
+        if self.then is not None:
+            return self.then(sock)
         sock.sendall(b"\x82\x05hello" + b"\x88\x02\x03\xe8")      # binary 'hello', close 1000
         sock.close()
 
@@ -445,6 +449,96 @@ def test_headers_reach_the_server(pipes):
     assert "\r\nAuthorization: Bearer t0ken\r\n" in head
     assert "\r\nCookie: a=1; b=2\r\n" in head
     assert "Sec-WebSocket-Protocol" not in head          # pipe offers no subprotocol
+
+
+def read_frame(sock):
+    """One client frame (masked, as a client must send it): ``(opcode, payload)``."""
+    def exactly(n):
+        got = b""
+        while len(got) < n:
+            chunk = sock.recv(n - len(got))
+            assert chunk, "pipe closed the connection"
+            got += chunk
+        return got
+    b0, b1 = exactly(2)
+    assert b1 & 0x80, "an unmasked client frame"
+    n = b1 & 0x7F
+    if n == 126:
+        n = int.from_bytes(exactly(2), "big")
+    elif n == 127:
+        n = int.from_bytes(exactly(8), "big")
+    mask = exactly(4)
+    return b0 & 0x0F, bytes(b ^ mask[i % 4] for i, b in enumerate(exactly(n)))
+
+
+def test_pings_are_answered_and_messages_are_binary(pipes):
+    seen = gevent.event.AsyncResult()
+
+    def then(sock):
+        with gevent.Timeout(unit(10)):
+            sock.sendall(b"\x89\x04ping")                # ping 'ping'
+            frames = sorted([read_frame(sock), read_frame(sock)])   # the pong, and the
+            sock.sendall(b"\x88\x02\x03\xe8")                        # bytes of stdin
+            seen.set(frames)
+        sock.close()
+
+    server = HandshakeRecorder(then)
+    try:
+        p = pipes("ws://127.0.0.1:%d/ws" % server.port)
+        p.proc.stdin.write(b"up")
+        p.proc.stdin.flush()
+        assert seen.get(timeout=unit(10)) == [(0x2, b"up"), (0xA, b"ping")]
+        assert p.wait() == 0, p.stderr()
+    finally:
+        server.stop()
+
+
+def test_no_answer_to_our_close_is_exit_1_after_close_timeout(pipes):
+    held = []
+
+    def then(sock):                                      # reads, never answers
+        held.append(sock)
+        while sock.recv(4096):
+            pass
+
+    server = HandshakeRecorder(then)
+    try:
+        r = run_pipe("ws://127.0.0.1:%d/ws" % server.port, "--close-timeout", str(unit(0.5)),
+                     stdin=b"bye")
+    finally:
+        server.stop()
+        for sock in held:
+            sock.close()
+    assert r.returncode == 1
+    assert "no close frame from the relay within" in one_line(r.stderr)
+
+
+def test_stdin_may_be_a_file(relay, tmp_path):
+    src = Source(relay)
+    data = os.urandom(3 << 20)
+    path = tmp_path / "input.bin"
+    path.write_bytes(data)
+    with open(str(path), "rb") as f:
+        p = subprocess.Popen([sys.executable, ENTRY, "pipe", src.url()], stdin=f,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
+    try:
+        assert sha(src.read_exactly(len(data))) == sha(data)
+        with gevent.Timeout(unit(20)):
+            out, err = p.communicate()
+        assert (p.returncode, out, err) == (0, b"", b"")
+    finally:
+        stop_process(p)
+
+
+def test_stdout_going_away_ends_with_0(relay, pipes):
+    src = Source(relay)
+    p = pipes(src.url())
+    subscribers(relay, 1)
+    p.proc.stdout.close()                                # like `sphincter pipe URL | head -c 10`
+    src.sock.sendall(os.urandom(1 << 20))
+    assert p.wait() == 0, p.stderr()
+    assert p.stderr() == ""
+    subscribers(relay, 0)
 
 
 # --- wss:// with --tls-ca --------------------------------------------------------------------------
