@@ -244,6 +244,73 @@ def test_the_service_reaches_stdout_exactly_and_its_end_exits_0(relay, pipes):
     assert p.stderr() == ""
 
 
+def rss_mib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def stalled(progress, quiet=None):
+    """Wait until ``progress()`` (a count) stops growing for ``quiet`` seconds: the writer is
+    held back by flow control. Bounded by a deadline."""
+    quiet = quiet or unit(0.5)
+    last, since = [progress()], [gevent.get_hub().loop.now()]
+
+    def check():
+        now, value = gevent.get_hub().loop.now(), progress()
+        if value != last[0]:
+            last[0], since[0] = value, now
+        return now - since[0] >= quiet
+    wait_for(check, timeout=unit(30), interval=0.05, what="the writer to be held back")
+
+
+def test_backpressure_both_ways_keeps_pipe_small(relays, pipes):
+    """A service that does not read holds pipe's input back (nothing piles up in pipe), and so
+    does a reader of pipe's output that does not read; then everything arrives, exact."""
+    relay = relays("--subscriber-buffer-bytes", "1MiB")
+    src = Source(relay)
+    p = pipes(src.url())
+    subscribers(relay, 1)
+    up = os.urandom(40 << 20)
+    written = [0]
+
+    def write_up():
+        for i in range(0, len(up), 1 << 16):
+            p.proc.stdin.write(up[i:i + (1 << 16)])
+            p.proc.stdin.flush()
+            written[0] = i
+    writer = gevent.spawn(write_up)
+    stalled(lambda: written[0])                          # the service reads nothing yet
+    assert written[0] < len(up) - (8 << 20)
+    assert rss_mib(p.proc.pid) < 100
+    assert sha(src.read_exactly(len(up), timeout=unit(60))) == sha(up)
+    writer.get(timeout=unit(10))
+
+    down = os.urandom(40 << 20)
+    sent = [0]
+
+    def send_down():
+        for i in range(0, len(down), 1 << 16):
+            src.sock.sendall(down[i:i + (1 << 16)])
+            sent[0] = i
+    sender = gevent.spawn(send_down)
+    stalled(lambda: sent[0])                             # nobody reads pipe's stdout yet
+    assert sent[0] < len(down) - (8 << 20)
+    assert rss_mib(p.proc.pid) < 100
+    got = hashlib.sha256()
+    n = 0
+    with gevent.Timeout(unit(60)):
+        while n < len(down):
+            chunk = p.proc.stdout.read1(1 << 20)
+            assert chunk
+            got.update(chunk)
+            n += len(chunk)
+    assert got.hexdigest() == sha(down)
+    sender.get(timeout=unit(10))
+
+
 def test_both_ways_at_once_like_a_protocol_session(relay, pipes):
     """A request/answer exchange over the session (what ssh does through ProxyCommand)."""
     src = Source(relay)
