@@ -456,6 +456,23 @@ def test_listen_a_refused_session_is_a_log_line_and_the_listener_goes_on(relay, 
     assert p.proc.poll() is None
 
 
+@pytest.mark.parametrize("listen", [False, True])
+def test_sigterm_closes_the_sessions_and_exits_0(relay, pipes, listen):
+    import signal
+    src = Source(relay)
+    p = pipes(src.url(), *(["--listen", "127.0.0.1:0"] if listen else []))
+    if listen:
+        local = socket.create_connection(listening(p), timeout=unit(10))
+    subscribers(relay, 1)
+    p.proc.send_signal(signal.SIGTERM)
+    assert p.wait() == 0, p.stderr()
+    subscribers(relay, 0)                                # its WebSocket closed
+    if listen:
+        with gevent.Timeout(unit(10)):
+            assert local.recv(100) == b""                # and the local connection too
+    assert p.stderr() == ""
+
+
 def test_listen_on_a_busy_port_is_one_line_exit_1(relay):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
