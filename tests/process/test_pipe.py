@@ -741,9 +741,11 @@ def roundtrip(relay, src, *args, env=None):
         p.stdin.flush()
         assert src.read_exactly(len(data)) == data
         src.sock.sendall(data[::-1])
-        src.close()
+        src.close()                 # pipe's stdin stays open: closing it would race the data
         with gevent.Timeout(unit(20)):
-            out, err = p.communicate()
+            out = read_all(p.stdout)
+            err = p.stderr.read()
+            p.wait()
         assert out == data[::-1]
         return p.returncode, err
     finally:
@@ -800,7 +802,8 @@ def test_wss_through_the_proxy(relays, tinyproxies, certificate):
         src.sock.sendall(b"over tls, through the proxy")
         src.close()
         with gevent.Timeout(unit(20)):
-            out, err = p.communicate()
+            out, err = read_all(p.stdout), p.stderr.read()
+            p.wait()
         assert (p.returncode, out, err) == (0, b"over tls, through the proxy", b"")
     finally:
         stop_process(p)
