@@ -25,7 +25,8 @@ PY36_TESTS ?= tests/relay/test_relay.py tests/process/test_cli.py \
               tests/process/test_connect.py tests/unit/agent/test_wsclient.py \
               tests/unit/proto/test_obsws.py tests/unit/proto/test_resp.py \
               tests/relay/test_redis_mode.py tests/relay/test_cluster.py \
-              tests/unit/proto/test_proxyproto.py tests/relay/test_proxy_protocol.py
+              tests/unit/proto/test_proxyproto.py tests/relay/test_proxy_protocol.py \
+              tests/process/test_pipe.py tests/unit/proto/test_httpconnect.py
 
 .PHONY: test-py36
 test: test-py36

@@ -27,6 +27,9 @@ def main(argv=None):
     if args[:1] == ["connect"]:          # the source-side companion: `sphincter connect ...`
         from .agent.connect import main as connect_main
         return connect_main(args[1:])
+    if args[:1] == ["pipe"]:             # the client side of a tunnel: `sphincter pipe URL`
+        from .agent.pipe import main as pipe_main
+        return pipe_main(args[1:])
     try:
         settings = config.parse(argv)
         if settings.check_config:

@@ -16,6 +16,7 @@
     │
     │   defined next to the one module that raises them:
     ├── ObsError             proto/obsws.py: OBS said something that makes the session useless
+    ├── ProxyError           proto/httpconnect.py: an HTTP proxy gave no CONNECT tunnel
     ├── HandshakeError       agent/wsclient.py: a WebSocket server refused the upgrade
     ├── ConnectionClosed     agent/wsclient.py: the WebSocket connection is closed
     ├── RelayRefused         agent/relay_link.py: the relay refused the source (``ERROR``)

@@ -52,11 +52,15 @@ PROGRAMS = {
     "runc": "runc",
     "sh": "dash",
     "ss": "iproute2",
+    "ssh": "openssh-client",
+    "ssh-keygen": "openssh-client",
+    "sshd": "openssh-server",
     "shellcheck": "shellcheck",
     "skopeo": "skopeo",
     "systemd-analyze": "systemd",
     "systemd-nspawn": "systemd-container",
     "tar": "tar",
+    "tinyproxy": "tinyproxy-bin",
     "unshare": "util-linux",
 }
 #: Files a test needs that are not programs, and the Debian package that ships each.

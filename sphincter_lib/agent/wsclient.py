@@ -6,7 +6,9 @@ request, :func:`check_handshake` validates the server's answer (status 101,
 subprotocol), :func:`encode_client_frame` builds masked client frames and
 :class:`ClientSession` turns the bytes a server sends into messages (answering
 pings, echoing a close). :class:`ClientConnection` is the thin blocking adapter over
-a (gevent-cooperative) socket that ``sphincter connect`` uses.
+a (gevent-cooperative) socket that ``sphincter connect`` and ``sphincter pipe`` use: one
+greenlet reads (:meth:`~ClientConnection.recv`) while another sends; sends never interleave
+inside a frame, and the reader never waits for a sender to queue its pong.
 """
 
 import base64
@@ -14,6 +16,7 @@ import os
 import socket
 import ssl
 import struct
+import threading
 
 from ..proto import frames
 from ..closecodes import CloseCode
@@ -205,7 +208,9 @@ class ClientConnection:
     ``recv`` returns ``(opcode, payload)`` for each data message and raises
     :class:`ConnectionClosed` when the server closed (or the socket ended).
     All waits are bounded by ``timeout`` during the handshake; afterwards
-    reads block (use gevent timeouts around them if needed).
+    reads block (use gevent timeouts around them if needed). One greenlet may
+    :meth:`recv` while others :meth:`send`: frames are sent whole, one at a time
+    (a pong the reader owes while a send is under way goes right after it).
     """
 
     #: bytes asked of each recv
@@ -225,13 +230,24 @@ class ClientConnection:
         self.subprotocol = None
         self.sock = None
         self._pending = []
+        self._send_lock = threading.Lock()     # gevent's lock once patched
+        self._owed = []                        # control frames the reader could not send at once
 
-    def open(self):
-        sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
-        try:
+    def open(self, sock=None):
+        """Connect and upgrade; ``sock``: a connection made already (through a proxy, TLS
+        done: see :mod:`.dial`) to upgrade instead of connecting to the URL's host."""
+        if sock is None:
+            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
             if self.tls:
-                ctx = self.ssl_context or ssl.create_default_context()
-                sock = ctx.wrap_socket(sock, server_hostname=self.host)
+                try:
+                    ctx = self.ssl_context or ssl.create_default_context()
+                    sock = ctx.wrap_socket(sock, server_hostname=self.host)
+                except BaseException:
+                    sock.close()
+                    raise
+        else:
+            sock.settimeout(self.timeout)
+        try:
             key = new_key()
             sock.sendall(handshake_request(self.host, self.port, self.resource, key,
                                            self.subprotocols, self.tls, self.headers))
@@ -261,8 +277,19 @@ class ClientConnection:
     def _take(self, data):
         messages, replies = self.session.receive(data)
         for frame in replies:
-            self._sendall(frame)
+            self._reply(frame)
         self._pending.extend(messages)
+
+    def _reply(self, frame):
+        """A control frame from the reader: sent now, or right after the send under way."""
+        if self._send_lock.acquire(False):
+            try:
+                self.sock.sendall(frame)
+                self._send_owed()
+            finally:
+                self._send_lock.release()
+        else:
+            self._owed.append(frame)
 
     def recv(self):
         """The next data message ``(opcode, payload)``; raises :class:`ConnectionClosed`."""
@@ -293,16 +320,33 @@ class ClientConnection:
 
     def _sendall(self, frame):
         if frame:
-            self.sock.sendall(frame)
+            with self._send_lock:
+                self.sock.sendall(frame)
+                self._send_owed()
+
+    def _send_owed(self):
+        while self._owed:
+            self.sock.sendall(self._owed.pop(0))
+
+    def send_close(self, code=CloseCode.NORMAL, reason=""):
+        """Start the closing handshake: send our close frame (once) and keep the connection;
+        :meth:`recv` then returns what the server still sends and raises
+        :class:`ConnectionClosed` with the server's answer."""
+        self._sendall(self.session.close_frame(code, reason))
 
     def close(self, code=CloseCode.NORMAL, reason=""):
-        """Send a close frame (best effort) and close the socket."""
+        """Send a close frame (best effort, unless one was sent) and close the socket."""
         if self.sock is None:
             return
         try:
             frame = self.session.close_frame(code, reason)
             if frame:
-                self.sock.sendall(frame)
+                if self._send_lock.acquire(False):     # never wait behind a stuck send
+                    try:
+                        self.sock.settimeout(self.timeout)
+                        self.sock.sendall(frame)
+                    finally:
+                        self._send_lock.release()
         except OSError:
             pass
         try:
