@@ -40,6 +40,7 @@ PROGRAMS = {
     "nsenter": "util-linux",
     "openssl": "openssl",
     "redis-server": "redis-server",
+    "redis-sentinel": "redis-sentinel",
     "sh": "dash",
     "ss": "iproute2",
     "shellcheck": "shellcheck",
