@@ -7,6 +7,8 @@
   needs both); ``primary()`` is the :class:`rediskit.RedisServer` the sentinels name now;
   ``kill_primary()`` SIGKILLs it and returns it; ``wait_failover(old)`` waits until they name
   another one; ``sentinel_option`` is the ``--redis-sentinels`` value.
+- :class:`SentinelCluster` (the ``sentinel_cluster`` fixture): rediskit's ``Cluster`` whose nodes
+  find Redis through those sentinels (``--redis-sentinels ... --redis-sentinel-master mymaster``).
 
 Skips when a program is missing, and fails under CI=true (:func:`testkit.require_program`).
 """
@@ -16,7 +18,9 @@ import subprocess
 import tempfile
 import time
 
-from rediskit import RedisServer, free_port, redis_command
+import pytest
+
+from rediskit import Cluster, RedisServer, free_port, redis_command
 from testkit import require_program, stop_process, unit
 
 MASTER = "mymaster"
@@ -79,6 +83,8 @@ class Sentinel:
 
 class SentinelRedis:
     """A primary, its replicas and the sentinels watching them (see the module docstring)."""
+
+    url = "redis://127.0.0.1:1/0"                 # what nodes get as --redis-url: its host is not used
 
     def __init__(self, replicas=1, count=3, down_after_ms=600, failover_timeout_ms=3000):
         self.servers = [RedisServer()]
@@ -152,3 +158,34 @@ class SentinelRedis:
             s.close()
         for r in self.servers:
             r.close()
+
+
+class SentinelCluster(Cluster):
+    """rediskit.Cluster on a :class:`SentinelRedis`: ``cluster.redis`` is the SentinelRedis,
+    every node gets the sentinel options (its --redis-url's host is not used)."""
+
+    def __init__(self, **options):
+        self.redis = SentinelRedis(**options)
+        self.other_redis = []
+        self.started = []
+        self.closers = []
+        self.redis.ready()
+
+    @property
+    def options(self):
+        return ("--redis-sentinels", self.redis.sentinel_option, "--redis-sentinel-master", MASTER)
+
+    def node(self, *extra, name=None):
+        return Cluster.node(self, *(self.options + extra), name=name)
+
+    def nodes(self, count, *extra):
+        return Cluster.nodes(self, count, *(self.options + extra))
+
+
+@pytest.fixture
+def sentinel_cluster():
+    c = SentinelCluster()
+    try:
+        yield c
+    finally:
+        c.close()
