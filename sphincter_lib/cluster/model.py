@@ -113,6 +113,10 @@ class RedisRoomModel(RoomRegistry):
     def redis_state(self):
         return "ok" if self.link.up else "down"
 
+    def lease_held(self):
+        """This node's leases still hold (``cluster.liveness``): an owner may publish."""
+        return self.liveness.lease_held()
+
     # -- start and stop ----------------------------------------------------------------------
     def start(self):
         self.pubsub.subscribe(self.keys.to_node(self.node_id))

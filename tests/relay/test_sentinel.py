@@ -15,6 +15,7 @@ import gevent.event
 import pytest
 
 from conftest import unit
+from rediskit import cluster  # noqa: F401  (the fixture)
 from sentinelkit import sentinel_cluster  # noqa: F401  (the fixture)
 from test_cluster import Reader, assert_no_gap, get_json, http, numbered, source, wait_for
 
@@ -89,3 +90,69 @@ def test_failover_under_load_never_shows_a_gap(sentinel_cluster):
     assert nums == list(range(nums[0], total)), "the late joiner saw a gap"
     for node in (n1, n2):
         assert "Traceback" not in node.log(), node.log_tail(40)
+
+
+# ---- fencing: a node whose lease lapsed never publishes as the room's owner -------------------
+
+def test_a_stopped_node_never_publishes_as_owner_after_a_takeover(cluster):
+    """SIGSTOP the source's node beyond its lease while its source keeps sending; the source
+    resumes on another node; SIGCONT: what the stopped node read is never published (no
+    subscriber sees it), its source is hung up, and every subscriber's sequence is whole."""
+    n1, n2 = cluster.nodes(2, "--redis-lease", "1.5", "--room-grace", "30")
+    src, code, extra = source(cluster, n1, expect=("RESUME",))
+    remote, local = Reader(cluster, n2, code), Reader(cluster, n1, code)
+    src.send(numbered(0, 100))
+    remote.wait_count(100)
+    local.wait_count(100)
+    n1.signal(signal.SIGSTOP)
+    try:
+        src.send(b"".join(b"stale-%d\n" % i for i in range(50)))   # in n1's kernel buffer
+        time.sleep(1.5 * 1.5)                                        # beyond n1's lease
+        again, code2, _ = source(cluster, n2, b"RESUME %s %s\n" % (code.encode(), extra["RESUME"].encode()),
+                                 expect=("RESUME",))
+        assert code2 == code
+        again.send(numbered(100, 200))
+        remote.wait_count(200)
+    finally:
+        n1.signal(signal.SIGCONT)
+    src.sock.settimeout(unit(10))
+    assert src.line() == b"ERROR replaced by a newer source\n", n1.log_tail(20)
+    assert src.eof()
+    again.send(numbered(200, 300))
+    remote.wait_count(300)
+    assert remote.numbers() == list(range(300)), "n2: %r" % remote.got[95:110]
+    # the stopped node's own subscriber: what it got is whole and in order, or it was told
+    wait_for(lambda: local.closed.is_set() or len(local.got) >= 300, timeout=unit(10),
+             what="n1's subscriber carries on or is told")
+    assert not any(m.startswith(b"stale") for m in local.got), "n1 showed what it read while fenced"
+    assert_no_gap(local)
+    if local.closed.is_set():
+        assert local.close[0] == 4408, local.close
+    log = n1.log()
+    assert "leases not renewed" in log, n1.log_tail(30)
+    assert "Traceback" not in log, n1.log_tail(30)
+
+
+def test_a_node_cut_off_beyond_its_lease_pauses_its_source_then_carries_on(cluster):
+    """Redis unreachable for longer than the lease, nobody takes the room: the source is not
+    read meanwhile (TCP backpressure), nothing is lost, and it carries on once Redis is back."""
+    n1, n2 = cluster.nodes(2, "--redis-lease", "1", "--room-grace", "30")
+    src, code, _ = source(cluster, n1, expect=("RESUME",))
+    local = Reader(cluster, n1, code)
+    src.send(numbered(0, 10))
+    local.wait_count(10)
+    cluster.redis.stop()
+    wait_for(lambda: "leases not renewed" in n1.log(), timeout=unit(5), what="n1 pauses its source")
+    src.send(numbered(10, 20))                    # read only once Redis confirms the room
+    time.sleep(0.5)
+    assert len(local.got) == 10, "n1 published while its lease had lapsed: %r" % local.got[10:]
+    cluster.redis.restart()
+    local.wait_count(20, timeout=15)
+    assert local.numbers() == list(range(20))
+    wait_for(lambda: healthy(n2), timeout=unit(10), what="n2 back on Redis")
+    remote = Reader(cluster, n2, code)
+    src.send(numbered(20, 30))
+    wait_for(lambda: remote.got and remote.got[-1] == b"29", timeout=unit(10), what="n2 gets 29")
+    nums = remote.numbers()           # from where it joined (a batch resent after the restart may
+    assert nums == list(range(nums[0], 30)) and nums[0] <= 20, nums   # come first), in order
+    assert "leases renewed" in n1.log(), n1.log_tail(30)
