@@ -156,3 +156,30 @@ def test_a_node_cut_off_beyond_its_lease_pauses_its_source_then_carries_on(clust
     nums = remote.numbers()           # from where it joined (a batch resent after the restart may
     assert nums == list(range(nums[0], 30)) and nums[0] <= 20, nums   # come first), in order
     assert "leases renewed" in n1.log(), n1.log_tail(30)
+
+
+def test_a_stopped_node_nobody_replaced_takes_its_room_back(cluster):
+    """SIGSTOP the source's node beyond its lease, nobody resumes the room elsewhere: its room
+    goes waiting on the other node; SIGCONT: the node takes the room back (same epoch: no other
+    source came) and its source carries on, every line in order on the other node."""
+    n1, n2 = cluster.nodes(2, "--redis-lease", "1", "--room-grace", "30")
+    src, code, _ = source(cluster, n1, expect=("RESUME",))
+    remote = Reader(cluster, n2, code)
+    src.send(numbered(0, 50))
+    remote.wait_count(50)
+    n1.signal(signal.SIGSTOP)
+    try:
+        src.send(numbered(50, 100))                     # in n1's kernel buffer
+        wait_for(lambda: get_json(n2, "/status?room=" + code)[1].get("source") == "offline",
+                 timeout=unit(8), what="n2 sees the room waiting")
+    finally:
+        n1.signal(signal.SIGCONT)
+    wait_for(lambda: get_json(n2, "/status?room=" + code)[1].get("source") == "online",
+             timeout=unit(8), what="n2 sees the room live again")
+    src.send(numbered(100, 150))
+    remote.wait_count(150)
+    assert remote.numbers() == list(range(150))
+    assert not remote.closed.is_set()
+    src.sock.settimeout(0.2)
+    with pytest.raises(OSError):                        # nothing from the relay: not hung up
+        src.sock.recv(100)
