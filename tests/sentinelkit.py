@@ -87,10 +87,11 @@ class SentinelRedis:
     url = "redis://127.0.0.1:1/0"                 # what nodes get as --redis-url: its host is not used
 
     def __init__(self, replicas=1, count=3, down_after_ms=600, failover_timeout_ms=3000):
-        self.servers = [RedisServer()]
+        self.dir = tempfile.mkdtemp(prefix="sphincter-redis-")   # where a replica writes its RDB
+        self.servers = [RedisServer(extra=["--dir", self.dir])]
         primary = self.servers[0]
         for _ in range(replicas):
-            self.servers.append(RedisServer(extra=["--replicaof", "127.0.0.1", str(primary.port)]))
+            self.servers.append(RedisServer(extra=["--dir", self.dir, "--replicaof", "127.0.0.1", str(primary.port)]))
         self.sentinels = []
         try:
             for _ in range(count):
@@ -158,6 +159,7 @@ class SentinelRedis:
             s.close()
         for r in self.servers:
             r.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class SentinelCluster(Cluster):
