@@ -26,21 +26,20 @@ from testkit import require_program, stop_process, unit
 MASTER = "mymaster"
 
 
-def sentinel_query(port, *args, timeout=1.0):
-    """A sentinel's whole answer to one command, parsed (RESP2 arrays of bulk strings)."""
+def sentinel_query(port, *args, timeout=1.0, password=None):
+    """A sentinel's answer to one command (after ``AUTH password`` if given), parsed."""
     import socket
     from sphincter_lib.proto import resp
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-            s.sendall(resp.command(*args))
-            parser = resp.Parser()
-            while True:
+            s.sendall((resp.command("AUTH", password) if password else b"") + resp.command(*args))
+            parser, replies, want = resp.Parser(), [], 2 if password else 1
+            while len(replies) < want:
                 data = s.recv(65536)
                 if not data:
                     return None
-                replies = parser.feed(data)
-                if replies:
-                    return replies[0]
+                replies.extend(parser.feed(data))
+            return replies[-1]
     except OSError:
         return None
 
@@ -52,6 +51,7 @@ class Sentinel:
 
     def __init__(self, primary_port, down_after_ms, failover_timeout_ms, password=None):
         require_program("redis-sentinel", shutil.which(self.binary))
+        self.password = password
         self.dir = tempfile.mkdtemp(prefix="sphincter-sentinel-")
         self.port = free_port()
         self.conf = os.path.join(self.dir, "sentinel.conf")
@@ -63,13 +63,13 @@ class Sentinel:
                     "sentinel parallel-syncs %s 1\n"
                     % (self.port, self.dir, MASTER, primary_port, MASTER, down_after_ms, MASTER,
                        failover_timeout_ms, MASTER)
-                    + ("requirepass %s\n" % password if password else ""))
+                    + ("requirepass %s\nsentinel sentinel-pass %s\n" % (password, password) if password else ""))
         self.logfile = open(os.path.join(self.dir, "sentinel.log"), "w+")
         self.proc = subprocess.Popen([self.binary, self.conf], stdout=self.logfile,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def query(self, *args):
-        return sentinel_query(self.port, *args)
+        return sentinel_query(self.port, *args, password=self.password)
 
     def log(self):
         self.logfile.seek(0)
@@ -86,7 +86,8 @@ class SentinelRedis:
 
     url = "redis://127.0.0.1:1/0"                 # what nodes get as --redis-url: its host is not used
 
-    def __init__(self, replicas=1, count=3, down_after_ms=600, failover_timeout_ms=3000):
+    def __init__(self, replicas=1, count=3, down_after_ms=600, failover_timeout_ms=3000, sentinel_password=None):
+        self.sentinel_password = sentinel_password
         self.dir = tempfile.mkdtemp(prefix="sphincter-redis-")   # where a replica writes its RDB
         self.servers = [RedisServer(extra=["--dir", self.dir])]
         primary = self.servers[0]
@@ -95,7 +96,8 @@ class SentinelRedis:
         self.sentinels = []
         try:
             for _ in range(count):
-                self.sentinels.append(Sentinel(primary.port, down_after_ms, failover_timeout_ms))
+                self.sentinels.append(Sentinel(primary.port, down_after_ms, failover_timeout_ms,
+                                               sentinel_password))
         except Exception:
             self.close()
             raise

@@ -92,6 +92,41 @@ def test_failover_under_load_never_shows_a_gap(sentinel_cluster):
         assert "Traceback" not in node.log(), node.log_tail(40)
 
 
+def test_after_a_failover_rooms_named_rooms_and_counts_are_rebuilt(sentinel_cluster, tmp_path):
+    """What the new primary may lack (replication is asynchronous; here the nodes rebuild it in
+    any case): the named room is live again with its source, the relay-wide subscriber count
+    holds (--max-subscribers-per-room 2: a third is 4429), and rooms keep delivering."""
+    cluster = sentinel_cluster
+    path = tmp_path / "rooms.txt"
+    path.write_text("scores score-token-456\n")
+    n1, n2 = cluster.nodes(2, "--redis-lease", LEASE, "--rooms-file", str(path),
+                           "--max-subscribers-per-room", "2")
+    named, _, _ = source(cluster, n1, b"AUTH score-token-456\n")
+    src, code, _ = source(cluster, n2)
+    on_scores = Reader(cluster, n2, "scores")
+    full = [Reader(cluster, n1, code), Reader(cluster, n2, code)]
+    named.send(b"before\n")
+    src.send(b"0\n")
+    on_scores.wait_for_message(b"before")
+    for r in full:
+        r.wait_for_message(b"0")
+    old = cluster.redis.kill_primary()
+    cluster.redis.wait_failover(old)
+    for node in (n1, n2):
+        wait_for(lambda: healthy(node), timeout=unit(15), what="%s: /healthz ok after the failover" % node.name)
+    for node in (n1, n2):
+        wait_for(lambda: get_json(node, "/status?room=scores")[1].get("source") == "online",
+                 timeout=unit(8), what="%s: scores online after the failover" % node.name)
+    named.send(b"after\n")
+    src.send(b"1\n")
+    on_scores.wait_for_message(b"after")
+    for r in full:
+        r.wait_for_message(b"1")
+    third = Reader(cluster, n1, code)
+    assert third.wait_close()[0] == 4429, third.close
+    assert on_scores.got == [b"before", b"after"]
+
+
 # ---- fencing: a node whose lease lapsed never publishes as the room's owner -------------------
 
 def test_a_stopped_node_never_publishes_as_owner_after_a_takeover(cluster):
@@ -183,3 +218,20 @@ def test_a_stopped_node_nobody_replaced_takes_its_room_back(cluster):
     src.sock.settimeout(0.2)
     with pytest.raises(OSError):                        # nothing from the relay: not hung up
         src.sock.recv(100)
+
+
+def test_sentinels_with_a_password(tmp_path):
+    """--redis-sentinel-password: sentinels with requirepass answer a node that has it; a node
+    without it never finds the primary and says why in one line."""
+    from sentinelkit import SentinelCluster
+    cluster = SentinelCluster(sentinel_password="sentinel-secret-1")
+    try:
+        good = cluster.node("--redis-sentinel-password", "sentinel-secret-1")
+        wait_for(lambda: healthy(good), timeout=unit(10), what="the node with the password is up")
+        bad = cluster.node()
+        time.sleep(1)
+        assert http(bad, "/healthz")[0] == 503
+        line = next(l for l in bad.log().splitlines() if "no sentinel names primary" in l)
+        assert "NOAUTH" in line or "Authentication" in line or "AUTH" in line, line
+    finally:
+        cluster.close()
