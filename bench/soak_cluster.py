@@ -25,8 +25,9 @@ gap** (lines no subscriber got were lost before the relay published them: a sour
 that died with a node; counted apart). A number at or below the last one is a **duplicate**. A
 4408 outside every fault (from its start to 5 s after it recovered) is **needless**. Recovery
 of a fault: from its start until every node answers /healthz ok and every room delivered a line
-sent after the fault ended. At the end every room must be alive (a line delivered in the last
-5 s). Exit 0 when silent gaps = duplicates = 0 and every room is alive; ``--json`` prints the
+sent after the fault ended (``p50_s``/``max_s``: from its start, the fault's own length included,
+4.5 s for ``stop``, 2-5 s for ``cut``; ``after_end_*``: from its end). At the end every room must
+be alive (a line delivered in the last 5 s). Exit 0 when silent gaps = duplicates = 0 and every room is alive; ``--json`` prints the
 report as JSON (else a table).
 """
 from gevent import monkey
@@ -424,7 +425,9 @@ class Chaos:
         deadline = fault["end"] + timeout
         while time.monotonic() < deadline:
             if all(n.healthy() for n in self.nodes) and all(t > fault["end"] for t in self.report.last_seen):
-                fault["recovered"] = round(time.monotonic() - fault["start"], 2)
+                now = time.monotonic()
+                fault["recovered"] = round(now - fault["start"], 2)
+                fault["after_end"] = round(now - fault["end"], 2)
                 return
             gevent.sleep(0.1)
         fault["recovered"] = None
@@ -452,8 +455,10 @@ def summarize(report, chaos, rooms, t_end):
     recovery = {}
     for kind, faults in sorted(by_kind.items()):
         times = [f["recovered"] for f in faults if f["recovered"] is not None]
+        after = [f["after_end"] for f in faults if f["recovered"] is not None]
         recovery[kind] = {"count": len(faults), "recovered": len(times),
-                          "p50_s": percentile(times, 0.5), "max_s": max(times) if times else None}
+                          "p50_s": percentile(times, 0.5), "max_s": max(times) if times else None,
+                          "after_end_p50_s": percentile(after, 0.5), "after_end_max_s": max(after) if after else None}
     alive = sum(1 for t in report.last_seen if t_end - t < 5)
     return {
         "faults": {k: len(v) for k, v in sorted(by_kind.items())},

@@ -65,6 +65,10 @@ class Endpoint:
         self.timeout = timeout
         #: a :class:`~sphincter_lib.cluster.sentinel.Discovery`, or None (the URL's host)
         self.sentinels = sentinels
+        #: longest wait between two connection attempts: shorter behind sentinels, where an
+        #: attempt while the primary is down is one question to a sentinel, and a failover
+        #: should be followed within a fraction of a second of the promotion
+        self.retry_max = BACKOFF[1] if sentinels is None else 0.5
 
     def __str__(self):
         if self.sentinels is not None:
@@ -179,7 +183,7 @@ class Link:
             except OSError as exc:
                 logger.debug("redis %s: cannot connect to %s: %s", self.name, self.endpoint, exc)
                 gevent.sleep(delay)
-                delay = min(delay * 2, BACKOFF[1])
+                delay = min(delay * 2, self.endpoint.retry_max)
                 continue
             delay = BACKOFF[0]
             self._sock = sock
