@@ -153,6 +153,8 @@ class Link:
         self.on_down = on_down
         self.on_up = on_up
         self.connected = False
+        #: (host, port) of the server of the current connection (None between connections)
+        self.address = None
         self._sock = None
         self._greenlet = None
         self._stopping = False
@@ -167,6 +169,18 @@ class Link:
         self._greenlet.link_exception(lambda g: logger.error("redis %s crashed", self.name,
                                                              exc_info=g.exc_info))
         return self
+
+    def drop_unless(self, address):
+        """Drop the connection unless it is to ``address`` (host, port): the primary changed (a
+        failover); the link reconnects to the new one by itself."""
+        sock = self._sock
+        if sock is not None and self.address is not None and tuple(self.address) != tuple(address):
+            logger.warning("redis %s: connected to %s:%d, not the primary: reconnecting", self.name,
+                           self.address[0], self.address[1])
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def stop(self):
         self._stopping = True
@@ -186,6 +200,10 @@ class Link:
                 delay = min(delay * 2, self.endpoint.retry_max)
                 continue
             delay = BACKOFF[0]
+            try:
+                self.address = sock.getpeername()[:2]
+            except OSError:
+                self.address = None
             self._sock = sock
             self.connected = True
             try:
@@ -196,6 +214,7 @@ class Link:
             finally:
                 self.connected = False
                 self._sock = None
+                self.address = None
                 sock.close()
             if not self._stopping and self.on_down is not None:
                 self.on_down(self)

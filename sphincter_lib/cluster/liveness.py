@@ -106,6 +106,7 @@ class Liveness:
     def _housekeep(self):
         while True:
             gevent.sleep(self.interval)
+            self.link.check_primary()
             try:
                 self.link.ask(self.beat)
             except RelayUnavailable:

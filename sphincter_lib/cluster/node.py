@@ -70,6 +70,8 @@ class NodeLink:
         # notices at once) and the control calls say whether Redis is reachable
         self.pipe = Pipe(self.endpoint)
         self.pubsub = Listener(self.endpoint, on_message, on_down=self._link_down)
+        if discovery is not None:
+            discovery.on_switch.append(self._primary_switched)
         self.scripts = {name: self.redis.register_script(getattr(redis_keys, name)) for name in SCRIPTS}
 
     @property
@@ -85,6 +87,23 @@ class NodeLink:
             self.stats.redis_reconnects += 1
             logger.warning("redis unreachable at %s: %s; new sources and subscribers are refused until "
                            "it is back", self.endpoint, exc)
+
+    def check_primary(self):
+        """Behind sentinels, ask them where the primary is (each heartbeat): after a failover that
+        broke no connection (``SENTINEL FAILOVER``: the old primary lives on until the sentinels
+        demote it), every connection moves to the new one within a heartbeat."""
+        discovery = self.endpoint.sentinels
+        if discovery is not None:
+            try:
+                discovery.discover()
+            except OSError as exc:
+                logger.debug("redis: asking the sentinels: %s", exc)
+
+    def _primary_switched(self, address):
+        """The sentinels name another primary: every connection leaves the old one."""
+        for link in (self.pipe, self.pubsub):
+            link.drop_unless(address)
+        self.redis.connection_pool.disconnect()
 
     def _link_down(self, link):
         self.failed("%s connection lost" % link.name)

@@ -33,6 +33,10 @@ class Discovery:
         self.primary = None
         #: times the sentinels named another primary than before (failovers seen)
         self.switches = 0
+        #: ``fn((host, port))`` called when they name another primary: connections made before
+        #: to the old one are dropped (Sentinel disconnects a demoted primary's clients itself;
+        #: this covers a role change that did not break them)
+        self.on_switch = []
 
     def __str__(self):
         where = " at %s:%d" % self.primary if self.primary else ""
@@ -73,7 +77,13 @@ class Discovery:
                                address[0], address[1], self.primary[0], self.primary[1])
             else:
                 logger.info("redis primary %r is at %s:%d", self.master, address[0], address[1])
+            switched = self.primary is not None
             self.primary = address
+            for fn in self.on_switch if switched else ():
+                try:
+                    fn(address)
+                except Exception:
+                    logger.error("redis: reacting to a new primary failed", exc_info=True)
 
     def check_role(self, host, port, reply):
         """The answer to ``ROLE`` of the server at (host, port): OSError unless it is a primary

@@ -92,6 +92,42 @@ def test_failover_under_load_never_shows_a_gap(sentinel_cluster):
         assert "Traceback" not in node.log(), node.log_tail(40)
 
 
+def test_a_manual_failover_is_followed_and_the_old_primary_never_used(sentinel_cluster):
+    """SENTINEL FAILOVER under load: the old primary lives on as a replica (where a PUBLISH would
+    reach nobody); every node moves to the new primary, and every subscriber is whole or told."""
+    cluster = sentinel_cluster
+    n1, n2 = cluster.nodes(2, "--redis-lease", LEASE)
+    src, code, _ = source(cluster, n1)
+    readers = [Reader(cluster, node, code) for node in (n1, n2)]
+    sent, stop = [0], gevent.event.Event()
+    feeder = pump(cluster, src, sent, stop)
+    for r in readers:
+        r.wait_count(100)
+    old = cluster.redis.primary()
+    assert cluster.redis.sentinels[0].query("SENTINEL", "FAILOVER", "mymaster") == b"OK"
+    new = cluster.redis.wait_failover(old)
+    for node in (n1, n2):                         # within a heartbeat (--redis-lease / 3)
+        wait_for(lambda: "is now 127.0.0.1:%d" % new.port in node.log(), timeout=unit(5),
+                 what="%s moves to the new primary" % node.name)
+    for node in (n1, n2):
+        wait_for(lambda: healthy(node), timeout=unit(15), what="%s: /healthz ok after the failover" % node.name)
+    mark = sent[0]
+    for r in readers:
+        wait_for(lambda: r.closed.is_set() or (r.got and int(r.got[-1]) >= mark + 100), timeout=unit(15),
+                 what="%s: past the failover" % r.node.name)
+    stop.set()
+    feeder.join(timeout=unit(5))
+    src.close()
+    for r in readers:
+        close = r.wait_close(timeout=15)
+        if close[0] == 4410:
+            assert_no_gap(r, sent[0])
+        else:
+            assert close == (4408, "missed messages"), (r.node.name, close)
+            assert_no_gap(r)
+    assert readers[0].close[0] == 4410
+
+
 def test_after_a_failover_rooms_named_rooms_and_counts_are_rebuilt(sentinel_cluster, tmp_path):
     """What the new primary may lack (replication is asynchronous; here the nodes rebuild it in
     any case): the named room is live again with its source, the relay-wide subscriber count
