@@ -223,7 +223,9 @@ class Liveness:
     def _untaint_waiting(self):
         """A room that had no source before our connection broke, and still has the same epoch and
         no source — or that Redis lost altogether (a restart: a claim since would have re-created
-        it) — published nothing meanwhile: nothing was lost."""
+        it) — published nothing meanwhile: nothing was lost. One that is live again (its owner
+        re-created it while this connection was still down: its event is missed) takes its state
+        from Redis."""
         link = self.link
         rooms = [r for r in self.model.rooms() if r.tainted and r.state is WAITING]
         if not rooms:
@@ -232,13 +234,18 @@ class Liveness:
             link.pubsub.subscribe(r.chan_e).wait(self.model.confirm_timeout)
         pipe = link.redis.pipeline(transaction=False)
         for r in rooms:
-            pipe.hmget(r.redis_keys[1], "epoch", "state")
+            pipe.hgetall(r.redis_keys[1])
         try:
             answers = link.ask(pipe.execute)
         except RelayUnavailable:
             return
-        for r, (epoch, state) in zip(rooms, answers):
+        for r, fields in zip(rooms, answers):
+            epoch, state = fields.get(b"epoch"), fields.get(b"state")
             gone = epoch is None and state is None
             same = text(state) == WAITING and int(epoch or 0) == r.epoch
             if r.tainted and r.state is WAITING and (gone or same):
                 r.tainted = False
+            elif r.state is WAITING and text(state) == LIVE and r.source is None:
+                # its owner re-created it live before this connection was back: that event
+                # is missed, the hash says it (the next batch still decides the taint)
+                self.model.sync(r, fields)
