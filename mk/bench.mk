@@ -36,6 +36,14 @@ bench-cluster: $(VENV)/.bench
 	@command -v redis-server >/dev/null || { echo "bench-cluster: redis-server missing (apt-get install redis-server)"; exit 2; }
 	$(VPY) bench/cluster.py $(BENCH_ARGS)
 
+# issue 22: chaos soak of 3 nodes on Redis with Sentinel (a primary, a replica, three sentinels),
+# 20 rooms fed by `sphincter connect`, 500 subscribers, a random fault every 20-40 s (node SIGKILL,
+# node SIGSTOP beyond its lease, Redis failover, a node's Redis link cut); SOAK_SECONDS (600).
+# The 60-second version is tests/relay/test_soak_cluster.py.
+soak-cluster: $(VENV)/.dev
+	@command -v redis-sentinel >/dev/null || { echo "soak-cluster: redis-sentinel missing (apt-get install redis-server redis-sentinel)"; exit 2; }
+	$(VPY) bench/soak_cluster.py --seconds $(or $(SOAK_SECONDS),600) $(BENCH_ARGS)
+
 bench-smoke: $(VENV)/.dev
 	$(VPY) -m gevent.monkey --module pytest tests/relay/test_bench_smoke.py tests/relay/test_bench_cluster.py $(PYTEST_ARGS)
 

@@ -71,8 +71,9 @@ class RedisServer:
 
     binary = "redis-server"
 
-    def __init__(self, password=None, start_timeout=10.0, attempts=5):
+    def __init__(self, password=None, start_timeout=10.0, attempts=5, extra=()):
         require_program("redis-server", shutil.which(self.binary))
+        self.extra = list(extra)                  # more redis-server options (--replicaof ...)
         self.start_timeout = start_timeout
         self.password = password
         self.proc = None
@@ -98,7 +99,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no"]
-            + (["--requirepass", self.password] if self.password else []),
+            + (["--requirepass", self.password] if self.password else []) + self.extra,
             stdout=self.logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + unit(self.start_timeout)
         while True:

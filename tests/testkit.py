@@ -50,6 +50,7 @@ PROGRAMS = {
     "rpmbuild": "rpm",
     "rpmlint": "rpmlint",
     "runc": "runc",
+    "redis-sentinel": "redis-sentinel",
     "sh": "dash",
     "ss": "iproute2",
     "ssh": "openssh-client",

@@ -34,7 +34,7 @@ from ..proto import resp
 
 logger = logging.getLogger("sphincter.cluster.link")
 
-__all__ = ["Endpoint", "control_client", "Link", "Listener", "redis_errors", "hide_password"]
+__all__ = ["Endpoint", "exchange", "control_client", "Link", "Listener", "redis_errors", "hide_password"]
 
 #: backoff between reconnection attempts (seconds): first, then doubled up to the last
 BACKOFF = (0.1, 2.0)
@@ -49,9 +49,10 @@ def hide_password(url):
 
 
 class Endpoint:
-    """Where Redis is, from ``--redis-url``."""
+    """Where Redis is: ``--redis-url``, or the primary the sentinels name (``--redis-sentinels``,
+    ``cluster.sentinel``: then the URL gives only the scheme, credentials and database)."""
 
-    def __init__(self, url, timeout=2.0):
+    def __init__(self, url, timeout=2.0, sentinels=None):
         parts = urlsplit(url)
         self.url = url
         self.tls = parts.scheme == "rediss"
@@ -62,34 +63,48 @@ class Endpoint:
         path = (parts.path or "/").strip("/")
         self.db = int(path) if path else 0
         self.timeout = timeout
+        #: a :class:`~sphincter_lib.cluster.sentinel.Discovery`, or None (the URL's host)
+        self.sentinels = sentinels
+        #: longest wait between two connection attempts: shorter behind sentinels, where an
+        #: attempt while the primary is down is one question to a sentinel, and a failover
+        #: should be followed within a fraction of a second of the promotion
+        self.retry_max = BACKOFF[1] if sentinels is None else 0.5
 
     def __str__(self):
+        if self.sentinels is not None:
+            return str(self.sentinels)
         return hide_password(self.url)
 
+    def address(self):
+        """(host, port) of the Redis to connect to now (the sentinels' primary: OSError if none
+        names one)."""
+        if self.sentinels is not None:
+            return self.sentinels.discover()
+        return self.host, self.port
+
     def connect(self):
-        """A connected, authenticated socket (RESP2), or OSError."""
-        sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        """A connected, authenticated socket (RESP2) to the primary, or OSError."""
+        host, port = self.address()
+        sock = socket.create_connection((host, port), timeout=self.timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             if self.tls:
-                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.host)
+                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
             hello = []
             if self.password is not None:
                 hello.append(resp.command("AUTH", *([self.username] if self.username else []) + [self.password]))
             if self.db:
                 hello.append(resp.command("SELECT", self.db))
+            if self.sentinels is not None:
+                hello.append(resp.command("ROLE"))    # a demoted primary must not be used
             if hello:
-                sock.sendall(b"".join(hello))
-                parser, replies = resp.Parser(), []
-                while len(replies) < len(hello):
-                    data = sock.recv(4096)
-                    if not data:
-                        raise OSError("connection closed during AUTH/SELECT")
-                    replies.extend(parser.feed(data))
-                for reply in replies:
+                replies = exchange(sock, hello)
+                for reply in replies[:-1] if self.sentinels is not None else replies:
                     if isinstance(reply, resp.Error):
                         raise OSError("redis refused: %s" % reply.message)
+                if self.sentinels is not None:
+                    self.sentinels.check_role(host, port, replies[-1])
             sock.settimeout(None)
             return sock
         except Exception:
@@ -97,10 +112,23 @@ class Endpoint:
             raise
 
 
+def exchange(sock, commands):
+    """Send pre-encoded ``commands`` on a blocking ``sock`` and read one reply each (OSError
+    if the connection closes first)."""
+    sock.sendall(b"".join(commands))
+    parser, replies = resp.Parser(), []
+    while len(replies) < len(commands):
+        data = sock.recv(4096)
+        if not data:
+            raise OSError("connection closed before %d repl%s" % (len(commands), "y" if len(commands) == 1 else "ies"))
+        replies.extend(parser.feed(data))
+    return replies
+
+
 def control_client(endpoint, max_connections=64):
     """A redis-py client (greenlet-safe under gevent's monkey-patching) whose pool makes a
     caller wait for a free connection rather than fail: a burst of joins (each one round trip)
-    queues up instead of looking like an outage."""
+    queues up instead of looking like an outage. (With sentinels: ``cluster.sentinel``'s.)"""
     import redis
     pool = redis.BlockingConnectionPool.from_url(
         endpoint.url, max_connections=max_connections, timeout=10.0, socket_timeout=endpoint.timeout,
@@ -125,6 +153,8 @@ class Link:
         self.on_down = on_down
         self.on_up = on_up
         self.connected = False
+        #: (host, port) of the server of the current connection (None between connections)
+        self.address = None
         self._sock = None
         self._greenlet = None
         self._stopping = False
@@ -139,6 +169,18 @@ class Link:
         self._greenlet.link_exception(lambda g: logger.error("redis %s crashed", self.name,
                                                              exc_info=g.exc_info))
         return self
+
+    def drop_unless(self, address):
+        """Drop the connection unless it is to ``address`` (host, port): the primary changed (a
+        failover); the link reconnects to the new one by itself."""
+        sock = self._sock
+        if sock is not None and self.address is not None and tuple(self.address) != tuple(address):
+            logger.warning("redis %s: connected to %s:%d, not the primary: reconnecting", self.name,
+                           self.address[0], self.address[1])
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def stop(self):
         self._stopping = True
@@ -155,9 +197,13 @@ class Link:
             except OSError as exc:
                 logger.debug("redis %s: cannot connect to %s: %s", self.name, self.endpoint, exc)
                 gevent.sleep(delay)
-                delay = min(delay * 2, BACKOFF[1])
+                delay = min(delay * 2, self.endpoint.retry_max)
                 continue
             delay = BACKOFF[0]
+            try:
+                self.address = sock.getpeername()[:2]
+            except OSError:
+                self.address = None
             self._sock = sock
             self.connected = True
             try:
@@ -168,6 +214,7 @@ class Link:
             finally:
                 self.connected = False
                 self._sock = None
+                self.address = None
                 sock.close()
             if not self._stopping and self.on_down is not None:
                 self.on_down(self)

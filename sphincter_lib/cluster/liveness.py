@@ -42,6 +42,12 @@ class Liveness:
         self._monotonic = monotonic
         self._up_since = None            # when Redis came back after an outage (None: no outage)
         self._housekeeper = None
+        self._watchdog = None
+        #: when the last heartbeat that got through was sent (monotonic; None: none yet): the
+        #: node's leases hold until then + the lease
+        self.renewed_at = None
+        #: the leases lapsed: the owned rooms' sources are paused (fencing)
+        self.lapsed = False
 
     @property
     def interval(self):
@@ -62,14 +68,45 @@ class Liveness:
         self._housekeeper = gevent.spawn(self._housekeep)
         self._housekeeper.link_exception(lambda g: logger.error("redis housekeeping crashed",
                                                                 exc_info=g.exc_info))
+        self._watchdog = gevent.spawn(self._watch)
+        self._watchdog.link_exception(lambda g: logger.error("redis lease watchdog crashed",
+                                                             exc_info=g.exc_info))
 
     def stop(self):
-        if self._housekeeper is not None:
-            self._housekeeper.kill(block=False)
+        for greenlet in (self._housekeeper, self._watchdog):
+            if greenlet is not None:
+                greenlet.kill(block=False)
+
+    # -- fencing ----------------------------------------------------------------------------
+    def lease_held(self):
+        """The node's leases still hold: its last heartbeat that got through was sent less than a
+        lease ago. Checked before every batch an owner publishes (``cluster.room``)."""
+        renewed = self.renewed_at
+        return renewed is not None and self._monotonic() - renewed < self.link.lease
+
+    def _watch(self):
+        """Once a lease has passed without a heartbeat getting through (Redis unreachable, or
+        this process was stopped), pause every owned room's source until Redis confirms it."""
+        while True:
+            renewed = self.renewed_at
+            left = (renewed + self.link.lease - self._monotonic()) if renewed is not None else self.interval
+            if left <= 0 and renewed is not None and not self.lapsed:
+                self._lapse()
+            gevent.sleep(min(0.25, max(0.02, left)) if left > 0 else 0.25)
+
+    def _lapse(self):
+        self.lapsed = True
+        owned = [r for r in self.model.rooms() if r.source is not None]
+        for room in owned:
+            room.lease_lapsed()
+        if owned:
+            logger.warning("node %s: leases not renewed for %.1fs; %d source(s) paused until Redis "
+                           "confirms their rooms", self.link.node, self.link.lease, len(owned))
 
     def _housekeep(self):
         while True:
             gevent.sleep(self.interval)
+            self.link.check_primary()
             try:
                 self.link.ask(self.beat)
             except RelayUnavailable:
@@ -110,8 +147,11 @@ class Liveness:
             for r in rooms:
                 if r.subscribers:
                     pipe.hset(r.redis_keys[2], node_id, len(r.subscribers))
+        sent = self._monotonic()
         answers = pipe.execute()
+        self.renewed_at = sent
         self._apply(answers, owned, len(watched), paused)
+        self._renewed(owned)
         for r in model.rooms():
             r.flow.renew()                           # a mirror's report, renewed while it lags
         if recovering:
@@ -133,6 +173,18 @@ class Liveness:
         for r, counts in zip(owned, answers[base:base + len(owned)]):
             r.flow.remote_nodes = frozenset(text(n) for n, c in counts.items()
                                             if int(c) > 0 and text(n) != node_id)
+
+    def _renewed(self, owned):
+        """A heartbeat got through: rooms that held their source's messages while the leases had
+        lapsed, and are still ours (their REFRESH held; the others were fenced in :meth:`_apply`),
+        publish them and read again."""
+        kept = [r for r in owned if r.source is not None and r.holding]
+        for room in kept:
+            room.lease_renewed()
+        if self.lapsed:
+            self.lapsed = False
+        if kept:
+            logger.warning("node %s: leases renewed; %d source(s) read again", self.link.node, len(kept))
 
     def _recovered(self):
         link, stats = self.link, self.model.stats
@@ -171,7 +223,9 @@ class Liveness:
     def _untaint_waiting(self):
         """A room that had no source before our connection broke, and still has the same epoch and
         no source — or that Redis lost altogether (a restart: a claim since would have re-created
-        it) — published nothing meanwhile: nothing was lost."""
+        it) — published nothing meanwhile: nothing was lost. One that is live again (its owner
+        re-created it while this connection was still down: its event is missed) takes its state
+        from Redis."""
         link = self.link
         rooms = [r for r in self.model.rooms() if r.tainted and r.state is WAITING]
         if not rooms:
@@ -180,13 +234,18 @@ class Liveness:
             link.pubsub.subscribe(r.chan_e).wait(self.model.confirm_timeout)
         pipe = link.redis.pipeline(transaction=False)
         for r in rooms:
-            pipe.hmget(r.redis_keys[1], "epoch", "state")
+            pipe.hgetall(r.redis_keys[1])
         try:
             answers = link.ask(pipe.execute)
         except RelayUnavailable:
             return
-        for r, (epoch, state) in zip(rooms, answers):
+        for r, fields in zip(rooms, answers):
+            epoch, state = fields.get(b"epoch"), fields.get(b"state")
             gone = epoch is None and state is None
             same = text(state) == WAITING and int(epoch or 0) == r.epoch
             if r.tainted and r.state is WAITING and (gone or same):
                 r.tainted = False
+            elif r.state is WAITING and text(state) == LIVE and r.source is None:
+                # its owner re-created it live before this connection was back: that event
+                # is missed, the hash says it (the next batch still decides the taint)
+                self.model.sync(r, fields)

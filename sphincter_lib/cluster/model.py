@@ -76,7 +76,8 @@ class RedisRoomModel(RoomRegistry):
     #: seconds between checks of a source waiting for other nodes' subscribers
     flow_recheck = 0.25
 
-    def __init__(self, encode, redis_url, node="", prefix="sph", lease=5.0, **kwargs):
+    def __init__(self, encode, redis_url, node="", prefix="sph", lease=5.0, sentinels=(), sentinel_master="",
+                 sentinel_password="", **kwargs):
         try:
             import redis  # noqa: F401  (only whether it is there)
             del redis
@@ -85,7 +86,8 @@ class RedisRoomModel(RoomRegistry):
                               "(pip install -r requirements.txt)")
         if kwargs.get("stats") is None:
             kwargs["stats"] = Stats()
-        link = self.link = NodeLink(redis_url, kwargs["stats"], self._on_push, node, prefix, lease)
+        link = self.link = NodeLink(redis_url, kwargs["stats"], self._on_push, node, prefix, lease,
+                                    sentinels, sentinel_master, sentinel_password)
         # the link's, for the rooms (cluster.room, cluster.mirror, cluster.outbox)
         self.node, self.node_id, self.keys = link.node, link.node_id, link.keys
         self.pipe, self.pubsub, self.lease = link.pipe, link.pubsub, lease
@@ -110,6 +112,10 @@ class RedisRoomModel(RoomRegistry):
     @property
     def redis_state(self):
         return "ok" if self.link.up else "down"
+
+    def lease_held(self):
+        """This node's leases still hold (``cluster.liveness``): an owner may publish."""
+        return self.liveness.lease_held()
 
     # -- start and stop ----------------------------------------------------------------------
     def start(self):

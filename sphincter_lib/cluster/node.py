@@ -18,6 +18,8 @@ from ..errors import RelayUnavailable
 from ..proto import redis_keys
 from .link import Endpoint, Listener, control_client, redis_errors
 from .pipe import Pipe
+from .sentinel import Discovery
+from .sentinel import control_client as sentinel_client
 
 logger = logging.getLogger("sphincter.cluster.node")
 
@@ -47,17 +49,19 @@ class NodeLink:
     ``on_message(channel, data)`` gets every pub/sub message; ``stats.redis_reconnects``
     counts the outages."""
 
-    def __init__(self, redis_url, stats, on_message, node="", prefix="sph", lease=5.0):
+    def __init__(self, redis_url, stats, on_message, node="", prefix="sph", lease=5.0, sentinels=(),
+                 sentinel_master="", sentinel_password=""):
         self.node = node or default_node_name()
         #: this process among the nodes in Redis: its name and a nonce, so that a node restarted
         #: under the same name is not taken for its previous run (its leases, subscriber counts)
         self.node_id = "%s/%s" % (self.node, secrets.token_hex(3))
         self.keys = redis_keys.Keys(prefix)
-        self.endpoint = Endpoint(redis_url)
+        discovery = Discovery(sentinels, sentinel_master, sentinel_password or None) if sentinels else None
+        self.endpoint = Endpoint(redis_url or "redis://", sentinels=discovery)
         self.lease = lease
         self.lease_ms = int(lease * 1000)
         self.stats = stats
-        self.redis = control_client(self.endpoint)
+        self.redis = (sentinel_client if discovery is not None else control_client)(self.endpoint)
         #: the exceptions that mean "Redis cannot be reached now"
         self.errors = redis_errors()
         #: the last heartbeat reached Redis (set by the heartbeat, cleared by a failed call)
@@ -66,6 +70,8 @@ class NodeLink:
         # notices at once) and the control calls say whether Redis is reachable
         self.pipe = Pipe(self.endpoint)
         self.pubsub = Listener(self.endpoint, on_message, on_down=self._link_down)
+        if discovery is not None:
+            discovery.on_switch.append(self._primary_switched)
         self.scripts = {name: self.redis.register_script(getattr(redis_keys, name)) for name in SCRIPTS}
 
     @property
@@ -81,6 +87,23 @@ class NodeLink:
             self.stats.redis_reconnects += 1
             logger.warning("redis unreachable at %s: %s; new sources and subscribers are refused until "
                            "it is back", self.endpoint, exc)
+
+    def check_primary(self):
+        """Behind sentinels, ask them where the primary is (each heartbeat): after a failover that
+        broke no connection (``SENTINEL FAILOVER``: the old primary lives on until the sentinels
+        demote it), every connection moves to the new one within a heartbeat."""
+        discovery = self.endpoint.sentinels
+        if discovery is not None:
+            try:
+                discovery.discover()
+            except OSError as exc:
+                logger.debug("redis: asking the sentinels: %s", exc)
+
+    def _primary_switched(self, address):
+        """The sentinels name another primary: every connection leaves the old one."""
+        for link in (self.pipe, self.pubsub):
+            link.drop_unless(address)
+        self.redis.connection_pool.disconnect()
 
     def _link_down(self, link):
         self.failed("%s connection lost" % link.name)

@@ -18,6 +18,7 @@ import gevent
 from gevent.event import Event
 
 from ..proto import resp
+from ..proto.sentinel import is_readonly
 from .link import Link
 
 logger = logging.getLogger("sphincter.cluster.link")     # one logger for the connections to Redis
@@ -146,6 +147,8 @@ class Pipe(Link):
                     raise OSError("connection closed by Redis")
                 replies = parser.feed(data)
                 for reply in replies:
+                    if is_readonly(reply):        # a demoted primary: this and what follows are
+                        raise OSError("redis is a replica now (READONLY)")   # sent again
                     data_, callback, _ = inflight.popleft()
                     self.sent += 1
                     if isinstance(reply, resp.Error):

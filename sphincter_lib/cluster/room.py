@@ -76,6 +76,9 @@ class RedisRoom(Room):
         self._batch = []
         self._batch_epoch = 0
         self._batch_scheduled = False
+        #: messages read while the node's lease was not renewed (fencing): published once Redis
+        #: confirms the room is still ours, dropped if another node took it (None: not holding)
+        self._held = None
 
     # -- the feed's state, as the model reads it -----------------------------------------
     @property
@@ -134,6 +137,11 @@ class RedisRoom(Room):
     def publish(self, payload, text):
         if self.state is not LIVE:
             return
+        if self._held is not None or (not self._batch and not self.model.lease_held()):
+            self.lease_lapsed()
+            if self._held is not None:
+                self._held.append((payload, text))  # the reader waits after this read
+            return
         self.count_in(payload)
         frame = self.encode_frame(payload, text)
         if not self._batch:
@@ -157,6 +165,28 @@ class RedisRoom(Room):
             return                            # replaced meanwhile: the new owner's batches count
         epoch, seq = self.feed.next_batch()
         self.model.publish_batch(self, redis_keys.encode_batch(epoch, seq, self.head_pos, frames))
+
+    # -- fencing: the node's lease (cluster.liveness) ---------------------------------------
+    @property
+    def holding(self):
+        """Its source's messages are held: the node's lease lapsed (see :meth:`lease_lapsed`)."""
+        return self._held is not None
+
+    def lease_lapsed(self):
+        """The node has not renewed its lease for a lease: another node may hold the room by now.
+        Its source is not read (TCP backpressure) and nothing is published, here or through
+        Redis, until :meth:`lease_renewed` or :meth:`fenced`."""
+        if self._held is None and self.source is not None:
+            self._held = []
+            self.pause_source()
+
+    def lease_renewed(self):
+        """Redis confirmed the room is still ours: what was read meanwhile goes out, in order,
+        and the source is read again."""
+        held, self._held = self._held, None
+        for payload, text in held or ():
+            self.publish(payload, text)
+        self.resume_source()
 
     # -- mirroring (the source is on another node): see cluster.mirror --------------------
     @property
@@ -221,6 +251,8 @@ class RedisRoom(Room):
 
     # -- flow control across nodes: see cluster.flow ------------------------------------
     def source_must_wait(self):
+        if self._held is not None:
+            return True                       # fenced until Redis confirms the lease
         wait = self.flow.must_wait()
         return Room.source_must_wait(self) if wait is None else wait
 
@@ -322,16 +354,24 @@ class RedisRoom(Room):
             return
         self.source = None
         self._batch = []
+        if self._held:
+            logger.warning("room %s: dropped %d message(s) its source sent while this node's lease "
+                           "had lapsed", self.code, len(self._held))
+        self._held = None
         self.takeovers += 1
         self.stats.takeovers += 1
         self.events.source_detached(self, old)
+        old.hang_up(why)                      # before its reader wakes, reads on and hangs up
         self.resume_source()
-        old.hang_up(why)
         self.outbox.wake()
 
     def source_left(self, source):
         if source is not self.source:
             return
+        if self._held:                        # the room may be another node's by now
+            logger.warning("room %s: its source left while this node's lease had lapsed; %d message(s) "
+                           "it sent meanwhile dropped", self.code, len(self._held))
+        self._held = None
         self.send_batch()                     # what it sent goes out before the room moves on
         self.model.leave(self)
         Room.source_left(self, source)

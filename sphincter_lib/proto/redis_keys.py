@@ -179,25 +179,28 @@ end
 return 0
 """
 
-#: the owner renews its lease, or re-creates what Redis lost (a restart). ARGV: chan node epoch
-#: lease_ms grace_ms key named peer resume_hash write opened_at messages bytes last("E:S")
-#: → 1 held, 0 someone else holds the room (hang up the source)
+#: the owner renews its lease, or re-creates what Redis lost (a restart; a failover to a replica
+#: that missed the last writes: a lease of an older epoch there is stale, ours fenced it), or takes
+#: its room back live after its lease lapsed (the node was cut off or stopped) and the room went
+#: waiting: the same epoch means no other source attached meanwhile (each attach increments it).
+#: ARGV: chan node epoch lease_ms grace_ms key named peer resume_hash write opened_at messages
+#: bytes last("E:S") → 1 held, 0 someone else holds the room (hang up the source)
 REFRESH = _HELPERS + """
 local mine = ARGV[2] .. ' ' .. ARGV[3]
 local v = redis.call('GET', KEYS[1])
 local lease = tonumber(ARGV[4])
 if v == mine then
   redis.call('PEXPIRE', KEYS[1], lease)
-elseif not v then
+elseif not v or (tonumber(string.match(v, ' (%d+)$')) or 0) < tonumber(ARGV[3]) then
   local h = redis.call('HMGET', KEYS[2], 'epoch', 'state')
-  if h[1] and (tonumber(h[1]) > tonumber(ARGV[3]) or (tonumber(h[1]) == tonumber(ARGV[3])
-                                                      and h[2] ~= 'live')) then
+  if h[1] and tonumber(h[1]) > tonumber(ARGV[3]) then
     return 0
   end
   redis.call('SET', KEYS[1], mine, 'PX', lease)
   redis.call('HSET', KEYS[2], 'epoch', ARGV[3], 'state', 'live', 'named', ARGV[7], 'owner', ARGV[2],
              'peer', ARGV[8], 'resume', ARGV[9], 'write', ARGV[10], 'opened_at', ARGV[11], 'code', ARGV[6])
   redis.call('HSETNX', KEYS[2], 'outbytes', 0)
+  redis.call('HDEL', KEYS[2], 'until')
   redis.call('PUBLISH', ARGV[1], 'live ' .. ARGV[3] .. ' ' .. ARGV[2] .. ' ' .. ARGV[14])
 else
   return 0

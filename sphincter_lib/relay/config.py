@@ -41,6 +41,23 @@ def _hide_password(url):
     return re.sub(r"(://[^:@/]*:)[^@/]*@", r"\1***@", url)
 
 
+def sentinels(text):
+    """``HOST:PORT[,HOST:PORT...]`` (Redis Sentinel; PORT defaults to 26379); empty: none."""
+    from ..proto.sentinel import parse_sentinels
+    try:
+        return parse_sentinels(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+
+
+def password(text):
+    """Any text on one line (a password); empty: none."""
+    text = str(text)
+    if "\n" in text or "\r" in text:
+        raise argparse.ArgumentTypeError("invalid password (one line)")
+    return text
+
+
 _NAME = re.compile(r"^[A-Za-z0-9._-]{0,64}$")
 
 
@@ -274,6 +291,14 @@ OPTIONS = (
     Option("redis-prefix", "sph", node_name,
            "prefix of every Redis key and channel (relays sharing one Redis need different ones)",
            "PREFIX"),
+    Option("redis-sentinels", "", sentinels,
+           "find the Redis primary through these Redis Sentinels (HOST:PORT[,HOST:PORT...]) and follow "
+           "its failovers; --redis-url then gives only the scheme, credentials and DB (its host is not "
+           "used); needs --redis-sentinel-master", "HOST:PORT,..."),
+    Option("redis-sentinel-master", "", node_name,
+           "the name the sentinels monitor the primary under (their 'sentinel monitor NAME ...')", "NAME"),
+    Option("redis-sentinel-password", "", password,
+           "password of the sentinels (their 'requirepass'); empty: they require none", "PASSWORD"),
     Option("redis-lease", "5", positive_seconds,
            "seconds a node's rooms outlive it in Redis: a killed node's rooms end (or wait for their "
            "source, with --room-grace) on the other nodes within this plus a third of it", "SECONDS"),
@@ -363,6 +388,10 @@ def check(s):
             raise ConfigError("argument --rooms-file: %s" % exc)
     if not s.redis_prefix:
         raise ConfigError("argument --redis-prefix: must not be empty")
+    if bool(s.redis_sentinels) != bool(s.redis_sentinel_master):
+        raise ConfigError("argument --%s: needs --%s too" % (
+            ("redis-sentinels", "redis-sentinel-master") if s.redis_sentinels
+            else ("redis-sentinel-master", "redis-sentinels")))
     if s.source_high_water and s.source_high_water >= s.subscriber_buffer_bytes:
         raise ConfigError(
             "argument --source-high-water: must be below --subscriber-buffer-bytes (%d >= %d)"

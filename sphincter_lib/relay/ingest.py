@@ -41,6 +41,7 @@ class TcpSource(Source):
         Source.__init__(self, peer)
         self.sock = sock
         self.write_timeout = write_timeout
+        self._hanging = None                 # the greenlet writing its ERROR line (hang_up)
 
     def send(self, data):
         """Write ``data`` within ``write_timeout`` seconds; False if it could not be written."""
@@ -54,7 +55,14 @@ class TcpSource(Source):
 
     def hang_up(self, reason):
         """In a greenlet of its own: ``ERROR <reason>``, then end the connection (wakes its reader)."""
-        gevent.spawn(self._hang_up, b"ERROR %s\n" % reason.encode()).link_exception(_crashed)
+        self._hanging = gevent.spawn(self._hang_up, b"ERROR %s\n" % reason.encode())
+        self._hanging.link_exception(_crashed)
+
+    def hung_up(self):
+        """Wait (at most ``write_timeout``) until the ERROR line of :meth:`hang_up` is written: its
+        reader, woken in the same loop turn, must not close the socket first."""
+        if self._hanging is not None:
+            self._hanging.join(self.write_timeout)
 
     def _hang_up(self, line):
         self.send(line)
@@ -267,6 +275,7 @@ class SourceHandler:
                 sock.settimeout(self.idle_timeout)
             if not self._pump(sock, room, source, greeting.rest):
                 end = "replaced by a newer source"
+                source.hung_up()
         except socket.timeout:
             end = "idle for %ss" % self.idle_timeout
             source.send(b"ERROR idle timeout\n")

@@ -97,11 +97,13 @@ class Relay:
         self._signal_handlers = []
         self.stats = stats if stats is not None else Stats()
         model, extra = RoomRegistry, {}
-        if settings.redis_url:
+        if settings.redis_url or settings.redis_sentinels:
             from ..cluster.model import RedisRoomModel
             model = RedisRoomModel
             extra = dict(redis_url=settings.redis_url, node=settings.node_name,
-                         prefix=settings.redis_prefix, lease=settings.redis_lease)
+                         prefix=settings.redis_prefix, lease=settings.redis_lease,
+                         sentinels=settings.redis_sentinels, sentinel_master=settings.redis_sentinel_master,
+                         sentinel_password=settings.redis_sentinel_password)
         self.registry = model(
             encode=frames.encode_message,
             max_rooms=settings.max_rooms,

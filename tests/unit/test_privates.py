@@ -21,6 +21,9 @@ ALLOWED = {
     # gevent's socket wraps the OS socket as _sock: the event loop's direct, non-blocking
     # send and read need the OS socket itself (no public name in gevent 1.x to 24.x)
     ("relay/wsconn.py", "_sock"),
+    # redis-py's connection classes are extended by overriding _connect (its own SSLConnection
+    # and Sentinel connections do): the one hook that picks the address before each new socket
+    ("cluster/sentinel.py", "_connect"),
 }
 
 

@@ -50,6 +50,11 @@ def test_precedence_cli_over_env_over_file_over_default(tmp_path):
     (["--source-proxy-protocol", "maybe"], {}, "--source-proxy-protocol"),
     ([], {"SPHINCTER_SOURCE_PROXY_PROTOCOL": "2"}, "--source-proxy-protocol"),
     (["--source-proxy-protocol", "on", "--trusted-proxies", ""], {}, "--source-proxy-protocol"),
+    (["--redis-sentinels", "a:0", "--redis-sentinel-master", "m"], {}, "--redis-sentinels"),
+    (["--redis-sentinels", "[::1", "--redis-sentinel-master", "m"], {}, "--redis-sentinels"),
+    (["--redis-sentinels", "a:26379"], {}, "--redis-sentinels: needs --redis-sentinel-master"),
+    ([], {"SPHINCTER_REDIS_SENTINEL_MASTER": "m"}, "--redis-sentinel-master: needs --redis-sentinels"),
+    (["--redis-sentinels", "a", "--redis-sentinel-master", "bad name"], {}, "--redis-sentinel-master"),
 ])
 def test_bad_values_name_the_option(argv, env, needle):
     with pytest.raises(ConfigError) as info:
@@ -181,3 +186,16 @@ def test_source_proxy_protocol_is_not_for_a_tls_source_port(tmp_path):
     message = str(info.value)
     assert message.startswith("argument --source-proxy-protocol: not with --source-tls-cert")
     assert "\n" not in message
+
+
+def test_sentinel_options_from_flags_env_and_file(tmp_path):
+    s = config.parse(["--redis-sentinels", "a:1, b", "--redis-sentinel-master", "mymaster"], env={})
+    assert s.redis_sentinels == (("a", 1), ("b", 26379)) and s.redis_sentinel_master == "mymaster"
+    env = {"SPHINCTER_REDIS_SENTINELS": "[::1]:5", "SPHINCTER_REDIS_SENTINEL_MASTER": "m",
+           "SPHINCTER_REDIS_SENTINEL_PASSWORD": "pw"}
+    s = config.parse([], env=env)
+    assert s.redis_sentinels == (("::1", 5),) and s.redis_sentinel_password == "pw"
+    conf = tmp_path / "s.conf"
+    conf.write_text("redis-sentinels = h:2\nredis-sentinel-master = m\n")
+    assert config.parse(["-c", str(conf)], env={}).redis_sentinels == (("h", 2),)
+    assert config.parse([], env={}).redis_sentinels == ()
