@@ -32,7 +32,7 @@ def main():
         deferred = getattr(room, "_bench_deferred", 0)
         pipe = getattr(getattr(room, "model", None), "pipe", None)
         if deferred < 2 and getattr(room, "owned", False) and (
-                room._batch_scheduled or (pipe is not None and pipe.pending)):
+                room.publisher.scheduled or (pipe is not None and pipe.pending)):
             room._bench_deferred = deferred + 1
             room.call_soon(self.flush)                 # _flush_scheduled stays True meanwhile
             return

@@ -98,7 +98,7 @@ class Liveness:
         self.lapsed = True
         owned = [r for r in self.model.rooms() if r.source is not None]
         for room in owned:
-            room.lease_lapsed()
+            room.publisher.lease_lapsed()
         if owned:
             logger.warning("node %s: leases not renewed for %.1fs; %d source(s) paused until Redis "
                            "confirms their rooms", self.link.node, self.link.lease, len(owned))
@@ -180,7 +180,7 @@ class Liveness:
         publish them and read again."""
         kept = [r for r in owned if r.source is not None and r.holding]
         for room in kept:
-            room.lease_renewed()
+            room.publisher.lease_renewed()
         if self.lapsed:
             self.lapsed = False
         if kept:

@@ -190,7 +190,7 @@ class RedisRoomModel(RoomRegistry):
             return
         key, epoch, offset, unread, node = report
         if room.flow.remote_flow(node, epoch, offset, self._monotonic() + self.lease, unread):
-            room.resume_source()
+            room.pace.resume()
 
     def out_head(self, room):
         """The head of the room's write-back queue (``cluster.outbox``)."""

@@ -7,9 +7,9 @@ holds what it adds, by responsibility:
 
 - when this node holds the room's **source** (it *owns* the room), every
   message is encoded once, appended to the local backlog and queued for Redis;
-  one loop turn's messages go out as one batch (``PUBLISH`` on ``P:m:{K}``,
-  plus ``XADD`` to the replay log in a replay room) carrying ``(epoch, seq)``
-  (here);
+  one loop turn's messages go out as one batch carrying ``(epoch, seq)``, and
+  nothing goes out while the node's lease has lapsed (fencing): its
+  :class:`~sphincter_lib.cluster.publisher.Publisher`;
 - when the source is elsewhere, the room is a **mirror**: while it has local
   subscribers its :class:`~sphincter_lib.cluster.mirror.Mirror` listens to
   ``P:m:{K}`` and the room appends the frames received (already encoded: a node
@@ -36,11 +36,11 @@ import time
 from gevent.event import Event
 
 from ..rooms.room import CLOSED, LIVE, SLOW_CLOSE, SOURCE_CLOSED, WAITING, Room
-from ..proto import redis_keys
 from ..proto.redis_feed import RedisFeed, parse_last
 from .flow import CrossNodeFlow
 from .mirror import Mirror
 from .outbox import RedisOutbox
+from .publisher import Publisher
 
 logger = logging.getLogger("sphincter.cluster.room")
 
@@ -73,12 +73,10 @@ class RedisRoom(Room):
         self.remote_peer = ""            # the source's address when it is on another node
         self.source_id = model.node_id if source is not None else ""
         self.idle_since = monotonic()    # last time it had a local subscriber or was looked up
-        self._batch = []
-        self._batch_epoch = 0
-        self._batch_scheduled = False
-        #: messages read while the node's lease was not renewed (fencing): published once Redis
-        #: confirms the room is still ours, dropped if another node took it (None: not holding)
-        self._held = None
+        #: the owner's side: batches out to Redis, and fencing (cluster.publisher)
+        self.publisher = Publisher(self, self.feed, model)
+        #: a message from the local source (the hot path: bound, no call in between)
+        self.publish = self.publisher.publish
 
     # -- the feed's state, as the model reads it -----------------------------------------
     @property
@@ -126,67 +124,22 @@ class RedisRoom(Room):
     def own(self, source, epoch):
         """``source`` (on this node) feeds the room from ``epoch`` on; returns the source it replaced
         on this node, if any."""
-        self._batch = []
+        self.publisher.reset()
         self.feed.own(epoch, self.feeding)
         self.flow.reset()
         self.source_id = self.model.node_id
         self.remote_peer = ""
         return self.attach(source)
 
-    # -- publishing (owner) ------------------------------------------------------------
-    def publish(self, payload, text):
-        if self.state is not LIVE:
-            return
-        if self._held is not None or (not self._batch and not self.model.lease_held()):
-            self.lease_lapsed()
-            if self._held is not None:
-                self._held.append((payload, text))  # the reader waits after this read
-            return
-        self.count_in(payload)
-        frame = self.encode_frame(payload, text)
-        if not self._batch:
-            # scheduled before the local subscribers' flush: the batch leaves for the other
-            # nodes first (the pipe writes at once), then this node's subscribers are served
-            self._batch_epoch = self.epoch
-            if not self._batch_scheduled:
-                self._batch_scheduled = True
-                self.call_soon(self.send_batch)
-        self._batch.append(frame)
-        if self.subscribers or self.replay:
-            self.append_frame(frame)
-        else:                                  # offsets count frame bytes: other nodes use them
-            self.pass_bytes(len(frame) if frame.__class__ is not tuple else len(frame[0]) + len(frame[1]))
-
-    def send_batch(self):
-        """Hand what the source sent this loop turn to Redis, as one batch (one PUBLISH)."""
-        self._batch_scheduled = False
-        frames, self._batch = self._batch, []
-        if not frames or self._batch_epoch != self.epoch:
-            return                            # replaced meanwhile: the new owner's batches count
-        epoch, seq = self.feed.next_batch()
-        self.model.publish_batch(self, redis_keys.encode_batch(epoch, seq, self.head_pos, frames))
-
-    # -- fencing: the node's lease (cluster.liveness) ---------------------------------------
+    # -- publishing (owner) and fencing: see cluster.publisher ---------------------------
     @property
     def holding(self):
-        """Its source's messages are held: the node's lease lapsed (see :meth:`lease_lapsed`)."""
-        return self._held is not None
+        """Its source's messages are held: the node's lease lapsed (fencing)."""
+        return self.publisher.held is not None
 
-    def lease_lapsed(self):
-        """The node has not renewed its lease for a lease: another node may hold the room by now.
-        Its source is not read (TCP backpressure) and nothing is published, here or through
-        Redis, until :meth:`lease_renewed` or :meth:`fenced`."""
-        if self._held is None and self.source is not None:
-            self._held = []
-            self.pause_source()
-
-    def lease_renewed(self):
-        """Redis confirmed the room is still ours: what was read meanwhile goes out, in order,
-        and the source is read again."""
-        held, self._held = self._held, None
-        for payload, text in held or ():
-            self.publish(payload, text)
-        self.resume_source()
+    def send_batch(self):
+        """Hand what the source sent this loop turn to Redis, as one batch."""
+        self.publisher.send_batch()
 
     # -- mirroring (the source is on another node): see cluster.mirror --------------------
     @property
@@ -247,11 +200,11 @@ class RedisRoom(Room):
                 self.stats.slow_cutoffs += 1
                 sub.kick(SLOW_CLOSE, "missed messages")
         if self.skip:
-            self.trim_to(self.head_seq)
+            self.backlog.trim_to(self.head_seq)
 
     # -- flow control across nodes: see cluster.flow ------------------------------------
     def source_must_wait(self):
-        if self._held is not None:
+        if self.publisher.held is not None:
             return True                       # fenced until Redis confirms the lease
         wait = self.flow.must_wait()
         return Room.source_must_wait(self) if wait is None else wait
@@ -260,9 +213,9 @@ class RedisRoom(Room):
         if not self.flow.active:
             return Room.wait_for_readers(self)
         while self.source_must_wait():
-            self.pause_source()
-            self.wait_readers(self.model.flow_recheck)
-        self.resume_source()
+            self.pace.pause()
+            self.pace.wait(self.model.flow_recheck)
+        self.pace.resume()
 
     def lead_passed(self):
         self.flow.lead_passed()
@@ -353,26 +306,26 @@ class RedisRoom(Room):
         if old is None:
             return
         self.source = None
-        self._batch = []
-        if self._held:
+        self.publisher.reset()
+        dropped = self.publisher.drop_held()
+        if dropped:
             logger.warning("room %s: dropped %d message(s) its source sent while this node's lease "
-                           "had lapsed", self.code, len(self._held))
-        self._held = None
+                           "had lapsed", self.code, dropped)
         self.takeovers += 1
         self.stats.takeovers += 1
         self.events.source_detached(self, old)
         old.hang_up(why)                      # before its reader wakes, reads on and hangs up
-        self.resume_source()
+        self.pace.resume()
         self.outbox.wake()
 
     def source_left(self, source):
         if source is not self.source:
             return
-        if self._held:                        # the room may be another node's by now
+        dropped = self.publisher.drop_held()  # the room may be another node's by now
+        if dropped:
             logger.warning("room %s: its source left while this node's lease had lapsed; %d message(s) "
-                           "it sent meanwhile dropped", self.code, len(self._held))
-        self._held = None
-        self.send_batch()                     # what it sent goes out before the room moves on
+                           "it sent meanwhile dropped", self.code, dropped)
+        self.publisher.send_batch()           # what it sent goes out before the room moves on
         self.model.leave(self)
         Room.source_left(self, source)
         if self.state is WAITING:

@@ -343,20 +343,6 @@ class Room:
         backlog.forget()
         self.pace.lead_pos = backlog.head_pos
 
-    def trim_to(self, seq):
-        """Drop frames before ``seq`` (but keep the replay window)."""
-        self.backlog.trim_to(seq)
-
-    def pause_source(self):
-        self.pace.pause()
-
-    def resume_source(self):
-        self.pace.resume()
-
-    def wait_readers(self, timeout):
-        """Block until the source may read again (or ``timeout``)."""
-        self.pace.wait(timeout)
-
     def announce_presence(self):
         """The room's presence may have changed: wake whoever waits on it."""
         event, self._presence = self._presence, Event()

@@ -189,7 +189,7 @@ def test_paused_source_resumes_at_low_water_and_is_counted():
     for _ in range(4):
         room.publish(b"x" * 40, True)              # 160 behind
     assert room.source_must_wait()
-    room.pause_source()                            # as wait_for_readers does before blocking
+    room.pace.pause()                            # as wait_for_readers does before blocking
     assert not room.pace.wait(0)
     clock[0] += 2.5
     sub.take(40)
