@@ -362,7 +362,11 @@ def main(argv=None, env=None):
         print("sphincter connect: error: %s" % exc, file=sys.stderr)
         return 2
     setup_logging(opts.log_level, opts.log_format)
-    bridge = Bridge(opts, make_local(opts.spec, opts))
+    if opts.sessions:
+        from .sessions import SessionAgent
+        bridge = SessionAgent(opts)
+    else:
+        bridge = Bridge(opts, make_local(opts.spec, opts))
     try:
         for sig in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(sig, bridge.stop, 0)
