@@ -23,6 +23,7 @@ import gevent.lock
 from ..errors import SphincterError
 from ..proto import sessionwire
 from ..tcp import keepalive
+from .backoff import Backoff
 from .local import Fatal
 
 logger = logging.getLogger("sphincter.agent.sessions")
@@ -56,7 +57,6 @@ class SessionAgent:
     read_size = 256 * 1024
 
     def __init__(self, opts, out=None, backoff=None):
-        from .connect import Backoff
         self.opts = opts
         self.out = out or sys.stdout
         self.backoff = backoff or Backoff(opts.retry_min, opts.retry_max)

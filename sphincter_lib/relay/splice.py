@@ -151,9 +151,9 @@ def _cut(sock):
         pass
 
 
-def session_log(room, sid, peer, splice, started, how):
+def session_log(sroom, sid, peer, splice, started, how):
     """The one INFO line of a session."""
     logger.info("session %s.%s of %s ended: %s; bytes to client=%d from client=%d duration=%.3fs",
-                room.code, sid[:6], peer, how,
+                sroom.code, sid[:6], peer, how,
                 splice.to_client if splice else 0, splice.from_client if splice else 0,
                 time.monotonic() - started)

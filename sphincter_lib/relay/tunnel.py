@@ -9,7 +9,7 @@
   the control link, then wait for the agent's data link (or its ``REFUSED`` line, or the
   timeout). The splice itself is :mod:`.splice`.
 
-Close codes: 4429 (too many sessions in the room, or opens from the client's address), 4503
+Close codes: 4429 (too many sessions in the sroom, or opens from the client's address), 4503
 (relay-wide cap), 4502 (refused by the agent, or no agent), 4504 (no answer in time).
 """
 
@@ -60,17 +60,17 @@ class TunnelHub:
         self.stats = stats
         self.open_timeout = open_timeout
         self.opens = RateLimiter(open_rate, open_burst)
-        self._pending = {}           # sid -> (room, AsyncResult)
+        self._pending = {}           # sid -> (sroom, AsyncResult)
 
     # -- the TCP side --------------------------------------------------------------------
     def serve_control(self, sock, source, who):
         """A control link, until it ends. ``source`` writes to it (``ingest.TcpSource``)."""
-        room = self.rooms.open(source)
+        sroom = self.rooms.open(source)
         keepalive(sock, idle=60, interval=10, probes=6)
-        logger.info("session room %s opened by %s", room.code, who)
+        logger.info("session room %s opened by %s", sroom.code, who)
         end = "agent closed"
         try:
-            source.send(b"ROOM %s\nWRITE %s\n%s\n" % (room.code.encode(), room.write_key.encode(),
+            source.send(b"ROOM %s\nWRITE %s\n%s\n" % (sroom.code.encode(), sroom.write_key.encode(),
                                                     sessionwire.SESSIONS))
             reader = sessionwire.LineReader(self.max_line)
             while True:
@@ -78,7 +78,7 @@ class TunnelHub:
                 if not data:
                     break
                 for n, line in enumerate(reader.feed(data)):
-                    self._control_line(room, line)
+                    self._control_line(sroom, line)
                     if n % self.yield_lines == self.yield_lines - 1:
                         gevent.sleep(0)
                 gevent.sleep(0)
@@ -88,21 +88,21 @@ class TunnelHub:
         except OSError as exc:
             end = "agent broke (%s)" % (exc.strerror or exc)
         finally:
-            self.rooms.close(room)
+            self.rooms.close(sroom)
             for sid, (r, result) in list(self._pending.items()):
-                if r is room and not result.ready():
+                if r is sroom and not result.ready():
                     result.set(("refused", "agent gone"))
             logger.info("session room %s closed: %s; peer=%s sessions_opened=%d sessions_open=%d",
-                        room.code, end, room.peer, room.opened, len(room.sessions))
+                        sroom.code, end, sroom.peer, sroom.opened, len(sroom.sessions))
 
-    def _control_line(self, room, line):
+    def _control_line(self, sroom, line):
         event = sessionwire.parse_agent_line(line)
         if event[0] == "refused":
             pending = self._pending.get(event[1])
-            if pending is not None and pending[0] is room and not pending[1].ready():
+            if pending is not None and pending[0] is sroom and not pending[1].ready():
                 pending[1].set(("refused", event[2]))
         elif event[0] == "unknown":
-            logger.debug("session room %s: unexpected line from the agent: %r", room.code, event[1][:80])
+            logger.debug("session room %s: unexpected line from the agent: %r", sroom.code, event[1][:80])
 
     def serve_data(self, sock, who, sid, rest):
         """A data link: hand it to its session's client and hold it until the session ends."""
@@ -115,55 +115,55 @@ class TunnelHub:
         link.done.wait()
 
     # -- the web side ----------------------------------------------------------------------
-    def open(self, room, ip):
-        """A session of ``room`` for a client at ``ip``: returns ``(sid, DataLink)`` once the
+    def open(self, sroom, ip):
+        """A session of ``sroom`` for a client at ``ip``: returns ``(sid, DataLink)`` once the
         agent's data link is there; raises :class:`Refused`. The caller must :meth:`end` it."""
         if not self.opens.allow(ip):
             raise Refused(CloseCode.ROOM_FULL, "too many session opens", "rate_limited")
-        refusal = self.rooms.refusal(room)
+        refusal = self.rooms.refusal(sroom)
         if refusal is not None:
             code = CloseCode.ROOM_FULL if refusal[0] == PER_ROOM else CloseCode.RELAY_FULL
             raise Refused(code, refusal[1], "room_full" if refusal[0] == PER_ROOM else "relay_full")
         sid = secrets.token_urlsafe(16)
         result = AsyncResult()
-        self._pending[sid] = (room, result)
-        self.rooms.add(room, sid, result)
+        self._pending[sid] = (sroom, result)
+        self.rooms.add(sroom, sid, result)
         try:
-            if room.closed or not room.source.send(sessionwire.open_line(sid)):
+            if sroom.closed or not sroom.source.send(sessionwire.open_line(sid)):
                 raise Refused(CloseCode.SERVICE_UNREACHABLE, "agent unreachable", "no_agent")
             answer = result.get(timeout=self.open_timeout)
         except gevent.Timeout:
             answer = None
         except Refused:
-            self.end(room, sid)
+            self.end(sroom, sid)
             raise
         finally:
             self._pending.pop(sid, None)
         if answer is None:
-            self.end(room, sid)
+            self.end(sroom, sid)
             raise Refused(CloseCode.AGENT_TIMEOUT, "agent did not answer", "timeout")
         if answer[0] == "refused":
-            self.end(room, sid)
+            self.end(sroom, sid)
             raise Refused(CloseCode.SERVICE_UNREACHABLE, answer[1], "refused")
         return sid, answer[1]
 
-    def end(self, room, sid, link=None):
-        self.rooms.remove(room, sid)
+    def end(self, sroom, sid, link=None):
+        self.rooms.remove(sroom, sid)
         if link is not None:
             link.release()
 
 
-def serve_client(hub, room, conn, peer, ip, settings, refuse):
-    """A WebSocket client of session room ``room``, after its key was checked: open its session,
+def serve_client(hub, sroom, conn, peer, ip, settings, refuse):
+    """A WebSocket client of session room ``sroom``, after its key was checked: open its session,
     splice it, log one line. ``refuse(code, reason, key)`` closes a client that gets no session."""
     from .splice import Splice, session_log
     import time
     started = time.monotonic()
     try:
-        sid, link = hub.open(room, ip)
+        sid, link = hub.open(sroom, ip)
     except Refused as exc:
         hub.stats.sessions_ended[exc.outcome] += 1
-        logger.info("session of room %s for %s refused: %d %s", room.code, peer, exc.code, exc.reason)
+        logger.info("session of room %s for %s refused: %d %s", sroom.code, peer, exc.code, exc.reason)
         refuse(conn, peer, exc.code, exc.reason, "session_" + exc.outcome)
         return
     hub.stats.sessions_opened += 1
@@ -173,13 +173,13 @@ def serve_client(hub, room, conn, peer, ip, settings, refuse):
     try:
         how = splice.run()
     finally:
-        hub.end(room, sid, link)
-        room.bytes_to_clients += splice.to_client
-        room.bytes_from_clients += splice.from_client
+        hub.end(sroom, sid, link)
+        sroom.bytes_to_clients += splice.to_client
+        sroom.bytes_from_clients += splice.from_client
         hub.stats.session_bytes_to_clients += splice.to_client
         hub.stats.session_bytes_from_clients += splice.from_client
         outcome = how.split(" (")[0].replace(" ", "_")
         hub.stats.sessions_ended[outcome] += 1
         if splice.ws.close_sent and splice.ws.close_code is not None:
             hub.stats.close_codes[splice.ws.close_code] += 1
-        session_log(room, sid, peer, splice, started, how)
+        session_log(sroom, sid, peer, splice, started, how)

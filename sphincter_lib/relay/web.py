@@ -41,8 +41,10 @@ class WebApp:
         self.tunnels = None
         self.routes = {"/ws": self.ws, "/healthz": self.healthz}
         self.routes.update(viewer.routes())
-        self.routes.update(metrics.routes(registry, connections=lambda: self.connections))
-        self.routes.update(api.routes(registry, settings.admin_token, client=self.client))
+        self.routes.update(metrics.routes(registry, connections=lambda: self.connections,
+                                          tunnels=lambda: self.tunnels))
+        self.routes.update(api.routes(registry, settings.admin_token, client=self.client,
+                                      tunnels=lambda: self.tunnels))
         self.routes.update(presence.routes(registry, self.precheck, self._unknown_room,
                                            settings.max_presence_waits))
         self.origins = OriginPolicy(settings.allowed_origins)
@@ -189,13 +191,13 @@ class WebApp:
         logger.debug("subscriber %s joined room %s%s", peer, sub.room.code, " as a writer" if key else "")
         return Session(self, conn, sub, peer, writer=bool(key))
 
-    def _session_client(self, environ, conn, ip, peer, room, query):
+    def _session_client(self, environ, conn, ip, peer, sroom, query):
         """A client of a session room: its key, then its own session (``tunnel.py``)."""
         key = (query.get("key") or [""])[0]
-        if not hmac.compare_digest(key.encode("utf-8"), room.write_key.encode()):
+        if not hmac.compare_digest(key.encode("utf-8"), sroom.write_key.encode()):
             return self._refuse(conn, peer, CloseCode.FORBIDDEN, "wrong key" if key else "key required",
                                 "session_key")
-        return _TunnelClient(self, conn, room, peer, ip)
+        return _TunnelClient(self.tunnels, self.settings, self._refuse, conn, sroom, peer, ip)
 
     def _run(self, session, slot=None):
         try:
@@ -219,14 +221,14 @@ class WebApp:
 class _TunnelClient:
     """A session room's client, run like a subscriber's session (``WebApp._run``)."""
 
-    def __init__(self, app, conn, room, peer, ip):
-        self.app, self.conn, self.room, self.peer, self.ip = app, conn, room, peer, ip
+    def __init__(self, hub, settings, refuse, conn, sroom, peer, ip):
+        self.hub, self.settings, self.refuse = hub, settings, refuse
+        self.conn, self.sroom, self.peer, self.ip = conn, sroom, peer, ip
 
     def run(self):
-        app = self.app
         try:
-            tunnel.serve_client(app.tunnels, self.room, self.conn, self.peer, self.ip, app.settings,
-                                app._refuse)
+            tunnel.serve_client(self.hub, self.sroom, self.conn, self.peer, self.ip, self.settings,
+                                self.refuse)
         finally:
             self.conn.close()
 
