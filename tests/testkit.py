@@ -52,6 +52,7 @@ PROGRAMS = {
     "runc": "runc",
     "sh": "dash",
     "ss": "iproute2",
+    "scp": "openssh-client",
     "ssh": "openssh-client",
     "ssh-keygen": "openssh-client",
     "sshd": "openssh-server",

@@ -255,3 +255,38 @@ def test_hundred_sessions_each_its_own_greeting_and_bytes(tunnel):
     assert not slow_sender.ready()                 # still held back by its own service connection
     slow_sender.kill()
     slow.sock.close()
+
+
+def test_per_address_session_opens_are_limited(relays, tmp_path):
+    relay = relays("--sessions", "on", "--session-open-rate", "0.01", "--session-open-burst", "2")
+    service = GreetingEcho()
+    agent = Agent(tmp_path, relay, service.port)
+    try:
+        code, key = agent.banner()
+        a, b = client(relay, code, key), client(relay, code, key)
+        read_exactly(a, 8), read_exactly(b, 8)
+        assert close_code(client(relay, code, key)) == (4429, "too many session opens")
+        a.close()
+        b.close()
+    finally:
+        agent.stop()
+        service.stop()
+
+
+def test_metrics_and_api_show_sessions(tunnel):
+    import json
+    import urllib.request
+    relay, service, agent, code, key = tunnel("--admin-token", "a" * 20)
+    ws = client(relay, code, key)
+    read_exactly(ws, 8)
+    base = "http://%s:%d" % relay.ws
+    req = urllib.request.Request(base + "/api/rooms", headers={"Authorization": "Bearer " + "a" * 20})
+    rooms = json.loads(urllib.request.urlopen(req, timeout=unit(10)).read())["rooms"]
+    mine = [r for r in rooms if r["code"] == code]
+    assert mine and mine[0]["kind"] == "sessions" and mine[0]["sessions"] == 1, rooms
+    text = urllib.request.urlopen(base + "/metrics", timeout=unit(10)).read().decode()
+    assert "sphincter_sessions_open 1.0" in text and "sphincter_session_rooms 1.0" in text
+    ws.close()
+    wait_for(lambda: 'sphincter_sessions_ended_total{outcome="client_closed"} 1.0' in
+             urllib.request.urlopen(base + "/metrics", timeout=unit(10)).read().decode(),
+             timeout=unit(10), what="the ended session in /metrics")
