@@ -130,6 +130,10 @@ def close_code(ws):
     while True:
         frame = ws.recv_frame()
         if frame.opcode == websocket.ABNF.OPCODE_CLOSE:
+            try:
+                ws.send_close(int.from_bytes(frame.data[:2], "big"))     # the closing handshake
+            except (OSError, websocket.WebSocketException):
+                pass
             return int.from_bytes(frame.data[:2], "big"), frame.data[2:].decode()
 
 
