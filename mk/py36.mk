@@ -26,7 +26,9 @@ PY36_TESTS ?= tests/relay/test_relay.py tests/process/test_cli.py \
               tests/unit/proto/test_obsws.py tests/unit/proto/test_resp.py \
               tests/relay/test_redis_mode.py tests/relay/test_cluster.py \
               tests/unit/proto/test_proxyproto.py tests/relay/test_proxy_protocol.py \
-              tests/process/test_pipe.py tests/unit/proto/test_httpconnect.py
+              tests/process/test_pipe.py tests/unit/proto/test_httpconnect.py \
+              tests/process/test_sessions.py tests/process/test_sessions_ssh.py \
+              tests/unit/proto/test_sessionwire.py tests/unit/rooms/test_session_rooms.py
 
 .PHONY: test-py36
 test: test-py36
