@@ -17,8 +17,9 @@ case-insensitive and unique. TOKEN: the secret a source presents with
 ``write=KEY``          writers (``/ws?room=NAME&key=KEY``) reach the source; KEY: 16+ URL-safe
                        characters (``A-Z a-z 0-9 _ -``); default: a key made at start-up with
                        ``--write-back on``, no writers otherwise
-``sessions=on|off``    a session room (``connect --sessions``: one TCP connection to the agent's
-                       service per client); default: ``--sessions``
+``sessions=on|off``    ``on``: a session room (``connect --sessions --token TOKEN``: one TCP
+                       connection to the agent's service per client, even with ``--sessions off``);
+                       default ``off``: a broadcast room
 
 A bad line raises :class:`~sphincter_lib.errors.ConfigError` naming the file
 and line number.
@@ -50,7 +51,7 @@ class RoomSpec:
         self.max_subscribers = max_subscribers  # None: --max-subscribers-per-room
         self.slow_policy = slow_policy          # None: --slow-policy
         self.write = write                      # the write key, or None
-        self.sessions = sessions                # True/False, None: the relay's --sessions
+        self.sessions = sessions                # True: a session room (None, False: broadcast)
         self.line = line
 
     def __eq__(self, other):

@@ -378,9 +378,12 @@ def check(s):
     if s.rooms_file:
         from ..proto.roomsfile import load
         try:
-            load(s.rooms_file)
+            specs = load(s.rooms_file)
         except ConfigError as exc:
             raise ConfigError("argument --rooms-file: %s" % exc)
+        if s.redis_url and any(spec.sessions for spec in specs):
+            raise ConfigError("argument --rooms-file: sessions=on not with --redis-url yet "
+                              "(session rooms are single-node for now)")
     if s.sessions and s.redis_url:
         raise ConfigError("argument --sessions: not with --redis-url yet (session rooms are "
                           "single-node for now)")

@@ -317,14 +317,24 @@ class SourceHandler:
             self.caps.release(slot)
             self.tunnels.serve_data(sock, who, greeting.sid, greeting.rest)
             return True
-        if greeting.token is not None and not (self.tokens and check_auth_line(b"AUTH " + greeting.token,
-                                                                                 self.tokens)):
-            self._refuse(sock, who, "unauthorized")     # (named session rooms: not yet)
-            return False
         source = TcpSource(sock, peer, self.write_timeout)
+        sroom, how = None, "opened"
+        if greeting.token is not None:
+            claimed = self.tunnels.rooms.claim(greeting.token, source)
+            if claimed is not None:
+                (sroom, replaced), how = claimed, "claimed"
+                if replaced is not None:
+                    how += ", replacing %s" % replaced.peer
+                    replaced.hang_up("replaced by a newer source")
+            elif not (self.tokens and check_auth_line(b"AUTH " + greeting.token, self.tokens)):
+                self._refuse(sock, who, "unauthorized")
+                return False
+        if sroom is None and not self.tunnels.ephemeral:
+            self._refuse(sock, who, "sessions are off")
+            return False
         self._live[source] = None
         try:
-            self.tunnels.serve_control(sock, source, who)
+            self.tunnels.serve_control(sock, source, who, sroom, how)
         finally:
             self._live.pop(source, None)
         return False

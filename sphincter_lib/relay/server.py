@@ -130,8 +130,9 @@ class Relay:
                                      proxy_protocol=settings.source_proxy_protocol,
                                      trusted_proxies=settings.trusted_proxies)
         self.app = WebApp(self.registry, settings)
-        if settings.sessions:
-            self.tunnels = _tunnels(self.registry, settings)
+        named = roomsfile.load(settings.rooms_file) if settings.rooms_file else ()
+        if settings.sessions or any(spec.sessions for spec in named):
+            self.tunnels = _tunnels(self.registry, settings, named)
             self.sources.tunnels = self.app.tunnels = self.tunnels
         ws_paths = {"/ws"}
         if settings.test_echo_endpoint:
@@ -144,7 +145,7 @@ class Relay:
                                                 send_buffer=settings.subscriber_send_buffer or None)
         self.tcp_server = None
         self.ws_server = None
-        if not settings.sessions:
+        if self.sources.tunnels is None:
             self.tunnels = None
         self._stop_requested = Event()
         self._stopped = Event()
@@ -260,7 +261,7 @@ class Relay:
         self._stopped.set()
 
 
-def _tunnels(registry, settings):
+def _tunnels(registry, settings, named=()):
     """The session rooms' hub (``--sessions on``); their codes never equal a broadcast room's."""
     from ..rooms.sessions import SessionRooms
     from .tunnel import TunnelHub
@@ -273,8 +274,10 @@ def _tunnels(registry, settings):
             return False
 
     rooms = SessionRooms(settings.max_sessions_per_room, settings.max_sessions, taken=taken)
+    rooms.add_named(named)          # (read at start-up; SIGHUP does not change them yet)
     return TunnelHub(rooms, registry.stats, settings.session_open_timeout,
-                     settings.session_open_rate, settings.session_open_burst)
+                     settings.session_open_rate, settings.session_open_burst,
+                     ephemeral=settings.sessions)
 
 
 def _tls_args(cert, key):

@@ -55,25 +55,29 @@ class TunnelHub:
     #: control lines handled before the control link's reader yields
     yield_lines = 64
 
-    def __init__(self, rooms, stats, open_timeout=10.0, open_rate=2.0, open_burst=20):
+    def __init__(self, rooms, stats, open_timeout=10.0, open_rate=2.0, open_burst=20, ephemeral=True):
         self.rooms = rooms
+        #: False: only named session rooms (``sessions=on`` in the rooms file; ``--sessions off``)
+        self.ephemeral = ephemeral
         self.stats = stats
         self.open_timeout = open_timeout
         self.opens = RateLimiter(open_rate, open_burst)
         self._pending = {}           # sid -> (sroom, AsyncResult)
 
     # -- the TCP side --------------------------------------------------------------------
-    def serve_control(self, sock, source, who):
-        """A control link, until it ends. ``source`` writes to it (``ingest.TcpSource``)."""
-        sroom = self.rooms.open(source)
+    def serve_control(self, sock, source, who, sroom=None, how="opened"):
+        """A control link, until it ends. ``source`` writes to it (``ingest.TcpSource``);
+        ``sroom``: the named session room it claimed (else a room with a new code)."""
+        if sroom is None:
+            sroom = self.rooms.open(source)
         keepalive(sock, idle=60, interval=10, probes=6)
-        logger.info("session room %s opened by %s", sroom.code, who)
+        logger.info("session room %s %s by %s%s", sroom.code, how, who, " (named)" if sroom.named else "")
         end = "agent closed"
         try:
             source.send(b"ROOM %s\nWRITE %s\n%s\n" % (sroom.code.encode(), sroom.write_key.encode(),
-                                                    sessionwire.SESSIONS))
+                                                     sessionwire.SESSIONS))
             reader = sessionwire.LineReader(self.max_line)
-            while True:
+            while sroom.source is source:
                 data = sock.recv(4096)
                 if not data:
                     break
@@ -88,12 +92,15 @@ class TunnelHub:
         except OSError as exc:
             end = "agent broke (%s)" % (exc.strerror or exc)
         finally:
-            self.rooms.close(sroom)
-            for sid, (r, result) in list(self._pending.items()):
-                if r is sroom and not result.ready():
-                    result.set(("refused", "agent gone"))
-            logger.info("session room %s closed: %s; peer=%s sessions_opened=%d sessions_open=%d",
-                        sroom.code, end, sroom.peer, sroom.opened, len(sroom.sessions))
+            if not self.rooms.leave(sroom, source):
+                end = "replaced by a newer agent"
+            else:
+                for sid, (r, result) in list(self._pending.items()):
+                    if r is sroom and not result.ready():
+                        result.set(("refused", "agent gone"))
+            state = "waiting for its agent" if sroom.named else "closed"
+            logger.info("session room %s %s: %s; peer=%s sessions_opened=%d sessions_open=%d",
+                        sroom.code, state, end, source.peer, sroom.opened, len(sroom.sessions))
 
     def _control_line(self, sroom, line):
         event = sessionwire.parse_agent_line(line)
@@ -129,7 +136,8 @@ class TunnelHub:
         self._pending[sid] = (sroom, result)
         self.rooms.add(sroom, sid, result)
         try:
-            if sroom.closed or not sroom.source.send(sessionwire.open_line(sid)):
+            control = sroom.source
+            if control is None or not control.send(sessionwire.open_line(sid)):
                 raise Refused(CloseCode.SERVICE_UNREACHABLE, "agent unreachable", "no_agent")
             answer = result.get(timeout=self.open_timeout)
         except gevent.Timeout:

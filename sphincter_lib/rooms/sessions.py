@@ -7,6 +7,7 @@ they hold, and the limits: ``max_per_room`` sessions in one room and ``max_total
 relay (0: no limit).
 """
 
+import hmac
 import time
 
 from ..errors import RoomNotFound
@@ -22,13 +23,15 @@ class SessionRoom:
     keeps) and totals."""
 
     kind = "sessions"
-    named = False
 
-    def __init__(self, code, write_key, source, opened_at):
+    def __init__(self, code, write_key, source, opened_at, token=None):
         self.code = code
         self.write_key = write_key
-        self.source = source
-        self.peer = source.peer
+        self.source = source                 # None: a named room whose agent is away
+        self.peer = source.peer if source is not None else ""
+        #: a named room's token (bytes); None for a room with a drawn code
+        self.token = token
+        self.named = token is not None
         self.opened_at = opened_at
         self.sessions = {}
         self.pending = {}            # sid -> what waits for the agent's data link
@@ -49,6 +52,35 @@ class SessionRooms:
         self.rooms = {}
         self.total = 0               # sessions open now, every room
 
+    def add_named(self, specs):
+        """The named session rooms of a rooms file (``sessions=on``), from start-up on; their
+        key is the spec's ``write=KEY`` or one drawn now."""
+        for spec in specs:
+            if spec.sessions and spec.key not in self.rooms:
+                self.rooms[spec.key] = SessionRoom(spec.name, spec.write or resume_key(), None,
+                                                   self.clock(), token=spec.token)
+
+    def claim(self, token, source):
+        """The named session room of ``token`` (bytes) now controlled by ``source``:
+        ``(room, replaced source or None)``; None if no named session room has that token."""
+        for room in list(self.rooms.values()):
+            if room.named and hmac.compare_digest(room.token, token):
+                old, room.source, room.peer = room.source, source, source.peer
+                room.closed = False
+                return room, old
+        return None
+
+    def leave(self, room, source):
+        """``source``'s control link ended: a room with a drawn code closes, a named one waits
+        for its agent. False if ``source`` was no longer the room's (replaced)."""
+        if room.source is not source:
+            return False
+        if room.named:
+            room.source, room.closed = None, True
+        else:
+            self.close(room)
+        return True
+
     def __len__(self):
         return len(self.rooms)
 
@@ -65,8 +97,8 @@ class SessionRooms:
         return room
 
     def close(self, room):
-        """The room's control link ended: its code is unknown from now on (sessions in
-        progress go on over their own connections)."""
+        """A room with a drawn code lost its control link: its code is unknown from now on
+        (sessions in progress go on over their own connections)."""
         room.closed = True
         if self.rooms.get(room.code) is room:
             del self.rooms[room.code]

@@ -79,7 +79,6 @@ class Agent:
             room = self.proc.stdout.readline().decode().split()
             key = self.proc.stdout.readline().decode().split()
         assert room[0] == "ROOM" and key[0] == "WRITE", (room, key)
-        assert len(key[1]) >= 22
         return room[1], key[1]
 
     def log(self):
@@ -139,6 +138,7 @@ def close_code(ws):
 
 def test_greeting_bytes_both_ways_and_the_service_closing(tunnel):
     relay, service, agent, code, key = tunnel()
+    assert len(key) >= 22                          # 128 bits, URL-safe
     ws = client(relay, code, key)
     assert read_exactly(ws, 8) == b"HELLO 1\n"
     data = os.urandom(1 << 20)
@@ -294,3 +294,29 @@ def test_metrics_and_api_show_sessions(tunnel):
     wait_for(lambda: 'sphincter_sessions_ended_total{outcome="client_closed"} 1.0' in
              urllib.request.urlopen(base + "/metrics", timeout=unit(10)).read().decode(),
              timeout=unit(10), what="the ended session in /metrics")
+
+
+def test_a_named_session_room_with_its_write_key(relays, tmp_path):
+    rooms = tmp_path / "rooms.txt"
+    rooms.write_text("vnc s3cret-token sessions=on write=0123456789abcdefghij\n"
+                     "feed other-token\n")
+    relay = relays("--rooms-file", str(rooms))      # --sessions off: only the named room tunnels
+    ws = client(relay, "vnc", "0123456789abcdefghij")
+    assert close_code(ws)[0] == 4502                # no agent yet
+    service = GreetingEcho()
+    agent = Agent(tmp_path, relay, service.port, "--token", "s3cret-token")
+    try:
+        assert agent.banner() == ("vnc", "0123456789abcdefghij")
+        ws = client(relay, "VNC", "0123456789abcdefghij")
+        assert read_exactly(ws, 8) == b"HELLO 1\n"
+        ws.send_binary(b"ping")
+        assert read_exactly(ws, 4) == b"ping"
+        ws.close()
+        control = socket.create_connection(relay.tcp)   # an ephemeral session room: refused
+        control.sendall(b"SESSIONS\n")
+        control.settimeout(unit(10))
+        assert control.recv(100) == b"ERROR sessions are off\n"
+        control.close()
+    finally:
+        agent.stop()
+        service.stop()
