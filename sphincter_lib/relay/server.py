@@ -245,6 +245,8 @@ class Relay:
         self.ws_server.close()
         self.registry.close_all(CloseCode.GOING_AWAY, SHUTDOWN_REASON)
         self.sources.shutdown(SHUTDOWN_REASON)
+        if self.tunnels is not None:
+            self.tunnels.close_all(CloseCode.GOING_AWAY, SHUTDOWN_REASON)
         deadline = started + self.settings.shutdown_timeout
         while (self.app.connections or self.sources.active) and time.monotonic() < deadline:
             gevent.sleep(self.drain_poll)

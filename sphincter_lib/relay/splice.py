@@ -42,6 +42,14 @@ class Splice:
         self._writing = gevent.lock.Semaphore()
         self.to_client = self.from_client = 0
         self.how = "?"
+        self._close = (CloseCode.NORMAL, "service closed")
+
+    def stop(self, code, reason):
+        """End the session from outside (shutdown): the client gets what was read, then
+        ``code``; the data link is cut. Must not block."""
+        self._close = (code, reason)
+        self._set_how(reason)
+        _cut(self.sock)
 
     def run(self):
         """Splice until both directions are done; returns how it ended (for the log line)."""
@@ -93,7 +101,7 @@ class Splice:
             self.how = "service closed"
         try:
             with self._writing:
-                self.ws.send_close(CloseCode.NORMAL, "service closed")   # no-op once the client closed
+                self.ws.send_close(*self._close)   # no-op once the client closed
             self._flush()
         except OSError:
             pass

@@ -63,6 +63,7 @@ class TunnelHub:
         self.open_timeout = open_timeout
         self.opens = RateLimiter(open_rate, open_burst)
         self._pending = {}           # sid -> (sroom, AsyncResult)
+        self.splices = set()         # sessions being spliced (for shutdown)
 
     # -- the TCP side --------------------------------------------------------------------
     def serve_control(self, sock, source, who, sroom=None, how="opened"):
@@ -155,6 +156,12 @@ class TunnelHub:
             raise Refused(CloseCode.SERVICE_UNREACHABLE, answer[1], "refused")
         return sid, answer[1]
 
+    def close_all(self, code, reason):
+        """Shutdown: every session's client gets ``code`` (after what was read), its data link
+        is cut; every control link gets ``ERROR <reason>`` (``ingest`` does that)."""
+        for splice in list(self.splices):
+            splice.stop(code, reason)
+
     def end(self, sroom, sid, link=None):
         self.rooms.remove(sroom, sid)
         if link is not None:
@@ -178,9 +185,11 @@ def serve_client(hub, sroom, conn, peer, ip, settings, refuse):
     splice = Splice(conn, link, max_message_bytes=max(1 << 20, settings.max_message_bytes),
                     close_timeout=settings.close_timeout)
     how = "crashed"
+    hub.splices.add(splice)
     try:
         how = splice.run()
     finally:
+        hub.splices.discard(splice)
         hub.end(sroom, sid, link)
         sroom.bytes_to_clients += splice.to_client
         sroom.bytes_from_clients += splice.from_client

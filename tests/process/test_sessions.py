@@ -320,3 +320,12 @@ def test_a_named_session_room_with_its_write_key(relays, tmp_path):
     finally:
         agent.stop()
         service.stop()
+
+
+def test_sigterm_closes_sessions_with_1001(tunnel):
+    relay, service, agent, code, key = tunnel()
+    ws = client(relay, code, key)
+    assert read_exactly(ws, 8) == b"HELLO 1\n"
+    relay.proc.terminate()
+    assert close_code(ws) == (1001, "server shutting down")
+    assert relay.proc.wait(unit(15)) == 0
