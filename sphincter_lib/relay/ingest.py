@@ -282,7 +282,7 @@ class SourceHandler:
                 sock.settimeout(self.idle_timeout)
             rest = greeting.rest
             if self.tunnels is None and not rest:     # (no preamble was read: look at the start)
-                rest = sock.recv(self.read_size)
+                rest = sock.recv(room.read_budget(self.read_size))     # (flow control: as _pump)
                 if rest.startswith(b"SESSION"):
                     end = "refused: sessions are off"
                     source.send(b"ERROR sessions are off\n")
