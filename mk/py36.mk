@@ -28,7 +28,9 @@ PY36_TESTS ?= tests/relay/test_relay.py tests/process/test_cli.py \
               tests/relay/test_redis_mode.py tests/relay/test_cluster.py \
               tests/unit/proto/test_proxyproto.py tests/relay/test_proxy_protocol.py \
               tests/process/test_pipe.py tests/unit/proto/test_httpconnect.py \
-              tests/unit/proto/test_sentinel.py tests/relay/test_failover.py
+              tests/unit/proto/test_sentinel.py tests/relay/test_failover.py \
+              tests/process/test_sessions.py \
+              tests/unit/proto/test_sessionwire.py tests/unit/rooms/test_session_rooms.py
 
 .PHONY: test-py36
 test: test-py36

@@ -40,8 +40,17 @@ class CloseCode(IntEnum):
     TOO_SLOW = 4408
     #: 4410: the room's source closed (after everything queued was delivered)
     SOURCE_CLOSED = 4410
-    #: 4429: the room already has ``--max-subscribers-per-room`` subscribers
+    #: 4429: the room already has ``--max-subscribers-per-room`` subscribers; a session room
+    #: already has ``--max-sessions-per-room`` sessions (``too many sessions``), or the client's
+    #: address opened sessions faster than ``--session-open-rate`` (``too many session opens``)
     ROOM_FULL = 4429
+    #: 4502: a session room's agent could not reach its local service (the reason is the
+    #: agent's, e.g. ``service unreachable: connection refused``), or has no control link
+    SERVICE_UNREACHABLE = 4502
+    #: 4503: the relay already has ``--max-sessions`` sessions open (``too many sessions``)
+    RELAY_FULL = 4503
+    #: 4504: a session room's agent did not open the session within ``--session-open-timeout``
+    AGENT_TIMEOUT = 4504
 
     # Python < 3.11 would print "CloseCode.ROOM_FULL" (log lines, metric labels)
     __str__ = int.__repr__

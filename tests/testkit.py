@@ -53,6 +53,7 @@ PROGRAMS = {
     "redis-sentinel": "redis-sentinel",
     "sh": "dash",
     "ss": "iproute2",
+    "scp": "openssh-client",
     "ssh": "openssh-client",
     "ssh-keygen": "openssh-client",
     "sshd": "openssh-server",

@@ -20,7 +20,6 @@ the two sides, the pumps, ``main``).
 """
 
 import logging
-import random
 import signal
 import ssl
 import sys
@@ -32,6 +31,7 @@ import gevent.event
 from ..errors import SphincterError
 from ..logformat import setup_logging
 from . import wsclient
+from .backoff import Backoff
 from .local import Fatal, make_local
 from .options import parse
 from .relay_link import RelayLink, RelayRefused
@@ -42,23 +42,6 @@ logger = logging.getLogger("sphincter.agent.connect")
 YIELD_EVERY = 1 << 20
 #: a connection that stayed up this long resets its side's backoff
 STABLE_AFTER = 10.0
-
-
-class Backoff:
-    """Capped exponential backoff with jitter: ``next()`` is the next delay in seconds."""
-
-    def __init__(self, minimum=0.5, maximum=30.0, rng=None):
-        self.minimum, self.maximum = minimum, max(minimum, maximum)
-        self.rng = rng or random.Random()
-        self.failures = 0
-
-    def next(self):
-        ceiling = min(self.maximum, self.minimum * (2 ** min(self.failures, 30)))
-        self.failures += 1
-        return ceiling * self.rng.uniform(0.5, 1.0)
-
-    def reset(self):
-        self.failures = 0
 
 
 # --- the bridge --------------------------------------------------------------------
@@ -362,7 +345,11 @@ def main(argv=None, env=None):
         print("sphincter connect: error: %s" % exc, file=sys.stderr)
         return 2
     setup_logging(opts.log_level, opts.log_format)
-    bridge = Bridge(opts, make_local(opts.spec, opts))
+    if opts.sessions:
+        from .sessions import SessionAgent
+        bridge = SessionAgent(opts)
+    else:
+        bridge = Bridge(opts, make_local(opts.spec, opts))
     try:
         for sig in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(sig, bridge.stop, 0)

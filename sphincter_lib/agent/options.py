@@ -127,6 +127,9 @@ OPTIONS = (
          "local service: 'start' (at once, and again whenever it drops) or 'on-write' (when write-"
          "back data arrives, and again after it closed: for tunnels whose client speaks first, as "
          "a room drops what its source sends before anyone joined)", "WHEN"),
+    _opt("sessions", "off", options.boolean, "open a session room (the relay's --sessions on): each "
+         "WebSocket client with the room's key gets its own connection to the --from service "
+         "(tcp:HOST:PORT only), made when its session opens: SSH, VNC, anything TCP", "on|off"),
     _opt("framing", "lines", options.choice("lines", "raw"), "the relay's --framing: with 'lines', "
          "each WebSocket message of a ws:// service becomes one line and write-back lines become "
          "messages; with 'raw', chunks", "MODE"),
@@ -155,7 +158,7 @@ OPTIONS = (
          "error", "LEVEL"),
     _opt("log-format", "text", options.choice("text", "json"), "log line format: text or json", "FORMAT"),
 )
-_FLAGS = ("tls", "obs-allow-requests")     # also accepted bare: --tls means --tls on
+_FLAGS = ("tls", "obs-allow-requests", "sessions")     # also accepted bare: --tls means --tls on
 
 
 def build_parser():
@@ -190,6 +193,8 @@ def parse(argv=None, env=None):
         raise ConfigError("argument --keepalive: only with --framing lines (a newline is data in raw)")
     if ns.local_connect == "on-write" and ns.spec.kind not in ("tcp", "ws"):
         raise ConfigError("argument --local-connect: on-write only with --from tcp:... or ws://...")
+    if ns.sessions and ns.spec.kind != "tcp":
+        raise ConfigError("argument --sessions: only with --from tcp:HOST:PORT")
     if ns.obs_allow_requests and ns.spec.kind != "obs":
         raise ConfigError("argument --obs-allow-requests: only with --from obs://...")
     return ns

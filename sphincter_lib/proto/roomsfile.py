@@ -17,6 +17,9 @@ case-insensitive and unique. TOKEN: the secret a source presents with
 ``write=KEY``          writers (``/ws?room=NAME&key=KEY``) reach the source; KEY: 16+ URL-safe
                        characters (``A-Z a-z 0-9 _ -``); default: a key made at start-up with
                        ``--write-back on``, no writers otherwise
+``sessions=on|off``    ``on``: a session room (``connect --sessions --token TOKEN``: one TCP
+                       connection to the agent's service per client, even with ``--sessions off``);
+                       default ``off``: a broadcast room
 
 A bad line raises :class:`~sphincter_lib.errors.ConfigError` naming the file
 and line number.
@@ -36,10 +39,11 @@ MAX_REPLAY = 100000
 class RoomSpec:
     """One named room as configured: ``name`` (as written), ``key``, ``token`` (bytes), options."""
 
-    __slots__ = ("name", "key", "token", "replay", "max_subscribers", "slow_policy", "write", "line")
+    __slots__ = ("name", "key", "token", "replay", "max_subscribers", "slow_policy", "write", "sessions",
+                 "line")
 
     def __init__(self, name, token, replay=None, max_subscribers=None, slow_policy=None, write=None,
-                 line=0):
+                 line=0, sessions=None):
         self.name = name
         self.key = name.upper()
         self.token = token
@@ -47,6 +51,7 @@ class RoomSpec:
         self.max_subscribers = max_subscribers  # None: --max-subscribers-per-room
         self.slow_policy = slow_policy          # None: --slow-policy
         self.write = write                      # the write key, or None
+        self.sessions = sessions                # True: a session room (None, False: broadcast)
         self.line = line
 
     def __eq__(self, other):
@@ -81,7 +86,14 @@ def _write_key(value):
     return value
 
 
+def _on_off(value):
+    if value not in ("on", "off"):
+        raise ValueError("must be on or off")
+    return value == "on"
+
+
 _OPTIONS = {
+    "sessions": ("sessions", _on_off),
     "replay": ("replay", lambda v: _number(v, 0, MAX_REPLAY)),
     "max-subscribers": ("max_subscribers", lambda v: _number(v, 1, 10 ** 9)),
     "slow-policy": ("slow_policy", _policy),

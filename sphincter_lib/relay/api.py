@@ -11,7 +11,10 @@ A room is ``{"code", "opened_at" (ISO 8601 UTC), "opened_at_unix", "source" (pee
 "subscribers", "peak_subscribers", "messages", "bytes", "backlog_bytes", "slow_cutoffs",
 "skipped_messages", "source_paused" (its reader waits for the fastest subscriber now),
 "source_pauses", "source_paused_seconds", "state" (live, waiting), "named", "source_present",
-"resumes", "takeovers", "replayed_messages"}``.
+"resumes", "takeovers", "replayed_messages"}``. A session room (``--sessions``) is
+``{"code", "kind": "sessions", "opened_at", "opened_at_unix", "source", "sessions" (open now),
+"sessions_opened", "bytes_to_clients", "bytes_from_clients"}``; broadcast rooms have
+``"kind": "broadcast"``.
 """
 
 import hmac
@@ -24,7 +27,7 @@ from ..errors import RelayUnavailable, RoomNotFound, ShuttingDown
 
 logger = logging.getLogger("sphincter.relay.api")
 
-__all__ = ["AdminApi", "routes", "room_info"]
+__all__ = ["AdminApi", "routes", "room_info", "session_room_info"]
 
 PREFIX = "/api/rooms"
 
@@ -32,6 +35,7 @@ PREFIX = "/api/rooms"
 def room_info(room):
     info = {
         "code": room.code,
+        "kind": "broadcast",
         "state": room.state,
         "named": room.named,
         "source_present": room.source is not None,
@@ -61,14 +65,31 @@ def room_info(room):
     return info
 
 
+def session_room_info(sroom):
+    return {
+        "code": sroom.code,
+        "kind": "sessions",
+        "opened_at": datetime.fromtimestamp(sroom.opened_at, timezone.utc).isoformat(
+            timespec="seconds").replace("+00:00", "Z"),
+        "opened_at_unix": round(sroom.opened_at, 3),
+        "source": sroom.peer,
+        "sessions": len(sroom.sessions),
+        "sessions_opened": sroom.opened,
+        "bytes_to_clients": sroom.bytes_to_clients,
+        "bytes_from_clients": sroom.bytes_from_clients,
+    }
+
+
 class AdminApi:
     """The two routes, guarded by ``token`` (str; empty or None: the API is off).
 
     ``client(environ)`` is the client's address (see ``addresses.client_address``; None when a
     trusted proxy did not say); the default believes no proxy."""
 
-    def __init__(self, registry, token, client=None):
+    def __init__(self, registry, token, client=None, tunnels=None):
         self.registry = registry
+        #: a callable returning the session rooms' hub (None with --sessions off)
+        self.tunnels = tunnels or (lambda: None)
         self.stats = registry.stats
         self._token = token.encode("utf-8") if token else None
         self.client = client or (lambda environ: client_address(environ, ()))
@@ -100,11 +121,16 @@ class AdminApi:
             except RelayUnavailable:
                 return _respond(start_response, "503 Service Unavailable", {"error": "relay unavailable",
                                                                              "node": self.registry.node})
-            body = {"count": len(rooms), "rooms": [room_info(r) for r in rooms]}
+            listed = [room_info(r) for r in rooms] + [session_room_info(r) for r in self._session_rooms()]
+            body = {"count": len(listed), "rooms": listed}
             if self.registry.node is not None:
                 body["node"] = self.registry.node
             return _respond(start_response, "200 OK", body, head=_is_head(environ))
         code = path[len(PREFIX) + 1:]
+        hub = self.tunnels()
+        sroom = hub.rooms.find(code) if hub is not None else None
+        if sroom is not None:
+            return _respond(start_response, "200 OK", session_room_info(sroom), head=_is_head(environ))
         try:
             room = self.registry.get(code)
         except RoomNotFound:
@@ -117,6 +143,10 @@ class AdminApi:
         if self.registry.node is not None:
             info["node"] = self.registry.node
         return _respond(start_response, "200 OK", info, head=_is_head(environ))
+
+    def _session_rooms(self):
+        hub = self.tunnels()
+        return sorted(hub.rooms.rooms.values(), key=lambda r: r.opened_at) if hub is not None else []
 
     def _authorized(self, header):
         scheme, _, given = header.strip().partition(" ")
@@ -136,5 +166,5 @@ def _respond(start_response, status, body, ctype="application/json", extra=(), h
     return [b""] if head else [data]
 
 
-def routes(registry, token, client=None):
-    return AdminApi(registry, token, client).routes()
+def routes(registry, token, client=None, tunnels=None):
+    return AdminApi(registry, token, client, tunnels).routes()

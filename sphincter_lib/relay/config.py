@@ -207,6 +207,26 @@ OPTIONS = (
     Option("redis-lease", "5", positive_seconds,
            "seconds a node's rooms outlive it in Redis: a killed node's rooms end (or wait for their "
            "source, with --room-grace) on the other nodes within this plus a third of it", "SECONDS"),
+    # -- session rooms: per-client reverse tunnels (see sphincter_lib/relay/tunnel.py, issue 20) --
+    Option("sessions", "off", boolean,
+           "let 'sphincter connect --sessions' open session rooms: each WebSocket client with the "
+           "room's key gets its own TCP connection to the agent's local service (the relay then "
+           "tunnels arbitrary TCP); a named room may set sessions=on in the rooms file; not with "
+           "--redis-url yet", "on|off"),
+    Option("session-open-timeout", "10", positive_seconds,
+           "seconds the agent has to answer a session's OPEN line with a data connection; "
+           "then the client is closed with 4504", "SECONDS"),
+    Option("max-sessions-per-room", "256", limit,
+           "most sessions open at once in one session room; more clients are closed with 4429; "
+           "0: no limit", "N"),
+    Option("max-sessions", "4096", limit,
+           "most sessions open at once on the relay; more clients are closed with 4503; 0: no limit",
+           "N"),
+    Option("session-open-rate", "2", rate,
+           "session opens allowed per second per client address (IPv6: per /64), beyond the "
+           "burst; more are closed with 4429; 0: no limit", "PER_SECOND"),
+    Option("session-open-burst", "20", count,
+           "session opens an address may make at once before --session-open-rate applies", "N"),
 )
 
 #: Testing aids: parsed like the others (flag, env var, config key) but not shown by
@@ -288,9 +308,15 @@ def check(s):
     if s.rooms_file:
         from ..proto.roomsfile import load
         try:
-            load(s.rooms_file)
+            specs = load(s.rooms_file)
         except ConfigError as exc:
             raise ConfigError("argument --rooms-file: %s" % exc)
+        if s.redis_url and any(spec.sessions for spec in specs):
+            raise ConfigError("argument --rooms-file: sessions=on not with --redis-url yet "
+                              "(session rooms are single-node for now)")
+    if s.sessions and s.redis_url:
+        raise ConfigError("argument --sessions: not with --redis-url yet (session rooms are "
+                          "single-node for now)")
     if not s.redis_prefix:
         raise ConfigError("argument --redis-prefix: must not be empty")
     if bool(s.redis_sentinels) != bool(s.redis_sentinel_master):

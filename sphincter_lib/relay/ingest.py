@@ -91,6 +91,9 @@ class SourceHandler:
     #: most write-back bytes written to a source at once (whole messages; one bigger goes alone)
     write_batch = 64 * 1024
 
+    #: session rooms (``tunnel.TunnelHub``), None with ``--sessions off``
+    tunnels = None
+
     def __init__(self, registry, framing="lines", max_message_bytes=1 << 20, banner=True,
                  tokens=(), max_per_ip=0, handshake_timeout=10.0, idle_timeout=0, tls=False,
                  proxy_protocol=False, trusted_proxies=()):
@@ -128,13 +131,14 @@ class SourceHandler:
                 if header.source is not None:       # else LOCAL/UNKNOWN: the proxy itself
                     host, peer = header.source[0], format_peer(header.source)
                     who = "%s via %s" % (peer, who)
-            slot = self.caps.acquire(host)
+            over = self.tunnels is not None and self.caps.full(host)   # (data links are exempt)
+            slot = self.caps.acquire(host, force=over)
             if slot is None:
                 self.stats.rejected["source", "too many connections"] += 1
                 logger.warning("source %s refused: too many connections from its address", who)
                 self._send(sock, b"ERROR too many connections\n")
-            else:
-                self._serve(sock, peer, who, first)
+            elif self._serve(sock, peer, who, first, slot, over):
+                slot = None            # a session's data link gave its slot back (see _session)
         except OSError as exc:           # the connection broke (reset, TLS garbage): not a bug
             logger.info("source %s: connection broke: %s", who, exc.strerror or exc)
         except Exception:
@@ -168,14 +172,16 @@ class SourceHandler:
                 timer.close()
         started = time.monotonic()
         preamble = Preamble(require_auth=bool(self.tokens), accept_auth=self.registry.named_count > 0,
-                            accept_resume=self.registry.limits.grace > 0, max_line=self.max_auth_line)
+                            accept_resume=self.registry.limits.grace > 0, max_line=self.max_auth_line,
+                            accept_sessions=True)
         try:
             if first is None and self.proxy_protocol:     # a direct peer: its bytes are its own
                 direct = self._read_start(sock, HeaderReader(expect=False), started)
                 if direct.error:
                     return self._refuse(sock, peer, direct.error, detail=direct.detail)
                 first = direct.rest
-            if not (preamble.require_auth or preamble.accept_auth or preamble.accept_resume):
+            if not (preamble.require_auth or preamble.accept_auth or preamble.accept_resume
+                    or self.tunnels is not None):
                 return (first and preamble.feed(first)) or preamble.timeout()   # all of it is data
             result = self._read_start(sock, preamble, started, first)
         except OSError as exc:
@@ -245,10 +251,19 @@ class SourceHandler:
             replaced.hang_up("replaced by a newer source")
         return room, how
 
-    def _serve(self, sock, peer, who, first=None):
+    def _serve(self, sock, peer, who, first=None, slot=None, over=False):
+        """Serve one source; True if it released its per-address ``slot`` (a data link).
+        ``over``: its address is at ``--max-sources-per-ip`` (only a data link may go on)."""
         greeting = self._greet(sock, who, first)
         if greeting is None:
-            return
+            return False
+        if over and not greeting.sid:
+            self.stats.rejected["source", "too many connections"] += 1
+            logger.warning("source %s refused: too many connections from its address", who)
+            self._send(sock, b"ERROR too many connections\n")
+            return False
+        if greeting.sessions or greeting.sid:
+            return self._session(sock, peer, who, greeting, slot)
         source = TcpSource(sock, peer, self.write_timeout)
         try:
             room, how = self._join(source, greeting)
@@ -273,7 +288,14 @@ class SourceHandler:
                 writer.link_exception(_crashed)
             if self.idle_timeout:
                 sock.settimeout(self.idle_timeout)
-            if not self._pump(sock, room, source, greeting.rest):
+            rest = greeting.rest
+            if self.tunnels is None and not rest:     # (no preamble was read: look at the start)
+                rest = sock.recv(room.read_budget(self.read_size))     # (flow control: as _pump)
+                if rest.startswith(b"SESSION"):
+                    end = "refused: sessions are off"
+                    source.send(b"ERROR sessions are off\n")
+                    return False
+            if not self._pump(sock, room, source, rest):
                 end = "replaced by a newer source"
                 source.hung_up()
         except socket.timeout:
@@ -292,6 +314,39 @@ class SourceHandler:
             logger.info("room %s %s: %s; peer=%s messages=%d bytes=%d peak_subscribers=%d slow_cutoffs=%d",
                         room.code, after, end, peer, room.messages, room.bytes,
                         room.peak_subscribers, room.slow_cutoffs)
+
+    def _session(self, sock, peer, who, greeting, slot):
+        """A session room's control link (``SESSIONS``) or a session's data link
+        (``SESSION <SID>``): ``tunnel.TunnelHub`` serves it. A data link does not count against
+        ``--max-sources-per-ip`` (it carries a 128-bit session id the relay just drew)."""
+        if self.tunnels is None:
+            self._refuse(sock, who, "sessions are off")
+            return False
+        if greeting.sid:
+            self.caps.release(slot)
+            self.tunnels.serve_data(sock, who, greeting.sid, greeting.rest)
+            return True
+        source = TcpSource(sock, peer, self.write_timeout)
+        sroom, how = None, "opened"
+        if greeting.token is not None:
+            claimed = self.tunnels.rooms.claim(greeting.token, source)
+            if claimed is not None:
+                (sroom, replaced), how = claimed, "claimed"
+                if replaced is not None:
+                    how += ", replacing %s" % replaced.peer
+                    replaced.hang_up("replaced by a newer source")
+            elif not (self.tokens and check_auth_line(b"AUTH " + greeting.token, self.tokens)):
+                self._refuse(sock, who, "unauthorized")
+                return False
+        if sroom is None and not self.tunnels.ephemeral:
+            self._refuse(sock, who, "sessions are off")
+            return False
+        self._live[source] = None
+        try:
+            self.tunnels.serve_control(sock, source, who, sroom, how)
+        finally:
+            self._live.pop(source, None)
+        return False
 
     def _pump(self, sock, room, source, first=b""):
         """Read → frame → publish until the source closes (True) or is replaced (False).

@@ -20,6 +20,9 @@ table against what a scrape yields):
   ``write_back_received_bytes_total``, ``write_back_messages_sent_total``,
   ``write_back_writer_pauses_total``;
   ``rejected_connections_total{kind,reason}``, ``close_codes_total{code}``;
+  session rooms (``--sessions``): ``session_rooms``, ``sessions_open`` (gauges),
+  ``sessions_opened_total``, ``sessions_ended_total{outcome}``, ``session_bytes_to_clients_total``,
+  ``session_bytes_from_clients_total``;
 - info: ``build_info{version,python,gevent}``;
 - Redis mode only (``--redis-url``): ``node_info{node}``, ``redis_up`` (gauge),
   ``redis_batches_published_total``, ``redis_batches_received_total``,
@@ -70,6 +73,11 @@ COUNTERS = (
     ("writes_out", "write_back_messages_sent", "Write-back messages written to sources."),
     ("writer_pauses", "write_back_writer_pauses", "Times a writer was paused because the queue "
      "toward its source was full (--write-queue-bytes)."),
+    # session rooms (--sessions)
+    ("sessions_opened", "sessions_opened", "Sessions opened (the agent's data link arrived)."),
+    ("session_bytes_to_clients", "session_bytes_to_clients", "Session bytes from services to clients."),
+    ("session_bytes_from_clients", "session_bytes_from_clients", "Session bytes from clients to "
+     "services."),
 )
 
 #: Redis mode only (--redis-url)
@@ -92,8 +100,10 @@ class RelayCollector:
     ``connections`` (optional) returns the number of open WebSocket connections.
     """
 
-    def __init__(self, registry, connections=None):
+    def __init__(self, registry, connections=None, tunnels=None):
         self.registry = registry
+        #: session rooms (``tunnel.TunnelHub``), None with --sessions off
+        self.tunnels = tunnels
         self.stats = registry.stats
         self.connections = connections
 
@@ -142,6 +152,17 @@ class RelayCollector:
             kind, reason = key if isinstance(key, tuple) and len(key) == 2 else ("", key)
             rejected.add_metric((str(kind), str(reason)), n)
         yield rejected
+        ended = CounterMetricFamily(PREFIX + "sessions_ended", "Sessions ended or refused, by outcome "
+                                    "(client_closed, service_closed, refused, timeout, ...).",
+                                    labels=("outcome",))
+        for outcome, n in sorted(stats.sessions_ended.items()):
+            ended.add_metric((str(outcome),), n)
+        yield ended
+        rooms_s = self.tunnels.rooms if self.tunnels is not None else None   # (a hub or a _Late)
+        yield _gauge("session_rooms", "Session rooms open now (--sessions).",
+                     len(rooms_s) if rooms_s is not None else 0)
+        yield _gauge("sessions_open", "Sessions open now (--sessions).",
+                     rooms_s.total if rooms_s is not None else 0)
         codes = CounterMetricFamily(PREFIX + "close_codes", "WebSocket close frames sent, by code.",
                                     labels=("code",))
         for code, n in sorted(stats.close_codes.items(), key=lambda kv: str(kv[0])):
@@ -162,23 +183,36 @@ class RelayCollector:
         yield info
 
 
+class _Late:
+    """The session rooms' hub, looked up at scrape time (it is wired after the routes)."""
+
+    def __init__(self, get):
+        self.get = get or (lambda: None)
+
+    @property
+    def rooms(self):
+        hub = self.get()
+        return hub.rooms if hub is not None else None
+
+
 def _gauge(name, help_text, value):
     return GaugeMetricFamily(PREFIX + name, help_text, value=value)
 
 
-def make_registry(registry, connections=None, process=True):
+def make_registry(registry, connections=None, process=True, tunnels=None):
     """A fresh :class:`prometheus_client.CollectorRegistry` (never the global one)."""
     reg = CollectorRegistry(auto_describe=True)
-    reg.register(RelayCollector(registry, connections))
+    reg.register(RelayCollector(registry, connections, tunnels))
     if process:
         ProcessCollector(registry=reg)
         PlatformCollector(registry=reg)
     return reg
 
 
-def routes(registry, connections=None):
-    """``{"/metrics": wsgi_app}`` (prometheus_client's app: content negotiation, gzip)."""
-    app = make_wsgi_app(make_registry(registry, connections))
+def routes(registry, connections=None, tunnels=None):
+    """``{"/metrics": wsgi_app}`` (prometheus_client's app: content negotiation, gzip).
+    ``tunnels``: a callable returning the session rooms' hub (or None)."""
+    app = make_wsgi_app(make_registry(registry, connections, tunnels=_Late(tunnels)))
 
     def metrics(environ, start_response):
         if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):

@@ -23,7 +23,7 @@ from ..proto import frames, roomsfile
 from . import security
 from ..proto.addresses import format_peer
 from ..closecodes import CloseCode
-from ..errors import BindError, ConfigError
+from ..errors import BindError, ConfigError, RoomError
 from ..logformat import log_crash
 from .ingest import SourceHandler
 from ..rooms.registry import RoomRegistry
@@ -132,6 +132,10 @@ class Relay:
                                      proxy_protocol=settings.source_proxy_protocol,
                                      trusted_proxies=settings.trusted_proxies)
         self.app = WebApp(self.registry, settings)
+        named = roomsfile.load(settings.rooms_file) if settings.rooms_file else ()
+        if settings.sessions or any(spec.sessions for spec in named):
+            self.tunnels = _tunnels(self.registry, settings, named)
+            self.sources.tunnels = self.app.tunnels = self.tunnels
         ws_paths = {"/ws"}
         if settings.test_echo_endpoint:
             from .echo import ECHO_PATH, EchoEndpoint
@@ -143,6 +147,8 @@ class Relay:
                                                 send_buffer=settings.subscriber_send_buffer or None)
         self.tcp_server = None
         self.ws_server = None
+        if self.sources.tunnels is None:
+            self.tunnels = None
         self._stop_requested = Event()
         self._stopped = Event()
 
@@ -241,6 +247,8 @@ class Relay:
         self.ws_server.close()
         self.registry.close_all(CloseCode.GOING_AWAY, SHUTDOWN_REASON)
         self.sources.shutdown(SHUTDOWN_REASON)
+        if self.tunnels is not None:
+            self.tunnels.close_all(CloseCode.GOING_AWAY, SHUTDOWN_REASON)
         deadline = started + self.settings.shutdown_timeout
         while (self.app.connections or self.sources.active) and time.monotonic() < deadline:
             gevent.sleep(self.drain_poll)
@@ -255,6 +263,25 @@ class Relay:
         logger.info("stopped in %.2fs (%d connections cut at the deadline); messages in=%d deliveries=%d",
                     time.monotonic() - started, left, self.stats.messages_in, self.stats.messages_out)
         self._stopped.set()
+
+
+def _tunnels(registry, settings, named=()):
+    """The session rooms' hub (``--sessions on``); their codes never equal a broadcast room's."""
+    from ..rooms.sessions import SessionRooms
+    from .tunnel import TunnelHub
+
+    def taken(code):
+        try:
+            registry.get(code)
+            return True
+        except RoomError:
+            return False
+
+    rooms = SessionRooms(settings.max_sessions_per_room, settings.max_sessions, taken=taken)
+    rooms.add_named(named)          # (read at start-up; SIGHUP does not change them yet)
+    return TunnelHub(rooms, registry.stats, settings.session_open_timeout,
+                     settings.session_open_rate, settings.session_open_burst,
+                     ephemeral=settings.sessions)
 
 
 def _tls_args(cert, key):

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs
 from gevent.pool import Group
 
 from .. import __version__
-from . import api, metrics, presence, viewer
+from . import api, metrics, presence, tunnel, viewer
 from ..proto.addresses import client_address, is_local_client, is_trusted, peer_name
 from ..closecodes import CloseCode
 from ..errors import RelayUnavailable, RoomFullError, RoomNotFound, ShuttingDown
@@ -37,10 +37,14 @@ class WebApp:
         self.keepalive = Keepalive(settings.ping_interval, settings.ping_timeout)
         self.connections = 0          # upgraded connections still open
         self.sessions = Group()       # subscriber sessions detached from their HTTP handler
+        #: session rooms (``tunnel.TunnelHub``), None with ``--sessions off``
+        self.tunnels = None
         self.routes = {"/ws": self.ws, "/healthz": self.healthz}
         self.routes.update(viewer.routes())
-        self.routes.update(metrics.routes(registry, connections=lambda: self.connections))
-        self.routes.update(api.routes(registry, settings.admin_token, client=self.client))
+        self.routes.update(metrics.routes(registry, connections=lambda: self.connections,
+                                          tunnels=lambda: self.tunnels))
+        self.routes.update(api.routes(registry, settings.admin_token, client=self.client,
+                                      tunnels=lambda: self.tunnels))
         self.routes.update(presence.routes(registry, self.precheck, self._unknown_room,
                                            settings.max_presence_waits))
         self.origins = OriginPolicy(settings.allowed_origins)
@@ -163,6 +167,9 @@ class WebApp:
         code = (query.get("room") or [""])[0]
         if not self.origins.allowed(environ.get("HTTP_ORIGIN")):
             return self._refuse(conn, peer, CloseCode.FORBIDDEN, "origin not allowed", "origin")
+        tunnel = self.tunnels.rooms.find(code) if self.tunnels is not None else None
+        if tunnel is not None:
+            return self._session_client(environ, conn, ip, peer, tunnel, query)
         try:
             sub = self.registry.subscribe(code, peer)
         except RoomNotFound:
@@ -184,14 +191,23 @@ class WebApp:
         logger.debug("subscriber %s joined room %s%s", peer, sub.room.code, " as a writer" if key else "")
         return Session(self, conn, sub, peer, writer=bool(key))
 
+    def _session_client(self, environ, conn, ip, peer, sroom, query):
+        """A client of a session room: its key, then its own session (``tunnel.py``)."""
+        key = (query.get("key") or [""])[0]
+        if not hmac.compare_digest(key.encode("utf-8"), sroom.write_key.encode()):
+            return self._refuse(conn, peer, CloseCode.FORBIDDEN, "wrong key" if key else "key required",
+                                "session_key")
+        return _TunnelClient(self.tunnels, self.settings, self._refuse, conn, sroom, peer, ip)
+
     def _run(self, session, slot=None):
         try:
             session.run()
         finally:
             self.ip_caps.release(slot)
             self.connections -= 1
-            logger.debug("subscriber %s left room %s (close %s)", session.peer, session.sub.room.code,
-                         session.sub.close_code)
+            if not isinstance(session, _TunnelClient):
+                logger.debug("subscriber %s left room %s (close %s)", session.peer, session.sub.room.code,
+                             session.sub.close_code)
 
     def _refuse(self, conn, peer, code, reason, key):
         self.stats.rejected["subscriber", key] += 1
@@ -200,6 +216,21 @@ class WebApp:
         ws = ServerSession(max_message_bytes=self.settings.client_message_limit(False), keep_data=False)
         ws.send_close(code, reason)
         close_blocking(conn, ws, self.settings.close_timeout)     # and wait for the client's close
+
+
+class _TunnelClient:
+    """A session room's client, run like a subscriber's session (``WebApp._run``)."""
+
+    def __init__(self, hub, settings, refuse, conn, sroom, peer, ip):
+        self.hub, self.settings, self.refuse = hub, settings, refuse
+        self.conn, self.sroom, self.peer, self.ip = conn, sroom, peer, ip
+
+    def run(self):
+        try:
+            tunnel.serve_client(self.hub, self.sroom, self.conn, self.peer, self.ip, self.settings,
+                                self.refuse)
+        finally:
+            self.conn.close()
 
 
 def text_response(start_response, status, text):

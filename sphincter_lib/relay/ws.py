@@ -26,6 +26,8 @@ logger = logging.getLogger("sphincter.relay.ws")
 
 _BAD_REQUEST = (b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain\r\n"
                 b"Content-Length: 12\r\n\r\nbad request\n")
+#: the subprotocol answered when a client offers it (every message is binary anyway)
+BINARY_SUBPROTOCOL = "binary"
 #: longest reason quoted from a malformed request in its log line
 _MAX_REASON = 200
 
@@ -143,11 +145,12 @@ class Handler(WebSocketHandler):
         self.websocket = ServerConnection(self)
         env["wsgi.websocket_version"] = "13"
         env["wsgi.websocket"] = self.websocket
-        self.start_response("101 Switching Protocols", [
-            ("Upgrade", "websocket"),
-            ("Connection", "Upgrade"),
-            ("Sec-WebSocket-Accept", frames.accept_key(key)),
-        ])
+        headers = [("Upgrade", "websocket"), ("Connection", "Upgrade"),
+                   ("Sec-WebSocket-Accept", frames.accept_key(key))]
+        offered = [p.strip() for p in env.get("HTTP_SEC_WEBSOCKET_PROTOCOL", "").split(",")]
+        if BINARY_SUBPROTOCOL in offered:      # websockify's clients (noVNC <= 1.1) insist on it
+            headers.append(("Sec-WebSocket-Protocol", BINARY_SUBPROTOCOL))
+        self.start_response("101 Switching Protocols", headers)
         return None
 
     def _refuse(self, status, body, headers=()):

@@ -27,6 +27,8 @@ Who may call what (the names are listed, for the seam test, in
   :attr:`RoomModel.stats` and, on a room, the read-only figures listed in
   :data:`ROOM_FIGURES` (``source_node`` and ``relay_subscribers`` are None on
   a room of this process only);
+- **session rooms** (``relay/tunnel``, ``relay/web``; :mod:`~sphincter_lib.rooms.sessions`,
+  known as ``sroom`` in relay/): the names in :data:`SESSION_ROOM_NAMES`;
 - the **server**: :meth:`RoomModel.start`, :meth:`RoomModel.reload`,
   :meth:`RoomModel.sweep` every :attr:`RoomModel.sweep_interval` seconds,
   :meth:`RoomModel.close_all` at shutdown, :meth:`RoomModel.stop`.
@@ -46,7 +48,7 @@ This module imports no implementation (tests/unit/rooms/test_room_seam.py).
 from ..closecodes import CloseCode
 
 __all__ = ["RoomModel", "RoomEvents", "Source", "ROOM_FIGURES", "MODEL_NAMES", "ROOM_NAMES",
-           "SUBSCRIBER_NAMES", "OUTBOX_NAMES", "LIVE", "WAITING", "CLOSED", "CUT", "SKIP",
+           "SUBSCRIBER_NAMES", "OUTBOX_NAMES", "SESSION_ROOM_NAMES", "LIVE", "WAITING", "CLOSED", "CUT", "SKIP",
            "SLOW_CLOSE", "SOURCE_CLOSED"]
 
 #: room states: a source feeds it; no source (named room, or grace period); closed for good
@@ -78,6 +80,9 @@ ROOM_NAMES = ROOM_FIGURES + ("paused_for", "lag_max", "resume_key", "write_key",
 #: what relay/ may use of a subscriber
 SUBSCRIBER_NAMES = ("room", "peer", "attach", "take", "commit", "wait", "wake", "caught_up",
                     "kick", "leave", "closing", "close_code", "close_reason", "close_now")
+#: what relay/ may use of a session room (``rooms/sessions.SessionRoom``)
+SESSION_ROOM_NAMES = ("code", "kind", "named", "write_key", "source", "peer", "opened_at", "sessions",
+                      "closed", "opened", "bytes_to_clients", "bytes_from_clients")
 #: what relay/ may use of a room's write-back outbox
 OUTBOX_NAMES = ("take", "done", "wait", "closed", "when_writable")
 

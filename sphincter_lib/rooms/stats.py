@@ -38,5 +38,10 @@ class Stats:
         self.redis_messages_in = 0     # messages in those
         self.redis_gaps = 0            # batches found missing (subscribers closed 4408, or skipped)
         self.redis_reconnects = 0      # times this node found Redis unreachable
+        # session rooms (--sessions)
+        self.sessions_opened = 0       # sessions whose data link arrived
+        self.sessions_ended = Counter()   # outcome -> sessions ended (or refused) so
+        self.session_bytes_to_clients = 0
+        self.session_bytes_from_clients = 0
         self.rejected = Counter()      # (kind, reason) -> connections refused
         self.close_codes = Counter()   # close code -> close frames sent

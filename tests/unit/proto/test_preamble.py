@@ -99,3 +99,81 @@ def test_eof_before_anything_is_empty_data():
     p = Preamble(accept_resume=True)
     assert outcome(p.feed(b"")) == (None, None, b"", None)
     assert p.feed(b"more") is None        # decided: done
+
+
+# --- session rooms (issue 20): SESSIONS (control link), SESSION <SID> (data link) -------------
+
+SID = "abcdefghijklmnopqrstuv"
+
+
+def feed_all(data, **kw):
+    """Fed at every split point: one result, whatever the chunks (rest completed by the caller)."""
+    results = []
+    for cut in range(1, len(data) + 1):
+        p = Preamble(**kw)
+        r = p.feed(data[:cut])
+        if r is None and cut < len(data):
+            r = p.feed(data[cut:])
+            if r is not None:
+                results.append(r)
+                continue
+        elif r is not None:
+            r.rest += data[cut:]
+        results.append(r if r is not None else p.timeout())
+    return results
+
+
+@pytest.mark.parametrize("kw", [dict(accept_sessions=True),
+                                dict(accept_sessions=True, accept_auth=True, accept_resume=True)])
+def test_sessions_line_is_a_control_link(kw):
+    for r in feed_all(b"SESSIONS\nrest", **kw):
+        assert (r.sessions, r.sid, r.error) == (True, None, None)
+        assert b"rest".endswith(r.rest)
+
+
+@pytest.mark.parametrize("kw", [dict(accept_sessions=True),
+                                dict(accept_sessions=True, accept_auth=True, accept_resume=True)])
+def test_session_line_is_a_data_link_and_keeps_what_follows(kw):
+    data = b"SESSION " + SID.encode() + b"\r\nSSH-2.0-OpenSSH\r\n"
+    for r in feed_all(data, **kw):
+        assert (r.sessions, r.sid, r.error) == (False, SID, None)
+        assert b"SSH-2.0-OpenSSH\r\n".endswith(r.rest)
+
+
+def test_auth_then_sessions():
+    r, _ = run(b"AUTH tok3n\nSESSIONS\n", None, require_auth=True, accept_sessions=True)
+    assert (r.token, r.sessions, r.error) == (b"tok3n", True, None)
+
+
+@pytest.mark.parametrize("line", [b"SESSION short\n", b"SESSION " + b"x" * 21 + b"\n",
+                                  b"SESSIONX\n", b"SESSION " + b"a!" * 15 + b"\n"])
+def test_bad_session_lines_are_refused(line):
+    r, _ = run(line, None, accept_sessions=True)
+    assert r.error == "bad session line" and r.rest == b""
+
+
+def test_session_line_too_long_is_refused():
+    r, _ = run(b"SESSION " + b"a" * 2000, None, accept_sessions=True, max_line=1024)
+    assert r.error == "bad session line"
+
+
+def test_without_accept_sessions_the_lines_are_data():
+    r, _ = run(b"SESSIONS\n", None, accept_resume=True)
+    assert (r.sessions, r.sid, r.rest) == (False, None, b"SESSIONS\n")
+
+
+def test_other_data_goes_on_to_resume_and_data():
+    r, _ = run(b"RESUME ABCDEF key\nx", None, accept_sessions=True, accept_resume=True)
+    assert r.resume == ("ABCDEF", "key") and not r.sessions
+    r, _ = run(b"hello", None, accept_sessions=True)
+    assert r.rest == b"hello" and not r.sessions
+
+
+def test_a_partial_session_line_at_the_timeout():
+    p = Preamble(accept_sessions=True)
+    assert p.feed(b"SESS") is None
+    r = p.timeout()
+    assert (r.rest, r.error, r.sessions) == (b"SESS", None, False)     # could not be a line yet: data
+    p = Preamble(accept_sessions=True)
+    assert p.feed(b"SESSIONS") is None
+    assert p.timeout().error == "bad session line"

@@ -57,3 +57,13 @@ def test_write_key_option():
     with pytest.raises(ConfigError) as err:
         roomsfile.parse("obs obs-token-1234 write=short\n", "r.txt")
     assert "r.txt:1: write=short: must be 16-128 characters" in str(err.value)
+
+
+def test_sessions_option():
+    from sphincter_lib.proto.roomsfile import parse
+    rooms = parse("vnc token-1234 sessions=on\nssh token-5678 sessions=off\nplain token-9abc\n")
+    assert [r.sessions for r in rooms] == [True, False, None]
+    import pytest
+    from sphincter_lib.errors import ConfigError
+    with pytest.raises(ConfigError, match="sessions=yes: must be on or off"):
+        parse("vnc token-1234 sessions=yes\n")

@@ -6,7 +6,7 @@ Read with ``ast``, nothing imported:
 - in ``relay/``, every attribute read or called on a room-side object names something the
   interface declares. Objects are known by the name they go by in relay/ (a variable or an
   attribute): ``registry`` is a room model, ``room`` a room, ``sub`` a subscriber, ``outbox``
-  a room's outbox. A new name for one of them belongs in ``holders`` below.
+  a room's outbox, ``sroom`` a session room. A new name for one of them belongs in ``holders`` below.
 """
 import ast
 import os
@@ -58,6 +58,7 @@ def test_relay_uses_only_declared_names():
         "room": set(declared["ROOM_NAMES"]),
         "sub": set(declared["SUBSCRIBER_NAMES"]),
         "outbox": set(declared["OUTBOX_NAMES"]),
+        "sroom": set(declared["SESSION_ROOM_NAMES"]),
     }
     relay = os.path.join(PKG, "relay")
     bad, seen = [], 0

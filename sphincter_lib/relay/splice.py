@@ -1,0 +1,167 @@
+"""One session of a session room: a client's WebSocket spliced to its data link (issue 20).
+
+Two greenlets, one per direction, each a bounded pump with TCP's backpressure: the
+service's bytes (the data link) go to the client as binary messages, read only once the
+previous chunk was written (a slow client slows only its own service connection); the
+client's messages, binary or text, go to the service as their bytes, the next read only
+once the previous message was written. Both yield after :attr:`Splice.yield_bytes`.
+
+Ends: the service closes (EOF on the data link) → every byte, then close 1000 ``service
+closed``; the client closes → every byte of its messages, then FIN on the data link (the
+agent passes it on to the service), and what the service still sends is read and dropped
+until its EOF (at most ``close_timeout``), so that no reset can eat bytes in flight.
+"""
+
+import logging
+import socket
+import time
+
+import gevent
+import gevent.lock
+
+from ..closecodes import CloseCode
+from ..logformat import log_crash
+from ..proto import frames
+from ..proto.wssession import OPEN, ServerSession
+
+logger = logging.getLogger("sphincter.relay.tunnel")
+
+
+class Splice:
+    """``conn`` (a ``wsconn.ServerConnection``) ⇄ ``link`` (a ``tunnel.DataLink``)."""
+
+    #: bytes read from the data link at once (one binary message each)
+    read_size = 64 * 1024
+    #: bytes moved by one pump before it yields to the event loop
+    yield_bytes = 256 * 1024
+
+    def __init__(self, conn, link, max_message_bytes=1 << 20, close_timeout=5.0):
+        self.conn, self.link, self.sock = conn, link, link.sock
+        self.ws = ServerSession(max_message_bytes=max_message_bytes)
+        self.close_timeout = close_timeout
+        self._writing = gevent.lock.Semaphore()
+        self.to_client = self.from_client = 0
+        self.how = "?"
+        self._close = (CloseCode.NORMAL, "service closed")
+
+    def stop(self, code, reason):
+        """End the session from outside (shutdown): the client gets what was read, then
+        ``code``; the data link is cut. Must not block."""
+        self._close = (code, reason)
+        self._set_how(reason)
+        _cut(self.sock)
+
+    def run(self):
+        """Splice until both directions are done; returns how it ended (for the log line)."""
+        conn = self.conn
+        first = []
+        conn.start_reading(first.append)      # bytes the handshake's reader holds, then a plain reader
+        conn.stop_reading()
+        up = gevent.spawn(self._client_to_service, b"".join(first))
+        up.link_exception(log_crash(logger, "session client reader"))
+        try:
+            self._send(self.link.rest)
+            self._service_to_client(up)
+        finally:
+            up.join(self.close_timeout)
+            up.kill(block=False)
+            conn.close()
+        return self.how
+
+    def _send(self, data):
+        """Service bytes to the client (one binary message); dropped once the session is closing."""
+        if not data:
+            return
+        with self._writing:
+            if self.ws.state is OPEN:
+                self.conn.send_frame(frames.encode_message(data, False))
+                self.to_client += len(data)
+
+    def _flush(self):
+        if self.ws.pending:
+            with self._writing:
+                self.conn.sendall(self.ws.data_to_send())
+
+    def _service_to_client(self, up):
+        recv, budget = self.sock.recv, self.yield_bytes
+        try:
+            while True:
+                data = recv(self.read_size)
+                if not data:
+                    break
+                self._send(data)
+                budget -= len(data)
+                if budget <= 0:
+                    budget = self.yield_bytes
+                    gevent.sleep(0)
+        except OSError as exc:
+            if self.how == "?":
+                self.how = "data link broke (%s)" % (exc.strerror or exc)
+        if self.how == "?":
+            self.how = "service closed"
+        try:
+            with self._writing:
+                self.ws.send_close(*self._close)   # no-op once the client closed
+            self._flush()
+        except OSError:
+            pass
+        up.join(self.close_timeout)          # the client's answer to our close
+
+    def _client_to_service(self, first):
+        ws, conn, sock = self.ws, self.conn, self.sock
+        budget = self.yield_bytes
+        data = first
+        try:
+            while True:
+                if not data:
+                    data = conn.recv()
+                    if not data:
+                        ws.receive_eof()
+                        self._set_how("client gone")
+                        break
+                messages = []
+                ws.receive_data(data, lambda opcode, payload: messages.append(payload))
+                data = b""
+                for payload in messages:
+                    sock.sendall(payload)
+                    self.from_client += len(payload)
+                    budget -= len(payload)
+                self._flush()
+                if ws.state is not OPEN:
+                    self._set_how("client error %s" % ws.close_code if ws.failed
+                                  else "client closed (%s)" % ws.close_code)
+                    break
+                if budget <= 0:
+                    budget = self.yield_bytes
+                    gevent.sleep(0)
+        except OSError as exc:
+            self._set_how("broke (%s)" % (exc.strerror or exc))
+        try:
+            self._flush()
+        except OSError:
+            pass
+        try:
+            sock.shutdown(socket.SHUT_WR)    # FIN to the service, after every byte
+        except OSError:
+            pass
+        # drain what the service still sends (dropped), at most close_timeout, then cut it
+        gevent.spawn_later(self.close_timeout, _cut, sock).link_exception(log_crash(logger, "cut"))
+
+    def _set_how(self, how):
+        if self.how == "?":
+            self.how = how
+
+
+def _cut(sock):
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def session_log(sroom, sid, peer, splice, started, how):
+    """The one INFO line of a session."""
+    logger.info("session %s.%s of %s ended: %s; bytes to client=%d from client=%d duration=%.3fs",
+                sroom.code, sid[:6], peer, how,
+                splice.to_client if splice else 0, splice.from_client if splice else 0,
+                time.monotonic() - started)

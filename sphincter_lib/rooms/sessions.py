@@ -1,0 +1,129 @@
+"""Session rooms: the bookkeeping of ``connect --sessions`` rooms (pure: no socket, no gevent).
+
+A session room is not a broadcast room: it has no backlog and no subscribers. Each WebSocket
+client with the room's key gets a *session* of its own, a TCP connection the agent opens for it
+(``relay/tunnel.py`` does the I/O). This module owns the rooms' codes and keys, the sessions
+they hold, and the limits: ``max_per_room`` sessions in one room and ``max_total`` on the
+relay (0: no limit).
+"""
+
+import hmac
+import time
+
+from ..errors import RoomNotFound
+from ..proto.roomcode import make_code, resume_key, room_key
+
+#: how a session room refuses a new session: (kind, reason); the relay maps kinds to close codes
+PER_ROOM, RELAY_WIDE = "room", "relay"
+
+
+class SessionRoom:
+    """One session room: ``code``, ``write_key`` (the key clients present), ``peer`` (the agent's
+    control link), ``source`` (writes control lines), its ``sessions`` (sid -> whatever the relay
+    keeps) and totals."""
+
+    kind = "sessions"
+
+    def __init__(self, code, write_key, source, opened_at, token=None):
+        self.code = code
+        self.write_key = write_key
+        self.source = source                 # None: a named room whose agent is away
+        self.peer = source.peer if source is not None else ""
+        #: a named room's token (bytes); None for a room with a drawn code
+        self.token = token
+        self.named = token is not None
+        self.opened_at = opened_at
+        self.sessions = {}
+        self.pending = {}            # sid -> what waits for the agent's data link
+        self.closed = False
+        self.opened = 0              # sessions opened in all
+        self.bytes_to_clients = 0
+        self.bytes_from_clients = 0
+
+
+class SessionRooms:
+    """Every session room of this process."""
+
+    def __init__(self, max_per_room=0, max_total=0, taken=None, clock=time.time):
+        self.max_per_room = max_per_room
+        self.max_total = max_total
+        self.taken = taken or (lambda code: False)   # codes of the broadcast rooms
+        self.clock = clock
+        self.rooms = {}
+        self.total = 0               # sessions open now, every room
+
+    def add_named(self, specs):
+        """The named session rooms of a rooms file (``sessions=on``), from start-up on; their
+        key is the spec's ``write=KEY`` or one drawn now."""
+        for spec in specs:
+            if spec.sessions and spec.key not in self.rooms:
+                self.rooms[spec.key] = SessionRoom(spec.name, spec.write or resume_key(), None,
+                                                   self.clock(), token=spec.token)
+
+    def claim(self, token, source):
+        """The named session room of ``token`` (bytes) now controlled by ``source``:
+        ``(room, replaced source or None)``; None if no named session room has that token."""
+        for room in list(self.rooms.values()):
+            if room.named and hmac.compare_digest(room.token, token):
+                old, room.source, room.peer = room.source, source, source.peer
+                room.closed = False
+                return room, old
+        return None
+
+    def leave(self, room, source):
+        """``source``'s control link ended: a room with a drawn code closes, a named one waits
+        for its agent. False if ``source`` was no longer the room's (replaced)."""
+        if room.source is not source:
+            return False
+        if room.named:
+            room.source, room.closed = None, True
+        else:
+            self.close(room)
+        return True
+
+    def __len__(self):
+        return len(self.rooms)
+
+    def open(self, source):
+        """A new session room controlled by ``source`` (a :class:`~.interface.Source`)."""
+        rooms, taken = self.rooms, self.taken
+
+        class _Taken:
+            def __contains__(self, code):
+                return code in rooms or taken(code)
+
+        room = SessionRoom(make_code(_Taken()), resume_key(), source, self.clock())
+        rooms[room.code] = room
+        return room
+
+    def close(self, room):
+        """A room with a drawn code lost its control link: its code is unknown from now on
+        (sessions in progress go on over their own connections)."""
+        room.closed = True
+        if self.rooms.get(room.code) is room:
+            del self.rooms[room.code]
+
+    def find(self, text):
+        """The session room for a code typed by a person, or None."""
+        try:
+            return self.rooms.get(room_key(text))
+        except RoomNotFound:
+            return None
+
+    def refusal(self, room):
+        """None if ``room`` may open one more session, else (:data:`PER_ROOM` or
+        :data:`RELAY_WIDE`, reason)."""
+        if self.max_per_room and len(room.sessions) >= self.max_per_room:
+            return PER_ROOM, "too many sessions"
+        if self.max_total and self.total >= self.max_total:
+            return RELAY_WIDE, "too many sessions"
+        return None
+
+    def add(self, room, sid, session):
+        room.sessions[sid] = session
+        room.opened += 1
+        self.total += 1
+
+    def remove(self, room, sid):
+        if room.sessions.pop(sid, None) is not None:
+            self.total -= 1

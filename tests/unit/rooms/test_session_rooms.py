@@ -1,0 +1,35 @@
+"""Session rooms' bookkeeping (issue 20): codes, keys, limits."""
+
+from sphincter_lib.rooms.interface import Source
+from sphincter_lib.rooms.sessions import PER_ROOM, RELAY_WIDE, SessionRooms
+
+
+def test_open_find_close():
+    rooms = SessionRooms()
+    room = rooms.open(Source("1.2.3.4:5"))
+    assert len(room.code) == 6 and len(room.write_key) >= 22 and room.peer == "1.2.3.4:5"
+    assert rooms.find(room.code.lower()) is room and rooms.find("nope!") is None
+    rooms.close(room)
+    assert room.closed and rooms.find(room.code) is None and len(rooms) == 0
+
+
+def test_codes_avoid_broadcast_rooms():
+    taken = set()
+    rooms = SessionRooms(taken=lambda code: code in taken)
+    first = rooms.open(Source())
+    taken.add(first.code)
+    codes = {rooms.open(Source()).code for _ in range(50)}
+    assert first.code not in codes
+
+
+def test_limits_per_room_and_relay_wide():
+    rooms = SessionRooms(max_per_room=2, max_total=3)
+    a, b = rooms.open(Source()), rooms.open(Source())
+    rooms.add(a, "s1", object())
+    rooms.add(a, "s2", object())
+    assert rooms.refusal(a) == (PER_ROOM, "too many sessions")
+    rooms.add(b, "s3", object())
+    assert rooms.refusal(b) == (RELAY_WIDE, "too many sessions")
+    rooms.remove(a, "s1")
+    rooms.remove(a, "s1")                          # twice: counted once
+    assert rooms.total == 2 and rooms.refusal(a) is None and a.opened == 2
