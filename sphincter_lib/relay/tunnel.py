@@ -67,7 +67,7 @@ class TunnelHub:
 
     # -- the TCP side --------------------------------------------------------------------
     def serve_control(self, sock, source, who, sroom=None, how="opened"):
-        """A control link, until it ends. ``source`` writes to it (``ingest.TcpSource``);
+        """A control link, until it ends. ``source`` writes to it (``greeting.TcpSource``);
         ``sroom``: the named session room it claimed (else a room with a new code)."""
         if sroom is None:
             sroom = self.rooms.open(source)

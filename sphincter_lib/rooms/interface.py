@@ -90,7 +90,7 @@ OUTBOX_NAMES = ("take", "done", "wait", "closed", "when_writable")
 class Source:
     """What a room holds of its source: its address, and a way to write to it.
 
-    The TCP side implements it (``ingest.TcpSource``); a room never touches a
+    The TCP side implements it (``relay.greeting.TcpSource``); a room never touches a
     socket. This base class is a source that cannot be written to."""
 
     def __init__(self, peer=""):

@@ -81,7 +81,7 @@ def recv_text(ws):
 def named(make_relay, tmp_path):
     path = rooms_file(tmp_path, "# overlay rooms\nScene  scene-token-123  replay=1\nscores score-token-456\n")
     relay = make_relay(rooms_file=path)
-    relay.sources.preamble_wait = unit(0.3)
+    relay.sources.greeter.preamble_wait = unit(0.3)
     return relay
 
 
@@ -192,7 +192,7 @@ def test_sighup_reloads_the_rooms_file(tmp_path):
 @pytest.fixture
 def graceful(make_relay):
     relay = make_relay(room_grace=unit(3))
-    relay.sources.preamble_wait = unit(0.3)
+    relay.sources.greeter.preamble_wait = unit(0.3)
     return relay
 
 
@@ -238,7 +238,7 @@ def test_resume_with_a_wrong_key_or_code_is_refused(graceful, line):
 
 def test_no_resume_within_the_grace_period_closes_4410(make_relay):
     relay = make_relay(room_grace=unit(0.5))
-    relay.sources.preamble_wait = unit(0.2)
+    relay.sources.greeter.preamble_wait = unit(0.2)
     src = Src(relay.tcp_address)
     code, key = banner(src)
     ws = subscribe(relay, code)
@@ -264,7 +264,7 @@ def test_resume_after_auth_when_tokens_are_required(make_relay):
 
 def test_waiting_ephemeral_rooms_count_against_max_rooms(make_relay):
     relay = make_relay(room_grace=unit(5), max_rooms=1)
-    relay.sources.preamble_wait = unit(0.2)
+    relay.sources.greeter.preamble_wait = unit(0.2)
     src = Src(relay.tcp_address)
     code, _ = banner(src)
     src.close()

@@ -44,7 +44,7 @@ def pp_relay(make_relay):
         overrides.setdefault("source_proxy_protocol", True)
         overrides.setdefault("admin_token", TOKEN)
         relay = make_relay(**overrides)
-        relay.sources.preamble_wait = unit(0.2)    # a silent direct source's banner wait
+        relay.sources.greeter.preamble_wait = unit(0.2)    # a silent direct source's banner wait
         return relay
     return make
 
