@@ -32,6 +32,11 @@ __all__ = ["AdminApi", "routes", "room_info", "session_room_info"]
 PREFIX = "/api/rooms"
 
 
+def _iso(unix):
+    """``2026-12-04T12:00:00Z``: a Unix time as the API shows it (UTC, whole seconds)."""
+    return datetime.fromtimestamp(unix, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 def room_info(room):
     info = {
         "code": room.code,
@@ -39,8 +44,7 @@ def room_info(room):
         "state": room.state,
         "named": room.named,
         "source_present": room.source is not None,
-        "opened_at": datetime.fromtimestamp(room.opened_at, timezone.utc).isoformat(
-            timespec="seconds").replace("+00:00", "Z"),
+        "opened_at": _iso(room.opened_at),
         "opened_at_unix": round(room.opened_at, 3),
         "source": room.peer,
         "subscribers": len(room.subscribers),
@@ -69,8 +73,7 @@ def session_room_info(sroom):
     return {
         "code": sroom.code,
         "kind": "sessions",
-        "opened_at": datetime.fromtimestamp(sroom.opened_at, timezone.utc).isoformat(
-            timespec="seconds").replace("+00:00", "Z"),
+        "opened_at": _iso(sroom.opened_at),
         "opened_at_unix": round(sroom.opened_at, 3),
         "source": sroom.peer,
         "sessions": len(sroom.sessions),
