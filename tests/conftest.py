@@ -182,3 +182,14 @@ def parse_server_frames(data):
         frames.append((b0 & 0x0F, data[pos:pos + n]))
         pos += n
     return frames
+
+
+def drain(sub, limit=1 << 20):
+    """Everything a room's cursor (rooms.cursor.Subscriber) has to send now, committed."""
+    out = b""
+    while True:
+        data = sub.take(limit)
+        if data is None:
+            return out
+        out += data
+        sub.commit()

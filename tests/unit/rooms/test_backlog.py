@@ -10,6 +10,7 @@ from sphincter_lib.rooms.cursor import Subscriber
 from sphincter_lib.rooms.pace import Pace
 from sphincter_lib.rooms.interface import SLOW_CLOSE
 from sphincter_lib.rooms.stats import Stats
+from conftest import drain
 
 
 class Holder:
@@ -40,16 +41,6 @@ class Holder:
         self.passed += 1
 
 
-def read(sub, limit=1 << 20):
-    out = b""
-    while True:
-        data = sub.take(limit)
-        if data is None:
-            return out
-        out += data
-        sub.commit()
-
-
 def test_frames_end_at_absolute_offsets_and_a_cursor_starts_at_the_head():
     room = Holder()
     backlog = room.backlog
@@ -60,7 +51,7 @@ def test_frames_end_at_absolute_offsets_and_a_cursor_starts_at_the_head():
     backlog.append(b"fgh")
     assert backlog.ends == [5, 8] and (backlog.head_seq, backlog.head_pos) == (3, 8)
     assert backlog.frame_start(2) == 5 and backlog.frame_start(1) == 3 and backlog.bytes == 5
-    assert read(sub) == b"defgh" and sub.caught_up()
+    assert drain(sub) == b"defgh" and sub.caught_up()
 
 
 def test_pass_and_forget_move_the_base_to_the_head():
@@ -100,13 +91,13 @@ def test_reclaim_cuts_a_cursor_over_budget_and_keeps_what_the_slowest_left_needs
     slow, fast = room.join("slow"), room.join("fast")
     for _ in range(3):
         room.backlog.append(b"x" * 30)
-        read(fast)
+        drain(fast)
     assert slow.active and room.backlog.bytes == 90     # the first reclaim is due past 100
     room.backlog.append(b"y" * 30)                      # slow is 120 behind: cut
     assert not slow.active and slow.close_code == SLOW_CLOSE and slow.close_now
     assert room.slow_cutoffs == room.stats.slow_cutoffs == 1
     assert room.backlog.base_seq == fast.seq == 3       # only fast's frame is kept
-    assert read(fast) == b"y" * 30
+    assert drain(fast) == b"y" * 30
 
 
 def test_reclaim_skips_in_a_skip_room_and_the_jump_counts_as_unread():
@@ -114,7 +105,7 @@ def test_reclaim_skips_in_a_skip_room_and_the_jump_counts_as_unread():
     slow, fast = room.join("slow"), room.join("fast")
     for _ in range(4):
         room.backlog.append(b"x" * 30)
-        read(fast)
+        drain(fast)
     assert slow.active and slow.seq == room.backlog.head_seq - 1      # jumped to the newest frame
     assert slow.unread == slow.pos and room.skipped == room.stats.skipped_messages == 3
     assert room.pace.lead is fast
@@ -123,7 +114,7 @@ def test_reclaim_skips_in_a_skip_room_and_the_jump_counts_as_unread():
 def test_flush_serves_parked_cursors_directly_or_unparks_them():
     room = Holder()
     served, blocked = room.join("served"), room.join("blocked")
-    served.attach(direct=lambda: read(served) is not None)
+    served.attach(direct=lambda: drain(served) is not None)
     blocked.attach(direct=lambda: False)
     for sub in (served, blocked):
         sub.wait(0)                                     # parks (and times out at once)
@@ -142,7 +133,7 @@ def test_sweep_cuts_a_cursor_that_made_no_progress():
     room = Holder(buffer_bytes=1000)
     stuck, idle = room.join("stuck"), room.join("idle")
     room.backlog.append(b"x" * 10)
-    read(idle)
+    drain(idle)
     room.backlog.sweep(0.0, 5)
     room.backlog.sweep(4.0, 5)
     assert stuck.active
@@ -157,5 +148,5 @@ def test_a_room_never_holds_more_than_its_budget_plus_one_frame(skip):
     subs = [room.join(i) for i in range(3)]
     for i in range(50):
         room.backlog.append(b"z" * (7 + i % 13))
-        read(subs[i % 3], limit=15)
+        drain(subs[i % 3], limit=15)
         assert room.backlog.bytes <= 100 + 19

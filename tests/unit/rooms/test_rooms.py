@@ -7,21 +7,12 @@ from sphincter_lib.rooms.outbox import Outbox
 from sphincter_lib.errors import RoomFullError, RoomLimitError, RoomNotFound, ShuttingDown
 from sphincter_lib.rooms.registry import SLOW_CLOSE, SOURCE_CLOSED, RoomRegistry, Source
 from sphincter_lib.rooms.stats import Stats
+from conftest import drain
 
 
 def registry(**kw):
     kw.setdefault("encode", lambda payload, text: payload)   # identity: sizes are easy to reason about
     return RoomRegistry(**kw)
-
-
-def drain(sub, limit=1 << 20):
-    out = b""
-    while True:
-        data = sub.take(limit)
-        if data is None:
-            return out
-        out += data
-        sub.commit()
 
 
 def test_subscriber_gets_messages_after_joining_in_order():
