@@ -12,9 +12,10 @@ PY36 ?= $(firstword $(wildcard $(addsuffix /versions/3.6*/bin/python3.6,$(PYENV_
           /usr/bin/python3.6 /usr/local/bin/python3.6))
 VENV36 := .venv36
 # The relay contract end to end (real server, real sockets, real WebSocket client, the real
-# `python3.6 sphincter.py` process) and the pure protocol modules under it; test_cluster.py: three
-# real nodes and a real Redis (redis-py 4.3.6 on 3.6), about 80 s; test_failover.py: Sentinel
-# (a primary, a replica, three sentinels) and fencing, about 25 s.
+# `python3.6 sphincter.py` process) and the pure protocol modules under it; Redis mode through
+# test_redis_mode.py (in-process nodes on a real Redis, redis-py 4.3.6 on 3.6, about 20 s) and
+# test_failover.py (Sentinel: a primary, a replica, three sentinels; fencing; about 25 s). The
+# several-process scale-out tests (test_cluster.py, about 80 s) run on the newest Python only.
 PY36_TESTS ?= tests/relay/test_relay.py tests/process/test_cli.py \
               tests/unit/relay/test_config.py tests/unit/proto/test_framing.py \
               tests/unit/proto/test_wsproto.py tests/unit/proto/test_wsproto_props.py \
@@ -25,7 +26,7 @@ PY36_TESTS ?= tests/relay/test_relay.py tests/process/test_cli.py \
               tests/unit/proto/test_preamble.py tests/unit/proto/test_roomsfile.py \
               tests/process/test_connect.py tests/unit/agent/test_wsclient.py \
               tests/unit/proto/test_obsws.py tests/unit/proto/test_resp.py \
-              tests/relay/test_redis_mode.py tests/relay/test_cluster.py \
+              tests/relay/test_redis_mode.py \
               tests/unit/proto/test_proxyproto.py tests/relay/test_proxy_protocol.py \
               tests/process/test_pipe.py tests/unit/proto/test_httpconnect.py \
               tests/unit/proto/test_sentinel.py tests/relay/test_failover.py \
