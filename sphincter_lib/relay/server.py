@@ -97,6 +97,7 @@ class Relay:
         self._signal_handlers = []
         self.stats = stats if stats is not None else Stats()
         model, extra = RoomRegistry, {}
+        named = roomsfile.load(settings.rooms_file) if settings.rooms_file else ()
         if settings.redis_url or settings.redis_sentinels:
             from ..cluster.model import RedisRoomModel
             model = RedisRoomModel
@@ -116,7 +117,7 @@ class Relay:
             stall_timeout=settings.stall_timeout,
             grace=settings.room_grace,
             replay=settings.replay,
-            named=roomsfile.load(settings.rooms_file) if settings.rooms_file else (),
+            named=_broadcast(named),
             write_back=settings.write_back,
             write_queue_bytes=settings.write_queue_bytes,
             **extra
@@ -132,7 +133,6 @@ class Relay:
                                      proxy_protocol=settings.source_proxy_protocol,
                                      trusted_proxies=settings.trusted_proxies)
         self.app = WebApp(self.registry, settings)
-        named = roomsfile.load(settings.rooms_file) if settings.rooms_file else ()
         if settings.sessions or any(spec.sessions for spec in named):
             self.tunnels = _tunnels(self.registry, settings, named)
             self.sources.tunnels = self.app.tunnels = self.tunnels
@@ -226,7 +226,7 @@ class Relay:
             logger.error("rooms file not reloaded, keeping the %d rooms in use: %s",
                          self.registry.named_count, exc)
             return None
-        added, changed, removed = self.registry.reload(specs)
+        added, changed, removed = self.registry.reload(_broadcast(specs))
         logger.info("rooms file %s reloaded: %d rooms; added %s; changed %s; removed %s", path,
                     len(specs), ",".join(added) or "-", ",".join(changed) or "-", ",".join(removed) or "-")
         return added, changed, removed
@@ -263,6 +263,11 @@ class Relay:
         logger.info("stopped in %.2fs (%d connections cut at the deadline); messages in=%d deliveries=%d",
                     time.monotonic() - started, left, self.stats.messages_in, self.stats.messages_out)
         self._stopped.set()
+
+
+def _broadcast(specs):
+    """The rooms file's broadcast rooms (its ``sessions=on`` rooms belong to the tunnel hub)."""
+    return [spec for spec in specs if not spec.sessions]
 
 
 def _tunnels(registry, settings, named=()):

@@ -277,6 +277,13 @@ def test_per_address_session_opens_are_limited(relays, tmp_path):
         service.stop()
 
 
+def api_rooms(relay, token):
+    import json
+    import urllib.request
+    req = urllib.request.Request("http://%s:%d/api/rooms" % relay.ws, headers={"Authorization": "Bearer " + token})
+    return json.loads(urllib.request.urlopen(req, timeout=unit(10)).read())["rooms"]
+
+
 def test_metrics_and_api_show_sessions(tunnel):
     import json
     import urllib.request
@@ -300,7 +307,10 @@ def test_a_named_session_room_with_its_write_key(relays, tmp_path):
     rooms = tmp_path / "rooms.txt"
     rooms.write_text("vnc s3cret-token sessions=on write=0123456789abcdefghij\n"
                      "feed other-token\n")
-    relay = relays("--rooms-file", str(rooms))      # --sessions off: only the named room tunnels
+    relay = relays("--rooms-file", str(rooms), "--admin-token", "a" * 20)  # --sessions off: only vnc tunnels
+    listed = api_rooms(relay, "a" * 20)
+    assert sorted((r["code"], r.get("kind", "broadcast")) for r in listed) == [
+        ("feed", "broadcast"), ("vnc", "sessions")], listed      # each room once, as what it is
     ws = client(relay, "vnc", "0123456789abcdefghij")
     assert close_code(ws)[0] == 4502                # no agent yet
     service = GreetingEcho()
