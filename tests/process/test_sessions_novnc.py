@@ -6,7 +6,8 @@ The VNC server speaks first (``RFB 003.008``) on a connection made for each clie
 holds two noVNC frames, so two sessions: two connections to Xvnc. The root window is painted
 with ``xsetroot -solid``; a screenshot of each frame's canvas (PNG, decoded here with zlib) must
 show that colour, then the next one painted while connected. One frame then goes away: its session
-ends alone and the other still shows what is painted next."""
+ends alone and the other still shows what is painted next; when Xvnc stops, noVNC says
+``Disconnected`` (close 1000). A third frame with a wrong key fails with 4403 in noVNC's console."""
 
 import base64
 import mimetypes
@@ -25,8 +26,9 @@ from gevent.pywsgi import WSGIServer
 
 from cdp_browser import Browser, find_chromium
 from conftest import unit, wait_for
+from nginxkit import free_port, nginx_binary
 from testkit import require_file, require_program, stop_process
-from test_pipe import relays  # noqa: F401  (the fixture)
+from test_pipe import ROOT, relays  # noqa: F401  (the fixture)
 from test_sessions import Agent
 
 pytestmark = pytest.mark.timeout(90)
@@ -169,23 +171,25 @@ def png_rgb(data):
 
 
 def canvas_rect(b, frame):
-    """The remote desktop's canvas in frame *frame*, in the page's CSS pixels."""
+    """The remote desktop's canvas, in the page's CSS pixels: in noVNC frame *frame* (a number),
+    or in vnc.html, the page itself (None)."""
     return b.evaluate("""(function () {
-        var f = document.getElementById('f%d'), c = f.contentDocument.querySelector('#screen canvas');
+        var f = %s, doc = f ? f.contentDocument : document;
+        var c = doc.querySelector('#screen canvas, #noVNC_container canvas');
         if (!c) return null;
-        var o = f.getBoundingClientRect(), r = c.getBoundingClientRect();
+        var o = f ? f.getBoundingClientRect() : {left: 0, top: 0}, r = c.getBoundingClientRect();
         return [Math.round(o.left + r.left), Math.round(o.top + r.top), Math.round(r.width), Math.round(r.height)];
-    })()""" % frame)
+    })()""" % ("null" if frame is None else "document.getElementById('f%d')" % frame))
 
 
 def shows(b, frame, rgb, tmp_path):
-    """True when a screenshot of the frame's canvas is the remote desktop painted *rgb*, pixel for
-    pixel (the last screenshot stays in tmp_path for a failure's post-mortem)."""
+    """True when a screenshot of the canvas (see canvas_rect) is the remote desktop painted *rgb*,
+    pixel for pixel (the last screenshot stays in tmp_path for a failure's post-mortem)."""
     x, y, w, h = canvas_rect(b, frame)
     assert (w, h) == (WIDTH, HEIGHT), (w, h)
     shot = base64.b64decode(b.call("Page.captureScreenshot", format="png", clip=dict(
         x=x, y=y, width=w, height=h, scale=1))["data"])
-    (tmp_path / ("frame%d.png" % frame)).write_bytes(shot)
+    (tmp_path / ("frame%s.png" % frame)).write_bytes(shot)
     width, height, rows = png_rgb(shot)
     assert (width, height) == (WIDTH, HEIGHT)
     return all(max(abs(p - q) for p, q in zip(px, rgb)) <= 2 for row in rows for px in row)
@@ -196,29 +200,60 @@ def status(b, frame):
                       ".textContent" % frame)
 
 
-def test_novnc_in_chromium_sees_the_remote_desktop_one_session_per_frame(relays, tmp_path):
+@pytest.fixture(scope="module")
+def chromium():
     require_file("/usr/share/novnc/vnc_lite.html", "noVNC")
-    chromium = require_program("chromium", find_chromium())
-    started = time.monotonic()
+    b = Browser(require_program("chromium", find_chromium()), width=3 * WIDTH + 300, height=HEIGHT + 300)
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def browser(chromium):
+    chromium.set_viewport(3 * WIDTH + 300, HEIGHT + 300)
+    chromium.errors.clear()
+    del chromium.console[:]
+    yield chromium
+    chromium.call("Page.navigate", url="about:blank")
+
+
+@pytest.fixture
+def vnc(relays, tmp_path):
+    """The relay (--sessions on), Xvnc painted COLOURS[0], the agent beside it, its room and key."""
     relay = relays("--sessions", "on")
     xvnc = Xvnc(tmp_path)
     agent = Agent(tmp_path, relay, xvnc.port)
-    web = browser = None
     try:
         code, key = agent.banner()
         xvnc.paint(COLOURS[0])
+        yield relay, xvnc, code, key
+    finally:
+        agent.stop()
+        xvnc.stop()
+    assert "Traceback" not in agent.log(), agent.log()
+
+
+def test_novnc_in_chromium_sees_the_remote_desktop_one_session_per_frame(browser, vnc, tmp_path):
+    started = time.monotonic()
+    relay, xvnc, code, key = vnc
+    web = None
+    try:
         # vnc_lite.html builds ws://HOST:PORT/PATH; PATH carries the room and key, URL-encoded
         src = "/vnc_lite.html?host=%s&port=%d&path=%s" % (
             relay.ws[0], relay.ws[1], "ws%%3Froom%%3D%s%%26key%%3D%s" % (code, key))
-        web = StaticNoVNC({"/two.html": page([src, src])})
-        browser = Browser(chromium, width=2 * WIDTH + 200, height=HEIGHT + 120)
-        browser.set_viewport(2 * WIDTH + 200, HEIGHT + 120)
+        wrong = src.replace(key, "wrong-key-0123456789ab")
+        web = StaticNoVNC({"/two.html": page([src, src, wrong])})
         browser.navigate("http://127.0.0.1:%d/two.html" % web.port)
         for frame in (0, 1):
             browser.wait_for("document.getElementById('f%d').contentDocument.getElementById('status')"
                              ".textContent === 'Connected to %s'" % (frame, DESKTOP),
                              timeout=unit(20), what="noVNC frame %d connected" % frame)
         assert len(re.findall(r"Connections: accepted", xvnc.log())) == 2, xvnc.log()  # a connection each
+        browser.wait_for("document.getElementById('f2').contentDocument.getElementById('status')"
+                         ".textContent === 'Something went wrong, connection is closed'",
+                         timeout=unit(10), what="noVNC's failure with a wrong key")
+        wait_for(lambda: any("code: 4403, reason: wrong key" in text for _, text in browser.console),
+                 timeout=unit(5), what="the close code in noVNC's console line")
         for rgb in COLOURS[:2]:                   # the desktop, then what is painted while connected
             xvnc.paint(rgb)
             for frame in (0, 1):
@@ -232,13 +267,98 @@ def test_novnc_in_chromium_sees_the_remote_desktop_one_session_per_frame(relays,
                  what="the remaining frame showing the last colour")
         assert status(browser, 1) == "Connected to %s" % DESKTOP
         assert len(re.findall(r"session %s\.\S+ of .* ended" % code, relay.log())) == 1, relay.log()
+        xvnc.stop()                               # the service ends: 1000, noVNC says so
+        browser.wait_for("document.getElementById('f1').contentDocument.getElementById('status')"
+                         ".textContent === 'Disconnected'", timeout=unit(10), what="a clean disconnect")
+        wait_for(lambda: "ended: service closed" in relay.log(), timeout=unit(10), what="the log line")
         assert not browser.errors, browser.errors
         print("noVNC through a session room: %.1fs" % (time.monotonic() - started))
     finally:
-        if browser is not None:
-            browser.close()
         if web is not None:
             web.stop()
-        agent.stop()
-        xvnc.stop()
-    assert "Traceback" not in agent.log(), agent.log()
+
+
+# --- the README's recipe: noVNC's vnc.html and the relay behind the shipped nginx block -------
+
+NGINX_MAIN = """worker_processes 1;
+error_log {d}/error.log warn;
+pid {d}/nginx.pid;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    # Debian's /etc/nginx/nginx.conf includes mime.types: noVNC's modules need a JavaScript type
+    types {{ text/html html; application/javascript js; text/css css; application/json json;
+             image/svg+xml svg; image/png png; audio/ogg oga; audio/mpeg mp3; }}
+    client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp;
+    include {d}/sphincter.conf;
+}}
+"""
+
+
+def shipped_nginx_block(port_tls, port_ws, cert, key):
+    """conf/nginx-sphincter.conf with the site's lines replaced and its noVNC location uncommented."""
+    with open(os.path.join(ROOT, "conf", "nginx-sphincter.conf")) as f:
+        text = f.read()
+    for pattern, repl in ((r"^\s*listen 443 ssl;$", "    listen 127.0.0.1:%d ssl;" % port_tls),
+                          (r"^\s*listen \[::\]:443 ssl;$", ""),
+                          (r"^\s*server 127\.0\.0\.1:8080;$", "    server 127.0.0.1:%d;" % port_ws),
+                          (r"^\s*ssl_certificate .*;$", "    ssl_certificate %s;" % cert),
+                          (r"^\s*ssl_certificate_key .*;$", "    ssl_certificate_key %s;" % key),
+                          (r"^(\s*)#(location /novnc/ \{|\s*alias /usr/share/novnc/;|\})$", r"\1\2")):
+        text, n = re.subn(pattern, repl, text, flags=re.M)
+        assert n == (3 if "novnc" in pattern else 1), "the shipped nginx block no longer has %r" % pattern
+    return text
+
+
+@pytest.fixture
+def nginx(tmp_path):
+    openssl = require_program("openssl")
+    binary = nginx_binary()
+    d = tmp_path / "nginx"
+    (d / "tmp").mkdir(parents=True)
+    os.chmod(str(tmp_path), 0o755)                # nginx's workers may run as another user
+    os.chmod(str(d), 0o755)
+    cert, key = str(d / "cert.pem"), str(d / "key.pem")
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", key, "-out", cert], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, timeout=unit(30))
+    procs = []
+
+    def start(relay):
+        port = free_port()
+        (d / "sphincter.conf").write_text(shipped_nginx_block(port, relay.ws[1], cert, key))
+        (d / "nginx.conf").write_text(NGINX_MAIN.format(d=d))
+        proc = subprocess.Popen([binary, "-p", str(d), "-c", str(d / "nginx.conf"), "-g", "daemon off;"],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        procs.append(proc)
+
+        def up():
+            assert proc.poll() is None, (d / "error.log").read_text()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+        wait_for(up, timeout=unit(15), what="nginx")
+        return port
+
+    yield start
+    for proc in procs:
+        stop_process(proc)
+
+
+def test_novnc_vnc_html_behind_the_shipped_nginx_block(browser, vnc, nginx, tmp_path):
+    relay, xvnc, code, key = vnc
+    port = nginx(relay)
+    browser.call("Security.setIgnoreCertificateErrors", ignore=True)     # a self-signed test certificate
+    try:
+        browser.navigate("https://127.0.0.1:%d/novnc/vnc.html?autoconnect=1&path=%s" % (
+            port, "ws%%3Froom%%3D%s%%26key%%3D%s" % (code, key)))
+        browser.wait_for("document.documentElement.classList.contains('noVNC_connected')",
+                         timeout=unit(20), what="vnc.html connected")
+        wait_for(lambda: shows(browser, None, COLOURS[0], tmp_path), timeout=unit(15), interval=0.1,
+                 what="vnc.html showing the desktop")
+        assert not browser.errors, browser.errors
+    finally:
+        browser.call("Security.setIgnoreCertificateErrors", ignore=False)
