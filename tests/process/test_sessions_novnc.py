@@ -185,7 +185,10 @@ def canvas_rect(b, frame):
 def shows(b, frame, rgb, tmp_path):
     """True when a screenshot of the canvas (see canvas_rect) is the remote desktop painted *rgb*,
     pixel for pixel (the last screenshot stays in tmp_path for a failure's post-mortem)."""
-    x, y, w, h = canvas_rect(b, frame)
+    rect = canvas_rect(b, frame)
+    if rect is None:                              # no canvas (yet)
+        return False
+    x, y, w, h = rect
     assert (w, h) == (WIDTH, HEIGHT), (w, h)
     shot = base64.b64decode(b.call("Page.captureScreenshot", format="png", clip=dict(
         x=x, y=y, width=w, height=h, scale=1))["data"])
