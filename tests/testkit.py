@@ -64,10 +64,13 @@ PROGRAMS = {
     "tar": "tar",
     "tinyproxy": "tinyproxy-bin",
     "unshare": "util-linux",
+    "Xtigervnc": "tigervnc-standalone-server",
+    "xsetroot": "x11-xserver-utils",
 }
 #: Files a test needs that are not programs, and the Debian package that ships each.
 FILES = {
     "/usr/lib/nginx/modules/ngx_stream_module.so": "libnginx-mod-stream",
+    "/usr/share/novnc/vnc_lite.html": "novnc",
 }
 #: Packages every Debian system has (Essential: yes): apt-deps.d need not list them.
 ESSENTIAL = ("coreutils", "dash", "dpkg")
