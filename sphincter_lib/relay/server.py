@@ -132,6 +132,7 @@ class Relay:
                                      proxy_protocol=settings.source_proxy_protocol,
                                      trusted_proxies=settings.trusted_proxies)
         self.app = WebApp(self.registry, settings)
+        self.app.source_handler = self.sources          # source links over WebSocket (wssource)
         named = roomsfile.load(settings.rooms_file) if settings.rooms_file else ()
         if settings.sessions or any(spec.sessions for spec in named):
             self.tunnels = _tunnels(self.registry, settings, named)
