@@ -225,3 +225,46 @@ def test_a_bad_relay_url_is_one_line_naming_the_option(url, needle):
     assert r.returncode == 2
     lines = r.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and "argument --relay" in lines[0] and needle in lines[0], lines
+
+
+# --- the wire, as a plain WebSocket client sees it ------------------------------------------------------
+
+def source_link(relay, forwarded_for):
+    return websocket.create_connection("ws://%s:%d/ws?source=1" % relay.ws, timeout=unit(15),
+                                       header=["X-Forwarded-For: %s" % forwarded_for])
+
+
+def received(ws, until):
+    got = b""
+    while until not in got:
+        opcode, data = ws.recv_data()
+        assert opcode == websocket.ABNF.OPCODE_BINARY, opcode
+        got += data
+    return got
+
+
+def test_the_wire_byte_stream_fin_and_the_forwarded_address_per_ip_limit(relays):
+    relay = relays("--framing", "lines", "--ws-sources", "on", "--max-sources-per-ip", "1",
+                   "--source-tokens", "t0ken")
+    a = source_link(relay, "203.0.113.7")
+    a.send_binary(b"AUTH t0ken\nhel")                  # the preamble, then data split anywhere
+    code = received(a, b"\n").decode().split()[1]
+    viewer = websocket.create_connection("ws://%s:%d/ws?room=%s" % (relay.ws + (code,)),
+                                         timeout=unit(15))
+    wait_for(lambda: "joined room %s" % code in relay.log(), what="the viewer in its room")
+    a.send(u"lo\nwor")                                  # text messages are bytes too
+    a.send_binary(b"ld\n")
+    assert text_messages(viewer, 2) == [b"hello", b"world"]
+    b = source_link(relay, "203.0.113.7")               # the same forwarded address: over the limit
+    b.send_binary(b"AUTH t0ken\n")
+    assert received(b, b"\n") == b"ERROR too many connections\n"
+    c = source_link(relay, "198.51.100.9")              # another one: fine
+    c.send_binary(b"AUTH nope\n")
+    assert received(c, b"\n") == b"ERROR unauthorized\n"
+    a.send_binary(b"")                                  # FIN: the room publishes and closes
+    assert close_code(viewer)[0] == 4410
+    assert close_code(a)[0] == 1000
+    log = relay.log()
+    assert "room %s opened by 203.0.113.7" % code in log, log
+    assert "source 203.0.113.7 refused: too many connections" in log
+    assert "source 198.51.100.9 refused: unauthorized" in log
