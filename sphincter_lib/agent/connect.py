@@ -1,6 +1,7 @@
 """``sphincter connect``: the source side. Bridges one local service into one room, both ways.
 
-``python sphincter.py connect --relay HOST:PORT --from SPEC [options]``. SPEC is
+``python sphincter.py connect --relay HOST:PORT --from SPEC [options]`` (or ``--relay
+wss://HOST/``: every link a WebSocket on the relay's HTTP port, see :func:`.dial.relay_socket`). SPEC is
 ``tcp:HOST:PORT`` (a local TCP service), ``ws://...``/``wss://...`` (a local
 WebSocket service), ``obs://HOST:PORT`` (obs-websocket 5, see :mod:`.obsws`) or
 ``-`` (stdin to the room, write-back to stdout).

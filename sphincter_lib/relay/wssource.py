@@ -55,13 +55,13 @@ class WsSourceSocket:
     #: largest message sent to the agent (bigger writes are cut)
     max_send = 64 * 1024
 
-    def __init__(self, conn, max_message_bytes=1 << 20, ping_interval=20.0, ping_timeout=20.0,
-                 close_timeout=5.0, clock=time.monotonic):
+    def __init__(self, conn, max_message_bytes=1 << 20, ping_interval=20.0, close_timeout=5.0,
+                 clock=time.monotonic):
         self.conn = conn
         self.ws = ServerSession(max_message_bytes=max_message_bytes, now=clock())
         self.clock = clock
         self.close_timeout = close_timeout
-        self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
+        self.ping_interval = ping_interval
         self._chunks = deque()       # bytes received, not yet taken
         self._held = 0
         self._fin = False            # the agent's end of data (empty message, close, EOF)
@@ -105,7 +105,7 @@ class WsSourceSocket:
         deadline = None if self._timeout is None else self.clock() + self._timeout
         while not self._chunks:
             self._flush_control()
-            if self._fin or self._closed:
+            if self._fin or self._closed or self.conn.closed:
                 return b""
             if not self.conn.reading and not self.conn.closed:
                 self.conn.start_reading(self._on_data)
@@ -197,17 +197,15 @@ class WsSourceSocket:
             self.conn.close()
 
     def _ping(self):
-        """Keep a quiet link open through proxies (nginx's proxy_read_timeout); drop a dead one."""
+        """Keep a quiet link open through proxies (nginx's ``proxy_read_timeout``): a ping while
+        no write is under way. Unanswered pings end nothing: an agent may rightly stop reading
+        for long (its service is slow: TCP backpressure); a vanished one is noticed as over TCP
+        (the writes of these pings fail)."""
         interval = self.ping_interval
         while not self._closed:
             gevent.sleep(interval)
-            now = self.clock()
-            if self.conn.reading and self.ws.ping_overdue(now, self.ping_timeout):
-                logger.info("source link: ping timeout")
-                self.shutdown(socket.SHUT_RDWR)
-                return
-            if self.ws.ping_due(now, interval):
-                self.ws.send_ping(now)
+            if self.ws.state is OPEN and not self._writing.locked():
+                self.ws.send_ping(self.clock())
                 self._flush_control()
 
 
@@ -232,6 +230,8 @@ def serve(handler, conn, environ, client, settings):
         refuse(conn, CloseCode.FORBIDDEN, OFF_REASON, settings.close_timeout)
         return
     sock = WsSourceSocket(conn, max_message_bytes=max(1 << 20, settings.max_message_bytes),
-                          ping_interval=settings.ping_interval, ping_timeout=settings.ping_timeout,
-                          close_timeout=settings.close_timeout)
-    handler(sock, address, forwarded=True)
+                          ping_interval=settings.ping_interval, close_timeout=settings.close_timeout)
+    try:
+        handler(sock, address, forwarded=True)
+    finally:
+        sock.close()                     # (the handler closes it: once is enough)

@@ -80,7 +80,7 @@ def text_messages(ws, n):
 # --- (a) a broadcast source over ws:// ------------------------------------------------------------
 
 def test_a_broadcast_source_over_ws_reaches_a_viewer_and_its_end_closes_the_room(relays, connects):
-    relay = relays("--framing", "lines", "--ws-sources", "on")
+    relay = relays("--framing", "lines", "--ws-sources", "on", "--ping-interval", "0.05")
     # --from -: stdin to the room; the banner goes to stderr, so read it from the log
     agent = connects("--relay", "ws://%s:%d/" % relay.ws, "--from", "-", stdin=subprocess.PIPE)
     code = wait_for(lambda: re.search(r"(?m)^ROOM (\w+)$", agent.log()), timeout=unit(15),
@@ -89,6 +89,7 @@ def test_a_broadcast_source_over_ws_reaches_a_viewer_and_its_end_closes_the_room
                                          timeout=unit(15))
     wait_for(lambda: "subscriber" in relay.log() and "joined room %s" % code in relay.log(),
              what="the viewer in its room")
+    gevent.sleep(0.2)                          # a few pings (answered by connect as it reads)
     agent.proc.stdin.write(b"hello over 443\n" + b"x" * 200000 + b"\n")
     agent.proc.stdin.flush()
     assert text_messages(viewer, 2) == [b"hello over 443", b"x" * 200000]
@@ -245,7 +246,7 @@ def received(ws, until):
 
 def test_the_wire_byte_stream_fin_and_the_forwarded_address_per_ip_limit(relays):
     relay = relays("--framing", "lines", "--ws-sources", "on", "--max-sources-per-ip", "1",
-                   "--source-tokens", "t0ken")
+                   "--source-tokens", "t0ken", "--ping-interval", "0.05")
     a = source_link(relay, "203.0.113.7")
     a.send_binary(b"AUTH t0ken\nhel")                  # the preamble, then data split anywhere
     code = received(a, b"\n").decode().split()[1]
