@@ -99,6 +99,30 @@ def test_a_broadcast_source_over_ws_reaches_a_viewer_and_its_end_closes_the_room
     assert re.search(r"room %s opened by 127\.0\.0\.1:\d+" % code, relay.log()), relay.log()
 
 
+def test_a_cut_ws_link_resumes_the_same_room(relays, connects):
+    from test_connect import Proxy
+    relay = relays("--framing", "lines", "--ws-sources", "on", "--room-grace", "30")
+    cutter = Proxy(relay.ws)                   # a TCP hop we can cut, between connect and the relay
+    try:
+        agent = connects("--relay", "ws://%s:%d" % cutter.address, "--from", "-", stdin=subprocess.PIPE)
+        code = wait_for(lambda: re.search(r"(?m)^ROOM (\w+)$", agent.log()), timeout=unit(15),
+                        what="ROOM on stderr").group(1)
+        viewer = websocket.create_connection("ws://%s:%d/ws?room=%s" % (relay.ws + (code,)),
+                                             timeout=unit(15))
+        wait_for(lambda: "joined room %s" % code in relay.log(), what="the viewer in its room")
+        assert cutter.cut() == 1
+        wait_for(lambda: agent.log().count("relay connected: room %s" % code) == 2, timeout=unit(15),
+                 what="the link back, same room")
+        agent.proc.stdin.write(b"after the cut\n")
+        agent.proc.stdin.flush()
+        assert text_messages(viewer, 1) == [b"after the cut"]
+        assert "room %s resumed by" % code in relay.log(), relay.log()
+        assert "room code changed" not in agent.log()
+        viewer.close()
+    finally:
+        cutter.stop()
+
+
 # --- (b) a session room over wss:// through nginx and an HTTP proxy ---------------------------------
 
 NGINX_MAIN = """\
