@@ -115,11 +115,12 @@ class WsSourceSocket:
             if not self._arrived.wait(wait):
                 raise socket.timeout("timed out")
         chunk = self._chunks.popleft()
-        if len(chunk) > size:
-            chunk, rest = chunk[:size], chunk[size:]
+        if len(chunk) > size:                    # the rest stays, as a view (no copy of it)
+            view = memoryview(chunk)
+            chunk, rest = view[:size], view[size:]
             self._chunks.appendleft(rest)
         self._held -= len(chunk)
-        return chunk
+        return chunk if chunk.__class__ is bytes else bytes(chunk)
 
     def settimeout(self, seconds):
         self._timeout = seconds
