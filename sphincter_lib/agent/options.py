@@ -253,6 +253,9 @@ def parse(argv=None, env=None):
     else:
         if ns.tls and not ns.relay_url.startswith("wss://"):
             raise ConfigError("argument --tls: with a WebSocket relay, use --relay wss://...")
+        if ns.tls_server_name:
+            raise ConfigError("argument --tls-server-name: not with --relay ws://... or wss://... "
+                              "(the URL's host is the name checked)")
         ns.proxy, ns.proxy_source = resolve_proxy(ns.relay_url, ns.proxy, env)
     if ns.retry_max < ns.retry_min:
         raise ConfigError("argument --retry-max: must be at least --retry-min")

@@ -65,6 +65,7 @@ def test_the_proxy_of_a_wss_relay(argv, env, proxy, source):
     (["--relay", "h:9000", "--proxy", "http://p:3128"], "argument --proxy: only with --relay ws://"),
     (["--relay", "ws://h/", "--tls"], "argument --tls: with a WebSocket relay, use --relay wss://"),
     (["--relay", "wss://h/", "--proxy", "ftp://p"], "argument --proxy"),
+    (["--relay", "wss://h/", "--tls-server-name", "x"], "argument --tls-server-name: not with"),
 ])
 def test_errors_name_the_option(argv, needle):
     with pytest.raises(ConfigError) as info:
