@@ -144,7 +144,7 @@ class WebApp:
                                  "this endpoint speaks WebSocket: GET /ws?room=CODE with an Upgrade\n")
         ip = self.client(environ)
         if wssource.is_source_link(environ):
-            wssource.serve(self.source_handler, conn, environ, ip, self.settings)
+            wssource.serve(self.source_handler, conn, environ, ip, self.settings, self.origins)
             return []
         self.connections += 1
         slot = self.ip_caps.acquire(ip, force=True)     # per-IP count (checked in precheck)

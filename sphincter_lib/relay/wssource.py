@@ -217,9 +217,11 @@ def refuse(conn, code, reason, close_timeout=5.0):
     close_blocking(conn, ws, close_timeout)
 
 
-def serve(handler, conn, environ, client, settings):
+def serve(handler, conn, environ, client, settings, origins=None):
     """Run ``handler`` (``ingest.SourceHandler``, None with ``--ws-sources off``) on one source
-    link; ``client``: the client's address (``X-Forwarded-For`` from a trusted proxy)."""
+    link; ``client``: the client's address (``X-Forwarded-For`` from a trusted proxy);
+    ``origins``: the ``--allowed-origins`` policy (a page's source link is held to it, as its
+    subscribers are; an agent sends no ``Origin``)."""
     remote = environ.get("REMOTE_ADDR", "")
     port = str(environ.get("REMOTE_PORT") or "")
     if client is None:                   # a trusted proxy that did not say: the proxy
@@ -229,6 +231,10 @@ def serve(handler, conn, environ, client, settings):
     if handler is None or not settings.ws_sources:
         logger.info("source link from %s refused: %s", client, OFF_REASON)
         refuse(conn, CloseCode.FORBIDDEN, OFF_REASON, settings.close_timeout)
+        return
+    if origins is not None and not origins.allowed(environ.get("HTTP_ORIGIN")):
+        logger.info("source link from %s refused: origin not allowed", client)
+        refuse(conn, CloseCode.FORBIDDEN, "origin not allowed", settings.close_timeout)
         return
     sock = WsSourceSocket(conn, max_message_bytes=max(1 << 20, settings.max_message_bytes),
                           ping_interval=settings.ping_interval, close_timeout=settings.close_timeout)

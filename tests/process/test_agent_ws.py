@@ -238,6 +238,18 @@ def test_ws_sources_off_refuses_with_4403_and_connect_stops(relays, connects):
     assert "source link from 127.0.0.1 refused: source links are off" in relay.log()
 
 
+def test_a_source_link_from_a_page_is_held_to_allowed_origins(relays):
+    relay = relays("--ws-sources", "on", "--allowed-origins", "https://ok.example")
+    for origin, expected in (("https://evil.example", (4403, "origin not allowed")),
+                             ("https://ok.example", (1000, ""))):
+        ws = websocket.create_connection("ws://%s:%d/ws?source=1" % relay.ws, timeout=unit(15),
+                                         origin=origin)
+        if expected[0] == 1000:
+            assert received(ws, b"\n").startswith(b"ROOM ")
+            ws.send_binary(b"")                  # FIN: the room closes, then the link
+        assert close_code(ws) == expected
+
+
 @pytest.mark.parametrize("url, needle", [
     ("wss://:443/", "no host"),
     ("ws://relay.example.org:99999/", "invalid port"),
