@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import gevent
 import pytest
@@ -305,3 +306,39 @@ def test_the_wire_byte_stream_fin_and_the_forwarded_address_per_ip_limit(relays)
     assert "room %s opened by 203.0.113.7" % code in log, log
     assert "source 203.0.113.7 refused: too many connections" in log
     assert "source 198.51.100.9 refused: unauthorized" in log
+
+
+def test_a_blasting_source_link_is_not_read_ahead_of_a_slow_viewer(relays):
+    """TCP's backpressure through the link: the relay stops reading it while the viewer is behind,
+    so the sender stalls after a bounded amount (room budget + buffers), then everything arrives."""
+    relay = relays("--ws-sources", "on")                  # (raw framing, see RelayProcess)
+    src = source_link(relay, "203.0.113.7")
+    code = received(src, b"\n").decode().split()[1]      # ROOM, WRITE (write-back is on)
+    viewer = websocket.create_connection("ws://%s:%d/ws?room=%s" % (relay.ws + (code,)),
+                                         timeout=unit(30), skip_utf8_validation=True)
+    wait_for(lambda: "joined room %s" % code in relay.log(), what="the viewer in its room")
+    data = os.urandom(1 << 20) * 48
+    sent = [0]
+
+    def blast():
+        for i in range(0, len(data), 1 << 20):
+            src.send_binary(data[i:i + (1 << 20)])
+            sent[0] += 1 << 20
+    sender = gevent.spawn(blast)
+    last = [-1, time.monotonic()]
+
+    def stalled():
+        if sent[0] != last[0]:
+            last[:] = [sent[0], time.monotonic()]
+        return time.monotonic() - last[1] > unit(0.5)
+    wait_for(stalled, timeout=unit(20), what="the sender held back")
+    assert sent[0] <= 32 << 20, "the relay read %d MiB ahead of its viewer" % (sent[0] >> 20)
+    got, n = hashlib.sha256(), 0
+    with gevent.Timeout(unit(30)):
+        while n < len(data):
+            chunk = viewer.recv()
+            got.update(chunk)
+            n += len(chunk)
+    assert got.digest() == hashlib.sha256(data).digest()
+    sender.get()
+    viewer.close()
