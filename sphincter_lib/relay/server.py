@@ -132,12 +132,12 @@ class Relay:
                                      proxy_protocol=settings.source_proxy_protocol,
                                      trusted_proxies=settings.trusted_proxies)
         self.app = WebApp(self.registry, settings)
-        self.app.source_handler = self.sources          # source links over WebSocket (wssource)
         named = roomsfile.load(settings.rooms_file) if settings.rooms_file else ()
         if settings.sessions or any(spec.sessions for spec in named):
             self.tunnels = _tunnels(self.registry, settings, named)
             self.sources.tunnels = self.app.tunnels = self.tunnels
         ws_paths = {"/ws"}
+        self.app.source_handler = self.sources          # source links over WebSocket (wssource)
         if settings.test_echo_endpoint:
             from .echo import ECHO_PATH, EchoEndpoint
             self.app.routes[ECHO_PATH] = EchoEndpoint(settings.close_timeout)
