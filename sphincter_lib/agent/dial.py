@@ -106,7 +106,8 @@ def dial(url, proxy=None, ssl_context=None, timeout=10.0):
 
 class LinkRefused(Fatal, OSError):
     """The relay closed a source link over WebSocket with 4403 before anything else: it does
-    not take source links there (``--ws-sources off``), or forbids this one. Retrying cannot help."""
+    not take source links there (``--ws-sources off``), or forbids this one; or with 4404: it
+    took the link for a subscriber's (a relay without source links). Retrying cannot help."""
 
 
 class WsStream:
@@ -139,6 +140,10 @@ class WsStream:
                     hint = ": it needs --ws-sources on" if exc.reason == "source links are off" else ""
                     raise LinkRefused("the relay refused the source link over WebSocket (close %d "
                                       "%s)%s" % (exc.code, exc.reason, hint))
+                if exc.code == CloseCode.ROOM_NOT_FOUND and not self._heard:
+                    raise LinkRefused("the relay took the source link for a subscriber (close %d %s): "
+                                      "a relay older than source links over WebSocket?" % (
+                                          exc.code, exc.reason))
                 return b""
             self._heard = True
             if not payload and opcode == BINARY:
