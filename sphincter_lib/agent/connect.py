@@ -1,6 +1,7 @@
 """``sphincter connect``: the source side. Bridges one local service into one room, both ways.
 
-``python sphincter.py connect --relay HOST:PORT --from SPEC [options]``. SPEC is
+``python sphincter.py connect --relay HOST:PORT --from SPEC [options]`` (or ``--relay
+wss://HOST/``: every link a WebSocket on the relay's HTTP port, see :func:`.dial.relay_socket`). SPEC is
 ``tcp:HOST:PORT`` (a local TCP service), ``ws://...``/``wss://...`` (a local
 WebSocket service), ``obs://HOST:PORT`` (obs-websocket 5, see :mod:`.obsws`) or
 ``-`` (stdin to the room, write-back to stdout).
@@ -146,7 +147,8 @@ class Bridge:
         self.sent = self.received = self.dropped = 0
         self.finishing = False
         self.done = gevent.event.AsyncResult()
-        self.relay = Side("relay %s:%d" % opts.relay, self._open_relay,
+        where = opts.relay_url or "%s:%d" % opts.relay
+        self.relay = Side("relay %s" % where, self._open_relay,
                           Backoff(opts.retry_min, opts.retry_max), self._relay_up)
         name = "stdin/stdout" if opts.spec.kind == "stdio" else "local service %s" % opts.spec.text
         self.local = Side(name, self._opener(local_factory),
@@ -345,6 +347,8 @@ def main(argv=None, env=None):
         print("sphincter connect: error: %s" % exc, file=sys.stderr)
         return 2
     setup_logging(opts.log_level, opts.log_format)
+    if opts.proxy is not None:
+        logger.info("relay links go through the proxy %s (%s)", opts.proxy.url, opts.proxy_source)
     if opts.sessions:
         from .sessions import SessionAgent
         bridge = SessionAgent(opts)

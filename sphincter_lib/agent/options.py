@@ -15,6 +15,7 @@ import os
 from .. import __version__, options
 from ..errors import ConfigError
 from ..proto.obsws import EVENTS_ALL
+from .pipe_options import proxy, resolve_proxy
 
 ENV_PREFIX = "SPHINCTER_CONNECT_"
 
@@ -48,9 +49,60 @@ def _hostport(text, default_port=None):
     return options.host(host), port
 
 
+class RelayTarget(tuple):
+    """``(host, port)`` of the relay; ``url``: the WebSocket URL of a source link over the relay's
+    HTTP port (``--relay ws://...`` / ``wss://...``), None for its TCP source port."""
+
+    def __new__(cls, host, port, url=None):
+        target = tuple.__new__(cls, (host, port))
+        target.url = url
+        return target
+
+
+#: the query parameter that marks a source link on the relay's ``/ws`` (``relay/wssource.py``)
+SOURCE_QUERY = "source=1"
+
+
+def source_url(text):
+    """The source-link URL for ``--relay ws[s]://HOST[:PORT][/PATH][?QUERY]``: the path ``/ws``
+    when none is given (``PATH/ws`` for a path that ends in ``/``), and ``source=1`` in the query.
+    ValueError if it is not a ws:// or wss:// URL."""
+    from .wsclient import parse_url
+    text = text.strip()
+    parse_url(text)                                   # ValueError if malformed
+    scheme, _, rest = text.partition("://")
+    if "#" in rest:
+        raise ValueError("no fragment allowed in %r" % text)
+    authority, slash, path = rest.partition("/")
+    if "?" in authority:
+        authority, _, query = authority.partition("?")
+        path = "?" + query
+    path, _, query = ("/" + path if slash or path.startswith("?") else "/").partition("?")
+    path = path.replace("//", "/")
+    if path.endswith("/"):
+        path += "ws"
+    params = [p for p in query.split("&") if p]
+    if not any(p.split("=", 1)[0] == "source" for p in params):
+        params.append(SOURCE_QUERY)
+    return "%s://%s%s?%s" % (scheme.lower(), authority, path, "&".join(params))
+
+
 def relay_address(text):
-    """``HOST:PORT`` of the relay's source port."""
-    return _hostport(str(text))
+    """``HOST:PORT`` of the relay's source port, or a ``ws://``/``wss://`` URL of its HTTP
+    (WebSocket) port: a :class:`RelayTarget`."""
+    text = str(text).strip()
+    if text.lower().startswith(("ws://", "wss://")):
+        from .wsclient import parse_url
+        try:
+            url = source_url(text)
+            _tls, host, port, _resource = parse_url(url)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc))
+        return RelayTarget(host, port, url)
+    if "://" in text:
+        raise argparse.ArgumentTypeError("expected HOST:PORT, ws://HOST[:PORT][/PATH] or "
+                                         "wss://HOST[:PORT][/PATH], got %r" % text)
+    return RelayTarget(*_hostport(text))
 
 
 def spec(text):
@@ -111,16 +163,22 @@ def _opt(name, default, type, help, metavar=None, env=None):
 
 
 OPTIONS = (
-    _opt("relay", None, relay_address, "the relay's source address (its --tcp-port), HOST:PORT",
-         "HOST:PORT"),
+    _opt("relay", None, relay_address, "the relay: HOST:PORT of its source port (its --tcp-port), "
+         "or ws://HOST[:PORT][/PATH] / wss://... of its WebSocket port (through nginx on 443, an "
+         "HTTP proxy: the relay's --ws-sources on; the path defaults to /ws)", "HOST:PORT|URL"),
     _opt("from", None, spec, "the local service: tcp:HOST:PORT, ws://... or wss://... (a WebSocket "
          "service), obs://HOST:PORT (obs-websocket 5), or - (stdin to the room, write-back to stdout)",
          "SPEC"),
     _opt("token", "", _token, "sent as 'AUTH <TOKEN>' first: a named room's token or one of the "
          "relay's --source-tokens; prefer the env var to the command line", "TOKEN"),
-    _opt("tls", "off", options.boolean, "connect to the relay with TLS (its --source-tls-cert)", "on|off"),
+    _opt("tls", "off", options.boolean, "connect to the relay with TLS (its --source-tls-cert); "
+         "for --relay wss://... TLS is on anyway", "on|off"),
     _opt("tls-ca", "", options.path_or_empty, "CA file to verify the relay's certificate "
          "(default: the system's CAs)", "FILE"),
+    _opt("proxy", "", proxy, "HTTP proxy to reach a --relay ws://... or wss://... through "
+         "(CONNECT): http://[USER:PASS@]HOST:PORT; 'direct': none; '' (default): https_proxy/"
+         "HTTPS_PROXY for wss://, http_proxy/HTTP_PROXY for ws://, unless no_proxy/NO_PROXY names "
+         "the host", "URL"),
     _opt("tls-server-name", "", options.path_or_empty, "name to ask for (SNI) and to verify in the "
          "relay's certificate (default: the --relay host)", "NAME"),
     _opt("local-connect", "start", options.choice("start", "on-write"), "when to connect to the "
@@ -183,8 +241,22 @@ def build_parser():
 
 
 def parse(argv=None, env=None):
+    env = os.environ if env is None else env
     ns = options.parse_args(build_parser(), argv, env)
     ns.spec = getattr(ns, "from")
+    ns.relay_url = ns.relay.url
+    ns.proxy_source = ""
+    if ns.relay_url is None:
+        if ns.proxy not in ("", "direct"):
+            raise ConfigError("argument --proxy: only with --relay ws://... or wss://...")
+        ns.proxy = None
+    else:
+        if ns.tls and not ns.relay_url.startswith("wss://"):
+            raise ConfigError("argument --tls: with a WebSocket relay, use --relay wss://...")
+        if ns.tls_server_name:
+            raise ConfigError("argument --tls-server-name: not with --relay ws://... or wss://... "
+                              "(the URL's host is the name checked)")
+        ns.proxy, ns.proxy_source = resolve_proxy(ns.relay_url, ns.proxy, env)
     if ns.retry_max < ns.retry_min:
         raise ConfigError("argument --retry-max: must be at least --retry-min")
     if ns.tls_ca and not os.path.isfile(ns.tls_ca):

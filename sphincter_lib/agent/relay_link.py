@@ -7,13 +7,12 @@ after a ``WRITE`` line. :class:`RelayLink` is one connection: it sends the ``AUT
 """
 
 import socket
-import ssl
 import time
 
 import gevent.lock
 
 from ..errors import SphincterError
-from ..tcp import keepalive
+from .dial import relay_socket
 
 
 class RelayRefused(SphincterError):
@@ -95,13 +94,8 @@ class RelayLink:
 
     @classmethod
     def open(cls, opts, resume=None):
-        host, port = opts.relay
-        sock = socket.create_connection((host, port), timeout=opts.connect_timeout)
+        sock = relay_socket(opts)          # TCP (TLS), or a WebSocket on the relay's HTTP port
         try:
-            keepalive(sock, idle=20, interval=5, probes=4, nodelay=True)   # a vanished relay: ~40 s
-            if opts.tls:
-                ctx = ssl.create_default_context(cafile=opts.tls_ca or None)
-                sock = ctx.wrap_socket(sock, server_hostname=opts.tls_server_name or host)
             first = b""
             if opts.token:
                 first += b"AUTH %s\n" % opts.token.encode()

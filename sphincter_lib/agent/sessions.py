@@ -22,8 +22,8 @@ import gevent.lock
 
 from ..errors import SphincterError
 from ..proto import sessionwire
-from ..tcp import keepalive
 from .backoff import Backoff
+from .dial import relay_socket
 from .local import Fatal
 
 logger = logging.getLogger("sphincter.agent.sessions")
@@ -34,18 +34,9 @@ def _reason(exc):
 
 
 def dial_relay(opts):
-    """A TCP (or TLS) connection to the relay's source port, within ``--connect-timeout``."""
-    host, port = opts.relay
-    sock = socket.create_connection((host, port), timeout=opts.connect_timeout)
-    try:
-        keepalive(sock, idle=20, interval=5, probes=4, nodelay=True)
-        if opts.tls:
-            ctx = ssl.create_default_context(cafile=opts.tls_ca or None)
-            sock = ctx.wrap_socket(sock, server_hostname=opts.tls_server_name or host)
-        return sock
-    except BaseException:
-        sock.close()
-        raise
+    """A TCP (or TLS) connection to the relay's source port, or a source link over WebSocket
+    (``--relay wss://...``: ``dial.relay_socket``), within ``--connect-timeout``."""
+    return relay_socket(opts)
 
 
 class SessionAgent:

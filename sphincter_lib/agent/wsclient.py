@@ -298,6 +298,8 @@ class ClientConnection:
                 raise ConnectionClosed(self.session.close_code, self.session.close_reason)
             try:
                 data = self.sock.recv(self.read_size)
+            except socket.timeout:
+                raise                          # the caller's deadline (a timeout set on the socket)
             except OSError:
                 data = b""
             if not data:

@@ -227,6 +227,11 @@ OPTIONS = (
            "burst; more are closed with 4429; 0: no limit", "PER_SECOND"),
     Option("session-open-burst", "20", count,
            "session opens an address may make at once before --session-open-rate applies", "N"),
+    Option("ws-sources", "off", boolean,
+           "accept source links ('sphincter connect --relay wss://...') on the WebSocket port at "
+           "/ws?source=1, for agents that can only get out through HTTPS or a proxy; every source "
+           "rule applies (tokens, --max-sources-per-ip with the X-Forwarded-For address); off: "
+           "they are closed with 4403, and room creation stays on the TCP source port only", "on|off"),
 )
 
 #: Testing aids: parsed like the others (flag, env var, config key) but not shown by

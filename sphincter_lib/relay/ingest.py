@@ -76,12 +76,14 @@ class SourceHandler:
     def active(self):
         return len(self._live)
 
-    def __call__(self, sock, address):
+    def __call__(self, sock, address, forwarded=False):
+        """``forwarded``: a source link over WebSocket (``wssource``), ``address`` from a trusted
+        proxy's ``X-Forwarded-For``: it sends no PROXY header."""
         peer = who = format_peer(address)
         host = address[0] if isinstance(address, tuple) else str(address)
         slot, first = None, None
         try:
-            if self.proxy_protocol and is_trusted(host, self.trusted_proxies):
+            if self.proxy_protocol and not forwarded and is_trusted(host, self.trusted_proxies):
                 header = self.greeter.read_start(sock, HeaderReader(expect=True), time.monotonic())
                 if header.error:
                     self.greeter.refuse(sock, peer, header.error, detail=header.detail)

@@ -137,6 +137,7 @@ class Relay:
             self.tunnels = _tunnels(self.registry, settings, named)
             self.sources.tunnels = self.app.tunnels = self.tunnels
         ws_paths = {"/ws"}
+        self.app.source_handler = self.sources          # source links over WebSocket (wssource)
         if settings.test_echo_endpoint:
             from .echo import ECHO_PATH, EchoEndpoint
             self.app.routes[ECHO_PATH] = EchoEndpoint(settings.close_timeout)

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs
 from gevent.pool import Group
 
 from .. import __version__
-from . import api, metrics, presence, tunnel, viewer
+from . import api, metrics, presence, tunnel, viewer, wssource
 from ..proto.addresses import client_address, is_local_client, is_trusted, peer_name
 from ..closecodes import CloseCode
 from ..errors import RelayUnavailable, RoomFullError, RoomNotFound, ShuttingDown
@@ -39,6 +39,8 @@ class WebApp:
         self.sessions = Group()       # subscriber sessions detached from their HTTP handler
         #: session rooms (``tunnel.TunnelHub``), None with ``--sessions off``
         self.tunnels = None
+        #: ``ingest.SourceHandler`` for source links over WebSocket (``/ws?source=1``, ``wssource``)
+        self.source_handler = None
         self.routes = {"/ws": self.ws, "/healthz": self.healthz}
         self.routes.update(viewer.routes())
         self.routes.update(metrics.routes(registry, connections=lambda: self.connections,
@@ -140,8 +142,11 @@ class WebApp:
         if conn is None:
             return text_response(start_response, "400 Bad Request",
                                  "this endpoint speaks WebSocket: GET /ws?room=CODE with an Upgrade\n")
-        self.connections += 1
         ip = self.client(environ)
+        if wssource.is_source_link(environ):
+            wssource.serve(self.source_handler, conn, environ, ip, self.settings, self.origins)
+            return []
+        self.connections += 1
         slot = self.ip_caps.acquire(ip, force=True)     # per-IP count (checked in precheck)
         session = None
         try:
