@@ -1,0 +1,147 @@
+"""Session rooms across nodes (issue 20, Redis mode): one real ``redis-server``, two real nodes
+(``python sphincter.py --redis-url ... --sessions on``), the real ``sphincter connect --sessions``
+or a raw-socket agent, real WebSocket clients. The agent's control link is on node 1, every
+client on node 2: Redis carries the signalling, the data link goes to node 2 (directly, or
+through node 1 when it lands there: the forwarded hop)."""
+
+import hashlib
+import os
+import socket
+
+import gevent
+import pytest
+
+from conftest import unit, wait_for
+from rediskit import Cluster
+from test_sessions import Agent, GreetingEcho, client, close_code, read_exactly
+
+pytestmark = pytest.mark.timeout(90)
+
+OPEN_TIMEOUT = 1.5
+
+
+@pytest.fixture(scope="module")
+def nodes():
+    c = Cluster()
+    try:
+        yield c.nodes(2, "--sessions", "on", "--session-open-timeout", str(OPEN_TIMEOUT),
+                      "--session-open-burst", "100", "--redis-lease", "2")
+    finally:
+        c.close()
+
+
+class RawAgent:
+    """A control link written by hand: ``SESSIONS``, then the banner; ``open()`` reads one
+    ``OPEN <SID>`` line."""
+
+    def __init__(self, node):
+        self.control = socket.create_connection(node.tcp, timeout=unit(10))
+        self.control.sendall(b"SESSIONS\n")
+        self.f = self.control.makefile("rb")
+        self.code = self.f.readline().split()[1].decode()
+        self.key = self.f.readline().split()[1].decode()
+        assert self.f.readline() == b"SESSIONS\n"
+
+    def open(self):
+        line = self.f.readline()
+        assert line.startswith(b"OPEN "), line
+        return line.split()[1].decode()
+
+    def close(self):
+        self.f.close()
+        self.control.close()
+
+
+def test_agent_on_node_1_client_on_node_2_bytes_both_ways(nodes, tmp_path):
+    n1, n2 = nodes
+    service = GreetingEcho()
+    agent = Agent(tmp_path, n1, service.port)
+    try:
+        code, key = agent.banner()
+        ws = client(n2, code, key)
+        assert read_exactly(ws, 8) == b"HELLO 1\n"           # the service speaks first
+        data = os.urandom(600000)
+        sender = gevent.spawn(lambda: [ws.send_binary(data[i:i + 60000]) for i in range(0, len(data), 60000)])
+        echoed = read_exactly(ws, len(data))
+        sender.get()
+        assert hashlib.sha256(echoed).digest() == hashlib.sha256(data).digest()
+        ws2 = client(n2, code, key)                          # its own connection to the service
+        assert read_exactly(ws2, 8) == b"HELLO 2\n"
+        ws.close()                                           # the client closes: the service gets EOF
+        assert service.ended[1].wait(unit(10))
+        assert service.received[1] == data
+        payload = os.urandom(100000) + b"BYE\n"              # the service closes: every byte, then 1000
+        ws2.send_binary(payload)
+        assert read_exactly(ws2, len(payload) + len(service.tail)) == payload + service.tail
+        assert close_code(ws2) == (1000, "service closed")
+        wait_for(lambda: "session %s." % code in n2.log(), timeout=unit(10), what="node 2's session log line")
+    finally:
+        agent.stop()
+        service.stop()
+    assert "Traceback" not in agent.log(), agent.log()
+    wait_for(lambda: client_refused(n2, code, key) == 4404, timeout=unit(10),
+             what="the room gone on node 2 once its agent left")
+
+
+def client_refused(node, code, key):
+    ws = client(node, code, key)
+    try:
+        return close_code(ws)[0]
+    finally:
+        ws.close()
+
+
+def test_a_data_link_landing_on_the_wrong_node_is_forwarded(nodes):
+    n1, n2 = nodes
+    agent = RawAgent(n1)
+    try:
+        ws = client(n2, agent.code, agent.key)
+        sid = agent.open()
+        data_link = socket.create_connection(n1.tcp, timeout=unit(10))    # node 1: not the client's
+        greeting = os.urandom(5000)
+        data_link.sendall(b"SESSION %s\n" % sid.encode() + greeting)
+        assert read_exactly(ws, len(greeting)) == greeting
+        up = os.urandom(300000)
+        ws.send_binary(up)
+        got = bytearray()
+        while len(got) < len(up):
+            chunk = data_link.recv(65536)
+            assert chunk, "the forwarded data link ended early"
+            got += chunk
+        assert bytes(got) == up
+        data_link.shutdown(socket.SHUT_WR)                  # the service closes
+        assert close_code(ws)[0] == 1000
+        data_link.close()
+        wait_for(lambda: "forwarded to node n2" in n1.log(), timeout=unit(10), what="node 1's hop log line")
+    finally:
+        agent.close()
+
+
+def test_wrong_key_4403_refused_4502_silent_4504_across_nodes(nodes):
+    n1, n2 = nodes
+    agent = RawAgent(n1)
+    try:
+        for k in ("", "wrong" * 5):
+            assert client_refused(n2, agent.code, k) == 4403
+        ws = client(n2, agent.code, agent.key)               # the agent refuses
+        sid = agent.open()
+        agent.control.sendall(b"REFUSED %s connection refused\n" % sid.encode())
+        got = close_code(ws)
+        assert got == (4502, "connection refused"), got
+        ws = client(n2, agent.code, agent.key)               # the agent does not answer
+        agent.open()
+        with gevent.Timeout(unit(OPEN_TIMEOUT + 5)):
+            assert close_code(ws)[0] == 4504
+    finally:
+        agent.close()
+
+
+def test_sessions_need_a_node_address_one_line(tmp_path):
+    import subprocess
+    import sys
+    from test_pipe import ENTRY, clean_env
+    out = subprocess.run([sys.executable, ENTRY, "--redis-url", "redis://127.0.0.1:1/0", "--sessions", "on",
+                          "--check-config"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         env=clean_env(), timeout=unit(30))
+    text = out.stdout.decode()
+    assert out.returncode != 0 and text.count("\n") == 1 and "--node-address" in text, text
