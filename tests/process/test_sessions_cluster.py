@@ -10,6 +10,7 @@ import socket
 
 import gevent
 import pytest
+import websocket
 
 from conftest import unit, wait_for
 from rediskit import Cluster
@@ -18,6 +19,8 @@ from test_sessions import Agent, GreetingEcho, client, close_code, read_exactly
 pytestmark = pytest.mark.timeout(90)
 
 OPEN_TIMEOUT = 1.5
+#: --max-sessions-per-room: counted by the room's node, whichever node each client is on
+PER_ROOM = 2
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +28,8 @@ def nodes():
     c = Cluster()
     try:
         yield c.nodes(2, "--sessions", "on", "--session-open-timeout", str(OPEN_TIMEOUT),
-                      "--session-open-burst", "100", "--redis-lease", "2")
+                      "--session-open-burst", "100", "--redis-lease", "2",
+                      "--max-sessions-per-room", str(PER_ROOM))
     finally:
         c.close()
 
@@ -134,6 +138,54 @@ def test_wrong_key_4403_refused_4502_silent_4504_across_nodes(nodes):
             assert close_code(ws)[0] == 4504
     finally:
         agent.close()
+
+
+def test_the_per_room_limit_counts_every_nodes_sessions(nodes):
+    n1, n2 = nodes
+    agent = RawAgent(n1)
+    links = []
+    try:
+        def session(node):
+            ws = client(node, agent.code, agent.key)
+            sid = agent.open()
+            link = socket.create_connection(node.tcp, timeout=unit(10))
+            link.sendall(b"SESSION %s\nhi" % sid.encode())
+            links.append(link)
+            assert read_exactly(ws, 2) == b"hi"
+            return ws
+        first, second = session(n2), session(n1)            # one client on each node: the room is full
+        for node in (n2, n1):
+            got = close_code(client(node, agent.code, agent.key))
+            assert got == (4429, "too many sessions"), got
+        first.close()                                       # node 2 tells node 1 its session ended
+        links[0].close()
+        third = wait_for(lambda: _opened(n2, agent, links), timeout=unit(10), what="a session again")
+        third.close()
+        second.close()
+    finally:
+        for link in links:
+            link.close()
+        agent.close()
+
+
+def _opened(node, agent, links):
+    """A session of ``agent``'s room for a client on ``node``, or None while it is refused 4429."""
+    ws = client(node, agent.code, agent.key)
+    ws.settimeout(0.3)
+    try:
+        frame = ws.recv_frame()                 # refused: a close frame comes at once
+        assert frame.opcode == websocket.ABNF.OPCODE_CLOSE and frame.data[:2] == (4429).to_bytes(2, "big"), frame
+        ws.close()
+        return None
+    except websocket.WebSocketTimeoutException:
+        pass                                    # waiting for the agent: it was let through
+    ws.settimeout(unit(10))
+    sid = agent.open()
+    link = socket.create_connection(node.tcp, timeout=unit(10))
+    link.sendall(b"SESSION %s\nok" % sid.encode())
+    links.append(link)
+    assert read_exactly(ws, 2) == b"ok"
+    return ws
 
 
 def test_sessions_need_a_node_address_one_line(tmp_path):
