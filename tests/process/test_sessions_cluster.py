@@ -197,3 +197,35 @@ def test_sessions_need_a_node_address_one_line(tmp_path):
                          env=clean_env(), timeout=unit(30))
     text = out.stdout.decode()
     assert out.returncode != 0 and text.count("\n") == 1 and "--node-address" in text, text
+
+
+def test_the_agents_node_dies(tmp_path):
+    """Its sessions that went through it end; one whose data link went straight to the client's
+    node goes on; new clients get 4502 at once, then 4404 once the room's record lapsed."""
+    c = Cluster()
+    try:
+        n1, n2 = c.nodes(2, "--sessions", "on", "--redis-lease", "1")
+        agent = RawAgent(n1)
+        sessions = []
+        for via in (n2, n1):                                 # straight to node 2; through node 1
+            ws = client(n2, agent.code, agent.key)
+            link = socket.create_connection(via.tcp, timeout=unit(10))
+            link.sendall(b"SESSION %s\nhi" % agent.open().encode())
+            assert read_exactly(ws, 2) == b"hi"
+            sessions.append((ws, link))
+        n1.kill()
+        assert close_code(sessions[1][0])[0] == 1000         # its data link ended with node 1
+        sessions[0][0].send_binary(b"still here")
+        got = bytearray()
+        while len(got) < 10:
+            got += sessions[0][1].recv(100)
+        assert bytes(got) == b"still here"
+        assert client_refused(n2, agent.code, agent.key) in (4502, 4404)
+        wait_for(lambda: client_refused(n2, agent.code, agent.key) == 4404, timeout=unit(10),
+                 what="the room's record lapsed")
+        for ws, link in sessions:
+            ws.close()
+            link.close()
+        agent.close()
+    finally:
+        c.close()
