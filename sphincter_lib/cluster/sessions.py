@@ -55,6 +55,8 @@ class ClusterSessions:
         self.address = None
         #: called with each parsed message (``sessionsignal.parse_message``) from another node
         self.on_message = lambda event: None
+        #: called after each heartbeat (the hub drops what it counts for nodes that are gone)
+        self.on_beat = lambda: None
         self.owned = {}                     # code -> the room's record (text)
         self.listener = Listener(self.link.endpoint, self._on_push)
         self._addresses = {}                # tag -> (until, (host, port, proxy, node))
@@ -103,6 +105,22 @@ class ClusterSessions:
             pipe.execute()
         except self.link.errors as exc:
             logger.debug("session rooms' heartbeat: %s", exc)
+            return
+        self.on_beat()
+
+    def gone(self, tags):
+        """Those of the nodes ``tags`` whose address lapsed in Redis (they died or left); an
+        empty set when Redis cannot say."""
+        tags = sorted(tags)
+        if not tags:
+            return set()
+        pipe = self.link.redis.pipeline(transaction=False)
+        for tag in tags:
+            pipe.exists(sig.node_key(self.prefix, tag))
+        try:
+            return {tag for tag, there in zip(tags, pipe.execute()) if not there}
+        except self.link.errors:
+            return set()
 
     # -- session rooms ------------------------------------------------------------------------
     def register(self, sroom):

@@ -75,7 +75,7 @@ class TunnelHub:
         self.cluster = cluster
         self._remote = {}            # sid -> (sroom, node tag): sessions here for clients elsewhere
         if cluster is not None:
-            cluster.on_message = self.signal
+            cluster.on_message, cluster.on_beat = self.signal, self._prune_remote
 
     def start(self, address):
         """Redis mode: tell the other nodes this node's source port is at ``address``."""
@@ -163,6 +163,15 @@ class TunnelHub:
                 if r is sroom:
                     del self._remote[sid]
                     self.cluster.tell(tag, sessionsignal.refused_message(sid, sessionsignal.AGENT, "agent gone"))
+
+    def _prune_remote(self):
+        """Sessions counted here for clients on nodes that are gone (no ``ended`` will come)."""
+        if self._remote:
+            gone = self.cluster.gone({tag for _, tag in self._remote.values()})
+            for sid, (sroom, tag) in list(self._remote.items()):
+                if tag in gone:
+                    del self._remote[sid]
+                    self.rooms.remove(sroom, sid)
 
     def _control_line(self, sroom, line):
         event = sessionwire.parse_agent_line(line)

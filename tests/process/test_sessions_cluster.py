@@ -229,3 +229,28 @@ def test_the_agents_node_dies(tmp_path):
         agent.close()
     finally:
         c.close()
+
+
+def test_a_dead_client_nodes_sessions_stop_counting(tmp_path):
+    """The room's node counts a session of another node's client until that node says it ended,
+    or its address lapsed in Redis (it died)."""
+    c = Cluster()
+    try:
+        n1, n2 = c.nodes(2, "--sessions", "on", "--redis-lease", "1", "--max-sessions-per-room", "1")
+        agent = RawAgent(n1)
+        links = []
+        ws = client(n2, agent.code, agent.key)
+        link = socket.create_connection(n2.tcp, timeout=unit(10))
+        link.sendall(b"SESSION %s\nhi" % agent.open().encode())
+        links.append(link)
+        assert read_exactly(ws, 2) == b"hi"
+        assert client_refused(n1, agent.code, agent.key) == 4429
+        n2.kill()
+        ws.close()
+        third = wait_for(lambda: _opened(n1, agent, links), timeout=unit(10), what="the dead node's session dropped")
+        third.close()
+        for link in links:
+            link.close()
+        agent.close()
+    finally:
+        c.close()
