@@ -34,6 +34,11 @@ __all__ = ["ClusterSessions"]
 
 _UNREGISTER = ("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end "
                "return 0")
+#: renew a room's record unless another node took it (then 0: this node lost the room)
+_RENEW = ("local v = redis.call('GET', KEYS[1]) if (not v) or v == ARGV[1] then "
+          "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end return 0")
+#: take a (named) room's record: the previous one
+_TAKE = "local v = redis.call('GET', KEYS[1]) redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return v"
 
 
 class ClusterSessions:
@@ -55,12 +60,14 @@ class ClusterSessions:
         self.address = None
         #: called with each parsed message (``sessionsignal.parse_message``) from another node
         self.on_message = lambda event: None
-        #: called after each heartbeat (the hub drops what it counts for nodes that are gone)
-        self.on_beat = lambda: None
+        #: called after each heartbeat with the codes of the rooms another node took from this one
+        self.on_beat = lambda lost: None
         self.owned = {}                     # code -> the room's record (text)
         self.listener = Listener(self.link.endpoint, self._on_push)
         self._addresses = {}                # tag -> (until, (host, port, proxy, node))
         self._unregister = self.link.redis.register_script(_UNREGISTER)
+        self._renew = self.link.redis.register_script(_RENEW)
+        self._take = self.link.redis.register_script(_TAKE)
         self._beat = None
 
     # -- start and stop ----------------------------------------------------------------------
@@ -99,14 +106,18 @@ class ClusterSessions:
         pipe = self.link.redis.pipeline(transaction=False)
         pipe.set(sig.node_key(self.prefix, self.tag),
                  sig.node_record(self.address[0], self.address[1], self.proxy, self.node), px=lease)
-        for code, record in list(self.owned.items()):
-            pipe.set(sig.room_key(self.prefix, code), record, px=lease)
+        owned = list(self.owned.items())
+        for code, record in owned:
+            self._renew(keys=[sig.room_key(self.prefix, code)], args=[record, lease], client=pipe)
         try:
-            pipe.execute()
+            answers = pipe.execute()[1:]
         except self.link.errors as exc:
             logger.debug("session rooms' heartbeat: %s", exc)
             return
-        self.on_beat()
+        lost = [code for (code, record), kept in zip(owned, answers) if not kept and self.owned.get(code) == record]
+        for code in lost:
+            del self.owned[code]
+        self.on_beat(lost)
 
     def gone(self, tags):
         """Those of the nodes ``tags`` whose address lapsed in Redis (they died or left); an
@@ -132,6 +143,23 @@ class ClusterSessions:
         if done:
             self.owned[sroom.code] = record
         return bool(done)
+
+    def take(self, sroom):
+        """A named room's agent connected here: its record names this node from now on; the node
+        that had it is told (``replaced``). Without Redis the heartbeat records it later."""
+        record = sig.room_record(self.tag, sig.key_digest(sroom.write_key), self.node)
+        self.owned[sroom.code] = record
+        try:
+            old = sig.parse_room_record(text(self.link.ask(
+                self._take, keys=[sig.room_key(self.prefix, sroom.code)], args=[record, self.link.lease_ms])))
+        except RelayUnavailable:
+            return
+        if old is not None and old[0] != self.tag:
+            self.tell(old[0], sig.replaced_message(sroom.code))
+
+    def disown(self, code):
+        """Another node has the room ``code`` now: no longer renewed (nor deleted) here."""
+        self.owned.pop(code, None)
 
     def unregister(self, sroom):
         record = self.owned.pop(sroom.code, None)

@@ -25,10 +25,17 @@ Messages (one line of ASCII, fields separated by one space):
 - ``refused <SID> <KIND> <REASON>``: the room's node answers that the session will not open
   (``KIND``: ``agent``, the agent refused or is gone, 4502; ``room``, the room is full, 4429);
 - ``ended <CODE> <SID>``: the client's node says the session ended (the room's count of its
-  sessions, for ``--max-sessions-per-room`` across nodes).
+  sessions, for ``--max-sessions-per-room`` across nodes);
+- ``replaced <CODE>``: a named session room's agent connected to another node, which took the
+  room's record: the node that had it hangs its agent up.
+
+A named session room without ``write=KEY`` has the same key on every node, derived from its token
+(:func:`named_key`).
 """
 
+import base64
 import hashlib
+import hmac
 import re
 
 from .addresses import parse_ip
@@ -117,6 +124,17 @@ def ended_message(code, sid):
     return "ended %s %s" % (code, sid)
 
 
+def replaced_message(code):
+    return "replaced %s" % code
+
+
+def named_key(token, name):
+    """A named session room's key when the rooms file gives none: derived from its token (bytes,
+    a secret every node has), so that every node agrees on it; 24 URL-safe characters."""
+    mac = hmac.new(token, b"sphincter session key " + name.upper().encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac[:18]).decode()
+
+
 def parse_message(text):
     """``("open", code, sid, origin)``, ``("refused", sid, kind, reason)``, ``("ended", code,
     sid)``, or None for anything else (ignored: a newer node may say more)."""
@@ -134,6 +152,8 @@ def parse_message(text):
         parts = rest.split(" ")
         if len(parts) == 2 and _CODE.match(parts[0]) and valid_sid(parts[1]):
             return ("ended", parts[0], parts[1])
+    elif word == "replaced" and _CODE.match(rest):
+        return ("replaced", rest)
     return None
 
 

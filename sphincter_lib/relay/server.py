@@ -287,11 +287,13 @@ def _tunnels(registry, settings, named=()):
             return False
 
     rooms = SessionRooms(settings.max_sessions_per_room, settings.max_sessions, taken=taken)
-    rooms.add_named(named)          # (read at start-up; SIGHUP does not change them yet)
-    cluster = None
+    cluster, key = None, None
     if getattr(registry, "link", None) is not None:     # Redis mode: session rooms across nodes
         from ..cluster.sessions import ClusterSessions
+        from ..proto.sessionsignal import named_key
         cluster = ClusterSessions(registry, proxy=settings.source_proxy_protocol)
+        key = lambda spec: named_key(spec.token, spec.key)       # noqa: E731  (every node's the same)
+    rooms.add_named(named, key)     # (read at start-up; SIGHUP does not change them yet)
     return TunnelHub(rooms, registry.stats, settings.session_open_timeout,
                      settings.session_open_rate, settings.session_open_burst,
                      ephemeral=settings.sessions, cluster=cluster)

@@ -75,7 +75,7 @@ class TunnelHub:
         self.cluster = cluster
         self._remote = {}            # sid -> (sroom, node tag): sessions here for clients elsewhere
         if cluster is not None:
-            cluster.on_message, cluster.on_beat = self.signal, self._prune_remote
+            cluster.on_message, cluster.on_beat = self.signal, self._beat
 
     def start(self, address):
         """Redis mode: tell the other nodes this node's source port is at ``address``."""
@@ -89,12 +89,12 @@ class TunnelHub:
     def find(self, code):
         """The session room ``code``: this node's, or (Redis mode) another node's; else None."""
         sroom = self.rooms.find(code)
-        if sroom is not None or self.cluster is None:
+        if self.cluster is None or (sroom is not None and sroom.source is not None):
             return sroom
-        try:
-            return self.cluster.find(code)
+        try:                    # (a named room whose agent is on another node, or is away)
+            return self.cluster.find(code) or sroom
         except RelayUnavailable:
-            return None
+            return sroom
 
     def _new_sid(self):
         random = secrets.token_urlsafe(16)
@@ -111,6 +111,8 @@ class TunnelHub:
                 logger.warning("session room for %s refused: relay unavailable", who)
                 source.send(b"ERROR relay unavailable\n")
                 return
+        elif self.cluster is not None:
+            self.cluster.take(sroom)
         keepalive(sock, idle=60, interval=10, probes=6)
         logger.info("session room %s %s by %s%s", sroom.code, how, who, " (named)" if sroom.named else "")
         end = "agent closed"
@@ -136,10 +138,9 @@ class TunnelHub:
             if not self.rooms.leave(sroom, source):
                 end = "replaced by a newer agent"
             else:
-                for sid, (r, result) in list(self._pending.items()):
-                    if r is sroom and not result.ready():
-                        result.set(("refused", "agent gone"))
-                self._remote_gone(sroom)
+                if self.cluster is not None:
+                    self.cluster.unregister(sroom)
+                self._agent_gone(sroom)
             state = "waiting for its agent" if sroom.named else "closed"
             logger.info("session room %s %s: %s; peer=%s sessions_opened=%d sessions_open=%d",
                         sroom.code, state, end, source.peer, sroom.opened, len(sroom.sessions))
@@ -154,18 +155,33 @@ class TunnelHub:
             self.rooms.close(sroom)
         raise RelayUnavailable()
 
-    def _remote_gone(self, sroom):
-        """The room's agent left: sessions asked for by other nodes will not open."""
-        if self.cluster is not None:
-            if not sroom.named:
-                self.cluster.unregister(sroom)
-            for sid, (r, tag) in list(self._remote.items()):
-                if r is sroom:
-                    del self._remote[sid]
-                    self.cluster.tell(tag, sessionsignal.refused_message(sid, sessionsignal.AGENT, "agent gone"))
+    def _agent_gone(self, sroom):
+        """The room's agent left: sessions still opening, here or for other nodes, will not open."""
+        for sid, (r, result) in list(self._pending.items()):
+            if r is sroom and not result.ready():
+                result.set(("refused", "agent gone"))
+        for sid, (r, tag) in list(self._remote.items()):
+            if r is sroom:
+                del self._remote[sid]
+                self.cluster.tell(tag, sessionsignal.refused_message(sid, sessionsignal.AGENT, "agent gone"))
 
-    def _prune_remote(self):
-        """Sessions counted here for clients on nodes that are gone (no ``ended`` will come)."""
+    def _replaced(self, code):
+        """Another node took the record of this node's room ``code`` (a named room's newer agent
+        connected there): this node's agent of it is hung up."""
+        self.cluster.disown(code)
+        sroom = self.rooms.find(code)
+        if sroom is None or sroom.source is None:
+            return
+        old = sroom.source
+        self.rooms.leave(sroom, old)
+        self._agent_gone(sroom)
+        old.hang_up("replaced by a newer source")
+
+    def _beat(self, lost):
+        """After each heartbeat: rooms another node took; sessions counted here for clients on
+        nodes that are gone (no ``ended`` will come)."""
+        for code in lost:
+            self._replaced(code)
         if self._remote:
             gone = self.cluster.gone({tag for _, tag in self._remote.values()})
             for sid, (sroom, tag) in list(self._remote.items()):
@@ -262,6 +278,8 @@ class TunnelHub:
             entry = self._remote.pop(event[2], None)
             if entry is not None:
                 self.rooms.remove(entry[0], event[2])
+        elif event[0] == "replaced":
+            self._replaced(event[1])
 
     def _open_for(self, code, sid, tag):
         """The node ``tag`` has a client for this node's room ``code``: ``OPEN`` to its agent."""

@@ -86,13 +86,14 @@ class SessionRooms:
         self.rooms = {}
         self.total = 0               # sessions open now, every room
 
-    def add_named(self, specs):
+    def add_named(self, specs, key=None):
         """The named session rooms of a rooms file (``sessions=on``), from start-up on; their
-        key is the spec's ``write=KEY`` or one drawn now."""
+        key is the spec's ``write=KEY``, else ``key(spec)`` (Redis mode: the same on every node),
+        else one drawn now."""
         for spec in specs:
             if spec.sessions and spec.key not in self.rooms:
-                self.rooms[spec.key] = SessionRoom(spec.name, spec.write or resume_key(), None,
-                                                   self.clock(), token=spec.token)
+                write = spec.write or (key(spec) if key is not None else resume_key())
+                self.rooms[spec.key] = SessionRoom(spec.name, write, None, self.clock(), token=spec.token)
 
     def claim(self, token, source):
         """The named session room of ``token`` (bytes) now controlled by ``source``:
@@ -117,6 +118,10 @@ class SessionRooms:
 
     def __len__(self):
         return len(self.rooms)
+
+    @property
+    def named_count(self):
+        return sum(1 for room in self.rooms.values() if room.named)
 
     def open(self, source):
         """A new session room controlled by ``source`` (a :class:`~.interface.Source`)."""

@@ -14,6 +14,7 @@ import websocket
 
 from conftest import unit, wait_for
 from rediskit import Cluster
+from test_pipe import relays  # noqa: F401  (the fixture)
 from test_sessions import Agent, GreetingEcho, client, close_code, read_exactly
 
 pytestmark = pytest.mark.timeout(90)
@@ -23,13 +24,19 @@ OPEN_TIMEOUT = 1.5
 PER_ROOM = 2
 
 
+#: a named session room (no write=KEY: every node derives the same key from the token)
+TOKEN = "desk-token-0123456789"
+
+
 @pytest.fixture(scope="module")
-def nodes():
+def nodes(tmp_path_factory):
+    rooms = tmp_path_factory.mktemp("rooms") / "rooms.txt"
+    rooms.write_text("desk %s sessions=on\n" % TOKEN)
     c = Cluster()
     try:
         yield c.nodes(2, "--sessions", "on", "--session-open-timeout", str(OPEN_TIMEOUT),
                       "--session-open-burst", "100", "--redis-lease", "2",
-                      "--max-sessions-per-room", str(PER_ROOM))
+                      "--max-sessions-per-room", str(PER_ROOM), "--rooms-file", str(rooms))
     finally:
         c.close()
 
@@ -38,9 +45,9 @@ class RawAgent:
     """A control link written by hand: ``SESSIONS``, then the banner; ``open()`` reads one
     ``OPEN <SID>`` line."""
 
-    def __init__(self, node):
+    def __init__(self, node, token=None):
         self.control = socket.create_connection(node.tcp, timeout=unit(10))
-        self.control.sendall(b"SESSIONS\n")
+        self.control.sendall((b"AUTH %s\n" % token.encode() if token else b"") + b"SESSIONS\n")
         self.f = self.control.makefile("rb")
         self.code = self.f.readline().split()[1].decode()
         self.key = self.f.readline().split()[1].decode()
@@ -186,6 +193,51 @@ def _opened(node, agent, links):
     links.append(link)
     assert read_exactly(ws, 2) == b"ok"
     return ws
+
+
+def session(node, agent, key=None, data=b"hi"):
+    """A client of ``agent``'s room on ``node``, its data link straight to ``node``."""
+    ws = client(node, agent.code, key or agent.key)
+    link = socket.create_connection(node.tcp, timeout=unit(10))
+    link.sendall(b"SESSION %s\n" % agent.open().encode() + data)
+    assert read_exactly(ws, len(data)) == data
+    return ws, link
+
+
+def test_a_named_session_room_has_one_agent_relay_wide(nodes):
+    n1, n2 = nodes
+    first = RawAgent(n1, TOKEN)
+    second = None
+    try:
+        assert first.code == "desk"
+        assert close_code(client(n2, "desk", "wrong-key-0123456789"))[0] == 4403
+        ws, link = session(n2, first)                                # agent on node 1, client on node 2
+        second = RawAgent(n2, TOKEN)                                 # a newer agent, on node 2
+        assert second.key == first.key                               # one key, whichever node
+        assert first.f.readline() == b"ERROR replaced by a newer source\n"
+        ws.send_binary(b"goes on")                                   # a session in progress goes on
+        assert link.recv(100) == b"goes on"
+        ws2, link2 = session(n1, second)                             # client on node 1: the new agent
+        for c in (ws, link, ws2, link2):
+            c.close()
+        second.close()
+        for node in (n1, n2):
+            wait_for(lambda: close_code(client(node, "desk", first.key))[0] == 4502, timeout=unit(10),
+                     what="no agent for the room on %s" % node.name)
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
+
+
+def test_a_rooms_file_of_session_rooms_only_reads_the_auth_line(relays, tmp_path):
+    """(One node.) With no named broadcast room the AUTH line was read as data: the agent got a
+    broadcast room and its token became that room's first message."""
+    rooms = tmp_path / "rooms.txt"
+    rooms.write_text("desk %s sessions=on\n" % TOKEN)
+    agent = RawAgent(relays("--rooms-file", str(rooms)), TOKEN)
+    assert agent.code == "desk"
+    agent.close()
 
 
 def test_sessions_need_a_node_address_one_line(tmp_path):

@@ -62,3 +62,11 @@ def test_proxy_line_names_the_agent():
     assert sg.proxy_line("10.1.2.3:4567", ("::1", 9001)) == b"PROXY UNKNOWN\r\n"
     assert sg.proxy_line("unix-socket", ("127.0.0.1", 9001)) == b"PROXY UNKNOWN\r\n"
     assert len(sg.proxy_line("[%s]:65535" % ("ffff:" * 7 + "ffff"), ("ffff:" * 7 + "ffff", 65535))) <= 107
+
+
+def test_a_named_rooms_key_is_the_same_on_every_node_and_secret():
+    key = sg.named_key(b"desk-token-0123456789", "desk")
+    assert key == sg.named_key(b"desk-token-0123456789", "DESK") and len(key) == 24
+    assert key != sg.named_key(b"another-token-0123456", "desk") != sg.named_key(b"desk-token-0123456789", "den")
+    assert sg.parse_message(sg.replaced_message("desk")) == ("replaced", "desk")
+    assert sg.parse_message("replaced bad code") is None

@@ -57,3 +57,13 @@ def test_a_room_of_another_node_checks_the_key_by_its_digest():
     remote = RemoteSessionRoom("ABC123", "0a1b2c3d", key_digest(local.write_key), "n1", 0.0)
     assert remote.key_ok(local.write_key) and not remote.key_ok(local.write_key + "x")
     assert not remote.key_ok("") and remote.owner == "0a1b2c3d"
+
+
+def test_named_rooms_take_the_given_key_function():
+    from sphincter_lib.proto.roomsfile import RoomSpec
+    specs = [RoomSpec("desk", b"desk-token-0123456789", sessions=True),
+             RoomSpec("vnc", b"vnc-token-0123456789", sessions=True, write="w" * 22)]
+    rooms = SessionRooms()
+    rooms.add_named(specs, key=lambda spec: "derived-" + spec.key)
+    assert rooms.find("desk").write_key == "derived-DESK" and rooms.find("vnc").write_key == "w" * 22
+    assert rooms.named_count == 2
