@@ -104,15 +104,9 @@ class TunnelHub:
     def serve_control(self, sock, source, who, sroom=None, how="opened"):
         """A control link, until it ends. ``source`` writes to it (``greeting.TcpSource``);
         ``sroom``: the named session room it claimed (else a room with a new code)."""
+        sroom = self._room_for(source, who, sroom)
         if sroom is None:
-            try:
-                sroom = self._open_room(source)
-            except RelayUnavailable:
-                logger.warning("session room for %s refused: relay unavailable", who)
-                source.send(b"ERROR relay unavailable\n")
-                return
-        elif self.cluster is not None:
-            self.cluster.take(sroom)
+            return
         keepalive(sock, idle=60, interval=10, probes=6)
         logger.info("session room %s %s by %s%s", sroom.code, how, who, " (named)" if sroom.named else "")
         end = "agent closed"
@@ -144,6 +138,20 @@ class TunnelHub:
             state = "waiting for its agent" if sroom.named else "closed"
             logger.info("session room %s %s: %s; peer=%s sessions_opened=%d sessions_open=%d",
                         sroom.code, state, end, source.peer, sroom.opened, len(sroom.sessions))
+
+    def _room_for(self, source, who, sroom):
+        """The room a control link serves: the named one it claimed (in Redis mode, taken from
+        whichever node had it), else a new one; None (and ``ERROR``) when Redis is unreachable."""
+        if sroom is not None:
+            if self.cluster is not None:
+                self.cluster.take(sroom)
+            return sroom
+        try:
+            return self._open_room(source)
+        except RelayUnavailable:
+            logger.warning("session room for %s refused: relay unavailable", who)
+            source.send(b"ERROR relay unavailable\n")
+            return None
 
     def _open_room(self, source):
         """A new session room for ``source``; in Redis mode, recorded for the other nodes (a code
