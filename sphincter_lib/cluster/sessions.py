@@ -64,6 +64,8 @@ class ClusterSessions:
         self.on_beat = lambda lost: None
         self.owned = {}                     # code -> the room's record (text)
         self.listener = Listener(self.link.endpoint, self._on_push)
+        if self.link.endpoint.sentinels is not None:          # a failover: follow the new primary
+            self.link.endpoint.sentinels.on_switch.append(self.listener.drop_unless)
         self._addresses = {}                # tag -> (until, (host, port, proxy, node))
         self._unregister = self.link.redis.register_script(_UNREGISTER)
         self._renew = self.link.redis.register_script(_RENEW)
@@ -97,7 +99,10 @@ class ClusterSessions:
 
     def _heartbeat(self):
         while True:
-            self.beat()
+            try:
+                self.beat()
+            except Exception:                # a bug: logged, and the next beat is tried all the same
+                logger.error("session rooms' heartbeat failed", exc_info=True)
             gevent.sleep(max(0.1, self.link.lease / 3.0))
 
     def beat(self):
