@@ -91,5 +91,5 @@ def _copy(src, dst, counts, index):
 def _shutdown(sock, how):
     try:
         sock.shutdown(how)
-    except OSError:
+    except (OSError, AttributeError):   # (AttributeError: a data link that is not a socket)
         pass
