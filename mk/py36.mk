@@ -31,7 +31,8 @@ PY36_TESTS ?= tests/relay/test_relay.py tests/process/test_cli.py \
               tests/process/test_pipe.py tests/unit/proto/test_httpconnect.py \
               tests/unit/proto/test_sentinel.py tests/relay/test_failover.py \
               tests/process/test_sessions.py \
-              tests/unit/proto/test_sessionwire.py tests/unit/rooms/test_session_rooms.py
+              tests/unit/proto/test_sessionwire.py tests/unit/rooms/test_session_rooms.py \
+              tests/unit/proto/test_sessionsignal.py tests/unit/relay/test_sessions_config.py
 
 .PHONY: test-py36
 test: test-py36

@@ -14,7 +14,8 @@ from .. import __version__
 from ..errors import ConfigError
 from ..options import (LOG_LEVELS, boolean, choice, count, host, limit, new_parser, parse_args, path_or_empty,
                        port, positive_seconds, seconds, size, size_or_auto)
-from .values import networks, node_name, origins, password, rate, redis_url, secret, sentinels, tokens
+from .values import (networks, node_address, node_name, origins, password, rate, redis_url, secret, sentinels,
+                     tokens)
 
 ENV_PREFIX = "SPHINCTER_"
 
@@ -211,8 +212,11 @@ OPTIONS = (
     Option("sessions", "off", boolean,
            "let 'sphincter connect --sessions' open session rooms: each WebSocket client with the "
            "room's key gets its own TCP connection to the agent's local service (the relay then "
-           "tunnels arbitrary TCP); a named room may set sessions=on in the rooms file; not with "
-           "--redis-url yet", "on|off"),
+           "tunnels arbitrary TCP); a named room may set sessions=on in the rooms file", "on|off"),
+    Option("node-address", "", node_address,
+           "with session rooms and --redis-url: where the other nodes reach this node's source port "
+           "(a session's data link that reached another node is forwarded here); default: --tcp-host "
+           "and the source port, which needs a --tcp-host other than 0.0.0.0 or ::", "HOST:PORT"),
     Option("session-open-timeout", "10", positive_seconds,
            "seconds the agent has to answer a session's OPEN line with a data connection; "
            "then the client is closed with 4504", "SECONDS"),
@@ -316,12 +320,16 @@ def check(s):
             specs = load(s.rooms_file)
         except ConfigError as exc:
             raise ConfigError("argument --rooms-file: %s" % exc)
-        if s.redis_url and any(spec.sessions for spec in specs):
-            raise ConfigError("argument --rooms-file: sessions=on not with --redis-url yet "
-                              "(session rooms are single-node for now)")
-    if s.sessions and s.redis_url:
-        raise ConfigError("argument --sessions: not with --redis-url yet (session rooms are "
-                          "single-node for now)")
+    else:
+        specs = ()
+    if (s.sessions or any(spec.sessions for spec in specs)) and (s.redis_url or s.redis_sentinels):
+        if s.source_tls_cert:
+            raise ConfigError("argument --sessions: not with --redis-url and --source-tls-cert (a "
+                              "data link forwarded between nodes is plain TCP)")
+        if not s.node_address and s.tcp_host in ("0.0.0.0", "::", "*"):
+            raise ConfigError("argument --node-address: needed with session rooms and --redis-url when "
+                              "--tcp-host is %s (how the other nodes reach this node's source port)"
+                              % s.tcp_host)
     if not s.redis_prefix:
         raise ConfigError("argument --redis-prefix: must not be empty")
     if bool(s.redis_sentinels) != bool(s.redis_sentinel_master):

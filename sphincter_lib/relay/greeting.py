@@ -87,6 +87,8 @@ class Greeter(object):
         #: session rooms are served (``--sessions on`` or a named session room): every source's
         #: first line is read
         self.sessions = False
+        #: named session rooms are served: an ``AUTH`` line is read even when no broadcast room is named
+        self.named_sessions = False
 
     def greet(self, sock, peer, first=None):
         """TLS handshake, no PROXY header from a direct peer (``--source-proxy-protocol``; ``first``
@@ -112,7 +114,7 @@ class Greeter(object):
             if timer is not None:
                 timer.close()
         started = time.monotonic()
-        preamble = Preamble(require_auth=bool(self.tokens), accept_auth=self.registry.named_count > 0,
+        preamble = Preamble(require_auth=bool(self.tokens), accept_auth=self.registry.named_count > 0 or self.named_sessions,
                             accept_resume=self.registry.limits.grace > 0, max_line=self.max_auth_line,
                             accept_sessions=True)
         try:

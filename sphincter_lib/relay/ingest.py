@@ -71,6 +71,7 @@ class SourceHandler:
     def tunnels(self, hub):
         self._tunnels = hub
         self.greeter.sessions = hub is not None
+        self.greeter.named_sessions = hub is not None and hub.rooms.named_count > 0
 
     @property
     def active(self):

@@ -179,6 +179,8 @@ class Relay:
             raise
         self.app.keepalive.start()
         self.registry.start()
+        if self.tunnels is not None:
+            self.tunnels.start(_node_address(s, self.tcp_address))
         if self.registry.sweep_interval:
             self._sweeper = gevent.spawn(self._sweep, self.registry.sweep_interval)
             self._sweeper.link_exception(log_crash(logger, "stall sweeper"))
@@ -258,6 +260,8 @@ class Relay:
         if self._sweeper is not None:
             self._sweeper.kill(block=False)
         self.app.sessions.kill(block=False)
+        if self.tunnels is not None:
+            self.tunnels.stop()
         self.tcp_server.stop(timeout=0)
         self.ws_server.stop(timeout=0)
         self.registry.stop()
@@ -284,10 +288,23 @@ def _tunnels(registry, settings, named=()):
             return False
 
     rooms = SessionRooms(settings.max_sessions_per_room, settings.max_sessions, taken=taken)
-    rooms.add_named(named)          # (read at start-up; SIGHUP does not change them yet)
+    cluster, key = None, None
+    if getattr(registry, "link", None) is not None:     # Redis mode: session rooms across nodes
+        from ..cluster.sessions import ClusterSessions
+        from ..proto.sessionsignal import named_key
+        cluster = ClusterSessions(registry, proxy=settings.source_proxy_protocol)
+        key = lambda spec: named_key(spec.token, spec.key)       # noqa: E731  (every node's the same)
+    rooms.add_named(named, key)     # (read at start-up; SIGHUP does not change them yet)
     return TunnelHub(rooms, registry.stats, settings.session_open_timeout,
                      settings.session_open_rate, settings.session_open_burst,
-                     ephemeral=settings.sessions)
+                     ephemeral=settings.sessions, cluster=cluster)
+
+
+def _node_address(settings, bound):
+    """Where other nodes reach this node's source port: ``--node-address`` (port 0: the bound
+    one), else ``--tcp-host`` and the bound port."""
+    host, port = settings.node_address or (settings.tcp_host, 0)
+    return host, port or bound[1]
 
 
 def _tls_args(cert, key):

@@ -11,6 +11,11 @@
 
 Close codes: 4429 (too many sessions in the sroom, or opens from the client's address), 4503
 (relay-wide cap), 4502 (refused by the agent, or no agent), 4504 (no answer in time).
+
+Redis mode (``cluster``: a :class:`~sphincter_lib.cluster.sessions.ClusterSessions`): a room's
+agent may be on another node. The client's node draws a session id naming itself and asks the
+room's node over Redis to send ``OPEN`` (:meth:`TunnelHub.signal` answers such requests); the
+agent's data link comes to the client's node, or to any node that forwards it (``nodehop``).
 """
 
 import logging
@@ -20,7 +25,8 @@ import gevent
 from gevent.event import AsyncResult, Event
 
 from ..closecodes import CloseCode
-from ..proto import sessionwire
+from ..errors import RelayUnavailable
+from ..proto import sessionsignal, sessionwire
 from ..rooms.sessions import PER_ROOM
 from ..tcp import keepalive
 from .security import RateLimiter
@@ -55,7 +61,8 @@ class TunnelHub:
     #: control lines handled before the control link's reader yields
     yield_lines = 64
 
-    def __init__(self, rooms, stats, open_timeout=10.0, open_rate=2.0, open_burst=20, ephemeral=True):
+    def __init__(self, rooms, stats, open_timeout=10.0, open_rate=2.0, open_burst=20, ephemeral=True,
+                 cluster=None):
         self.rooms = rooms
         #: False: only named session rooms (``sessions=on`` in the rooms file; ``--sessions off``)
         self.ephemeral = ephemeral
@@ -64,13 +71,42 @@ class TunnelHub:
         self.opens = RateLimiter(open_rate, open_burst)
         self._pending = {}           # sid -> (sroom, AsyncResult)
         self.splices = set()         # sessions being spliced (for shutdown)
+        #: Redis mode: this node's part in the relay's session rooms (``cluster.sessions``)
+        self.cluster = cluster
+        self._remote = {}            # sid -> (sroom, node tag): sessions here for clients elsewhere
+        if cluster is not None:
+            cluster.on_message, cluster.on_beat = self.signal, self._beat
+
+    def start(self, address):
+        """Redis mode: tell the other nodes this node's source port is at ``address``."""
+        if self.cluster is not None:
+            self.cluster.start(address)
+
+    def stop(self):
+        if self.cluster is not None:
+            self.cluster.stop()
+
+    def find(self, code):
+        """The session room ``code``: this node's, or (Redis mode) another node's; else None."""
+        sroom = self.rooms.find(code)
+        if self.cluster is None or (sroom is not None and sroom.source is not None):
+            return sroom
+        try:                    # (a named room whose agent is on another node, or is away)
+            return self.cluster.find(code) or sroom
+        except RelayUnavailable:
+            return sroom
+
+    def _new_sid(self):
+        random = secrets.token_urlsafe(16)
+        return random if self.cluster is None else sessionsignal.make_sid(random, self.cluster.tag)
 
     # -- the TCP side --------------------------------------------------------------------
     def serve_control(self, sock, source, who, sroom=None, how="opened"):
         """A control link, until it ends. ``source`` writes to it (``greeting.TcpSource``);
         ``sroom``: the named session room it claimed (else a room with a new code)."""
+        sroom = self._room_for(source, who, sroom)
         if sroom is None:
-            sroom = self.rooms.open(source)
+            return
         keepalive(sock, idle=60, interval=10, probes=6)
         logger.info("session room %s %s by %s%s", sroom.code, how, who, " (named)" if sroom.named else "")
         end = "agent closed"
@@ -96,16 +132,78 @@ class TunnelHub:
             if not self.rooms.leave(sroom, source):
                 end = "replaced by a newer agent"
             else:
-                for sid, (r, result) in list(self._pending.items()):
-                    if r is sroom and not result.ready():
-                        result.set(("refused", "agent gone"))
+                if self.cluster is not None:
+                    self.cluster.unregister(sroom)
+                self._agent_gone(sroom)
             state = "waiting for its agent" if sroom.named else "closed"
             logger.info("session room %s %s: %s; peer=%s sessions_opened=%d sessions_open=%d",
                         sroom.code, state, end, source.peer, sroom.opened, len(sroom.sessions))
 
+    def _room_for(self, source, who, sroom):
+        """The room a control link serves: the named one it claimed (in Redis mode, taken from
+        whichever node had it), else a new one; None (and ``ERROR``) when Redis is unreachable."""
+        if sroom is not None:
+            if self.cluster is not None:
+                self.cluster.take(sroom)
+            return sroom
+        try:
+            return self._open_room(source)
+        except RelayUnavailable:
+            logger.warning("session room for %s refused: relay unavailable", who)
+            source.send(b"ERROR relay unavailable\n")
+            return None
+
+    def _open_room(self, source):
+        """A new session room for ``source``; in Redis mode, recorded for the other nodes (a code
+        another node's room has is drawn again)."""
+        for _ in range(8):
+            sroom = self.rooms.open(source)
+            if self.cluster is None or self.cluster.register(sroom):
+                return sroom
+            self.rooms.close(sroom)
+        raise RelayUnavailable()
+
+    def _agent_gone(self, sroom):
+        """The room's agent left: sessions still opening, here or for other nodes, will not open."""
+        for sid, (r, result) in list(self._pending.items()):
+            if r is sroom and not result.ready():
+                result.set(("refused", "agent gone"))
+        for sid, (r, tag) in list(self._remote.items()):
+            if r is sroom:
+                del self._remote[sid]
+                self.cluster.tell(tag, sessionsignal.refused_message(sid, sessionsignal.AGENT, "agent gone"))
+
+    def _replaced(self, code):
+        """Another node took the record of this node's room ``code`` (a named room's newer agent
+        connected there): this node's agent of it is hung up."""
+        self.cluster.disown(code)
+        sroom = self.rooms.find(code)
+        if sroom is None or sroom.source is None:
+            return
+        old = sroom.source
+        self.rooms.leave(sroom, old)
+        self._agent_gone(sroom)
+        old.hang_up("replaced by a newer source")
+
+    def _beat(self, lost):
+        """After each heartbeat: rooms another node took; sessions counted here for clients on
+        nodes that are gone (no ``ended`` will come)."""
+        for code in lost:
+            self._replaced(code)
+        if self._remote:
+            gone = self.cluster.gone({tag for _, tag in self._remote.values()})
+            for sid, (sroom, tag) in list(self._remote.items()):
+                if tag in gone:
+                    del self._remote[sid]
+                    self.rooms.remove(sroom, sid)
+
     def _control_line(self, sroom, line):
         event = sessionwire.parse_agent_line(line)
-        if event[0] == "refused":
+        if event[0] == "refused" and event[1] in self._remote:
+            r, tag = self._remote.pop(event[1])
+            self.rooms.remove(r, event[1])
+            self.cluster.tell(tag, sessionsignal.refused_message(event[1], sessionsignal.AGENT, event[2]))
+        elif event[0] == "refused":
             pending = self._pending.get(event[1])
             if pending is not None and pending[0] is sroom and not pending[1].ready():
                 pending[1].set(("refused", event[2]))
@@ -113,7 +211,13 @@ class TunnelHub:
             logger.debug("session room %s: unexpected line from the agent: %r", sroom.code, event[1][:80])
 
     def serve_data(self, sock, who, sid, rest):
-        """A data link: hand it to its session's client and hold it until the session ends."""
+        """A data link: hand it to its session's client and hold it until the session ends (in
+        Redis mode, a data link for another node's session is forwarded there: ``nodehop``)."""
+        tag = sessionsignal.sid_tag(sid) if self.cluster is not None else ""
+        if tag and tag != self.cluster.tag:
+            from .nodehop import forward
+            forward(self.cluster, sock, who, sid, rest)
+            return
         pending = self._pending.get(sid)
         if pending is None or pending[1].ready():
             logger.info("data link from %s for an unknown or expired session: closed", who)
@@ -132,13 +236,12 @@ class TunnelHub:
         if refusal is not None:
             code = CloseCode.ROOM_FULL if refusal[0] == PER_ROOM else CloseCode.RELAY_FULL
             raise Refused(code, refusal[1], "room_full" if refusal[0] == PER_ROOM else "relay_full")
-        sid = secrets.token_urlsafe(16)
+        sid = self._new_sid()
         result = AsyncResult()
         self._pending[sid] = (sroom, result)
         self.rooms.add(sroom, sid, result)
         try:
-            control = sroom.source
-            if control is None or not control.send(sessionwire.open_line(sid)):
+            if not self._ask_open(sroom, sid):
                 raise Refused(CloseCode.SERVICE_UNREACHABLE, "agent unreachable", "no_agent")
             answer = result.get(timeout=self.open_timeout)
         except gevent.Timeout:
@@ -154,7 +257,56 @@ class TunnelHub:
         if answer[0] == "refused":
             self.end(sroom, sid)
             raise Refused(CloseCode.SERVICE_UNREACHABLE, answer[1], "refused")
+        if answer[0] == "full":
+            self.end(sroom, sid)
+            raise Refused(CloseCode.ROOM_FULL, answer[1], "room_full")
         return sid, answer[1]
+
+    def _ask_open(self, sroom, sid):
+        """``OPEN <SID>`` to the room's agent: on its control link, or (the agent is on another
+        node) through that node. False if it cannot be sent."""
+        owner = sroom.owner
+        if owner is None:
+            control = sroom.source
+            return control is not None and control.send(sessionwire.open_line(sid))
+        try:
+            return self.cluster.ask(owner, sessionsignal.open_message(sroom.code, sid, self.cluster.tag))
+        except RelayUnavailable:
+            return False
+
+    def signal(self, event):
+        """A message from another node (``cluster.sessions``), in the order Redis delivered them."""
+        if event[0] == "open":
+            self._open_for(event[1], event[2], event[3])
+        elif event[0] == "refused":
+            pending = self._pending.get(event[1])
+            if pending is not None and not pending[1].ready():
+                pending[1].set(("full" if event[2] == sessionsignal.ROOM else "refused", event[3]))
+        elif event[0] == "ended":
+            entry = self._remote.pop(event[2], None)
+            if entry is not None:
+                self.rooms.remove(entry[0], event[2])
+        elif event[0] == "replaced":
+            self._replaced(event[1])
+
+    def _open_for(self, code, sid, tag):
+        """The node ``tag`` has a client for this node's room ``code``: ``OPEN`` to its agent."""
+        sroom = self.rooms.find(code)
+        refusal = (None if sroom is None or sroom.source is None
+                   else self.rooms.refusal(sroom, remote=True))
+        if sroom is None or sroom.source is None:
+            kind, reason = sessionsignal.AGENT, "agent unreachable"
+        elif refusal is not None:
+            kind, reason = sessionsignal.ROOM, refusal[1]
+        else:
+            self.rooms.add(sroom, sid, tag, remote=True)
+            self._remote[sid] = (sroom, tag)
+            if sroom.source.send(sessionwire.open_line(sid)):
+                return
+            self._remote.pop(sid, None)
+            self.rooms.remove(sroom, sid)
+            kind, reason = sessionsignal.AGENT, "agent unreachable"
+        self.cluster.tell(tag, sessionsignal.refused_message(sid, kind, reason))
 
     def close_all(self, code, reason):
         """Shutdown: every session's client gets ``code`` (after what was read), its data link
@@ -164,6 +316,9 @@ class TunnelHub:
 
     def end(self, sroom, sid, link=None):
         self.rooms.remove(sroom, sid)
+        owner = sroom.owner
+        if owner is not None:
+            self.cluster.tell(owner, sessionsignal.ended_message(sroom.code, sid))
         if link is not None:
             link.release()
 

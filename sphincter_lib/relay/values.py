@@ -48,6 +48,18 @@ def password(text):
     return text
 
 
+def node_address(text):
+    """``HOST:PORT`` (``[v6]:PORT``; PORT 0: the source port as bound); empty: none."""
+    text = text.strip()
+    if not text:
+        return ""
+    host, _, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or any(c.isspace() for c in host) or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError("invalid address %r (HOST:PORT)" % text)
+    return (host, int(port))
+
+
 _NAME = re.compile(r"^[A-Za-z0-9._-]{0,64}$")
 
 

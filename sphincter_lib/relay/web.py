@@ -172,7 +172,7 @@ class WebApp:
         code = (query.get("room") or [""])[0]
         if not self.origins.allowed(environ.get("HTTP_ORIGIN")):
             return self._refuse(conn, peer, CloseCode.FORBIDDEN, "origin not allowed", "origin")
-        tunnel = self.tunnels.rooms.find(code) if self.tunnels is not None else None
+        tunnel = self.tunnels.find(code) if self.tunnels is not None else None
         if tunnel is not None:
             return self._session_client(environ, conn, ip, peer, tunnel, query)
         try:
@@ -199,7 +199,7 @@ class WebApp:
     def _session_client(self, environ, conn, ip, peer, sroom, query):
         """A client of a session room: its key, then its own session (``tunnel.py``)."""
         key = (query.get("key") or [""])[0]
-        if not hmac.compare_digest(key.encode("utf-8"), sroom.write_key.encode()):
+        if not sroom.key_ok(key):
             return self._refuse(conn, peer, CloseCode.FORBIDDEN, "wrong key" if key else "key required",
                                 "session_key")
         return _TunnelClient(self.tunnels, self.settings, self._refuse, conn, sroom, peer, ip)

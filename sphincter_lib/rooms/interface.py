@@ -82,7 +82,7 @@ SUBSCRIBER_NAMES = ("room", "peer", "attach", "take", "commit", "wait", "wake", 
                     "kick", "leave", "closing", "close_code", "close_reason", "close_now")
 #: what relay/ may use of a session room (``rooms/sessions.SessionRoom``)
 SESSION_ROOM_NAMES = ("code", "kind", "named", "write_key", "source", "peer", "opened_at", "sessions",
-                      "closed", "opened", "bytes_to_clients", "bytes_from_clients")
+                      "closed", "opened", "bytes_to_clients", "bytes_from_clients", "key_ok", "owner")
 #: what relay/ may use of a room's write-back outbox
 OUTBOX_NAMES = ("take", "done", "wait", "closed", "when_writable")
 

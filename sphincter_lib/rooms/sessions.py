@@ -12,6 +12,7 @@ import time
 
 from ..errors import RoomNotFound
 from ..proto.roomcode import make_code, resume_key, room_key
+from ..proto.sessionsignal import key_digest
 
 #: how a session room refuses a new session: (kind, reason); the relay maps kinds to close codes
 PER_ROOM, RELAY_WIDE = "room", "relay"
@@ -23,6 +24,8 @@ class SessionRoom:
     keeps) and totals."""
 
     kind = "sessions"
+    #: the tag of the node holding the room's agent when it is another node (Redis mode)
+    owner = None
 
     def __init__(self, code, write_key, source, opened_at, token=None):
         self.code = code
@@ -39,6 +42,37 @@ class SessionRoom:
         self.opened = 0              # sessions opened in all
         self.bytes_to_clients = 0
         self.bytes_from_clients = 0
+        #: sessions of this room whose client is on another node (Redis mode): counted in
+        #: ``sessions`` for the room's limit, not in the relay's total
+        self.remote = set()
+
+    def key_ok(self, key):
+        """``key`` (str, from a client) is this room's key."""
+        return hmac.compare_digest(key.encode("utf-8"), self.write_key.encode())
+
+
+class RemoteSessionRoom:
+    """A session room whose agent is on another node (Redis mode), as a client's node sees it
+    from the room's record (``proto.sessionsignal``): ``owner`` is that node's tag; only the
+    SHA-256 of the key is known here."""
+
+    kind = "sessions"
+    named = False
+    closed = False
+
+    def __init__(self, code, owner, digest, node, opened_at):
+        self.code, self.owner, self.digest, self.node = code, owner, digest, node
+        self.peer = "node %s" % node
+        self.source = None
+        self.opened_at = opened_at
+        self.sessions = {}
+        self.remote = set()
+        self.opened = 0
+        self.bytes_to_clients = 0
+        self.bytes_from_clients = 0
+
+    def key_ok(self, key):
+        return hmac.compare_digest(key_digest(key), self.digest)
 
 
 class SessionRooms:
@@ -52,13 +86,14 @@ class SessionRooms:
         self.rooms = {}
         self.total = 0               # sessions open now, every room
 
-    def add_named(self, specs):
+    def add_named(self, specs, key=None):
         """The named session rooms of a rooms file (``sessions=on``), from start-up on; their
-        key is the spec's ``write=KEY`` or one drawn now."""
+        key is the spec's ``write=KEY``, else ``key(spec)`` (Redis mode: the same on every node),
+        else one drawn now."""
         for spec in specs:
             if spec.sessions and spec.key not in self.rooms:
-                self.rooms[spec.key] = SessionRoom(spec.name, spec.write or resume_key(), None,
-                                                   self.clock(), token=spec.token)
+                write = spec.write or (key(spec) if key is not None else resume_key())
+                self.rooms[spec.key] = SessionRoom(spec.name, write, None, self.clock(), token=spec.token)
 
     def claim(self, token, source):
         """The named session room of ``token`` (bytes) now controlled by ``source``:
@@ -83,6 +118,10 @@ class SessionRooms:
 
     def __len__(self):
         return len(self.rooms)
+
+    @property
+    def named_count(self):
+        return sum(1 for room in self.rooms.values() if room.named)
 
     def open(self, source):
         """A new session room controlled by ``source`` (a :class:`~.interface.Source`)."""
@@ -110,20 +149,28 @@ class SessionRooms:
         except RoomNotFound:
             return None
 
-    def refusal(self, room):
+    def refusal(self, room, remote=False):
         """None if ``room`` may open one more session, else (:data:`PER_ROOM` or
-        :data:`RELAY_WIDE`, reason)."""
+        :data:`RELAY_WIDE`, reason). ``remote``: for a client on another node (which applies
+        its own relay-wide limit)."""
         if self.max_per_room and len(room.sessions) >= self.max_per_room:
             return PER_ROOM, "too many sessions"
-        if self.max_total and self.total >= self.max_total:
+        if not remote and self.max_total and self.total >= self.max_total:
             return RELAY_WIDE, "too many sessions"
         return None
 
-    def add(self, room, sid, session):
+    def add(self, room, sid, session, remote=False):
+        """``remote``: the session's client is on another node (not in this relay's total)."""
         room.sessions[sid] = session
         room.opened += 1
-        self.total += 1
+        if remote:
+            room.remote.add(sid)
+        else:
+            self.total += 1
 
     def remove(self, room, sid):
         if room.sessions.pop(sid, None) is not None:
-            self.total -= 1
+            if sid in room.remote:
+                room.remote.discard(sid)
+            else:
+                self.total -= 1
