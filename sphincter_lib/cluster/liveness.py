@@ -147,8 +147,13 @@ class Liveness:
             for r in rooms:
                 if r.subscribers:
                     pipe.hset(r.redis_keys[2], node_id, len(r.subscribers))
+        cluster = link.keys.cluster
+        if cluster:                                  # node liveness in one slot (proto.redis_keys)
+            scripts["NODE_BEAT"](keys=[link.keys.nodes], args=[node_id, link.lease_ms], client=pipe)
         sent = self._monotonic()
         answers = pipe.execute()
+        if cluster:
+            link.dead_nodes = [text(n) for n in answers[-1] if text(n) != node_id]
         self.renewed_at = sent
         self._apply(answers, owned, len(watched), paused)
         self._renewed(owned)

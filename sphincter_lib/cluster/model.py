@@ -139,6 +139,8 @@ class RedisRoomModel(RoomRegistry):
         self.pipe.flush(2.0)
         try:
             self.link.redis.delete(self.keys.node(self.node_id))
+            if self.keys.cluster:                  # seen dead at once (its counts go)
+                self.link.scripts["NODE_BEAT"](keys=[self.keys.nodes], args=[self.node_id, 0])
         except self.link.errors:
             pass
         self.liveness.stop()
@@ -173,13 +175,13 @@ class RedisRoomModel(RoomRegistry):
         if room.replay:
             self.pipe.send(resp.command("XADD", room.redis_keys[3], "MAXLEN", "~", room.replay,
                                         "%d-%d" % (room.epoch, room.pub_seq), "d", data), droppable=True)
-        self.pipe.send(resp.command("PUBLISH", room.chan_m, data), droppable=True)
+        self.pipe.send(resp.command(self.keys.publish, room.chan_m, data), droppable=True)
 
     def report_flow(self, room, report):
         """A mirror's flow-control report (``EPOCH OFFSET[:UNREAD]``, ``EPOCH ^`` or ``EPOCH -``:
         ``cluster.flow``) to the room's owner."""
         if room.source_id and room.source_id != self.node_id:
-            self.pipe.send(resp.command("PUBLISH", self.keys.to_node(room.source_id),
+            self.pipe.send(resp.command(self.keys.publish, self.keys.to_node(room.source_id),
                                         report_message(room.key, report, self.node_id)), droppable=True)
 
     def _on_flow(self, message):
