@@ -101,6 +101,7 @@ class RedisRoomModel(RoomRegistry):
         self.liveness = Liveness(self, link, self._monotonic)
         self.room_listing = Listing(self, link)
         link.pubsub.on_up = self.liveness.listener_up
+        link.on_switch.append(self.liveness.beat_soon)
         link.pubsub.yield_bytes = max(4096, min(Listener.yield_bytes, self.limits.buffer_bytes // 4))
         self.reload(named)
 
@@ -122,6 +123,8 @@ class RedisRoomModel(RoomRegistry):
         self.pubsub.subscribe(self.keys.to_node(self.node_id))
         self.pipe.start()
         self.pubsub.start()
+        if self.link.watcher is not None:
+            self.link.watcher.start()             # Sentinel's +switch-master
         self.liveness.start()
 
     def close_all(self, code, reason):
@@ -146,6 +149,8 @@ class RedisRoomModel(RoomRegistry):
         self.liveness.stop()
         self.pipe.stop()
         self.pubsub.stop()
+        if self.link.watcher is not None:
+            self.link.watcher.stop()
         logger.info("node %s left the relay", self.node)
 
     # -- sources and subscribers, relay-wide: cluster.admission ----------------------------

@@ -19,7 +19,7 @@ from ..proto import redis_keys
 from .link import Endpoint, Listener, control_client, redis_errors
 from .pipe import Pipe
 from . import shards
-from .sentinel import Discovery
+from .sentinel import Discovery, SwitchWatcher
 from .sentinel import control_client as sentinel_client
 
 logger = logging.getLogger("sphincter.cluster.node")
@@ -65,12 +65,15 @@ class NodeLink:
         self.lease = lease
         self.lease_ms = int(lease * 1000)
         self.stats = stats
+        #: ``fn()`` called when Redis' primary (Sentinel) or a shard's (Cluster) changed
+        self.on_switch = []
         #: the exceptions that mean "Redis cannot be reached now"
         self.errors = redis_errors() + (shards.cluster_errors() if cluster else ())
         #: the last heartbeat reached Redis (set by the heartbeat, cleared by a failed call)
         self.reachable = False
         #: Redis Cluster: the nodes whose heartbeat ran out (``P:{nodes}``), for ``ADMIT``
         self.dead_nodes = []
+        self.watcher = None
         # the pipe reconnects and resends by itself: only the listener (always reading, so it
         # notices at once) and the control calls say whether Redis is reachable
         if cluster:
@@ -80,12 +83,16 @@ class NodeLink:
                                                  on_down=self._link_down)
             self.scripts = {name: shards.EvalScript(self.redis, redis_keys.script(name, True)) for name in SCRIPTS}
             self.topology.on_switch.append(self.reread_slots)
+            self.topology.on_switch.append(self._tell_switched)
             return
         self.redis = (sentinel_client if discovery is not None else control_client)(self.endpoint)
         self.pipe = Pipe(self.endpoint)
         self.pubsub = Listener(self.endpoint, on_message, on_down=self._link_down)
+        #: behind sentinels: the ``+switch-master`` watcher (started and stopped with the links)
+        self.watcher = None
         if discovery is not None:
             discovery.on_switch.append(self._primary_switched)
+            self.watcher = SwitchWatcher(discovery)
         self.scripts = {name: self.redis.register_script(getattr(redis_keys, name)) for name in SCRIPTS}
 
     def _cluster(self):
@@ -99,6 +106,10 @@ class NodeLink:
             logger.warning("redis at %s: cannot tell whether it is a Redis Cluster (%s): taking it for "
                            "one Redis", self.endpoint, exc)
             return None
+
+    def _tell_switched(self):
+        for fn in self.on_switch:
+            fn()
 
     def reread_slots(self):
         """Redis Cluster: redis-py's client reads the slot map again (a pipeline that met a dead
@@ -141,6 +152,7 @@ class NodeLink:
         """The sentinels name another primary: every connection leaves the old one."""
         for link in (self.pipe, self.pubsub):
             link.drop_unless(address)
+        self._tell_switched()
         self.redis.connection_pool.disconnect()
 
     def _link_down(self, link):
