@@ -84,6 +84,19 @@ def test_relay_wide_counts_and_named_rooms_over_the_shards(redis_cluster, tmp_pa
     assert len(full) == 2 and not any(r.closed.is_set() for r in full)
 
 
+@pytest.mark.parametrize("case", [
+    "test_write_back_from_writers_on_other_nodes",
+    "test_replay_for_a_late_joiner_on_another_node",
+    "test_resume_on_another_node_within_the_grace_keeps_every_subscriber",
+    "test_sigkill_of_the_owning_node_ends_its_rooms_elsewhere_within_the_lease",
+])
+def test_the_single_redis_contract_holds_on_a_cluster(redis_cluster, case):
+    """A few of test_cluster.py's cases (one Redis) as they are, on the Cluster: write-back through
+    the room's shard, the replay log, RESUME on another node, an owner's death seen elsewhere."""
+    import test_cluster
+    getattr(test_cluster, case)(redis_cluster)
+
+
 def test_a_shard_primary_killed_under_load_is_survived_never_a_gap(redis_cluster):
     cluster = redis_cluster
     n1, n2 = cluster.nodes(2, "--redis-lease", LEASE)
