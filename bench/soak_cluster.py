@@ -1,7 +1,9 @@
-"""Chaos soak of a relay of several nodes on Redis with Sentinel (issue 22).
+"""Chaos soak of a relay of several nodes on Redis with Sentinel, or on a Redis Cluster (issue 22).
 
     python bench/soak_cluster.py                       # make soak-cluster: 10 minutes
     python bench/soak_cluster.py --seconds 60 --json   # the CI version (tests/relay/test_soak_cluster.py)
+    python bench/soak_cluster.py --redis cluster       # make soak-cluster REDIS=cluster: a Redis
+                                                       # Cluster, 3 primaries + 3 replicas
 
 Everything real, on loopback: ``redis-server`` (a primary and a replica), three
 ``redis-sentinel``, ``--nodes`` Sphincter nodes given ``--redis-sentinels``, ``--rooms`` rooms each
@@ -16,7 +18,9 @@ A random fault every ``--fault-min``..``--fault-max`` s, one of:
   kill      SIGKILL a node and start it again (same ports)
   stop      SIGSTOP a node for its lease + 1.5 s, then SIGCONT
   failover  SIGKILL the Redis primary; the sentinels promote the replica; the old one is started
-            again (empty: the sentinels make it the new replica)
+            again (empty: the sentinels make it the new replica). With ``--redis cluster``: SIGKILL
+            one shard's primary (at random); the Cluster promotes its replica; the old one is
+            started again (it rejoins as the new replica)
   cut       cut one node's connections to Redis at the proxies for 2-5 s
 
 The checker keeps, per subscriber connection, the last sequence number of its room and every
@@ -59,6 +63,8 @@ sys.path.insert(0, ROOT)
 from hostile_client import OP_CLOSE, ConnectionDropped, ws_connect  # noqa: E402
 from rediskit import RedisServer, free_port  # noqa: E402
 from sentinelkit import MASTER, Sentinel, sentinel_query  # noqa: E402
+
+RESP_TIMEOUT = 1.0
 
 KINDS = ("kill", "stop", "failover", "cut")
 
@@ -213,9 +219,117 @@ class Redis:
         port = self.named()
         return next((i for i, p in enumerate(self.proxies) if p.port == port), None)
 
+    def node_options(self):
+        return ["--redis-url", "redis://127.0.0.1:1/0", "--redis-sentinels", self.sentinel_option,
+                "--redis-sentinel-master", MASTER]
+
+    def fail_primary(self, fault, rng):
+        """SIGKILL the primary, wait for the sentinels to name another, start it again."""
+        i = self.primary_index()
+        old = self.proxies[i].port if i is not None else None
+        fault["target"] = "redis primary :%s" % old
+        if i is not None:
+            server = self.servers[i]
+            server.proc.kill()
+            server.proc.wait()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and self.named() in (old, None):
+                gevent.sleep(0.1)
+            fault["promoted_after"] = round(time.monotonic() - fault["start"], 2)
+            server.restart()                  # empty: the sentinels make it a replica
+
     def close(self):
         for s in self.sentinels:
             s.close()
+        for r in self.servers:
+            r.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _ask(port, *args):
+    """One command to 127.0.0.1:``port``, its parsed answer (None: no answer)."""
+    from sphincter_lib.proto import resp
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=RESP_TIMEOUT) as s:
+            s.sendall(resp.command(*args))
+            parser = resp.Parser()
+            while True:
+                data = s.recv(65536)
+                if not data:
+                    return None
+                replies = parser.feed(data)
+                if replies:
+                    return replies[0]
+    except OSError:
+        return None
+
+
+class ClusterRedis:
+    """A Redis Cluster of ``primaries`` primaries and as many replicas, each server behind a Proxy
+    (it announces the proxy's port: the nodes reach it only through it; the Cluster's bus is
+    direct), joined by ``redis-cli --cluster create``."""
+
+    def __init__(self, primaries=3, node_timeout_ms=1000):
+        self.dir = tempfile.mkdtemp(prefix="sphincter-soak-rcluster-")
+        self.proxies = [Proxy() for _ in range(2 * primaries)]
+        self.servers = []
+        for i, proxy in enumerate(self.proxies):
+            server = RedisServer(extra=[
+                "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
+                "--cluster-config-file", "%s/nodes-%d.conf" % (self.dir, i),
+                "--cluster-node-timeout", str(node_timeout_ms), "--cluster-replica-validity-factor", "0",
+                "--cluster-announce-ip", "127.0.0.1", "--cluster-announce-port", str(proxy.port),
+                "--dir", self.dir])
+            proxy.target = server.port
+            self.servers.append(server)
+        out = subprocess.run(["redis-cli", "--cluster", "create"] + ["127.0.0.1:%d" % p.port for p in self.proxies]
+                             + ["--cluster-replicas", "1", "--cluster-yes"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+        if out.returncode != 0:
+            raise SystemExit("soak-cluster: redis-cli --cluster create failed: %s" % out.stdout.decode()[-800:])
+
+    def slots(self):
+        """[(first, last, primary proxy port)] from the first server that answers."""
+        for server in self.servers:
+            if not server.running():
+                continue
+            reply = _ask(server.port, "CLUSTER", "SLOTS")
+            if isinstance(reply, list) and reply:
+                return sorted((int(r[0]), int(r[1]), int(r[2][1])) for r in reply)
+        return []
+
+    def ready(self, timeout=60.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = [_ask(s.port, "CLUSTER", "INFO") for s in self.servers if s.running()]
+            if states and all(isinstance(x, bytes) and b"cluster_state:ok" in x for x in states):
+                replies = [_ask(s.port, "CLUSTER", "SLOTS") for s in self.servers]
+                if all(isinstance(r, list) and all(len(e) >= 4 for e in r) for r in replies):
+                    return True
+            time.sleep(0.2)
+        return False
+
+    def node_options(self):
+        return ["--redis-url", "redis://127.0.0.1:%d/0" % self.proxies[0].port]
+
+    def fail_primary(self, fault, rng):
+        """SIGKILL one shard's primary, wait until the Cluster names another, start it again."""
+        first, _, old = rng.choice(self.slots())
+        fault["target"] = "shard of slot %d, primary :%d" % (first, old)
+        i = next(i for i, p in enumerate(self.proxies) if p.port == old)
+        server = self.servers[i]
+        server.proc.kill()
+        server.proc.wait()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            owner = next((port for a, b, port in self.slots() if a <= first <= b), None)
+            if owner not in (old, None):
+                break
+            gevent.sleep(0.1)
+        fault["promoted_after"] = round(time.monotonic() - fault["start"], 2)
+        server.restart()                      # it rejoins as the new primary's replica
+
+    def close(self):
         for r in self.servers:
             r.close()
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -229,8 +343,7 @@ class Node:
         self.tcp, self.ws = free_port(), free_port()
         self.argv = [python, os.path.join(ROOT, "sphincter.py"), "--tcp-host", "127.0.0.1",
                      "--tcp-port", str(self.tcp), "--ws-host", "127.0.0.1", "--ws-port", str(self.ws),
-                     "--redis-url", "redis://127.0.0.1:1/0", "--redis-sentinels", redis.sentinel_option,
-                     "--redis-sentinel-master", MASTER, "--node-name", name, "--redis-lease", str(lease),
+                     ] + redis.node_options() + ["--node-name", name, "--redis-lease", str(lease),
                      "--room-grace", str(grace), "--max-sources-per-ip", "0", "--shutdown-timeout", "2",
                      "--close-timeout", "1"]
         self.log = open(os.path.join(workdir, name + ".log"), "ab")
@@ -395,18 +508,7 @@ class Chaos:
             gevent.sleep(self.lease + 1.5)
             node.proc.send_signal(signal.SIGCONT)
         elif kind == "failover":
-            i = self.redis.primary_index()
-            old = self.redis.proxies[i].port if i is not None else None
-            fault["target"] = "redis primary :%s" % old
-            if i is not None:
-                server = self.redis.servers[i]
-                server.proc.kill()
-                server.proc.wait()
-                deadline = time.monotonic() + 30
-                while time.monotonic() < deadline and self.redis.named() in (old, None):
-                    gevent.sleep(0.1)
-                fault["promoted_after"] = round(time.monotonic() - fault["start"], 2)
-                server.restart()                  # empty: the sentinels make it a replica
+            self.redis.fail_primary(fault, self.rng)
         elif kind == "cut":
             node = self.rng.choice(self.nodes)
             fault["target"] = node.name
@@ -492,18 +594,21 @@ def main(argv=None):
     p.add_argument("--warmup", type=float, default=10.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--kinds", default=",".join(KINDS))
+    p.add_argument("--redis", choices=("sentinel", "cluster"), default="sentinel",
+                   help="Redis with Sentinel (a primary, a replica, 3 sentinels) or a Redis Cluster "
+                        "(3 primaries, 3 replicas)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--keep-logs", action="store_true")
     a = p.parse_args(argv)
     rng = random.Random(a.seed)
     python = sys.executable
     workdir = tempfile.mkdtemp(prefix="sphincter-soak-cluster-")
-    redis = Redis()
+    redis = ClusterRedis() if a.redis == "cluster" else Redis()
     nodes, sources, feeds = [], [], []
     stop = gevent.event.Event()
     try:
         if not redis.ready():
-            raise SystemExit("soak-cluster: the sentinels did not see the replica and each other")
+            raise SystemExit("soak-cluster: Redis not ready (%s)" % a.redis)
         nodes = [Node("n%d" % (i + 1), redis, workdir, a.lease, a.grace, python) for i in range(a.nodes)]
         deadline = time.monotonic() + 30
         while not all(n.healthy() for n in nodes):
@@ -533,6 +638,7 @@ def main(argv=None):
         stop.set()
         result = summarize(report, chaos, a.rooms, t_end)
         result["seconds"] = a.seconds
+        result["redis"] = a.redis
         result["subscribers"] = a.subscribers
         result["nodes"] = a.nodes
         result["rate_per_room"] = a.rate

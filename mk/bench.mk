@@ -39,10 +39,12 @@ bench-cluster: $(VENV)/.bench
 # issue 22: chaos soak of 3 nodes on Redis with Sentinel (a primary, a replica, three sentinels),
 # 20 rooms fed by `sphincter connect`, 500 subscribers, a random fault every 20-40 s (node SIGKILL,
 # node SIGSTOP beyond its lease, Redis failover, a node's Redis link cut); SOAK_SECONDS (600).
-# The 60-second version is tests/relay/test_soak_cluster.py.
+# The 60-second version is tests/relay/test_soak_cluster.py. SOAK_REDIS=cluster: the same soak on a
+# Redis Cluster (3 primaries, 3 replicas; the failover fault kills one shard's primary).
 soak-cluster: $(VENV)/.dev
 	@command -v redis-sentinel >/dev/null || { echo "soak-cluster: redis-sentinel missing (apt-get install redis-server redis-sentinel)"; exit 2; }
-	$(VPY) bench/soak_cluster.py --seconds $(or $(SOAK_SECONDS),600) $(BENCH_ARGS)
+	@command -v redis-cli >/dev/null || { echo "soak-cluster: redis-cli missing (apt-get install redis-tools)"; exit 2; }
+	$(VPY) bench/soak_cluster.py --seconds $(or $(SOAK_SECONDS),600) --redis $(or $(SOAK_REDIS),sentinel) $(BENCH_ARGS)
 
 bench-smoke: $(VENV)/.dev
 	$(VPY) -m gevent.monkey --module pytest tests/relay/test_bench_smoke.py tests/relay/test_bench_cluster.py $(PYTEST_ARGS)

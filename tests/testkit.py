@@ -51,6 +51,7 @@ PROGRAMS = {
     "rpmlint": "rpmlint",
     "runc": "runc",
     "redis-sentinel": "redis-sentinel",
+    "redis-cli": "redis-tools",
     "sh": "dash",
     "ss": "iproute2",
     "scp": "openssh-client",

@@ -17,8 +17,10 @@ the pipe after the room's last batch). An :class:`Admission` holds the model (to
 and add rooms, through its public methods) and the node's link (``cluster.node``).
 """
 
+import time
+
 from ..errors import CannotResume, RoomFullError, RoomLimitError, RoomNotFound, ShuttingDown
-from ..proto import redis_keys, resp
+from ..proto import resp
 from ..proto.roomcode import resume_key, room_key
 from ..rooms.interface import CLOSED
 from .node import digest, text
@@ -44,7 +46,7 @@ class Admission:
             room = model.new_room(model.new_code(), source)
             done = link.call("OPEN", room, link.keys.events(room.code), link.node_id, link.lease_ms,
                              room.code, source.peer, digest(resume) if resume else "", write or "",
-                             model.max_rooms, "%.3f" % room.opened_at, model.grace_ms)
+                             self._max_rooms(room), "%.3f" % room.opened_at, model.grace_ms)
             if done == -1:
                 raise RoomLimitError()
             if done == 1:
@@ -57,6 +59,25 @@ class Admission:
         model.stats.rooms_opened += 1
         model.source_attached(room, source)
         return room
+
+    def _max_rooms(self, room):
+        """``--max-rooms`` for ``OPEN``, which counts the rooms of the new room's index. In a Redis
+        Cluster there is one index per bucket (``proto.redis_keys``): the other buckets' rooms,
+        counted first, are taken off (concurrent opens elsewhere may overshoot it by the opens in
+        flight)."""
+        model, link = self.model, self.link
+        if not link.keys.cluster or model.max_rooms <= 0:
+            return model.max_rooms
+        own = room.redis_keys[5]
+        others = [index for index in link.keys.indexes if index != own]
+        pipe = link.redis.pipeline(transaction=False)
+        now_ms = "%d" % (time.time() * 1000)
+        for index in others:
+            pipe.zcount(index, now_ms, "+inf")
+        held = sum(link.ask(pipe.execute))
+        if held >= model.max_rooms:
+            raise RoomLimitError()
+        return model.max_rooms - held
 
     def claim(self, token, source):
         model, link = self.model, self.link
@@ -101,7 +122,7 @@ class Admission:
     def leave(self, room):
         """The room's source (on this node) left: tell the relay, after its last batch."""
         link = self.link
-        link.pipe.send(resp.command("EVAL", redis_keys.LEAVE, 6, *(room.redis_keys + [
+        link.pipe.send(resp.command("EVAL", link.script_text("LEAVE"), 6, *(room.redis_keys + [
             room.chan_e, link.node_id, room.epoch, self.model.grace_ms, room.key, room.last_published])))
 
     def subscribe(self, code, peer):
@@ -109,8 +130,10 @@ class Admission:
         room = model.get(code)
         if room.state is CLOSED:
             raise RoomNotFound()
-        n = link.call("ADMIT", room, room.chan_e, link.node_id, room.max_subscribers, link.keys.node_prefix,
-                      "1" if room.named else "0", room.code)
+        cluster = link.keys.cluster                # node liveness is in another slot: say who died
+        n = link.call("ADMIT", room, room.chan_e, link.node_id, room.max_subscribers,
+                      "" if cluster else link.keys.node_prefix, "1" if room.named else "0", room.code,
+                      *(link.dead_nodes if cluster else ()))
         if n == -1:
             raise RoomNotFound()
         if n == -2:

@@ -239,9 +239,12 @@ class Listener(Link):
     #: judged against its budget on a whole burst (``skip``/``cut``). Set from the budget.
     yield_bytes = 32 * 1024
 
-    def __init__(self, endpoint, on_message, on_down=None, on_up=None):
+    def __init__(self, endpoint, on_message, on_down=None, on_up=None, sharded=False):
         Link.__init__(self, endpoint, on_down, on_up)
         self.on_message = on_message
+        #: sharded pub/sub (Redis Cluster: ``SSUBSCRIBE``, one listener per shard, ``cluster.shards``)
+        self.sharded = sharded
+        self._sub, self._unsub = (b"SSUBSCRIBE", b"SUNSUBSCRIBE") if sharded else (b"SUBSCRIBE", b"UNSUBSCRIBE")
         self.channels = set()
         self._confirm = {}
         self._send_lock = Semaphore()
@@ -253,14 +256,14 @@ class Listener(Link):
             return self._confirm.get(channel) or _DONE
         self.channels.add(channel)
         event = self._confirm[channel] = Event()
-        self._send(resp.command("SUBSCRIBE", channel))
+        self._send(resp.command(self._sub, channel))
         return event
 
     def unsubscribe(self, channel):
         if channel in self.channels:
             self.channels.discard(channel)
             self._confirm.pop(channel, None)
-            self._send(resp.command("UNSUBSCRIBE", channel))
+            self._send(resp.command(self._unsub, channel))
 
     def _send(self, data):
         sock = self.sock
@@ -279,7 +282,7 @@ class Listener(Link):
             self._confirm.setdefault(channel, Event())
         with self._send_lock:
             for i in range(0, len(channels), 512):
-                sock.sendall(b"".join(resp.command("SUBSCRIBE", c) for c in channels[i:i + 512]))
+                sock.sendall(b"".join(resp.command(self._sub, c) for c in channels[i:i + 512]))
         if self.on_up is not None:
             self.on_up(self)
         budget = self.yield_bytes
@@ -291,7 +294,7 @@ class Listener(Link):
                 if push.__class__ is not list or len(push) < 3:
                     continue
                 kind = push[0]
-                if kind == b"message":
+                if kind == b"message" or kind == b"smessage":
                     self.received += 1
                     self.received_bytes += len(push[2])
                     budget -= len(push[2])
@@ -299,11 +302,15 @@ class Listener(Link):
                         self.on_message(push[1].decode(), push[2])
                     except Exception:
                         logger.error("redis listener: message handler failed", exc_info=True)
-                elif kind == b"subscribe":
+                elif kind == b"subscribe" or kind == b"ssubscribe":
                     budget -= 64
                     event = self._confirm.pop(push[1].decode(), None)
                     if event is not None:
                         event.set()
+                elif kind == b"sunsubscribe" and push[1].decode() in self.channels:
+                    # the shard no longer serves that channel's slot (it moved, or the server was
+                    # demoted): reconnect to the slot's primary and subscribe everything again
+                    raise OSError("redis unsubscribed %s (its slot moved)" % push[1].decode())
                 if budget <= 0:
                     budget = self.yield_bytes
                     gevent.sleep(0)               # subscribers take what came before the next part

@@ -64,7 +64,10 @@ class Listing:
         model = self.model
         try:
             now_ms = int(self.clock() * 1000)
-            keys = [text(k) for k in link.redis.zrangebyscore(link.keys.rooms, now_ms, "+inf")]
+            indexes = link.redis.pipeline(transaction=False)
+            for index in link.keys.indexes:      # one, or one per bucket in a Redis Cluster
+                indexes.zrangebyscore(index, now_ms, "+inf")
+            keys = [text(k) for found in indexes.execute() for k in found]
             keys = sorted(set(keys) | set(room.key for room in model.rooms()))
             pipe = link.redis.pipeline(transaction=False)
             for key in keys:

@@ -22,6 +22,7 @@ import os
 import socket
 
 import gevent
+from gevent.event import Event
 
 from .. import __version__
 from ..errors import RelayUnavailable
@@ -36,6 +37,9 @@ __all__ = ["Liveness"]
 class Liveness:
     """Heartbeat, leases, checks, recovery (see the module docstring)."""
 
+    #: seconds between a failover announced and the heartbeat it brings forward
+    switch_delay = 0.2
+
     def __init__(self, model, link, monotonic):
         self.model = model
         self.link = link
@@ -43,6 +47,7 @@ class Liveness:
         self._up_since = None            # when Redis came back after an outage (None: no outage)
         self._housekeeper = None
         self._watchdog = None
+        self._wake = Event()
         #: when the last heartbeat that got through was sent (monotonic; None: none yet): the
         #: node's leases hold until then + the lease
         self.renewed_at = None
@@ -103,9 +108,17 @@ class Liveness:
             logger.warning("node %s: leases not renewed for %.1fs; %d source(s) paused until Redis "
                            "confirms their rooms", self.link.node, self.link.lease, len(owned))
 
+    def beat_soon(self):
+        """The next heartbeat now, not in up to :attr:`interval` s (a failover was announced: the
+        node is whole again as soon as the new primary answers)."""
+        self._wake.set()
+
     def _housekeep(self):
         while True:
-            gevent.sleep(self.interval)
+            self._wake.wait(self.interval)
+            if self._wake.is_set():
+                self._wake.clear()
+                gevent.sleep(self.switch_delay)    # the links reconnect first
             self.link.check_primary()
             try:
                 self.link.ask(self.beat)
@@ -147,8 +160,13 @@ class Liveness:
             for r in rooms:
                 if r.subscribers:
                     pipe.hset(r.redis_keys[2], node_id, len(r.subscribers))
+        cluster = link.keys.cluster
+        if cluster:                                  # node liveness in one slot (proto.redis_keys)
+            scripts["NODE_BEAT"](keys=[link.keys.nodes], args=[node_id, link.lease_ms], client=pipe)
         sent = self._monotonic()
         answers = pipe.execute()
+        if cluster:
+            link.dead_nodes = [text(n) for n in answers[-1] if text(n) != node_id]
         self.renewed_at = sent
         self._apply(answers, owned, len(watched), paused)
         self._renewed(owned)

@@ -101,6 +101,7 @@ class RedisRoomModel(RoomRegistry):
         self.liveness = Liveness(self, link, self._monotonic)
         self.room_listing = Listing(self, link)
         link.pubsub.on_up = self.liveness.listener_up
+        link.on_switch.append(self.liveness.beat_soon)
         link.pubsub.yield_bytes = max(4096, min(Listener.yield_bytes, self.limits.buffer_bytes // 4))
         self.reload(named)
 
@@ -122,6 +123,8 @@ class RedisRoomModel(RoomRegistry):
         self.pubsub.subscribe(self.keys.to_node(self.node_id))
         self.pipe.start()
         self.pubsub.start()
+        if self.link.watcher is not None:
+            self.link.watcher.start()             # Sentinel's +switch-master
         self.liveness.start()
 
     def close_all(self, code, reason):
@@ -139,11 +142,15 @@ class RedisRoomModel(RoomRegistry):
         self.pipe.flush(2.0)
         try:
             self.link.redis.delete(self.keys.node(self.node_id))
+            if self.keys.cluster:                  # seen dead at once (its counts go)
+                self.link.scripts["NODE_BEAT"](keys=[self.keys.nodes], args=[self.node_id, 0])
         except self.link.errors:
             pass
         self.liveness.stop()
         self.pipe.stop()
         self.pubsub.stop()
+        if self.link.watcher is not None:
+            self.link.watcher.stop()
         logger.info("node %s left the relay", self.node)
 
     # -- sources and subscribers, relay-wide: cluster.admission ----------------------------
@@ -173,13 +180,13 @@ class RedisRoomModel(RoomRegistry):
         if room.replay:
             self.pipe.send(resp.command("XADD", room.redis_keys[3], "MAXLEN", "~", room.replay,
                                         "%d-%d" % (room.epoch, room.pub_seq), "d", data), droppable=True)
-        self.pipe.send(resp.command("PUBLISH", room.chan_m, data), droppable=True)
+        self.pipe.send(resp.command(self.keys.publish, room.chan_m, data), droppable=True)
 
     def report_flow(self, room, report):
         """A mirror's flow-control report (``EPOCH OFFSET[:UNREAD]``, ``EPOCH ^`` or ``EPOCH -``:
         ``cluster.flow``) to the room's owner."""
         if room.source_id and room.source_id != self.node_id:
-            self.pipe.send(resp.command("PUBLISH", self.keys.to_node(room.source_id),
+            self.pipe.send(resp.command(self.keys.publish, self.keys.to_node(room.source_id),
                                         report_message(room.key, report, self.node_id)), droppable=True)
 
     def _on_flow(self, message):

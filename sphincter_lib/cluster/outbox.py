@@ -29,7 +29,7 @@ class RedisOutbox:
         size = len(data)
         self.sending += size
         room = self.room
-        room.model.pipe.send(resp.command("EVAL", redis_keys.WPUT, 6, *(room.redis_keys + [
+        room.model.pipe.send(resp.command("EVAL", redis_keys.script("WPUT", room.model.keys.cluster), 6, *(room.redis_keys + [
             room.chan_e, data, room.chan_w])), lambda reply: self._put_done(reply, size))
         return self.known + self.sending < self.limit
 
@@ -84,7 +84,7 @@ class RedisOutbox:
             if isinstance(reply, int):
                 self.known = reply
             trimmed.set()
-        room.model.pipe.send(resp.command("EVAL", redis_keys.WDONE, 6, *(room.redis_keys + [
+        room.model.pipe.send(resp.command("EVAL", redis_keys.script("WDONE", room.model.keys.cluster), 6, *(room.redis_keys + [
             room.chan_e, n, size, self.limit])), applied)
         return n
 

@@ -19,6 +19,7 @@ from gevent.event import Event
 
 from ..proto import resp
 from ..proto.sentinel import is_readonly
+from ..proto.slots import redirection
 from .link import Link
 
 logger = logging.getLogger("sphincter.cluster.link")     # one logger for the connections to Redis
@@ -149,6 +150,8 @@ class Pipe(Link):
                 for reply in replies:
                     if is_readonly(reply):        # a demoted primary: this and what follows are
                         raise OSError("redis is a replica now (READONLY)")   # sent again
+                    if redirection(reply) is not None:  # a Cluster shard moved (a failover):
+                        raise OSError("redis answered %s" % reply.message)   # the same, there
                     data_, callback, _ = inflight.popleft()
                     self.sent += 1
                     if isinstance(reply, resp.Error):

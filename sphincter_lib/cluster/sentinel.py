@@ -14,11 +14,11 @@ import logging
 import socket
 
 from ..proto import resp, sentinel
-from .link import exchange
+from .link import Link, exchange
 
 logger = logging.getLogger("sphincter.cluster.sentinel")
 
-__all__ = ["Discovery", "control_client"]
+__all__ = ["Discovery", "SwitchWatcher", "control_client"]
 
 
 class Discovery:
@@ -85,12 +85,79 @@ class Discovery:
                 except Exception:
                     logger.error("redis: reacting to a new primary failed", exc_info=True)
 
+    def announced(self, address):
+        """A sentinel announced that the primary moved to ``address`` (``+switch-master``)."""
+        self._named(address)
+
     def check_role(self, host, port, reply):
         """The answer to ``ROLE`` of the server at (host, port): OSError unless it is a primary
         (a sentinel named a primary that was demoted since: ask again)."""
         role = sentinel.role(reply)
         if role != "master":
             raise OSError("redis at %s:%d is %s, not the primary" % (host, port, repr(role) if role else "no primary"))
+
+
+class _Sentinels(object):
+    """What :class:`SwitchWatcher`'s connection is made to: the first sentinel that answers."""
+
+    tls = False
+    retry_max = 2.0
+
+    def __init__(self, discovery):
+        self.discovery = discovery
+
+    def __str__(self):
+        return "sentinels %s" % self.discovery.sentinels
+
+    def connect(self):
+        discovery, reasons = self.discovery, []
+        for address in discovery.sentinels:
+            try:
+                sock = socket.create_connection(address, timeout=discovery.timeout)
+            except OSError as exc:
+                reasons.append("%s:%d: %s" % (address[0], address[1], exc))
+                continue
+            try:
+                if discovery.password is not None:
+                    reply = exchange(sock, [resp.command("AUTH", discovery.password)])[0]
+                    if isinstance(reply, resp.Error):
+                        raise OSError("AUTH refused: %s" % reply.message)
+                sock.settimeout(None)
+                return sock
+            except (OSError, resp.RespError) as exc:
+                sock.close()
+                reasons.append("%s:%d: %s" % (address[0], address[1], exc))
+        raise OSError("no sentinel answers (%s)" % "; ".join(reasons))
+
+
+class SwitchWatcher(Link):
+    """A pub/sub connection to a sentinel, subscribed to ``+switch-master``: a failover is followed
+    the moment the sentinels announce it (every connection leaves the old primary: the
+    :class:`Discovery`'s ``on_switch``), not only when a connection breaks or at the next heartbeat
+    (which still asks, in case this connection missed it)."""
+
+    name = "sentinel watch"
+
+    def __init__(self, discovery):
+        Link.__init__(self, _Sentinels(discovery))
+        self.discovery = discovery
+        #: ``+switch-master`` announcements for our primary received
+        self.announcements = 0
+
+    def _session(self, sock):
+        sock.sendall(sentinel.switch_query())
+        parser = resp.Parser()
+        while True:
+            data = sock.recv(4096)
+            if not data:
+                raise OSError("connection closed by the sentinel")
+            for push in parser.feed(data):
+                address = sentinel.switched(push, self.discovery.master)
+                if address is not None:
+                    self.announcements += 1
+                    logger.info("redis: the sentinels announce primary %r at %s:%d (+switch-master)",
+                                self.discovery.master, address[0], address[1])
+                    self.discovery.announced(address)
 
 
 def control_client(endpoint, max_connections=64):

@@ -23,48 +23,87 @@ A room ``K`` (its code or name, upper case) has, under the prefix ``P``
 ``P:node:<name>``       a node's heartbeat (``PX --redis-lease``)
 ======================  =====================================================================
 
+**Redis Cluster** (``Keys(prefix, cluster=True)``): a script may only touch keys of one slot, and
+``P:rooms`` spans every room. So a room's keys and channels share the hash tag of its *bucket*
+(``{rNN}``, ``NN = CRC16(K) mod`` :data:`CLUSTER_BUCKETS`) instead of ``{K}`` — ``P:lease:{rNN}K``,
+``P:m:{rNN}K`` ... — and the index is one zset per bucket, ``P:rooms:{rNN}``, in the same slot:
+every script above still runs on one slot, unchanged but for ``SPUBLISH`` (sharded pub/sub: a
+room's batches and events go through its shard only). Relay-wide facts are per bucket, summed by
+the reader: the room listing and ``--max-rooms`` read every bucket's index (the limit is then
+checked atomically for the new room's bucket against what the others hold: concurrent opens on
+other buckets may overshoot it by the opens in flight); node liveness is one zset in one slot,
+``P:{nodes}`` (node → heartbeat expiry, ms), and ``ADMIT`` is given the nodes seen dead there
+instead of looking up ``P:node:<name>`` keys (another slot).
+
 Every state change is one script over the room's keys; it publishes its event
 on ``P:e:{K}`` itself, so the event is ordered with the room's batches on every
 node's connection. ``KEYS`` are always :func:`room_keys`; ``ARGV[1]`` is the
 event channel.
 """
 
-__all__ = ["Keys", "encode_batch", "decode_batch", "OPEN", "CLAIM", "RESUME", "LEAVE", "CHECK", "REFRESH", "ADMIT", "WPUT", "WDONE",
+from .slots import crc16
+
+__all__ = ["Keys", "CLUSTER_BUCKETS", "script", "encode_batch", "decode_batch", "OPEN", "CLAIM", "RESUME", "LEAVE", "CHECK", "REFRESH", "ADMIT", "WPUT", "WDONE", "NODE_BEAT",
            "ENSURE_NAMED"]
 
 
-class Keys:
-    """Key and channel names under one prefix."""
+#: Redis Cluster: the buckets rooms are spread over (see the module docstring). Every node of a
+#: relay must agree on it: it is part of the key names.
+CLUSTER_BUCKETS = 64
 
-    def __init__(self, prefix):
+
+class Keys:
+    """Key and channel names under one prefix (``cluster``: Redis Cluster's, by bucket)."""
+
+    def __init__(self, prefix, cluster=False):
         self.prefix = prefix
+        self.cluster = cluster
         self.rooms = "%s:rooms" % prefix
         self.node_prefix = "%s:node:" % prefix
+        #: the zset of nodes' heartbeats (Redis Cluster: one slot)
+        self.nodes = "%s:{nodes}" % prefix
+        #: the publish command of the room channels: sharded pub/sub in a Cluster
+        self.publish = "SPUBLISH" if cluster else "PUBLISH"
+        #: every room index (one per bucket in a Cluster)
+        self.indexes = ([self.index_of("%02d" % b) for b in range(CLUSTER_BUCKETS)] if cluster
+                        else [self.rooms])
+
+    def index_of(self, bucket):
+        return "%s:rooms:{r%s}" % (self.prefix, bucket)
+
+    def tag(self, key):
+        """What a room's names carry: ``{K}``, or ``{rNN}K`` in a Cluster."""
+        if not self.cluster:
+            return "{%s}" % key
+        return "{r%02d}%s" % (crc16(key.encode("utf-8")) % CLUSTER_BUCKETS, key)
 
     def node(self, name):
         return self.node_prefix + name
 
     def room(self, key):
         """The six keys every room script takes, in order."""
-        p = self.prefix
-        return ["%s:lease:{%s}" % (p, key), "%s:room:{%s}" % (p, key), "%s:subs:{%s}" % (p, key),
-                "%s:log:{%s}" % (p, key), "%s:out:{%s}" % (p, key), self.rooms]
+        p, t = self.prefix, self.tag(key)
+        index = self.rooms if not self.cluster else "%s:rooms:%s" % (p, t[:t.index("}") + 1])
+        return ["%s:lease:%s" % (p, t), "%s:room:%s" % (p, t), "%s:subs:%s" % (p, t),
+                "%s:log:%s" % (p, t), "%s:out:%s" % (p, t), index]
 
     def messages(self, key):
-        return "%s:m:{%s}" % (self.prefix, key)
+        return "%s:m:%s" % (self.prefix, self.tag(key))
 
     def events(self, key):
-        return "%s:e:{%s}" % (self.prefix, key)
+        return "%s:e:%s" % (self.prefix, self.tag(key))
 
     def writes(self, key):
-        return "%s:w:{%s}" % (self.prefix, key)
+        return "%s:w:%s" % (self.prefix, self.tag(key))
 
     def to_node(self, name):
         """A node's own channel (flow-control reports for the rooms it owns)."""
         return "%s:n:%s" % (self.prefix, name)
 
     def channel_room(self, channel):
-        """The room key in a channel name (``P:m:{K}`` → ``K``)."""
+        """The room key in a channel name (``P:m:{K}`` → ``K``; ``P:m:{rNN}K`` → ``K``)."""
+        if self.cluster:
+            return channel[channel.index("}") + 1:]
         return channel[channel.index("{") + 1:-1]
 
 
@@ -217,15 +256,20 @@ end
 return 1
 """
 
-#: a subscriber joins on this node. ARGV: chan node max node_key_prefix named key
-#: → subscribers relay-wide, -1 unknown room, -2 full
+#: a subscriber joins on this node. ARGV: chan node max node_key_prefix named key [dead...]
+#: → subscribers relay-wide, -1 unknown room, -2 full. In a Cluster node_key_prefix is empty and
+#: the nodes seen dead (``P:{nodes}``, another slot) follow: their counts go.
 ADMIT = _HELPERS + """
 if ARGV[5] == '1' then ensure_named(ARGV[6]) end
 if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
 local total = 0
 local all = redis.call('HGETALL', KEYS[3])
+local dead = {}
+for i = 7, #ARGV do dead[ARGV[i]] = true end
 for i = 1, #all, 2 do
-  if all[i] ~= ARGV[2] and redis.call('EXISTS', ARGV[4] .. all[i]) == 0 then
+  local gone
+  if ARGV[4] == '' then gone = dead[all[i]] else gone = redis.call('EXISTS', ARGV[4] .. all[i]) == 0 end
+  if all[i] ~= ARGV[2] and gone then
     redis.call('HDEL', KEYS[3], all[i])
   else
     total = total + tonumber(all[i + 1])
@@ -264,6 +308,12 @@ return redis.call('HGETALL', KEYS[2])
 """
 
 
+def script(name, cluster=False):
+    """The text of script ``name``; in a Cluster its events go by ``SPUBLISH``."""
+    text = globals()[name]
+    return text.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'") if cluster else text
+
+
 # -- the batch: what crosses Redis per source read ---------------------------------------
 import struct  # noqa: E402
 
@@ -294,3 +344,14 @@ def decode_batch(data):
     if pos != len(data):
         raise ValueError("not a batch: %d bytes for %d" % (len(data), pos))
     return epoch, seq, end, frames
+
+
+#: Redis Cluster: a node's heartbeat in ``P:{nodes}`` (``KEYS[1]``, one slot), by Redis' clock.
+#: ARGV: node lease_ms (0: it leaves) → the nodes whose heartbeat ran out (forgotten after a day)
+NODE_BEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 86400000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+"""

@@ -12,7 +12,7 @@ using it: a sentinel may still name a primary that was demoted. On a lost connec
 from . import resp
 
 __all__ = ["DEFAULT_PORT", "SentinelError", "parse_sentinels", "Sentinels", "master_query",
-           "master_address", "role", "is_readonly"]
+           "master_address", "role", "is_readonly", "SWITCH_CHANNEL", "switch_query", "switched"]
 
 #: a sentinel's port when HOST is given alone
 DEFAULT_PORT = 26379
@@ -107,3 +107,25 @@ def role(reply):
 def is_readonly(reply):
     """An error reply meaning "this server is a replica now" (the primary was demoted)."""
     return isinstance(reply, resp.Error) and reply.message.startswith("READONLY")
+
+
+#: the sentinels' channel announcing a failover's end: ``NAME OLD_IP OLD_PORT NEW_IP NEW_PORT``
+SWITCH_CHANNEL = "+switch-master"
+
+
+def switch_query():
+    """The command that makes a sentinel connection announce every failover (pub/sub)."""
+    return resp.command("SUBSCRIBE", SWITCH_CHANNEL)
+
+
+def switched(push, name):
+    """A pub/sub push from a sentinel → (host, port) of primary ``name``'s new address when it is
+    a ``+switch-master`` for that name; None for anything else (another primary, a confirmation)."""
+    if not isinstance(push, list) or len(push) != 3 or push[0] != b"message":
+        return None
+    if push[1] != SWITCH_CHANNEL.encode() or not isinstance(push[2], bytes):
+        return None
+    parts = push[2].decode("utf-8", "replace").split()
+    if len(parts) != 5 or parts[0] != name or not parts[4].isdigit() or not 0 < int(parts[4]) <= 65535:
+        return None
+    return parts[3], int(parts[4])

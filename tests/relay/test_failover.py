@@ -148,6 +148,35 @@ def test_a_manual_failover_is_followed_and_the_old_primary_never_used(sentinel_c
     assert readers[0].close[0] == 4410
 
 
+def test_a_failover_is_followed_when_the_sentinels_announce_it():
+    """+switch-master: with a heartbeat of 10 s (--redis-lease 30), a SENTINEL FAILOVER that breaks
+    no connection at first is followed within a couple of seconds of the promotion, from the
+    sentinels' announcement, and the room carries on."""
+    from sentinelkit import SentinelCluster
+    cluster = SentinelCluster()
+    try:
+        n1 = cluster.node("--redis-lease", "30")
+        src, code, _ = source(cluster, n1)
+        reader = Reader(cluster, n1, code)
+        src.send(numbered(0, 10))
+        reader.wait_count(10)
+        old = cluster.redis.primary()
+        assert cluster.redis.sentinels[0].query("SENTINEL", "FAILOVER", "mymaster") == b"OK"
+        new = cluster.redis.wait_failover(old)
+        promoted = time.monotonic()
+        wait_for(lambda: "is now 127.0.0.1:%d" % new.port in n1.log(), timeout=unit(4),
+                 what="n1 moves to the new primary before its next heartbeat")
+        print("followed %.2fs after the sentinels agreed" % (time.monotonic() - promoted))
+        assert "+switch-master" in n1.log(), n1.log_tail(20)
+        wait_for(lambda: healthy(n1), timeout=unit(4), what="n1: /healthz ok before its next heartbeat")
+        print("whole again %.2fs after the sentinels agreed" % (time.monotonic() - promoted))
+        src.send(numbered(10, 20))
+        reader.wait_count(20)
+        assert reader.numbers() == list(range(20))
+    finally:
+        cluster.close()
+
+
 def test_after_a_failover_rooms_named_rooms_and_counts_are_rebuilt(sentinel_cluster, tmp_path):
     """What the new primary may lack (replication is asynchronous; here the nodes rebuild it in
     any case): the named room is live again with its source, the relay-wide subscriber count

@@ -51,3 +51,14 @@ def test_role_and_readonly():
     assert sentinel.is_readonly(resp.Error("READONLY You can't write against a read only replica."))
     assert not sentinel.is_readonly(resp.Error("ERR x"))
     assert not sentinel.is_readonly(b"OK")
+
+
+def test_switch_master_announcements():
+    from sphincter_lib.proto import sentinel as s
+    assert s.switch_query() == resp.command("SUBSCRIBE", "+switch-master")
+    push = [b"message", b"+switch-master", b"mymaster 127.0.0.1 6379 127.0.0.1 6380"]
+    assert s.switched(push, "mymaster") == ("127.0.0.1", 6380)
+    assert s.switched(push, "other") is None
+    assert s.switched([b"subscribe", b"+switch-master", 1], "mymaster") is None
+    assert s.switched([b"message", b"+sdown", b"mymaster 127.0.0.1 6379 127.0.0.1 6380"], "mymaster") is None
+    assert s.switched([b"message", b"+switch-master", b"mymaster 127.0.0.1 6379 127.0.0.1 x"], "mymaster") is None
