@@ -202,10 +202,10 @@ class RedisClusterNodes(Cluster):
 
 class _Kept:
     def close(self):
-        """The servers outlive one test (the module's fixture closes them)."""
+        """The servers outlive one test (the session's fixture closes them: one Cluster for every test module that uses it, ~10 s to create)."""
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def redis_cluster_servers():
     servers = RedisClusterServers()
     try:

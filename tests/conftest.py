@@ -18,6 +18,8 @@ from sphincter_lib.relay import config  # noqa: E402
 from sphincter_lib.relay.server import Relay  # noqa: E402
 
 from testkit import IN_CI, TIME_FACTOR, require, unit  # noqa: E402,F401
+# one real Redis Cluster (6 redis-server, ~10 s to create) for every module that asks for it
+from clusterkit import redis_cluster, redis_cluster_servers  # noqa: E402,F401  (fixtures)
 
 UNIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "unit") + os.sep
 

@@ -12,7 +12,9 @@ about session rooms (issue 20). Redis carries this signalling only, never a sess
   (:meth:`node_address`);
 - listens on its own channel (``P:sn:<tag>``, its own pub/sub connection, so that nothing here
   depends on how the broadcast rooms' channels are dispatched) and hands each message, parsed,
-  to ``on_message(event)``; :meth:`ask` and :meth:`tell` send to another node's channel.
+  to ``on_message(event)``; :meth:`ask` and :meth:`tell` send to another node's channel. On a
+  Redis Cluster this is sharded pub/sub (``SSUBSCRIBE`` on the channel's shard, ``SPUBLISH``,
+  whose answer counts that shard's listeners); every key here is a single-key command.
 """
 
 import logging
@@ -27,6 +29,7 @@ from ..proto import sessionsignal as sig
 from ..rooms.sessions import RemoteSessionRoom
 from .link import Listener
 from .node import text
+from .shards import ShardedListener
 
 logger = logging.getLogger("sphincter.cluster.sessions")
 
@@ -63,7 +66,14 @@ class ClusterSessions:
         #: called after each heartbeat with the codes of the rooms another node took from this one
         self.on_beat = lambda lost: None
         self.owned = {}                     # code -> the room's record (text)
-        self.listener = Listener(self.link.endpoint, self._on_push)
+        topology = getattr(self.link, "topology", None)
+        #: Redis Cluster: sharded pub/sub (a node's channel lives on its slot's shard, and SPUBLISH
+        #: counts that shard's listeners; a plain PUBLISH counts only the server it was sent to)
+        self.publish = model.keys.publish
+        if topology is not None:
+            self.listener = ShardedListener(self.link.endpoint.url, topology, self._on_push)
+        else:
+            self.listener = Listener(self.link.endpoint, self._on_push)
         if self.link.endpoint.sentinels is not None:          # a failover: follow the new primary
             self.link.endpoint.sentinels.on_switch.append(self.listener.drop_unless)
         self._addresses = {}                # tag -> (until, (host, port, proxy, node))
@@ -207,11 +217,12 @@ class ClusterSessions:
     def ask(self, tag, message):
         """Send ``message`` to the node ``tag`` and wait for Redis: False if no node listens there
         (it is gone); RelayUnavailable."""
-        return bool(self.link.ask(self.link.redis.publish, sig.channel(self.prefix, tag), message))
+        return bool(self.link.ask(self.link.redis.execute_command, self.publish, sig.channel(self.prefix, tag),
+                                  message))
 
     def tell(self, tag, message):
         """Send ``message`` to the node ``tag`` without waiting (lost if Redis is down)."""
-        self.link.pipe.send(resp.command("PUBLISH", sig.channel(self.prefix, tag), message), droppable=True)
+        self.link.pipe.send(resp.command(self.publish, sig.channel(self.prefix, tag), message), droppable=True)
 
     def _on_push(self, channel, data):
         event = sig.parse_message(text(data))

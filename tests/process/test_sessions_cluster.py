@@ -306,3 +306,27 @@ def test_a_dead_client_nodes_sessions_stop_counting(tmp_path):
         agent.close()
     finally:
         c.close()
+
+
+def test_session_room_across_nodes_on_the_cluster(redis_cluster, tmp_path):
+    """Issue 20 on a Redis Cluster: the agent on node 1, clients on nodes 2 and 3 (signalled
+    through the Cluster), each its own connection to a service that greets first, bytes exact."""
+    import hashlib
+    import os
+    n1, n2, n3 = redis_cluster.nodes(3, "--sessions", "on", "--session-open-timeout", "5")
+    service = GreetingEcho()
+    agent = Agent(tmp_path, n1, service.port)
+    try:
+        code, key = agent.banner()
+        for i, node in enumerate((n2, n3, n1)):
+            ws = client(node, code, key)
+            assert read_exactly(ws, 8) == b"HELLO %d\n" % (i + 1)
+            data = os.urandom(200000)
+            ws.send_binary(data)
+            assert hashlib.sha256(read_exactly(ws, len(data))).digest() == hashlib.sha256(data).digest()
+            ws.close()
+    finally:
+        agent.stop()
+        service.stop()
+    for node in (n1, n2, n3):
+        assert "Traceback" not in node.log(), node.log_tail(30)

@@ -6,8 +6,8 @@ The Cluster is detected; rooms spread over the shards, each room's keys and chan
 (sharded pub/sub); messages cross nodes in order; relay-wide counts (``--max-rooms``,
 ``--max-subscribers-per-room``, the room listing) hold over the shards; and a shard's primary
 SIGKILLed under load is survived as a Sentinel failover: every subscriber saw every message in
-order, or a gapless prefix then 4408, never a silent gap. The Cluster is shared by the module's
-tests (it takes ~10 s to create); each test has its own ``--redis-prefix``.
+order, or a gapless prefix then 4408, never a silent gap. The Cluster is shared by every test
+that asks for it (tests/conftest.py; it takes ~10 s to create); each test has its own ``--redis-prefix``.
 """
 import time
 
@@ -16,7 +16,7 @@ import gevent.event
 import pytest
 
 from conftest import unit
-from clusterkit import redis_cluster, redis_cluster_servers, slot_of  # noqa: F401,F811  (fixtures)
+from clusterkit import slot_of  # (the redis_cluster fixture: tests/conftest.py)
 from test_cluster import ADMIN, Reader, assert_no_gap, close_of, get_json, http, numbered, source, wait_for
 from test_failover import healthy, pump, resubscribed
 
@@ -144,3 +144,4 @@ def test_a_shard_primary_killed_under_load_is_survived_never_a_gap(redis_cluster
     for node in (n1, n2):
         assert "Traceback" not in node.log(), node.log_tail(40)
     assert http(n1, "/healthz")[0] == 200
+
