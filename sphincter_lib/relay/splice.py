@@ -31,9 +31,11 @@ class Splice:
     """``conn`` (a ``wsconn.ServerConnection``) ⇄ ``link`` (a ``tunnel.DataLink``)."""
 
     #: bytes read from the data link at once (one binary message each)
-    read_size = 64 * 1024
+    read_size = 256 * 1024
+    #: bytes read from the client's socket at once (frames are parsed from them)
+    client_read_size = 256 * 1024
     #: bytes moved by one pump before it yields to the event loop
-    yield_bytes = 256 * 1024
+    yield_bytes = 1 << 20
 
     def __init__(self, conn, link, max_message_bytes=1 << 20, close_timeout=5.0):
         self.conn, self.link, self.sock = conn, link, link.sock
@@ -108,13 +110,17 @@ class Splice:
         up.join(self.close_timeout)          # the client's answer to our close
 
     def _client_to_service(self, first):
-        ws, conn, sock = self.ws, self.conn, self.sock
+        ws, sock = self.ws, self.sock
+        recv, size = self.conn.socket.recv, self.client_read_size   # the handshake's buffer is `first`
         budget = self.yield_bytes
         data = first
         try:
             while True:
                 if not data:
-                    data = conn.recv()
+                    try:
+                        data = recv(size)
+                    except OSError:
+                        data = b""
                     if not data:
                         ws.receive_eof()
                         self._set_how("client gone")
