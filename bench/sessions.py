@@ -501,16 +501,27 @@ class Service:
         self.proc.wait()
 
 
+def _python(role):
+    """The interpreter command for a Sphincter process (under cProfile with SESSIONS_PROFILE=DIR:
+    DIR/<role>-<pid of the bench>-<n>.prof, written when the process stops)."""
+    where = os.environ.get("SESSIONS_PROFILE")
+    if not where:
+        return [sys.executable]
+    _python.n = getattr(_python, "n", 0) + 1
+    os.makedirs(where, exist_ok=True)
+    return [sys.executable, "-m", "cProfile", "-o", os.path.join(where, "%s-%d-%d.prof" % (role, os.getpid(), _python.n))]
+
+
 def start_sphincter(workdir, service):
     import targets as T
     tcp, ws = T.free_port(), T.free_port()
-    relay = T.Server([sys.executable, str(ROOT / "sphincter.py"), "--tcp-host", "127.0.0.1", "--tcp-port",
+    relay = T.Server(_python("relay") + [str(ROOT / "sphincter.py"), "--tcp-host", "127.0.0.1", "--tcp-port",
                       str(tcp), "--ws-host", "127.0.0.1", "--ws-port", str(ws), "--log-level", "warning",
                       "--sessions", "on", "--session-open-rate", "1000000", "--session-open-burst", "1000000",
                       "--max-sessions-per-room", "100000", "--max-sessions", "100000"]
                      + os.environ.get("SESSIONS_RELAY_ARGS", "").split(), [tcp, ws], workdir)
     out = open(Path(workdir) / "connect.out", "w+")
-    connect = subprocess.Popen([sys.executable, str(ROOT / "sphincter.py"), "connect", "--relay",
+    connect = subprocess.Popen(_python("agent") + [str(ROOT / "sphincter.py"), "connect", "--relay",
                                 "127.0.0.1:%d" % tcp, "--from", "tcp:127.0.0.1:%d" % service.port,
                                 "--sessions", "--stats-interval", "0", "--log-level", "warning"]
                                + os.environ.get("SESSIONS_AGENT_ARGS", "").split(),
@@ -728,11 +739,22 @@ def summarise(runs):
         sph = targets.get("sphincter")
         if not base or not sph:
             continue
-        ratios = {}
+        ratios, paired = {}, {}
         for fig, _ in FIGURES[scenario]:
             if fig in base and fig in sph and base[fig]["median"]:
                 ratios[fig] = round(sph[fig]["median"] / base[fig]["median"], 2)
+            # the same figure's ratio within each round (the two ran back to back), then the median
+            per_round = {}
+            for r in runs:
+                if r["scenario"] == scenario and r.get(fig) is not None and "error" not in r:
+                    per_round.setdefault(r["round"], {})[r["target"]] = r[fig]
+            pairs = [v["sphincter"] / v["websockify"] for v in per_round.values()
+                     if v.get("websockify") and "sphincter" in v]
+            if pairs:
+                paired[fig] = {"median": round(pct(pairs, 50), 2), "min": round(min(pairs), 2),
+                               "max": round(max(pairs), 2)}
         sph["ratio_to_websockify"] = ratios
+        sph["paired_ratio_to_websockify"] = paired
     return summary
 
 
@@ -748,32 +770,41 @@ def markdown(doc):
         v = s[fig]
         return (fmt + " (" + fmt + ".." + fmt + ")") % (v["median"], v["min"], v["max"])
 
+    def paired(s, fig):
+        p = s.get("paired_ratio_to_websockify", {}).get(fig)
+        return "%.2f (%.2f..%.2f)" % (p["median"], p["min"], p["max"]) if p else ""
+
     if "throughput" in S:
         out += ["## One session, %d MiB each way at once (sha256-checked)" % doc["params"]["mib"], "",
-                "| target | MB/s (both ways) | server CPU µs/MB | client CPU share | exact | × websockify |",
+                "| target | MB/s (both ways) | server CPU µs/MB | client CPU share | exact | MB/s × websockify |",
                 "|---|---:|---:|---:|---|---:|"]
         for t, s in S["throughput"].items():
             out.append("| %s | %s | %s | %s | %s | %s |" % (
                 t, cell(s, "mb_per_s"), cell(s, "server_cpu_us_per_mb", "%.0f"), cell(s, "client_cpu_share", "%.2f"),
-                s["all_exact"], s.get("ratio_to_websockify", {}).get("mb_per_s", "")))
+                s["all_exact"], paired(s, "mb_per_s")))
+        out += ["", "× websockify: the median of each round's ratio (min..max). Client CPU share: the "
+                "client's CPU seconds / its wall time (1.0 would be a saturated client)."]
         out.append("")
     if "open" in S:
         out += ["## Session opens, service greets first", "",
-                "| target | TTFB p50 ms | TTFB p99 ms | handshake p50 ms | opens/s (%d at once) |"
-                % doc["params"]["open_concurrency"], "|---|---:|---:|---:|---:|"]
+                "| target | TTFB p50 ms | TTFB p99 ms | handshake p50 ms | opens/s (%d at once) | opens/s × websockify |"
+                % doc["params"]["open_concurrency"], "|---|---:|---:|---:|---:|---:|"]
         for t, s in S["open"].items():
-            out.append("| %s | %s | %s | %s | %s |" % (t, cell(s, "ttfb_p50_ms", "%.2f"), cell(s, "ttfb_p99_ms", "%.2f"),
-                                                       cell(s, "handshake_p50_ms", "%.2f"), cell(s, "opens_per_s", "%.0f")))
-        out.append("")
+            out.append("| %s | %s | %s | %s | %s | %s |" % (
+                t, cell(s, "ttfb_p50_ms", "%.2f"), cell(s, "ttfb_p99_ms", "%.2f"),
+                cell(s, "handshake_p50_ms", "%.2f"), cell(s, "opens_per_s", "%.0f"), paired(s, "opens_per_s")))
+        out += ["", "TTFB: from the client's connect() to the service's greeting (%d sessions one after "
+                "another, per round); handshake: to the HTTP 101." % doc["params"]["opens"], ""]
     if "concurrent" in S:
         out += ["## %d sessions at once, %d MiB each way each" % (doc["params"]["conc_sessions"],
                                                                  doc["params"]["conc_mib"]), "",
-                "| target | aggregate MB/s | fairness (slowest/fastest) | server CPU µs/MB | exact |",
-                "|---|---:|---:|---:|---|"]
+                "| target | aggregate MB/s | fairness (slowest/fastest) | server CPU µs/MB | exact | MB/s × websockify |",
+                "|---|---:|---:|---:|---|---:|"]
         for t, s in S["concurrent"].items():
-            out.append("| %s | %s | %s | %s | %s |" % (t, cell(s, "aggregate_mb_per_s"), cell(s, "fairness", "%.2f"),
-                                                       cell(s, "server_cpu_us_per_mb", "%.0f"), s["all_exact"]))
-        out.append("")
+            out.append("| %s | %s | %s | %s | %s | %s |" % (
+                t, cell(s, "aggregate_mb_per_s"), cell(s, "fairness", "%.2f"),
+                cell(s, "server_cpu_us_per_mb", "%.0f"), s["all_exact"], paired(s, "aggregate_mb_per_s")))
+        out += ["", "A session's rate: its bytes both ways / (its last byte either way - its 101).", ""]
     if "idle" in S:
         out += ["## Idle sessions (%d held open)" % doc["params"]["idle_sessions"], "",
                 "| target | relay KB/session | agent KB/session |", "|---|---:|---:|"]
