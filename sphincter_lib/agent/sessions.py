@@ -11,6 +11,7 @@ when it drops. Wire: docs/PROTOCOL.md, "Session rooms".
 """
 
 import logging
+import os
 import socket
 import ssl
 import sys
@@ -33,6 +34,14 @@ def _reason(exc):
     return getattr(exc, "strerror", None) or str(exc) or exc.__class__.__name__
 
 
+_SPLICE = getattr(os, "splice", None)
+
+
+def _plain(sock):
+    """True for a plain TCP socket (``os.splice`` can move its bytes), not TLS or a wrapper."""
+    return isinstance(sock, socket.socket) and not isinstance(sock, ssl.SSLSocket)
+
+
 def dial_relay(opts):
     """A TCP (or TLS) connection to the relay's source port, within ``--connect-timeout``."""
     host, port = opts.relay
@@ -52,9 +61,12 @@ class SessionAgent:
     """The control link, kept up; a greenlet per session. :meth:`run` returns the exit status."""
 
     #: bytes moved by one direction of a session before it yields
-    yield_bytes = 1 << 20
+    yield_bytes = 256 * 1024
     #: bytes asked of each read
     read_size = 256 * 1024
+    #: move a session's bytes with ``os.splice`` through a pipe (no copy into Python) when both
+    #: ends are plain TCP sockets (Linux, Python 3.10+); else, or False, recv/sendall
+    zero_copy = True
 
     def __init__(self, opts, out=None, backoff=None):
         self.opts = opts
@@ -198,8 +210,11 @@ class SessionAgent:
             service.close()
 
     def _splice(self, service, link):
-        up = gevent.spawn(self._pump, service, link)
-        down = gevent.spawn(self._pump, link, service)
+        pump = self._pump
+        if self.zero_copy and _SPLICE is not None and all(_plain(s) for s in (service, link)):
+            pump = self._splice_pump
+        up = gevent.spawn(pump, service, link)
+        down = gevent.spawn(pump, link, service)
         for g in (up, down):
             g.link_exception(self._crashed)
         gevent.joinall([up, down])
@@ -226,6 +241,54 @@ class SessionAgent:
                 except OSError:
                     pass
             return moved
+
+    def _splice_pump(self, src, dst):
+        """:meth:`_pump` with ``os.splice``: src → a pipe → dst, the bytes never copied into this
+        process; the next read only once the pipe was emptied into ``dst`` (TCP's backpressure)."""
+        hub = gevent.get_hub()
+        pipe_r, pipe_w = os.pipe()
+        src_fd, dst_fd = src.fileno(), dst.fileno()
+        readable, writable = hub.loop.io(src_fd, 1), hub.loop.io(dst_fd, 2)
+        flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+        moved, budget, size = 0, self.yield_bytes, self.read_size
+        try:
+            try:
+                import fcntl
+                fcntl.fcntl(pipe_w, getattr(fcntl, "F_SETPIPE_SZ", 1031), size)
+            except OSError:
+                size = 64 * 1024                 # the default pipe's capacity
+            while True:
+                try:
+                    n = _SPLICE(src_fd, pipe_w, size, flags=flags)
+                except BlockingIOError:
+                    hub.wait(readable)
+                    continue
+                if not n:
+                    dst.shutdown(socket.SHUT_WR)       # FIN passed on, after every byte
+                    return moved
+                left = n
+                while left:
+                    try:
+                        left -= _SPLICE(pipe_r, dst_fd, left, flags=flags)
+                    except BlockingIOError:
+                        hub.wait(writable)
+                moved += n
+                budget -= n
+                if budget <= 0:
+                    budget = self.yield_bytes
+                    gevent.sleep(0)
+        except OSError:                          # a reset: end both directions
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            return moved
+        finally:
+            readable.close()
+            writable.close()
+            os.close(pipe_r)
+            os.close(pipe_w)
 
     def _crashed(self, greenlet):
         logger.error("session greenlet crashed", exc_info=greenlet.exc_info)
