@@ -35,7 +35,7 @@ class Splice:
     #: bytes read from the client's socket at once (frames are parsed from them)
     client_read_size = 256 * 1024
     #: bytes moved by one pump before it yields to the event loop
-    yield_bytes = 1 << 20
+    yield_bytes = 256 * 1024
 
     def __init__(self, conn, link, max_message_bytes=1 << 20, close_timeout=5.0):
         self.conn, self.link, self.sock = conn, link, link.sock
