@@ -58,7 +58,7 @@ CYCLE = 16                               # distinct chunks: the byte stream repe
 GREETING = b"HELLO %06d\n"
 GREETING_LEN = len(GREETING % 0)
 RECV = 256 * 1024
-SEND_BURST = 4 << 20                     # bytes one connection may send per event (fairness)
+SEND_BURST = 256 * 1024                 # bytes one connection may send per event (fairness)
 ZERO_MASK = b"\0\0\0\0"
 IN, OUT, ERRS = select.EPOLLIN, select.EPOLLOUT, select.EPOLLHUP | select.EPOLLERR
 SCENARIOS = ("throughput", "open", "concurrent", "idle")
@@ -184,11 +184,14 @@ class ServiceConn:
         greeting = GREETING % idx
         if ws:
             greeting = frame_header(len(greeting), False) + greeting
-        self.stream = None if ws else Stream(BLOB, total, greeting)
+        self.stream = None if ws else Stream(BLOB, 0, greeting)
         self._greeting = greeting
         self.closed_by_client = False
 
     def _data(self, mv):
+        if not self.got and self.total:         # the client's first byte: our stream starts now
+            head = self.stream.pending if self.stream is not None else None
+            self.stream = Stream(DOWN_BLOB if self.ws else BLOB, self.total, bytes(head) if head else b"")
         self.hash.update(mv)
         self.got += len(mv)
         if self.got >= self.total and self.t_up_end is None:
@@ -218,7 +221,7 @@ class ServiceConn:
             self.sock.sendall(_accept_answer(bytes(self.request[:end])))
             self.sock.setblocking(False)
             self.request = None
-            self.stream = Stream(DOWN_BLOB, self.total, self._greeting)
+            self.stream = Stream(DOWN_BLOB, 0, self._greeting)
             if rest:
                 self.frames.feed(memoryview(rest))
             return True
@@ -309,8 +312,8 @@ def role_service(port_file, total):
 # --- the client (its own process) ----------------------------------------------------------------
 
 class ClientSession:
-    def __init__(self, ep, host, port, path, total, hold):
-        self.ep, self.total, self.hold = ep, total, hold
+    def __init__(self, ep, host, port, path, total, hold, barrier=False):
+        self.ep, self.total, self.hold, self.barrier = ep, total, hold, barrier
         self.t0 = time.monotonic()
         self.t_open = self.t_first = self.t_down_end = self.t_up_sent = None
         self.idx, self.greet, self.got, self.hash = None, bytearray(), 0, hashlib.sha256()
@@ -364,6 +367,10 @@ class ClientSession:
             pass
         self.ep.modify(self.fd, IN)
 
+    def start_upload(self):
+        self.up = Stream(UP_BLOB, self.total)
+        self.ep.modify(self.fd, IN | OUT)
+
     def release(self):
         """Hold mode: close now."""
         if self.state == "open":
@@ -399,8 +406,8 @@ class ClientSession:
                     rest = bytes(self.handshake[end + 4:])
                     self.state = "open"
                     if self.total:
-                        self.up = Stream(UP_BLOB, self.total)
-                        self.ep.modify(self.fd, IN | OUT)
+                        if not self.barrier:
+                            self.start_upload()
                     else:
                         self.t_up_sent = self.t_open
                     if rest:
@@ -423,7 +430,7 @@ class ClientSession:
                 "sha": self.hash.hexdigest() if self.total else None, "error": self.error}
 
 
-def role_client(url, total, sessions, concurrency, hold, timeout):
+def role_client(url, total, sessions, concurrency, hold, timeout, barrier=False):
     rest = url.split("://", 1)[1]
     hostport, _, path = rest.partition("/")
     host, port = hostport.rsplit(":", 1)
@@ -433,12 +440,12 @@ def role_client(url, total, sessions, concurrency, hold, timeout):
     live, results, started = {}, [], 0
     cpu0, t_start = cpu_self(), time.monotonic()
     deadline = t_start + timeout
-    phase_said = False
+    phase_said, t_go = False, None
     while started < sessions or live:
         # hold mode: ``concurrency`` bounds the sessions still opening, not those held open
         busy = sum(1 for s in live.values() if s.t_first is None) if hold else len(live)
         while started < sessions and busy < concurrency:
-            s = ClientSession(ep, host, port, path, total, hold)
+            s = ClientSession(ep, host, port, path, total, hold, barrier)
             live[s.fd] = s
             started += 1
             busy += 1
@@ -449,6 +456,12 @@ def role_client(url, total, sessions, concurrency, hold, timeout):
             phase_said = True
             for s in list(live.values()):
                 s.release()
+        if barrier and t_go is None and started == sessions and all(
+                s.t_first is not None or s.state == "done" for s in live.values()):
+            t_go = time.monotonic()             # every session is open: all start moving bytes now
+            for s in live.values():
+                if s.state == "open":
+                    s.start_upload()
         for fd, ev in ep.poll(0.5):
             s = live.get(fd)
             if s is None:
@@ -464,7 +477,7 @@ def role_client(url, total, sessions, concurrency, hold, timeout):
                 s.error = s.error or "timeout in state %s" % s.state
                 results.append(s.result())
             break
-    print(json.dumps({"sessions": results, "cpu_s": cpu_self() - cpu0,
+    print(json.dumps({"sessions": results, "cpu_s": cpu_self() - cpu0, "t_go": t_go,
                       "wall_s": time.monotonic() - t_start}), flush=True)
 
 
@@ -564,11 +577,13 @@ def start_direct(workdir, service):
 STARTERS = {"sphincter": start_sphincter, "websockify": start_websockify, "direct": start_direct}
 
 
-def client(url, total, sessions=1, concurrency=1, hold=False, timeout=120, on_idle=None):
+def client(url, total, sessions=1, concurrency=1, hold=False, timeout=120, on_idle=None, barrier=False):
     argv = [sys.executable, __file__, "--role", "client", "--url", url, "--bytes", str(total),
             "--sessions", str(sessions), "--concurrency", str(concurrency), "--timeout", str(timeout)]
     if hold:
         argv.append("--hold")
+    if barrier:
+        argv.append("--barrier")
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             preexec_fn=__import__("targets")._raise_nofile)
     timer = threading.Timer(timeout + 30, proc.kill)
@@ -665,16 +680,19 @@ def run_concurrent(name, P):
 
     def fn(url, pids, sampler, service):
         sampler.start()
-        c = client(url, total, n, n)
+        c = client(url, total, n, n, barrier=True)
         reports = service.wait_reports(n)
         cpu = sampler.stop()
+        s0 = c["t_go"]
         by_idx = {r["idx"]: r for r in reports}
-        rates = []
-        for s in c["sessions"]:
+        rates, spans = [], []
+        for s in sorted(c["sessions"], key=lambda s: s["t0"]):
             r = by_idx.get(s["idx"], {})
             if s["t_open"] and s["t_down_end"] and r.get("t_up_end"):
-                rates.append(2 * total / 1e6 / (max(s["t_down_end"], r["t_up_end"]) - s["t_open"]))
-        start = min(s["t_open"] for s in c["sessions"] if s["t_open"])
+                end = max(s["t_down_end"], r["t_up_end"])
+                rates.append(2 * total / 1e6 / (end - s0))
+                spans.append(round(end - s0, 3))
+        start = s0
         end = max([s["t_down_end"] or 0 for s in c["sessions"]] + [r.get("t_up_end") or 0 for r in reports])
         exact, errors = check(c, reports, total)
         return {"sessions": n, "aggregate_mb_per_s": round(2 * total * n / 1e6 / (end - start), 1),
@@ -682,7 +700,8 @@ def run_concurrent(name, P):
                 "slowest_mb_per_s": round(min(rates), 2) if rates else None,
                 "fastest_mb_per_s": round(max(rates), 2) if rates else None,
                 "server_cpu_us_per_mb": round(cpu * 1e6 / (2 * total * n / 1e6), 1),
-                "client_cpu_share": round(c["cpu_s"] / c["wall_s"], 2), "exact": exact, "errors": errors}
+                "client_cpu_share": round(c["cpu_s"] / c["wall_s"], 2), "exact": exact, "errors": errors,
+                "spans_s": spans}
     return with_target(name, total, fn)
 
 
@@ -804,7 +823,8 @@ def markdown(doc):
             out.append("| %s | %s | %s | %s | %s | %s |" % (
                 t, cell(s, "aggregate_mb_per_s"), cell(s, "fairness", "%.2f"),
                 cell(s, "server_cpu_us_per_mb", "%.0f"), s["all_exact"], paired(s, "aggregate_mb_per_s")))
-        out += ["", "A session's rate: its bytes both ways / (its last byte either way - its 101).", ""]
+        out += ["", "Every session is open (greeting received) before any sends (a barrier); a session's "
+                "rate: its bytes both ways / (its last byte either way - the barrier).", ""]
     if "idle" in S:
         out += ["## Idle sessions (%d held open)" % doc["params"]["idle_sessions"], "",
                 "| target | relay KB/session | agent KB/session |", "|---|---:|---:|"]
@@ -823,6 +843,7 @@ def main():
     ap.add_argument("--sessions", type=int, default=1)
     ap.add_argument("--concurrency", type=int, default=1)
     ap.add_argument("--hold", action="store_true")
+    ap.add_argument("--barrier", action="store_true", help="client: no session sends before all are open")
     ap.add_argument("--timeout", type=float, default=120)
     ap.add_argument("--only", default=",".join(SCENARIOS), help="scenarios, comma-separated: %s" % ",".join(SCENARIOS))
     ap.add_argument("--targets", default="direct,websockify,sphincter")
@@ -839,7 +860,7 @@ def main():
     if a.role == "service":
         return role_service(a.port_file, a.bytes)
     if a.role == "client":
-        return role_client(a.url, a.bytes, a.sessions, a.concurrency, a.hold, a.timeout)
+        return role_client(a.url, a.bytes, a.sessions, a.concurrency, a.hold, a.timeout, a.barrier)
     P = {"mib": a.mib, "opens": a.opens, "open_concurrency": a.open_concurrency,
          "conc_sessions": a.conc_sessions, "conc_mib": a.conc_mib, "idle_sessions": a.idle_sessions}
     wanted = a.targets.split(",")
