@@ -80,6 +80,11 @@ def encode_message(payload, text):
     return _header(b0, n), payload
 
 
+def message_header(length, text=False):
+    """The header of a whole data message of ``length`` bytes whose payload is written apart."""
+    return _header(0x81 if text else 0x82, length)
+
+
 def _header(b0, n):
     if n < 126:
         return _H1(b0, n)
