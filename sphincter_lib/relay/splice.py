@@ -13,7 +13,9 @@ until its EOF (at most ``close_timeout``), so that no reset can eat bytes in fli
 """
 
 import logging
+import os
 import socket
+import ssl
 import time
 
 import gevent
@@ -26,6 +28,8 @@ from ..proto.wssession import OPEN, ServerSession
 
 logger = logging.getLogger("sphincter.relay.tunnel")
 
+_SPLICE = getattr(os, "splice", None)       # Linux, Python 3.10+
+
 
 class Splice:
     """``conn`` (a ``wsconn.ServerConnection``) ⇄ ``link`` (a ``tunnel.DataLink``)."""
@@ -36,6 +40,9 @@ class Splice:
     client_read_size = 256 * 1024
     #: bytes moved by one pump before it yields to the event loop
     yield_bytes = 256 * 1024
+    #: the service's bytes go to the client with ``os.splice`` (a frame header, then the payload
+    #: from a pipe: never copied into Python) when both sockets are plain TCP; else recv + send
+    zero_copy = True
 
     def __init__(self, conn, link, max_message_bytes=1 << 20, close_timeout=5.0):
         self.conn, self.link, self.sock = conn, link, link.sock
@@ -85,17 +92,14 @@ class Splice:
                 self.conn.sendall(self.ws.data_to_send())
 
     def _service_to_client(self, up):
-        recv, budget = self.sock.recv, self.yield_bytes
         try:
-            while True:
-                data = recv(self.read_size)
-                if not data:
-                    break
-                self._send(data)
-                budget -= len(data)
-                if budget <= 0:
-                    budget = self.yield_bytes
-                    gevent.sleep(0)
+            conn = self.conn                 # (wsconn's attributes read defensively: it is being reworked)
+            if self.zero_copy and _SPLICE is not None and not getattr(conn, "tls", True) \
+                    and not getattr(conn, "unsent", True) and _plain(self.sock) \
+                    and _plain(getattr(conn, "socket", None)):
+                self._down_spliced()
+            else:
+                self._down_copied()
         except OSError as exc:
             if self.how == "?":
                 self.how = "data link broke (%s)" % (exc.strerror or exc)
@@ -108,6 +112,60 @@ class Splice:
         except OSError:
             pass
         up.join(self.close_timeout)          # the client's answer to our close
+
+    def _down_copied(self):
+        recv, budget = self.sock.recv, self.yield_bytes
+        while True:
+            data = recv(self.read_size)
+            if not data:
+                return
+            self._send(data)
+            budget -= len(data)
+            if budget <= 0:
+                budget = self.yield_bytes
+                gevent.sleep(0)
+
+    def _down_spliced(self):
+        """What the data link brings, up to ``read_size`` at a time, into a pipe (``os.splice``),
+        then a binary message's header and the pipe's bytes to the client: one message per read,
+        the next read only once it was written (TCP's backpressure, as :meth:`_down_copied`)."""
+        hub = gevent.get_hub()
+        pipe_r, pipe_w = os.pipe()
+        src, dst = self.sock.fileno(), self.conn.socket.fileno()
+        readable, writable = hub.loop.io(src, 1), hub.loop.io(dst, 2)
+        flags, budget = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK, self.yield_bytes
+        try:
+            size = _pipe_size(pipe_w, self.read_size)
+            while True:
+                try:
+                    n = _SPLICE(src, pipe_w, size, flags=flags)
+                except BlockingIOError:
+                    hub.wait(readable)
+                    continue
+                if not n:
+                    return
+                with self._writing:
+                    if self.ws.state is OPEN:
+                        self.conn.socket.sendall(frames.message_header(n), socket.MSG_MORE)
+                        left = n
+                        while left:
+                            try:
+                                left -= _SPLICE(pipe_r, dst, left, flags=flags)
+                            except BlockingIOError:
+                                hub.wait(writable)
+                        self.to_client += n
+                    else:                    # closing: the service's bytes are dropped
+                        while n:
+                            n -= len(os.read(pipe_r, n))
+                budget -= n
+                if budget <= 0:
+                    budget = self.yield_bytes
+                    gevent.sleep(0)
+        finally:
+            readable.close()
+            writable.close()
+            os.close(pipe_r)
+            os.close(pipe_w)
 
     def _client_to_service(self, first):
         ws, sock = self.ws, self.sock
@@ -128,7 +186,8 @@ class Splice:
                 messages = []
                 ws.receive_data(data, lambda opcode, payload: messages.append(payload))
                 data = b""
-                for payload in messages:
+                if messages:                 # the messages of one read: one write (fewer wakeups)
+                    payload = messages[0] if len(messages) == 1 else b"".join(messages)
                     sock.sendall(payload)
                     self.from_client += len(payload)
                     budget -= len(payload)
@@ -156,6 +215,21 @@ class Splice:
     def _set_how(self, how):
         if self.how == "?":
             self.how = how
+
+
+def _plain(sock):
+    """True for a plain TCP socket (``os.splice`` can move its bytes): not TLS, not a wrapper."""
+    return isinstance(sock, socket.socket) and not isinstance(sock, ssl.SSLSocket)
+
+
+def _pipe_size(fd, size):
+    """Make the pipe hold ``size`` bytes if the system lets it; returns what it holds."""
+    try:
+        import fcntl
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), size)
+        return size
+    except OSError:
+        return 64 * 1024                     # a pipe's default capacity
 
 
 def _cut(sock):
