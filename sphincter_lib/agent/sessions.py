@@ -11,7 +11,6 @@ when it drops. Wire: docs/PROTOCOL.md, "Session rooms".
 """
 
 import logging
-import os
 import socket
 import ssl
 import sys
@@ -23,7 +22,7 @@ import gevent.lock
 
 from ..errors import SphincterError
 from ..proto import sessionwire
-from ..tcp import keepalive
+from ..tcp import SPLICE, SPLICE_FLAGS, SplicePipe, keepalive, plain
 from .backoff import Backoff
 from .local import Fatal
 
@@ -32,14 +31,6 @@ logger = logging.getLogger("sphincter.agent.sessions")
 
 def _reason(exc):
     return getattr(exc, "strerror", None) or str(exc) or exc.__class__.__name__
-
-
-_SPLICE = getattr(os, "splice", None)
-
-
-def _plain(sock):
-    """True for a plain TCP socket (``os.splice`` can move its bytes), not TLS or a wrapper."""
-    return isinstance(sock, socket.socket) and not isinstance(sock, ssl.SSLSocket)
 
 
 def dial_relay(opts):
@@ -211,7 +202,7 @@ class SessionAgent:
 
     def _splice(self, service, link):
         pump = self._pump
-        if self.zero_copy and _SPLICE is not None and all(_plain(s) for s in (service, link)):
+        if self.zero_copy and SPLICE is not None and plain(service) and plain(link):
             pump = self._splice_pump
         up = gevent.spawn(pump, service, link)
         down = gevent.spawn(pump, link, service)
@@ -244,23 +235,22 @@ class SessionAgent:
 
     def _splice_pump(self, src, dst):
         """:meth:`_pump` with ``os.splice``: src → a pipe → dst, the bytes never copied into this
-        process; the next read only once the pipe was emptied into ``dst`` (TCP's backpressure)."""
+        process; the next read only once the pipe was emptied into ``dst`` (TCP's backpressure).
+        The pipe is held only while bytes flow; with none to be had, the rest is :meth:`_pump`'s."""
         hub = gevent.get_hub()
-        pipe_r, pipe_w = os.pipe()
         src_fd, dst_fd = src.fileno(), dst.fileno()
         readable, writable = hub.loop.io(src_fd, 1), hub.loop.io(dst_fd, 2)
-        flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
-        moved, budget, size = 0, self.yield_bytes, self.read_size
+        pipe, moved, budget = SplicePipe(self.read_size), 0, self.yield_bytes
         try:
-            try:
-                import fcntl
-                fcntl.fcntl(pipe_w, getattr(fcntl, "F_SETPIPE_SZ", 1031), size)
-            except OSError:
-                size = 64 * 1024                 # the default pipe's capacity
             while True:
                 try:
-                    n = _SPLICE(src_fd, pipe_w, size, flags=flags)
+                    pipe.open()
+                except OSError:                  # no file descriptor for a pipe: copy instead
+                    return moved + self._pump(src, dst)
+                try:
+                    n = SPLICE(src_fd, pipe.w, pipe.size, flags=SPLICE_FLAGS)
                 except BlockingIOError:
+                    pipe.close()                 # nothing to read: wait without a pipe
                     hub.wait(readable)
                     continue
                 if not n:
@@ -269,7 +259,7 @@ class SessionAgent:
                 left = n
                 while left:
                     try:
-                        left -= _SPLICE(pipe_r, dst_fd, left, flags=flags)
+                        left -= SPLICE(pipe.r, dst_fd, left, flags=SPLICE_FLAGS)
                     except BlockingIOError:
                         hub.wait(writable)
                 moved += n
@@ -285,10 +275,9 @@ class SessionAgent:
                     pass
             return moved
         finally:
+            pipe.close()
             readable.close()
             writable.close()
-            os.close(pipe_r)
-            os.close(pipe_w)
 
     def _crashed(self, greenlet):
         logger.error("session greenlet crashed", exc_info=greenlet.exc_info)

@@ -15,7 +15,6 @@ until its EOF (at most ``close_timeout``), so that no reset can eat bytes in fli
 import logging
 import os
 import socket
-import ssl
 import time
 
 import gevent
@@ -25,10 +24,10 @@ from ..closecodes import CloseCode
 from ..logformat import log_crash
 from ..proto import frames
 from ..proto.wssession import OPEN, ServerSession
+from ..tcp import SPLICE, SPLICE_FLAGS, SplicePipe, plain
 
 logger = logging.getLogger("sphincter.relay.tunnel")
 
-_SPLICE = getattr(os, "splice", None)       # Linux, Python 3.10+
 
 
 class Splice:
@@ -94,9 +93,9 @@ class Splice:
     def _service_to_client(self, up):
         try:
             conn = self.conn                 # (wsconn's attributes read defensively: it is being reworked)
-            if self.zero_copy and _SPLICE is not None and not getattr(conn, "tls", True) \
-                    and not getattr(conn, "unsent", True) and _plain(self.sock) \
-                    and _plain(getattr(conn, "socket", None)):
+            if self.zero_copy and SPLICE is not None and not getattr(conn, "tls", True) \
+                    and not getattr(conn, "unsent", True) and plain(self.sock) \
+                    and plain(getattr(conn, "socket", None)):
                 self._down_spliced()
             else:
                 self._down_copied()
@@ -128,44 +127,50 @@ class Splice:
     def _down_spliced(self):
         """What the data link brings, up to ``read_size`` at a time, into a pipe (``os.splice``),
         then a binary message's header and the pipe's bytes to the client: one message per read,
-        the next read only once it was written (TCP's backpressure, as :meth:`_down_copied`)."""
+        the next read only once it was written (TCP's backpressure, as :meth:`_down_copied`).
+        The pipe is held only while bytes flow; with none to be had, the rest is copied."""
         hub = gevent.get_hub()
-        pipe_r, pipe_w = os.pipe()
         src, dst = self.sock.fileno(), self.conn.socket.fileno()
         readable, writable = hub.loop.io(src, 1), hub.loop.io(dst, 2)
-        flags, budget = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK, self.yield_bytes
+        pipe, budget = SplicePipe(self.read_size), self.yield_bytes
         try:
-            size = _pipe_size(pipe_w, self.read_size)
             while True:
                 try:
-                    n = _SPLICE(src, pipe_w, size, flags=flags)
+                    pipe.open()
+                except OSError:                  # no file descriptor for a pipe: copy instead
+                    return self._down_copied()
+                try:
+                    n = SPLICE(src, pipe.w, pipe.size, flags=SPLICE_FLAGS)
                 except BlockingIOError:
+                    pipe.close()                 # nothing to read: wait without a pipe
                     hub.wait(readable)
                     continue
                 if not n:
                     return
-                with self._writing:
-                    if self.ws.state is OPEN:
-                        self.conn.socket.sendall(frames.message_header(n), socket.MSG_MORE)
-                        left = n
-                        while left:
-                            try:
-                                left -= _SPLICE(pipe_r, dst, left, flags=flags)
-                            except BlockingIOError:
-                                hub.wait(writable)
-                        self.to_client += n
-                    else:                    # closing: the service's bytes are dropped
-                        while n:
-                            n -= len(os.read(pipe_r, n))
+                self._send_spliced(pipe, n, dst, hub, writable)
                 budget -= n
                 if budget <= 0:
                     budget = self.yield_bytes
                     gevent.sleep(0)
         finally:
+            pipe.close()
             readable.close()
             writable.close()
-            os.close(pipe_r)
-            os.close(pipe_w)
+
+    def _send_spliced(self, pipe, n, dst, hub, writable):
+        """The ``n`` bytes in ``pipe`` to the client as one binary message (dropped once closing)."""
+        with self._writing:
+            if self.ws.state is not OPEN:
+                while n:
+                    n -= len(os.read(pipe.r, n))
+                return
+            self.conn.socket.sendall(frames.message_header(n), socket.MSG_MORE)
+            self.to_client += n
+            while n:
+                try:
+                    n -= SPLICE(pipe.r, dst, n, flags=SPLICE_FLAGS)
+                except BlockingIOError:
+                    hub.wait(writable)
 
     def _client_to_service(self, first):
         ws, sock = self.ws, self.sock
@@ -215,21 +220,6 @@ class Splice:
     def _set_how(self, how):
         if self.how == "?":
             self.how = how
-
-
-def _plain(sock):
-    """True for a plain TCP socket (``os.splice`` can move its bytes): not TLS, not a wrapper."""
-    return isinstance(sock, socket.socket) and not isinstance(sock, ssl.SSLSocket)
-
-
-def _pipe_size(fd, size):
-    """Make the pipe hold ``size`` bytes if the system lets it; returns what it holds."""
-    try:
-        import fcntl
-        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), size)
-        return size
-    except OSError:
-        return 64 * 1024                     # a pipe's default capacity
 
 
 def _cut(sock):
