@@ -26,7 +26,7 @@ The client and the service are single-threaded epoll loops (no gevent), with 64 
 the client masks with a zero key (allowed by RFC 6455; every server still unmasks), so moving a
 byte costs it a ``send``/``recv_into`` and a sha256 update.
 
-    python bench/sessions.py                          # every scenario, 3 rounds (~3 min)
+    python bench/sessions.py                          # every scenario, 5 rounds (~3 min)
     python bench/sessions.py --only throughput --rounds 5
 Writes bench/results/<date>-sessions.json and .md.
 """
@@ -905,8 +905,8 @@ def main():
     ap.add_argument("--timeout", type=float, default=120)
     ap.add_argument("--only", default=",".join(SCENARIOS), help="scenarios, comma-separated: %s" % ",".join(SCENARIOS))
     ap.add_argument("--targets", default="direct,websockify,sphincter")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--mib", type=int, default=64, help="throughput: MiB each way")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--mib", type=int, default=128, help="throughput: MiB each way")
     ap.add_argument("--opens", type=int, default=200, help="open: sessions opened one after another")
     ap.add_argument("--open-concurrency", type=int, default=8)
     ap.add_argument("--conc-sessions", type=int, default=100)

@@ -31,7 +31,7 @@ bench-flow: $(VENV)/.bench bench-deps
 	$(VPY) bench/run.py --only tunnel-open,blast $(BENCH_ARGS)
 
 # issue 20: session rooms (relay + `connect --sessions`) against websockify in front of the same
-# service, interleaved, 3 rounds: one session's throughput both ways (sha256) and CPU per MB, time
+# service, interleaved, 5 rounds: one session's throughput both ways (sha256) and CPU per MB, time
 # to first byte and opens/s, 100 sessions at once (aggregate, fairness), idle memory per session;
 # results: bench/results/<date>-sessions.{json,md}. Some only: BENCH_ARGS="--only throughput --rounds 5"
 bench-sessions: $(VENV)/.bench
