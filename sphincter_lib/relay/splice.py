@@ -34,11 +34,11 @@ class Splice:
     """``conn`` (a ``wsconn.ServerConnection``) ⇄ ``link`` (a ``tunnel.DataLink``)."""
 
     #: bytes read from the data link at once (one binary message each)
-    read_size = 256 * 1024
+    read_size = 128 * 1024
     #: bytes read from the client's socket at once (frames are parsed from them)
-    client_read_size = 256 * 1024
+    client_read_size = 128 * 1024
     #: bytes moved by one pump before it yields to the event loop
-    yield_bytes = 256 * 1024
+    yield_bytes = 128 * 1024
     #: the service's bytes go to the client with ``os.splice`` (a frame header, then the payload
     #: from a pipe: never copied into Python) when both sockets are plain TCP; else recv + send
     zero_copy = True
