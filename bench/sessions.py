@@ -525,16 +525,16 @@ def _python(role):
     return [sys.executable, "-m", "cProfile", "-o", os.path.join(where, "%s-%d-%d.prof" % (role, os.getpid(), _python.n))]
 
 
-def start_sphincter(workdir, service):
+def start_sphincter(workdir, service, root=ROOT):
     import targets as T
     tcp, ws = T.free_port(), T.free_port()
-    relay = T.Server(_python("relay") + [str(ROOT / "sphincter.py"), "--tcp-host", "127.0.0.1", "--tcp-port",
+    relay = T.Server(_python("relay") + [str(Path(root) / "sphincter.py"), "--tcp-host", "127.0.0.1", "--tcp-port",
                       str(tcp), "--ws-host", "127.0.0.1", "--ws-port", str(ws), "--log-level", "warning",
                       "--sessions", "on", "--session-open-rate", "1000000", "--session-open-burst", "1000000",
                       "--max-sessions-per-room", "100000", "--max-sessions", "100000"]
                      + os.environ.get("SESSIONS_RELAY_ARGS", "").split(), [tcp, ws], workdir)
     out = open(Path(workdir) / "connect.out", "w+")
-    connect = subprocess.Popen(_python("agent") + [str(ROOT / "sphincter.py"), "connect", "--relay",
+    connect = subprocess.Popen(_python("agent") + [str(Path(root) / "sphincter.py"), "connect", "--relay",
                                 "127.0.0.1:%d" % tcp, "--from", "tcp:127.0.0.1:%d" % service.port,
                                 "--sessions", "--stats-interval", "0", "--log-level", "warning"]
                                + os.environ.get("SESSIONS_AGENT_ARGS", "").split(),
@@ -575,6 +575,12 @@ def start_direct(workdir, service):
 
 
 STARTERS = {"sphincter": start_sphincter, "websockify": start_websockify, "direct": start_direct}
+#: ``--base-root DIR``: "sphincter-base", the same from another checkout (before/after a change)
+BASE_ROOT = []
+
+
+def start_base(workdir, service):
+    return start_sphincter(workdir, service, BASE_ROOT[0])
 
 
 def client(url, total, sessions=1, concurrency=1, hold=False, timeout=120, on_idle=None, barrier=False):
@@ -626,7 +632,7 @@ def with_target(name, total, fn):
     workdir = tempfile.mkdtemp(prefix="sphincter-sessions-")
     service = Service(workdir, total)
     try:
-        url, pids, stop = STARTERS[name](workdir, service)
+        url, pids, stop = (start_base if name == "sphincter-base" else STARTERS[name])(workdir, service)
         try:
             sampler = twoway.CpuSampler(pids)
             return fn(url, pids, sampler, service)
@@ -727,10 +733,10 @@ def run_idle(name, P):
     return with_target(name, 0, fn)
 
 
-RUNNERS = {"throughput": (run_throughput, ("direct", "websockify", "sphincter")),
-           "open": (run_open, ("websockify", "sphincter")),
-           "concurrent": (run_concurrent, ("websockify", "sphincter")),
-           "idle": (run_idle, ("sphincter",))}
+RUNNERS = {"throughput": (run_throughput, ("direct", "websockify", "sphincter", "sphincter-base")),
+           "open": (run_open, ("websockify", "sphincter", "sphincter-base")),
+           "concurrent": (run_concurrent, ("websockify", "sphincter", "sphincter-base")),
+           "idle": (run_idle, ("sphincter", "sphincter-base"))}
 
 #: per-scenario figures summarised as medians (name, larger is better)
 FIGURES = {"throughput": [("mb_per_s", True), ("server_cpu_us_per_mb", False), ("client_cpu_share", False)],
@@ -755,26 +761,28 @@ def summarise(runs):
         summary.setdefault(scenario, {})[target] = s
     for scenario, targets in summary.items():
         base = targets.get("websockify")
-        sph = targets.get("sphincter")
-        if not base or not sph:
-            continue
-        ratios, paired = {}, {}
-        for fig, _ in FIGURES[scenario]:
-            if fig in base and fig in sph and base[fig]["median"]:
-                ratios[fig] = round(sph[fig]["median"] / base[fig]["median"], 2)
-            # the same figure's ratio within each round (the two ran back to back), then the median
-            per_round = {}
-            for r in runs:
-                if r["scenario"] == scenario and r.get(fig) is not None and "error" not in r:
-                    per_round.setdefault(r["round"], {})[r["target"]] = r[fig]
-            pairs = [v["sphincter"] / v["websockify"] for v in per_round.values()
-                     if v.get("websockify") and "sphincter" in v]
-            if pairs:
-                paired[fig] = {"median": round(pct(pairs, 50), 2), "min": round(min(pairs), 2),
-                               "max": round(max(pairs), 2)}
-        sph["ratio_to_websockify"] = ratios
-        sph["paired_ratio_to_websockify"] = paired
+        for name in ("sphincter", "sphincter-base"):
+            if base and name in targets:
+                _ratios(runs, scenario, name, base, targets[name])
     return summary
+
+
+def _ratios(runs, scenario, name, base, sph):
+    ratios, paired = {}, {}
+    for fig, _ in FIGURES[scenario]:
+        if fig in base and fig in sph and base[fig]["median"]:
+            ratios[fig] = round(sph[fig]["median"] / base[fig]["median"], 2)
+        # the same figure's ratio within each round (the two ran back to back), then the median
+        per_round = {}
+        for r in runs:
+            if r["scenario"] == scenario and r.get(fig) is not None and "error" not in r:
+                per_round.setdefault(r["round"], {})[r["target"]] = r[fig]
+        pairs = [v[name] / v["websockify"] for v in per_round.values() if v.get("websockify") and name in v]
+        if pairs:
+            paired[fig] = {"median": round(pct(pairs, 50), 2), "min": round(min(pairs), 2),
+                           "max": round(max(pairs), 2)}
+    sph["ratio_to_websockify"] = ratios
+    sph["paired_ratio_to_websockify"] = paired
 
 
 def markdown(doc):
@@ -844,7 +852,7 @@ METHOD = (
     "child) from `/proc`, sampled every 50 ms. `direct` is the service speaking WebSocket itself "
     "(no relay): the ceiling of this client and service. Targets interleaved, order rotated each "
     "round; cells: median (min..max) of %(rounds)d rounds; \"× websockify\": the median of each "
-    "round's ratio. The machine is shared (2 CPUs, load average %(load)s during the run): read "
+    "round's ratio. The machine is shared (2 CPUs, load average %(load)s at the end of the run): read "
     "the ratios and the CPU per MB, not the absolute MB/s.")
 
 
@@ -879,8 +887,11 @@ def update_docs(doc, md, path):
                                                          doc["date"][:10]), "",
             METHOD % {"websockify": versions, "rounds": doc["rounds"],
                       "load": "%.1f" % doc["loadavg"][0]}, "",
-            "| goal (issue 20) | measured | verdict |", "|---|---|---|"]
+            "| goal (issue 20, `sphincter`) | measured | verdict |", "|---|---|---|"]
     head += ["| %s | %s | %s |" % row for row in goals(S)]
+    if doc.get("base_root"):
+        head += ["", "`sphincter-base`: the same Sphincter bench from another checkout, %s, in the same run."
+                 % (doc.get("base_note") or "`%s`" % doc["base_root"])]
     body = ("\n" + md.split("\n", 4)[4]).replace("\n## ", "\n### ")   # the tables, one level down
     section = "\n".join(head) + "\n" + body
     text = path.read_text() if path.exists() else "# Benchmarks\n"
@@ -914,6 +925,9 @@ def main():
     ap.add_argument("--idle-sessions", type=int, default=500)
     ap.add_argument("--out-dir", default=str(BENCH / "results"))
     ap.add_argument("--tag", default="sessions")
+    ap.add_argument("--base-root", help="also run 'sphincter-base': sphincter.py of this other checkout "
+                                        "(e.g. a git worktree of main), for before/after figures")
+    ap.add_argument("--base-note", default="", help="what --base-root is, for the report")
     ap.add_argument("--from-json", help="re-render a run's .md (and the docs section) from its .json")
     ap.add_argument("--docs", default=str(ROOT / "docs" / "BENCHMARKS.md"),
                     help="its 'Session tunnels' section is rewritten by a run of every scenario; '' : no")
@@ -936,6 +950,9 @@ def main():
     P = {"mib": a.mib, "opens": a.opens, "open_concurrency": a.open_concurrency,
          "conc_sessions": a.conc_sessions, "conc_mib": a.conc_mib, "idle_sessions": a.idle_sessions}
     wanted = a.targets.split(",")
+    if a.base_root:
+        BASE_ROOT.append(a.base_root)
+        wanted.append("sphincter-base")
     runs = []
     for r in range(a.rounds):
         for scenario in a.only.split(","):
@@ -956,7 +973,8 @@ def main():
            "command": "python bench/sessions.py " + " ".join(sys.argv[1:]),
            "python": platform.python_version(), "cpus": os.cpu_count(), "loadavg": os.getloadavg(),
            "rounds": a.rounds, "params": P, "runs": runs, "summary": summarise(runs),
-           "websockify_version": _websockify_version()}
+           "websockify_version": _websockify_version(), "base_root": a.base_root,
+           "base_note": a.base_note}
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / ("%s-%s" % (dt.date.today().isoformat(), a.tag))
