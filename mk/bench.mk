@@ -52,7 +52,7 @@ soak-cluster: $(VENV)/.dev
 	$(VPY) bench/soak_cluster.py --seconds $(or $(SOAK_SECONDS),600) $(BENCH_ARGS)
 
 bench-smoke: $(VENV)/.dev
-	$(VPY) -m gevent.monkey --module pytest tests/relay/test_bench_smoke.py tests/relay/test_bench_cluster.py $(PYTEST_ARGS)
+	$(VPY) -m gevent.monkey --module pytest tests/relay/test_bench_smoke.py tests/relay/test_bench_cluster.py tests/relay/test_bench_sessions_smoke.py $(PYTEST_ARGS)
 
 bench-profile: $(VENV)/.bench
 	$(VPY) bench/profile.py $(BENCH_ARGS)
