@@ -205,11 +205,14 @@ class SessionAgent:
         if self.zero_copy and SPLICE is not None and plain(service) and plain(link):
             pump = self._splice_pump
         up = gevent.spawn(pump, service, link)
-        down = gevent.spawn(pump, link, service)
-        for g in (up, down):
-            g.link_exception(self._crashed)
-        gevent.joinall([up, down])
-        return up.value or 0, down.value or 0
+        up.link_exception(self._crashed)
+        try:                                     # the relay -> service direction in this greenlet:
+            down = pump(link, service)           # one greenlet less per session
+        except Exception:
+            logger.error("session pump crashed", exc_info=True)
+            down = 0
+        up.join()
+        return up.value or 0, down
 
     def _pump(self, src, dst):
         moved, budget = 0, self.yield_bytes
