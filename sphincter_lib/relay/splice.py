@@ -4,7 +4,9 @@ Two greenlets, one per direction, each a bounded pump with TCP's backpressure: t
 service's bytes (the data link) go to the client as binary messages, read only once the
 previous chunk was written (a slow client slows only its own service connection); the
 client's messages, binary or text, go to the service as their bytes, the next read only
-once the previous message was written. Both yield after :attr:`Splice.yield_bytes`.
+once the previous message was written. Both yield after :attr:`Splice.yield_bytes`. Where both
+sockets are plain TCP (Linux, Python 3.10+) the service's bytes are not copied into Python: they
+go through a pipe with ``os.splice``, each read after its binary message header.
 
 Ends: the service closes (EOF on the data link) → every byte, then close 1000 ``service
 closed``; the client closes → every byte of its messages, then FIN on the data link (the
@@ -27,7 +29,6 @@ from ..proto.wssession import OPEN, ServerSession
 from ..tcp import SPLICE, SPLICE_FLAGS, SplicePipe, plain
 
 logger = logging.getLogger("sphincter.relay.tunnel")
-
 
 
 class Splice:
@@ -165,12 +166,13 @@ class Splice:
                     n -= len(os.read(pipe.r, n))
                 return
             self.conn.socket.sendall(frames.message_header(n), socket.MSG_MORE)
-            self.to_client += n
-            while n:
+            left = n
+            while left:
                 try:
-                    n -= SPLICE(pipe.r, dst, n, flags=SPLICE_FLAGS)
+                    left -= SPLICE(pipe.r, dst, left, flags=SPLICE_FLAGS)
                 except BlockingIOError:
                     hub.wait(writable)
+            self.to_client += n
 
     def _client_to_service(self, first):
         ws, sock = self.ws, self.sock
