@@ -6,7 +6,7 @@
 BENCH_ARGS ?=
 BENCH_PKGS := nginx libnginx-mod-nchan socat
 
-.PHONY: bench bench-flow bench-smoke bench-deps bench-profile bench-cluster bench-revs
+.PHONY: bench bench-flow bench-smoke bench-deps bench-profile bench-cluster bench-revs bench-sessions
 
 $(VENV)/.bench: $(VENV)/.runtime requirements-bench.txt
 	$(VPY) -m pip install -q --disable-pip-version-check -r requirements-bench.txt
@@ -30,6 +30,13 @@ bench: $(VENV)/.bench bench-deps
 bench-flow: $(VENV)/.bench bench-deps
 	$(VPY) bench/run.py --only tunnel-open,blast $(BENCH_ARGS)
 
+# issue 20: session rooms (relay + `connect --sessions`) against websockify in front of the same
+# service, interleaved, 5 rounds: one session's throughput both ways (sha256) and CPU per MB, time
+# to first byte and opens/s, 100 sessions at once (aggregate, fairness), idle memory per session;
+# results: bench/results/<date>-sessions.{json,md}. Some only: BENCH_ARGS="--only throughput --rounds 5"
+bench-sessions: $(VENV)/.bench
+	$(VPY) bench/sessions.py $(BENCH_ARGS)
+
 # issue 13: one process vs two nodes sharing a redis-server (started by the bench on a free
 # loopback port), N = 1000; results: bench/results/<date>-cluster.{json,md}
 bench-cluster: $(VENV)/.bench
@@ -47,7 +54,7 @@ soak-cluster: $(VENV)/.dev
 	$(VPY) bench/soak_cluster.py --seconds $(or $(SOAK_SECONDS),600) --redis $(or $(SOAK_REDIS),sentinel) $(BENCH_ARGS)
 
 bench-smoke: $(VENV)/.dev
-	$(VPY) -m gevent.monkey --module pytest tests/relay/test_bench_smoke.py tests/relay/test_bench_cluster.py $(PYTEST_ARGS)
+	$(VPY) -m gevent.monkey --module pytest tests/relay/test_bench_smoke.py tests/relay/test_bench_cluster.py tests/relay/test_bench_sessions_smoke.py $(PYTEST_ARGS)
 
 bench-profile: $(VENV)/.bench
 	$(VPY) bench/profile.py $(BENCH_ARGS)

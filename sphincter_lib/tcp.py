@@ -1,6 +1,13 @@
-"""TCP socket options shared by the source listener and ``sphincter connect``'s relay link."""
+"""TCP socket helpers shared by the relay and the agent: keep-alive options (the source listener,
+``sphincter connect``'s relay link) and the pipe of a zero-copy session path (``os.splice``)."""
 
+import os
 import socket
+import ssl
+
+#: ``os.splice`` (Linux, Python 3.10+), else None: the session paths then copy
+SPLICE = getattr(os, "splice", None)
+SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 
 
 def keepalive(sock, idle, interval, probes, nodelay=False):
@@ -16,3 +23,35 @@ def keepalive(sock, idle, interval, probes, nodelay=False):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, probes)
     except (OSError, AttributeError):
         pass
+
+
+def plain(sock):
+    """True for a plain TCP socket (``os.splice`` can move its bytes): not TLS, not a wrapper."""
+    return isinstance(sock, socket.socket) and not isinstance(sock, ssl.SSLSocket)
+
+
+class SplicePipe:
+    """The pipe ``os.splice`` moves bytes through between two sockets, held only while they flow:
+    :meth:`open` before a read, :meth:`close` when the source has nothing, so an idle session
+    holds no file descriptor for it. :meth:`open` raises OSError when no pipe can be had."""
+
+    def __init__(self, size):
+        self.want, self.size = size, size
+        self.r = self.w = None
+
+    def open(self):
+        if self.r is None:
+            self.r, self.w = os.pipe()
+            try:
+                import fcntl
+                fcntl.fcntl(self.w, getattr(fcntl, "F_SETPIPE_SZ", 1031), self.want)
+                self.size = self.want
+            except OSError:
+                self.size = 64 * 1024            # a pipe's default capacity
+        return self
+
+    def close(self):
+        if self.r is not None:
+            os.close(self.r)
+            os.close(self.w)
+            self.r = self.w = None

@@ -22,6 +22,7 @@ import gevent.lock
 
 from ..errors import SphincterError
 from ..proto import sessionwire
+from ..tcp import SPLICE, SPLICE_FLAGS, SplicePipe, plain
 from .backoff import Backoff
 from .dial import relay_socket
 from .local import Fatal
@@ -43,9 +44,12 @@ class SessionAgent:
     """The control link, kept up; a greenlet per session. :meth:`run` returns the exit status."""
 
     #: bytes moved by one direction of a session before it yields
-    yield_bytes = 1 << 20
+    yield_bytes = 256 * 1024
     #: bytes asked of each read
     read_size = 256 * 1024
+    #: move a session's bytes with ``os.splice`` through a pipe (no copy into Python) when both
+    #: ends are plain TCP sockets (Linux, Python 3.10+); else, or False, recv/sendall
+    zero_copy = True
 
     def __init__(self, opts, out=None, backoff=None):
         self.opts = opts
@@ -189,12 +193,18 @@ class SessionAgent:
             service.close()
 
     def _splice(self, service, link):
-        up = gevent.spawn(self._pump, service, link)
-        down = gevent.spawn(self._pump, link, service)
-        for g in (up, down):
-            g.link_exception(self._crashed)
-        gevent.joinall([up, down])
-        return up.value or 0, down.value or 0
+        pump = self._pump
+        if self.zero_copy and SPLICE is not None and plain(service) and plain(link):
+            pump = self._splice_pump
+        up = gevent.spawn(pump, service, link)
+        up.link_exception(self._crashed)
+        try:                                     # the relay -> service direction in this greenlet:
+            down = pump(link, service)           # one greenlet less per session
+        except Exception:
+            logger.error("session pump crashed", exc_info=True)
+            down = 0
+        up.join()
+        return up.value or 0, down
 
     def _pump(self, src, dst):
         moved, budget = 0, self.yield_bytes
@@ -217,6 +227,52 @@ class SessionAgent:
                 except OSError:
                     pass
             return moved
+
+    def _splice_pump(self, src, dst):
+        """:meth:`_pump` with ``os.splice``: src → a pipe → dst, the bytes never copied into this
+        process; the next read only once the pipe was emptied into ``dst`` (TCP's backpressure).
+        The pipe is held only while bytes flow; with none to be had, the rest is :meth:`_pump`'s."""
+        hub = gevent.get_hub()
+        src_fd, dst_fd = src.fileno(), dst.fileno()
+        readable, writable = hub.loop.io(src_fd, 1), hub.loop.io(dst_fd, 2)
+        pipe, moved, budget = SplicePipe(self.read_size), 0, self.yield_bytes
+        try:
+            while True:
+                try:
+                    pipe.open()
+                except OSError:                  # no file descriptor for a pipe: copy instead
+                    return moved + self._pump(src, dst)
+                try:
+                    n = SPLICE(src_fd, pipe.w, pipe.size, flags=SPLICE_FLAGS)
+                except BlockingIOError:
+                    pipe.close()                 # nothing to read: wait without a pipe
+                    hub.wait(readable)
+                    continue
+                if not n:
+                    dst.shutdown(socket.SHUT_WR)       # FIN passed on, after every byte
+                    return moved
+                left = n
+                while left:
+                    try:
+                        left -= SPLICE(pipe.r, dst_fd, left, flags=SPLICE_FLAGS)
+                    except BlockingIOError:
+                        hub.wait(writable)
+                moved += n
+                budget -= n
+                if budget <= 0:
+                    budget = self.yield_bytes
+                    gevent.sleep(0)
+        except OSError:                          # a reset: end both directions
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            return moved
+        finally:
+            pipe.close()
+            readable.close()
+            writable.close()
 
     def _crashed(self, greenlet):
         logger.error("session greenlet crashed", exc_info=greenlet.exc_info)

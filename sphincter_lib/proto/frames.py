@@ -80,6 +80,11 @@ def encode_message(payload, text):
     return _header(b0, n), payload
 
 
+def message_header(length, text=False):
+    """The header of a whole data message of ``length`` bytes whose payload is written apart."""
+    return _header(0x81 if text else 0x82, length)
+
+
 def _header(b0, n):
     if n < 126:
         return _H1(b0, n)
@@ -108,11 +113,23 @@ def encode_pong(payload=b""):
 
 # --- decoding ------------------------------------------------------------------
 
+#: payloads at least this big are unmasked a quarter at a time by ``bytes.translate`` (about
+#: twice the speed of the big-integer XOR from 1 KiB up; the XOR is faster below)
+STRIDED_UNMASK = 1024
+_XOR_TABLES = [bytes(i ^ k for i in range(256)) for k in range(256)]
+
+
 def unmask(data, mask):
     """XOR ``data`` with the 4-byte ``mask``, the whole buffer at once."""
     n = len(data)
     if not n:
         return b""
+    if n >= STRIDED_UNMASK:
+        out = bytearray(data)
+        for i in range(4):              # every 4th byte is XORed with the same key byte
+            if mask[i]:
+                out[i::4] = out[i::4].translate(_XOR_TABLES[mask[i]])
+        return bytes(out)
     key = (mask * ((n + 3) // 4))[:n]
     return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
 

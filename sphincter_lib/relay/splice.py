@@ -4,7 +4,9 @@ Two greenlets, one per direction, each a bounded pump with TCP's backpressure: t
 service's bytes (the data link) go to the client as binary messages, read only once the
 previous chunk was written (a slow client slows only its own service connection); the
 client's messages, binary or text, go to the service as their bytes, the next read only
-once the previous message was written. Both yield after :attr:`Splice.yield_bytes`.
+once the previous message was written. Both yield after :attr:`Splice.yield_bytes`. Where both
+sockets are plain TCP (Linux, Python 3.10+) the service's bytes are not copied into Python: they
+go through a pipe with ``os.splice``, each read after its binary message header.
 
 Ends: the service closes (EOF on the data link) → every byte, then close 1000 ``service
 closed``; the client closes → every byte of its messages, then FIN on the data link (the
@@ -13,6 +15,7 @@ until its EOF (at most ``close_timeout``), so that no reset can eat bytes in fli
 """
 
 import logging
+import os
 import socket
 import time
 
@@ -23,6 +26,7 @@ from ..closecodes import CloseCode
 from ..logformat import log_crash
 from ..proto import frames
 from ..proto.wssession import OPEN, ServerSession
+from ..tcp import SPLICE, SPLICE_FLAGS, SplicePipe, plain
 
 logger = logging.getLogger("sphincter.relay.tunnel")
 
@@ -31,9 +35,14 @@ class Splice:
     """``conn`` (a ``wsconn.ServerConnection``) ⇄ ``link`` (a ``tunnel.DataLink``)."""
 
     #: bytes read from the data link at once (one binary message each)
-    read_size = 64 * 1024
+    read_size = 128 * 1024
+    #: bytes read from the client's socket at once (frames are parsed from them)
+    client_read_size = 128 * 1024
     #: bytes moved by one pump before it yields to the event loop
-    yield_bytes = 256 * 1024
+    yield_bytes = 128 * 1024
+    #: the service's bytes go to the client with ``os.splice`` (a frame header, then the payload
+    #: from a pipe: never copied into Python) when both sockets are plain TCP; else recv + send
+    zero_copy = True
 
     def __init__(self, conn, link, max_message_bytes=1 << 20, close_timeout=5.0):
         self.conn, self.link, self.sock = conn, link, link.sock
@@ -83,17 +92,14 @@ class Splice:
                 self.conn.sendall(self.ws.data_to_send())
 
     def _service_to_client(self, up):
-        recv, budget = self.sock.recv, self.yield_bytes
         try:
-            while True:
-                data = recv(self.read_size)
-                if not data:
-                    break
-                self._send(data)
-                budget -= len(data)
-                if budget <= 0:
-                    budget = self.yield_bytes
-                    gevent.sleep(0)
+            conn = self.conn                 # (wsconn's attributes read defensively: it is being reworked)
+            if self.zero_copy and SPLICE is not None and not getattr(conn, "tls", True) \
+                    and not getattr(conn, "unsent", True) and plain(self.sock) \
+                    and plain(getattr(conn, "socket", None)):
+                self._down_spliced()
+            else:
+                self._down_copied()
         except OSError as exc:
             if self.how == "?":
                 self.how = "data link broke (%s)" % (exc.strerror or exc)
@@ -107,14 +113,79 @@ class Splice:
             pass
         up.join(self.close_timeout)          # the client's answer to our close
 
+    def _down_copied(self):
+        recv, budget = self.sock.recv, self.yield_bytes
+        while True:
+            data = recv(self.read_size)
+            if not data:
+                return
+            self._send(data)
+            budget -= len(data)
+            if budget <= 0:
+                budget = self.yield_bytes
+                gevent.sleep(0)
+
+    def _down_spliced(self):
+        """What the data link brings, up to ``read_size`` at a time, into a pipe (``os.splice``),
+        then a binary message's header and the pipe's bytes to the client: one message per read,
+        the next read only once it was written (TCP's backpressure, as :meth:`_down_copied`).
+        The pipe is held only while bytes flow; with none to be had, the rest is copied."""
+        hub = gevent.get_hub()
+        src, dst = self.sock.fileno(), self.conn.socket.fileno()
+        readable, writable = hub.loop.io(src, 1), hub.loop.io(dst, 2)
+        pipe, budget = SplicePipe(self.read_size), self.yield_bytes
+        try:
+            while True:
+                try:
+                    pipe.open()
+                except OSError:                  # no file descriptor for a pipe: copy instead
+                    return self._down_copied()
+                try:
+                    n = SPLICE(src, pipe.w, pipe.size, flags=SPLICE_FLAGS)
+                except BlockingIOError:
+                    pipe.close()                 # nothing to read: wait without a pipe
+                    hub.wait(readable)
+                    continue
+                if not n:
+                    return
+                self._send_spliced(pipe, n, dst, hub, writable)
+                budget -= n
+                if budget <= 0:
+                    budget = self.yield_bytes
+                    gevent.sleep(0)
+        finally:
+            pipe.close()
+            readable.close()
+            writable.close()
+
+    def _send_spliced(self, pipe, n, dst, hub, writable):
+        """The ``n`` bytes in ``pipe`` to the client as one binary message (dropped once closing)."""
+        with self._writing:
+            if self.ws.state is not OPEN:
+                while n:
+                    n -= len(os.read(pipe.r, n))
+                return
+            self.conn.socket.sendall(frames.message_header(n), socket.MSG_MORE)
+            left = n
+            while left:
+                try:
+                    left -= SPLICE(pipe.r, dst, left, flags=SPLICE_FLAGS)
+                except BlockingIOError:
+                    hub.wait(writable)
+            self.to_client += n
+
     def _client_to_service(self, first):
-        ws, conn, sock = self.ws, self.conn, self.sock
+        ws, sock = self.ws, self.sock
+        recv, size = self.conn.socket.recv, self.client_read_size   # the handshake's buffer is `first`
         budget = self.yield_bytes
         data = first
         try:
             while True:
                 if not data:
-                    data = conn.recv()
+                    try:
+                        data = recv(size)
+                    except OSError:
+                        data = b""
                     if not data:
                         ws.receive_eof()
                         self._set_how("client gone")
@@ -122,7 +193,8 @@ class Splice:
                 messages = []
                 ws.receive_data(data, lambda opcode, payload: messages.append(payload))
                 data = b""
-                for payload in messages:
+                if messages:                 # the messages of one read: one write (fewer wakeups)
+                    payload = messages[0] if len(messages) == 1 else b"".join(messages)
                     sock.sendall(payload)
                     self.from_client += len(payload)
                     budget -= len(payload)

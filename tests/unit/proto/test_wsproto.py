@@ -40,6 +40,10 @@ def test_unmask_matches_bytewise_xor():
     mask = b"\x9a\x01\xff\x37"
     assert wsproto.unmask(data, mask) == bytes(b ^ mask[i % 4] for i, b in enumerate(data))
     assert wsproto.unmask(b"", mask) == b""
+    for n in (1023, 1024, 1025, 1026, 1027, 70001):     # both ways round STRIDED_UNMASK
+        data = (bytes(range(256)) * 274)[:n]
+        for key in (mask, b"\0\0\0\0", b"\0\x01\0\xff"):
+            assert wsproto.unmask(data, key) == bytes(b ^ key[i % 4] for i, b in enumerate(data)), (n, key)
 
 
 def feed_all(parser, chunks):
