@@ -201,6 +201,9 @@ OPTIONS = (
     _opt("retry-max", "30", options.positive_seconds, "longest reconnect delay (seconds)", "SECONDS"),
     _opt("connect-timeout", "10", options.positive_seconds, "seconds allowed to connect and get "
          "the relay's banner (or OBS's Identified)", "SECONDS"),
+    _opt("session-dial-timeout", "5", options.positive_seconds, "with --sessions: seconds allowed to "
+         "reach the --from service for one session; under the relay's --session-open-timeout (10 s) "
+         "a client whose service cannot be reached hears 4502, not 4504", "SECONDS"),
     _opt("stats-interval", "60", options.seconds, "seconds between status lines in the log "
          "(state, bytes relayed); 0: none", "SECONDS"),
     _opt("obs-password", "", str, "obs-websocket password (Tools > WebSocket Server Settings); "

@@ -166,7 +166,7 @@ class SessionAgent:
     def _session(self, sid):
         spec, started = self.opts.spec, time.monotonic()
         try:
-            service = socket.create_connection((spec.host, spec.port), timeout=self.opts.connect_timeout)
+            service = socket.create_connection((spec.host, spec.port), timeout=self.opts.session_dial_timeout)
         except OSError as exc:
             logger.info("session %s: service %s unreachable: %s", sid[:6], spec.text, _reason(exc))
             self._tell(sessionwire.refused_line(sid, "service unreachable: %s" % _reason(exc)))

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import gevent
 import gevent.event
@@ -184,6 +185,32 @@ def test_service_down_4502(tunnel):
     ws = client(relay, code, key)
     got = close_code(ws)
     assert got[0] == 4502 and "service unreachable" in got[1], got
+
+
+def test_a_service_that_never_accepts_is_4502_within_the_agents_dial_timeout(relays, tmp_path):
+    """A service host that drops the agent's SYNs: 4502 after --session-dial-timeout, not 4504."""
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)                          # never accepted: once its queue is full, SYNs are dropped
+    queued = []
+    for _ in range(4):
+        c = socket.socket()
+        c.setblocking(False)
+        c.connect_ex(full.getsockname())
+        queued.append(c)
+    relay = relays("--sessions", "on", "--session-open-timeout", "8")
+    agent = Agent(tmp_path, relay, full.getsockname()[1], "--session-dial-timeout", "1")
+    try:
+        code, key = agent.banner()
+        started = time.monotonic()
+        got = close_code(client(relay, code, key))
+        assert got[0] == 4502 and "service unreachable" in got[1], got
+        assert time.monotonic() - started < unit(6), "4502 came after the relay's open timeout"
+    finally:
+        agent.stop()
+        for c in queued:
+            c.close()
+        full.close()
 
 
 def test_agent_that_never_answers_4504(relays):
