@@ -12,6 +12,11 @@ Ends: the service closes (EOF on the data link) → every byte, then close 1000 
 closed``; the client closes → every byte of its messages, then FIN on the data link (the
 agent passes it on to the service), and what the service still sends is read and dropped
 until its EOF (at most ``close_timeout``), so that no reset can eat bytes in flight.
+
+Keepalive: every ``ping_interval`` (``--ping-interval``) in which nothing went to the client, a
+ping, so that a proxy's idle timeout (nginx's ``proxy_read_timeout``) does not cut a quiet
+session (a VNC desktop where nothing changes). Browsers answer pings themselves. An unanswered
+ping ends nothing: a client held back by TCP's backpressure may rightly not answer for long.
 """
 
 import logging
@@ -44,8 +49,9 @@ class Splice:
     #: from a pipe: never copied into Python) when both sockets are plain TCP; else recv + send
     zero_copy = True
 
-    def __init__(self, conn, link, max_message_bytes=1 << 20, close_timeout=5.0):
+    def __init__(self, conn, link, max_message_bytes=1 << 20, close_timeout=5.0, ping_interval=0):
         self.conn, self.link, self.sock = conn, link, link.sock
+        self.ping_interval = ping_interval
         self.ws = ServerSession(max_message_bytes=max_message_bytes)
         self.close_timeout = close_timeout
         self._writing = gevent.lock.Semaphore()
@@ -68,10 +74,16 @@ class Splice:
         conn.stop_reading()
         up = gevent.spawn(self._client_to_service, b"".join(first))
         up.link_exception(log_crash(logger, "session client reader"))
+        timer = None
+        if self.ping_interval:                # a loop timer, not a greenlet, while nothing is due
+            timer = gevent.get_hub().loop.timer(self.ping_interval, self.ping_interval)
+            timer.start(self._keepalive, [self.to_client])
         try:
             self._send(self.link.rest)
             self._service_to_client(up)
         finally:
+            if timer is not None:
+                timer.close()
             up.join(self.close_timeout)
             up.kill(block=False)
             conn.close()
@@ -85,6 +97,19 @@ class Splice:
             if self.ws.state is OPEN:
                 self.conn.send_frame(frames.encode_message(data, False))
                 self.to_client += len(data)
+
+    def _keepalive(self, sent):
+        """(In the event loop.) A ping when nothing went to the client since the last tick."""
+        quiet, sent[0] = self.to_client == sent[0], self.to_client
+        if quiet and self.ws.state is OPEN and not self._writing.locked():
+            self.ws.send_ping(time.monotonic())
+            gevent.spawn(self._flush_quietly)
+
+    def _flush_quietly(self):
+        try:
+            self._flush()
+        except OSError:
+            pass                              # the session's own pumps see the broken socket
 
     def _flush(self):
         if self.ws.pending:

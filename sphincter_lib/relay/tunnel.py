@@ -338,7 +338,7 @@ def serve_client(hub, sroom, conn, peer, ip, settings, refuse):
         return
     hub.stats.sessions_opened += 1
     splice = Splice(conn, link, max_message_bytes=max(1 << 20, settings.max_message_bytes),
-                    close_timeout=settings.close_timeout)
+                    close_timeout=settings.close_timeout, ping_interval=settings.ping_interval)
     how = "crashed"
     hub.splices.add(splice)
     try:

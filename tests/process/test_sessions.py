@@ -213,6 +213,26 @@ def test_a_service_that_never_accepts_is_4502_within_the_agents_dial_timeout(rel
         full.close()
 
 
+def test_a_quiet_session_is_pinged_so_proxies_keep_it(tunnel):
+    """--ping-interval: a session where nothing flows gets pings (nginx's proxy_read_timeout does
+    not cut it); the client's pongs reach nobody, and the session goes on."""
+    relay, service, agent, code, key = tunnel("--ping-interval", "0.3")
+    ws = client(relay, code, key)
+    assert read_exactly(ws, 8) == b"HELLO 1\n"
+    with gevent.Timeout(unit(5), AssertionError("no ping on a quiet session")):
+        opcode, _ = ws.recv_data(control_frame=True)
+    assert opcode == websocket.ABNF.OPCODE_PING
+    ws.pong(b"")                                        # websocket-client answers; an extra pong is harmless
+    ws.send_binary(b"still here")
+    got = bytearray()
+    while len(got) < 10:
+        opcode, data = ws.recv_data(control_frame=True)
+        if opcode == BINARY:
+            got += data
+    assert bytes(got) == b"still here"
+    ws.close()
+
+
 def test_agent_that_never_answers_4504(relays):
     relay = relays("--sessions", "on", "--session-open-timeout", "1")
     control = socket.create_connection(relay.tcp)
