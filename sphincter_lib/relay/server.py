@@ -257,6 +257,7 @@ class Relay:
         if self._sweeper is not None:
             self._sweeper.kill(block=False)
         self.app.sessions.kill(block=False)
+        self.app.abort_sessions()
         self.tcp_server.stop(timeout=0)
         self.ws_server.stop(timeout=0)
         self.registry.stop()
