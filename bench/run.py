@@ -336,6 +336,8 @@ def parser():
                          % DEFAULT_TARGETS["big"])
     ap.add_argument("--scenarios", "--only", default=",".join(SCENARIOS),
                     help="comma-separated subset of: " + ",".join(SCENARIOS))
+    ap.add_argument("--set", action="append", default=[], metavar="PARAM=INT",
+                    help="override a profile parameter, e.g. --set lat_n=1000 (latency at N=1000)")
     ap.add_argument("--out-dir", default=str(BENCH / "results"))
     ap.add_argument("--docs", help="markdown report path (default docs/BENCHMARKS.md; "
                                    "smoke: <out-dir>/BENCHMARKS.md)")
@@ -382,6 +384,11 @@ def main(argv=None):
     P = dict(PROFILES["smoke" if a.smoke else "full"])
     if a.reps:
         P["reps"] = a.reps
+    for item in a.set:
+        key, _, value = item.partition("=")
+        if key not in P or not value.lstrip("-").isdigit():
+            ap.error("--set %s: PARAM=INT with PARAM one of %s" % (item, ", ".join(sorted(P))))
+        P[key] = int(value)
     scenarios = [s for s in a.scenarios.split(",") if s]
     unknown = sorted(set(scenarios) - set(SCENARIOS))
     if unknown:
