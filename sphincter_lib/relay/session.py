@@ -207,11 +207,12 @@ class Session:
     def _direct(self):
         """New frames while the writer sleeps (called from the event loop, must not block).
 
-        Sends them with non-blocking sends: True once all went (the writer
-        stays asleep), False to wake the writer — for a large frame, a close,
-        queued control frames, or a send that would block. A partial send's
-        remainder is handed to ``conn.defer``: the writer's next write sends
-        it before anything else, so the byte stream stays in order.
+        Sends them with non-blocking sends (a large frame's header and payload
+        in one ``sendmsg``, uncopied): True once all went (the writer stays
+        asleep), False to wake the writer — for a close, queued control frames,
+        or a send that would block. A partial send's remainder is handed to
+        ``conn.defer``: the writer's next write sends it before anything else,
+        so the byte stream stays in order.
         """
         conn, sub = self.conn, self.sub
         if conn.writing or conn.closed or conn.unsent or self.ws.pending or sub.closing \
@@ -225,18 +226,23 @@ class Session:
             data = take(batch)
             if data is None:
                 return True
-            if data.__class__ is tuple:
-                return False
-            budget -= len(data)
             try:
-                sent = send(data)
+                if data.__class__ is tuple:
+                    if not conn.detached:
+                        return False
+                    size = len(data[0]) + len(data[1])
+                    sent = conn.send_frame_now(data)
+                else:
+                    size = len(data)
+                    sent = send(data)
             except OSError:                # BlockingIOError included: the writer retries
                 return False
             if not sent:
                 return False
             sub.commit()
-            if sent < len(data):
-                conn.defer(data[sent:])
+            budget -= size
+            if sent < size:
+                conn.defer(_rest(data, sent))
                 return False
 
     def _on_data(self, data):
@@ -319,3 +325,14 @@ class Session:
             if ws.state is CLOSING:
                 self._peer_closed = Event()
                 self._peer_closed.wait()
+
+
+def _rest(frame, sent):
+    """What a partial send of ``frame`` (bytes or a ``(header, payload)`` pair) left, uncopied
+    where it can be."""
+    if frame.__class__ is not tuple:
+        return memoryview(frame)[sent:]
+    header, payload = frame
+    if sent < len(header):
+        return header[sent:] + payload
+    return memoryview(payload)[sent - len(header):]

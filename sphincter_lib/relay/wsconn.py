@@ -253,15 +253,21 @@ class ServerConnection:
 
     # -- writing (one writer at a time) --------------------------------------------------
     def defer(self, rest):
-        """Keep ``rest`` (the tail of a partial :attr:`send_now`) to go out first with the next write."""
-        self.unsent += rest
+        """Keep ``rest`` (the tail of a partial :attr:`send_now`, bytes or a memoryview of a
+        frame's payload) to go out first with the next write."""
+        self.unsent = b"".join((self.unsent, rest)) if self.unsent else rest
+
+    def send_frame_now(self, frame):
+        """One non-blocking ``sendmsg`` of a ``(header, payload)`` pair, for the event loop's direct
+        writes on a detached connection: the bytes the kernel took (BlockingIOError: none)."""
+        return self.socket.sendmsg(frame)
 
     def sendall(self, data):
         """Write ``unsent`` and ``data``; blocks the calling greenlet. Raises OSError if gone."""
         if not self.accepted:
             self.accept()
         if self.unsent:
-            data, self.unsent = self.unsent + data, b""
+            data, self.unsent = b"".join((self.unsent, data)) if data else self.unsent, b""
         if not data:
             return
         self.writing = True
