@@ -89,6 +89,12 @@ def main(argv=None):
             redis.wait(5)
 
 
+def own_rss_kb():
+    """This process's RSS alone (targets.rss_kb counts the load generator, its child, too)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * T.PAGE_KB
+
+
 def drive_tls(n, tcp, ws, on_phase):
     """A source (its banner names the room), then ``n`` wss:// subscribers from a child process."""
     src = socket.create_connection(tcp)
@@ -139,7 +145,7 @@ def probe(a, settings):
         gevent.sleep(0.5)
         gc.collect()
         snaps[name] = (tracemalloc.take_snapshot() if tracemalloc.is_tracing() else None,
-                       T.rss_kb(os.getpid()))
+                       own_rss_kb())
 
     def drive():
         if a.tls:
@@ -151,15 +157,16 @@ def probe(a, settings):
     r = gevent.spawn(drive).get(timeout=90)
     (s0, rss0), (s1, rss1) = snaps["sources"], snaps["subs"]
     n = r["connected"]
-    mode = "redis" if a.redis else "in-process"
+    mode = ("redis" if a.redis else "in-process") + (", wss://" if a.tls else "")
+    rooms = 1 if a.tls else a.rooms
     lines = []
     if s0 is None:
-        lines.append(f"{n} idle subscribers ({mode}, {a.rooms} room(s)): RSS +{(rss1 - rss0) / n:.1f} KB each "
+        lines.append(f"{n} idle subscribers ({mode}, {rooms} room(s)): RSS +{(rss1 - rss0) / n:.1f} KB each "
                      f"{a.set or ''}")
     else:
         diff = s1.compare_to(s0, "lineno")
         traced = sum(d.size_diff for d in diff)
-        lines.append(f"{n} idle subscribers ({mode}, {a.rooms} room(s)): RSS +{(rss1 - rss0) / n:.1f} KB each "
+        lines.append(f"{n} idle subscribers ({mode}, {rooms} room(s)): RSS +{(rss1 - rss0) / n:.1f} KB each "
                      f"(tracemalloc on), traced +{traced / n / 1024:.2f} KB each "
                      f"(untraced: allocator slack, ...)")
         lines.append(f"{'bytes/sub':>10} {'blocks/sub':>10}  where")
