@@ -254,10 +254,10 @@ class Relay:
             gevent.sleep(self.drain_poll)
         left = self.app.connections + self.sources.active
         self.app.keepalive.stop()
+        self.app.abort_sessions()              # subscribers still open: no greenlet to kill
         if self._sweeper is not None:
             self._sweeper.kill(block=False)
         self.app.sessions.kill(block=False)
-        self.app.abort_sessions()
         self.tcp_server.stop(timeout=0)
         self.ws_server.stop(timeout=0)
         self.registry.stop()
