@@ -228,7 +228,7 @@ class Session:
                 return True
             try:
                 if data.__class__ is tuple:
-                    if not conn.detached:
+                    if not conn.bare:
                         return False
                     size = len(data[0]) + len(data[1])
                     sent = conn.send_frame_now(data)

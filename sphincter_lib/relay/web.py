@@ -154,7 +154,7 @@ class WebApp:
             return []
         if isinstance(session, Session):
             session.slot = slot                 # handed back by session_done
-            if conn.detach():
+            if conn.detach(bare=True):
                 session.start()                 # no greenlet: the handler's goes, the session stays
             else:
                 session.run()                   # TLS: the session keeps this greenlet

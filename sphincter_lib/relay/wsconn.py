@@ -45,7 +45,7 @@ class ServerConnection:
     read_size = 16 * 1024
 
     # one per subscriber: no __dict__
-    __slots__ = ("environ", "socket", "_handler", "_owner", "_rfile", "_pending", "detached", "tls",
+    __slots__ = ("environ", "socket", "_handler", "_owner", "_rfile", "_pending", "detached", "bare", "tls",
                  "send_now", "unsent", "writing", "closed", "_on_data", "_watcher", "accepted", "_waiting")
 
     def __init__(self, handler):
@@ -56,6 +56,7 @@ class ServerConnection:
         self._rfile = handler.rfile
         self._pending = b""              # bytes taken from the handshake reader at detach()
         self.detached = False
+        self.bare = False               # detached onto a bare OS socket (see detach)
         # wss://: gevent's SSLSocket (or the stdlib's) carries an _sslobj
         self.tls = isinstance(self.socket, ssl.SSLSocket) or hasattr(self.socket, "_sslobj")
         #: a non-blocking send on the OS socket (None for TLS), for the event loop's direct writes:
@@ -69,7 +70,7 @@ class ServerConnection:
         self._on_data = None
         self._watcher = None
         self.accepted = False           # the 101 response went out (see accept)
-        self._waiting = None            # the watcher a blocked read or write of a detached connection waits on
+        self._waiting = None            # the watcher a blocked read or write of a bare socket waits on
 
     def accept(self):
         """Write the handshake's 101 response, once: done by the first read, write or detach."""
@@ -94,7 +95,7 @@ class ServerConnection:
             if data:
                 return data
         try:
-            data = self._recv_detached() if self.detached else self.socket.recv(self.read_size)
+            data = self._recv_detached() if self.bare else self.socket.recv(self.read_size)
         except OSError:
             return b""
         if len(data) >= self.read_size:
@@ -121,7 +122,7 @@ class ServerConnection:
                 self._wait_io(2)
 
     def _wait_io(self, events):
-        """Block this greenlet until the detached socket is readable (1) or writable (2);
+        """Block this greenlet until the bare socket is readable (1) or writable (2);
         :meth:`close` wakes it (the shutdown makes the socket ready), and the socket is
         closed here then."""
         if self.closed:
@@ -163,17 +164,20 @@ class ServerConnection:
         rfile.close()
         self.environ.clear()
 
-    def detach(self):
+    def detach(self, bare=False):
         """Let this connection outlive its WSGI handler; False if it cannot (TLS sockets).
 
         The socket is duplicated and the handler forgets the original, so
         pywsgi closes only its own descriptor (the connection stays up) and
         neither drains nor writes to it. The handler's greenlet and request
         state can then be freed while the session runs elsewhere; the
-        session's :meth:`close` then closes the duplicate. The duplicate is a
-        bare non-blocking OS socket, not a gevent socket (which carries two
-        I/O watchers): a read or write that must wait makes a watcher for
-        the time it waits (:meth:`_wait_io`).
+        session's :meth:`close` then closes the duplicate. With ``bare`` the
+        duplicate is a bare non-blocking OS socket, not a gevent socket (which
+        carries two I/O watchers): this object's reads and writes that must
+        wait make a watcher for the time they wait (:meth:`_wait_io`), and
+        :attr:`socket` is for its owner's non-blocking use only (broadcast
+        subscribers, ``session.Session``); without it, :attr:`socket` stays a
+        gevent socket (session-room clients use it directly).
         """
         if not self.accepted and not self.closed:
             self.accept()
@@ -182,10 +186,15 @@ class ServerConnection:
             return False
         if self._rfile is not None:
             self._pending = self._take_buffered() or b""
-        raw = sock._sock
-        self.socket = _socket.socket(raw.family, raw.type, raw.proto, _socket.dup(raw.fileno()))
-        self.socket.setblocking(False)
-        self.send_now = self.socket.send
+        if bare:
+            raw = sock._sock
+            self.socket = _socket.socket(raw.family, raw.type, raw.proto, _socket.dup(raw.fileno()))
+            self.socket.setblocking(False)
+            self.send_now = self.socket.send
+        else:
+            self.socket = sock.dup()
+            self.send_now = self.socket._sock.send
+        self.bare = bare
         self.environ = None              # (cleared with the request already)
         handler.socket = None
         handler.websocket = None
@@ -221,7 +230,7 @@ class ServerConnection:
             if sslobj is not None:
                 data = sslobj.read(self.read_size)         # over the non-blocking OS socket
             else:                                           # the OS socket: non-blocking
-                data = (self.socket if self.detached else self.socket._sock).recv(self.read_size)
+                data = (self.socket if self.bare else self.socket._sock).recv(self.read_size)
         except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
         except OSError:                                    # incl. SSLZeroReturnError (TLS EOF)
@@ -259,7 +268,7 @@ class ServerConnection:
 
     def send_frame_now(self, frame):
         """One non-blocking ``sendmsg`` of a ``(header, payload)`` pair, for the event loop's direct
-        writes on a detached connection: the bytes the kernel took (BlockingIOError: none)."""
+        writes on a connection detached bare: the bytes the kernel took (BlockingIOError: none)."""
         return self.socket.sendmsg(frame)
 
     def sendall(self, data):
@@ -282,7 +291,7 @@ class ServerConnection:
                 if sent == len(data):
                     return
                 data = memoryview(data)[sent:]
-            if self.detached:
+            if self.bare:
                 self._sendall_detached(data)
             else:
                 self.socket.sendall(data)
@@ -301,11 +310,11 @@ class ServerConnection:
             return self.sendall(payload)
         self.writing = True
         sock = self.socket
-        sendall = self._sendall_detached if self.detached else sock.sendall
+        sendall = self._sendall_detached if self.bare else sock.sendall
         try:
             try:
                 sent = sock.sendmsg(frame)
-            except BlockingIOError:           # (a detached socket does not wait)
+            except BlockingIOError:           # (a bare socket does not wait)
                 sent = 0
             if sent < len(header):
                 sendall(header[sent:])
