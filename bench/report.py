@@ -17,6 +17,9 @@ METRICS = {
     "tunnel-open": ["mb_per_s", "loss", "corrupt", "bytes", "source_bytes", "server_cpu_s",
                     "cpu_us_per_mb"],
     "blast": ["lat_p50_us", "lat_p99_us", "lat_max_us", "loss", "blast_mb_per_s", "server_cpu_s"],
+    "mem-10k": ["kb_per_sub", "rss_kb_before", "rss_kb_after", "connected"],
+    "subs-15k": ["connected", "deliveries", "loss", "lat_p50_us", "lat_p99_us", "lat_max_us",
+                 "connect_s", "kb_per_sub", "rss_mb", "closed"],
 }
 
 
@@ -182,6 +185,55 @@ def _flow_sections(meta, summary):
     return L
 
 
+#: the tracemalloc breakdown of an idle subscriber (bench/memprobe.py's figures, written up)
+MEMPROBE = Path(__file__).resolve().parent / "results" / "memprobe.md"
+
+
+def _big_sections(P, summary, meta=None):
+    """Issue 21: 10,000 idle subscribers in one room (memory), 15,000 in one process."""
+    meta = meta or {"date": None}
+    L = []
+    mem = summary.get("mem-10k", {})
+    if mem:
+        n = P["mem10k_subs"]
+        L += [f"## Memory: {n:,} idle subscribers in one room", "",
+              "| target | RSS growth KB per subscriber (median, min..max) | RSS before → after (MB) "
+              "| connected | vs nchan |", "|---|---|---|---|---|"]
+        for t in sorted(mem):
+            L.append(f"| {t} | {_cell(summary, 'mem-10k', t, n, 'kb_per_sub', 1)} | "
+                     f"{_fmt(_get(summary, 'mem-10k', t, n, 'rss_kb_before'), 1, 1024)} → "
+                     f"{_fmt(_get(summary, 'mem-10k', t, n, 'rss_kb_after'), 1, 1024)} | "
+                     f"{_cell(summary, 'mem-10k', t, n, 'connected')} | "
+                     f"{_ratio(_get(summary, 'mem-10k', t, n, 'kb_per_sub'), _get(summary, 'mem-10k', 'nchan', n, 'kb_per_sub'))} |")
+        L += ["", "RSS of the server's process tree (nginx: master and worker; sphincter-redis: "
+              "the Sphincter process, not its redis-server) after the subscribers joined and "
+              "the server settled, minus before, divided by the subscribers."
+              + _measured(meta, "mem-10k"), ""]
+    big = summary.get("subs-15k", {})
+    if big:
+        n = P["subs15k"]
+        L += [f"## {n:,} subscribers in one process, {P['subs15k_probes']} messages fanned out "
+              "to all (each after the last reached everyone)", "",
+              "| target | connected | deliveries (expected) | loss | p50 ms | p99 ms | max ms "
+              "| connect s | RSS MB | closed | errors |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        if _measured(meta, "subs-15k"):
+            L[-2:-2] = [_measured(meta, "subs-15k").strip(), ""]
+        for t in sorted(big):
+            e = big[t].get(str(n), {})
+            L.append(f"| {t} | {_cell(summary, 'subs-15k', t, n, 'connected')} | "
+                     f"{_cell(summary, 'subs-15k', t, n, 'deliveries')} ({n * P['subs15k_probes']:,}) | "
+                     f"{e.get('loss_total', '–')} | {_cell(summary, 'subs-15k', t, n, 'lat_p50_us', 1, 1000)} | "
+                     f"{_cell(summary, 'subs-15k', t, n, 'lat_p99_us', 1, 1000)} | "
+                     f"{_cell(summary, 'subs-15k', t, n, 'lat_max_us', 1, 1000)} | "
+                     f"{_cell(summary, 'subs-15k', t, n, 'connect_s', 2)} | "
+                     f"{_cell(summary, 'subs-15k', t, n, 'rss_mb', 1)} | {e.get('closed_total', '–')} | "
+                     f"{'; '.join(e.get('errors', [])) or 'none'} |")
+        L.append("")
+    if mem and MEMPROBE.exists():          # where the bytes go (bench/memprobe.py, by hand)
+        L += [MEMPROBE.read_text().strip(), ""]
+    return L
+
+
 def markdown(meta, summary, chart_rel):
     P = meta["params"]
     reps = P["reps"]
@@ -267,6 +319,8 @@ def markdown(meta, summary, chart_rel):
                      f"{_fmt(_get(summary, 'memory', t, n, 'rss_kb_after'), 1, 1024)} | "
                      f"{_ratio(_get(summary, 'memory', t, n, 'kb_per_sub'), _get(summary, 'memory', 'nchan', n, 'kb_per_sub'))} |")
         L.append("")
+
+    L += _big_sections(P, summary, meta)
 
     tun = summary.get("tunnel", {})
     if tun:
@@ -385,6 +439,18 @@ def _targets_section(meta, summary):
         ok = not e["errors"] and e["loss_total"] == 0 and conn == P["scale_subs"]
         row(f"{P['scale_subs']:,} subscribers in one process without errors",
             f"{_fmt(conn)} connected, {e['loss_total']} lost", ok)
+    kb = g("mem-10k", "sphincter", P.get("mem10k_subs"), "kb_per_sub")
+    if kb is not None:
+        row(f"RSS ≤ 5 KB per idle subscriber at {P['mem10k_subs']:,} in one room (issue 21)",
+            f"{kb:.1f} KB (nchan: {_fmt(g('mem-10k', 'nchan', P['mem10k_subs'], 'kb_per_sub'), 1)} KB)",
+            kb <= 5)
+    e = summary.get("subs-15k", {}).get("sphincter", {}).get(str(P.get("subs15k")))
+    if e:
+        conn = g("subs-15k", "sphincter", P["subs15k"], "connected")
+        p99 = g("subs-15k", "sphincter", P["subs15k"], "lat_p99_us")
+        row(f"{P['subs15k']:,} subscribers in one process, a message to all, 0 loss (issue 21)",
+            f"{_fmt(conn)} connected, {e['loss_total']} lost, p99 {_fmt(p99, 1, 1000)} ms",
+            not e["errors"] and e["loss_total"] == 0 and conn == P["subs15k"])
     if not rows:
         return []
     return ["## Targets (Sphincter, this run)", "", "| target | measured | verdict |",

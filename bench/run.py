@@ -10,7 +10,11 @@ Scenarios (each bounded in count and time): fanout (N = 10/100/1000, closed loop
 64 KiB writes), scale (10,000 subscribers receive probes), ceiling (wsbench vs a trivial C sink);
 issue 9 (flow control): tunnel-open (the tunnel, open loop: the source writes as fast as it can;
 MB/s and losslessness) and blast (a paced room's latency, alone and next to a room whose source
-blasts 100-byte lines as fast as it can, from a second load generator process).
+blasts 100-byte lines as fast as it can, from a second load generator process);
+issue 21 (memory per viewer): mem-10k (10,000 idle subscribers in one room: RSS growth per
+subscriber, in-process and Redis mode, nginx+nchan beside) and subs-15k (15,000 subscribers in
+one room, all connected at once, a few messages fanned out to all: loss, p99 delivery, RSS);
+their targets default to sphincter,sphincter-redis,nchan (--big-targets).
 Run only some: --only tunnel-open,blast (make bench BENCH_ARGS="--only tunnel-open,blast"); a
 partial run writes <out-dir>/<date>-<scenarios>.json and .md and leaves docs/ alone;
 --from-json A.json B.json renders docs/BENCHMARKS.md from several runs.
@@ -44,7 +48,8 @@ PROFILES = {
                  scale_subs=10000, scale_probes=10,
                  ceiling_ns=[100, 1000], ceiling_total=10_000_000,
                  open_bytes=16 << 30, open_duration=3.0, open_rounds=1,
-                 blast_subs=1, blast_rate=100, blast_count=300, timeout=120),
+                 blast_subs=1, blast_rate=100, blast_count=300,
+                 mem10k_subs=10000, subs15k=15000, subs15k_probes=5, timeout=120),
     "smoke": dict(reps=1, fanout_ns=[3, 10], duration=0, count=300, window=32,
                   lat_n=5, lat_rate=500, lat_count=200,
                   mem_subs=20, mem_rooms=2,
@@ -52,9 +57,11 @@ PROFILES = {
                   scale_subs=50, scale_probes=3,
                   ceiling_ns=[10], ceiling_total=20_000,
                   open_bytes=8 << 20, open_duration=0, open_rounds=1,
-                  blast_subs=1, blast_rate=100, blast_count=50, timeout=60),
+                  blast_subs=1, blast_rate=100, blast_count=50,
+                  mem10k_subs=30, subs15k=40, subs15k_probes=2, timeout=60),
 }
-SCENARIOS = ["ceiling", "fanout", "latency", "memory", "tunnel", "scale", "tunnel-open", "blast"]
+SCENARIOS = ["ceiling", "fanout", "latency", "memory", "tunnel", "scale", "tunnel-open", "blast",
+             "mem-10k", "subs-15k"]
 
 
 #: Debian packages build_wsbench needs: a C compiler, libc's headers (scripts/apt-deps.d/bench.txt)
@@ -62,7 +69,8 @@ WSBENCH_PACKAGES = ("gcc", "libc6-dev")
 #: each group of scenarios' targets when the command line names none (the full `make bench`)
 DEFAULT_TARGETS = {"relay": "sphincter,asyncio,nchan",
                    "tunnel": "sphincter,asyncio,websockify,socat",
-                   "blast": "sphincter,asyncio,nchan"}
+                   "blast": "sphincter,asyncio,nchan",
+                   "big": "sphincter,sphincter-redis,nchan"}
 
 
 def build_wsbench(force=False):
@@ -116,6 +124,8 @@ def _common(target, ws, src, rooms):
     args = ["--ws", ws, "--source", src, "--path-fmt", target.path_fmt, "--sub", target.sub]
     if rooms:
         args += ["--room-names", rooms]
+    if getattr(target, "conc", None):        # handshakes in flight (Redis mode: fewer)
+        args += ["--conc", target.conc]
     return args
 
 
@@ -156,16 +166,29 @@ def run_scale(target, P):
                     "scale")
 
 
-def run_memory(target, P):
-    def fn(server, ws, src, rooms):
+def run_subs15k(target, P):
+    """Issue 21: P["subs15k"] subscribers in one room, all connected at once, then
+    P["subs15k_probes"] messages, each fanned out to all before the next (window 1)."""
+    r = run_flow(target, P, P["subs15k"], ["--window", 1, "--count", P["subs15k_probes"],
+                                           "--conc", getattr(target, "conc", None) or 256],
+                 "subs-15k")
+    if r.get("rss_kb_after"):
+        r["rss_mb"] = r["rss_kb_after"] / 1024
+    return r
+
+
+def run_memory(target, P, subs=None, rooms=None):
+    subs, rooms = subs or P["mem_subs"], rooms or P["mem_rooms"]
+
+    def fn(server, ws, src, rooms_):
         marks = {}
 
         def on_phase(name):
             time.sleep(0.5 if name == "sources" else 1.0)  # let the server settle
             marks[name] = T.rss_kb(server.pid)
 
-        r = loadgen(_common(target, ws, src, rooms) +
-                    ["--subs", P["mem_subs"], "--rooms", P["mem_rooms"], "--count", 0],
+        r = loadgen(_common(target, ws, src, rooms_) +
+                    ["--subs", subs, "--rooms", rooms, "--count", 0],
                     on_phase, P["timeout"])
         r["rss_kb_before"], r["rss_kb_after"] = marks["sources"], marks["subs"]
         r["kb_per_sub"] = (marks["subs"] - marks["sources"]) / max(r["connected"], 1)
@@ -308,8 +331,13 @@ def parser():
     ap.add_argument("--blast-targets",
                     help="relay targets of the blast scenario, nchan's blaster publishes by POST "
                          "(default: --targets; without it, %s)" % DEFAULT_TARGETS["blast"])
+    ap.add_argument("--big-targets",
+                    help="targets of mem-10k and subs-15k (default: --targets; without it, %s)"
+                         % DEFAULT_TARGETS["big"])
     ap.add_argument("--scenarios", "--only", default=",".join(SCENARIOS),
                     help="comma-separated subset of: " + ",".join(SCENARIOS))
+    ap.add_argument("--set", action="append", default=[], metavar="PARAM=INT",
+                    help="override a profile parameter, e.g. --set lat_n=1000 (latency at N=1000)")
     ap.add_argument("--out-dir", default=str(BENCH / "results"))
     ap.add_argument("--docs", help="markdown report path (default docs/BENCHMARKS.md; "
                                    "smoke: <out-dir>/BENCHMARKS.md)")
@@ -332,9 +360,10 @@ def scenario_targets(a):
         given = dict(DEFAULT_TARGETS)
     else:
         names = [n for n in a.targets.split(",") if n]
-        given = {"relay": a.targets, "blast": a.targets,
+        given = {"relay": a.targets, "blast": a.targets, "big": a.targets,
                  "tunnel": ",".join(n for n in names if T.has_tunnel(n))}
-    for group, option in (("tunnel", a.tunnel_targets), ("blast", a.blast_targets)):
+    for group, option in (("tunnel", a.tunnel_targets), ("blast", a.blast_targets),
+                          ("big", getattr(a, "big_targets", None))):
         if option is not None:
             given[group] = option
     return given
@@ -355,6 +384,11 @@ def main(argv=None):
     P = dict(PROFILES["smoke" if a.smoke else "full"])
     if a.reps:
         P["reps"] = a.reps
+    for item in a.set:
+        key, _, value = item.partition("=")
+        if key not in P or not value.lstrip("-").isdigit():
+            ap.error("--set %s: PARAM=INT with PARAM one of %s" % (item, ", ".join(sorted(P))))
+        P[key] = int(value)
     scenarios = [s for s in a.scenarios.split(",") if s]
     unknown = sorted(set(scenarios) - set(SCENARIOS))
     if unknown:
@@ -362,7 +396,7 @@ def main(argv=None):
     partial = set(scenarios) != set(SCENARIOS)
     build_wsbench()
 
-    relays, tunnels, blasts, skipped = [], [], [], {}
+    relays, tunnels, blasts, bigs, skipped = [], [], [], [], {}
     wanted = lambda *names: any(s in scenarios for s in names)  # noqa: E731
     given = scenario_targets(a)
     print("bench: targets: %s" % given, file=sys.stderr)
@@ -370,7 +404,8 @@ def main(argv=None):
                              else "", T.relay, relays),
                             (given["tunnel"] if wanted("tunnel", "tunnel-open") else "",
                              T.tunnel, tunnels),
-                            (given["blast"] if wanted("blast") else "", T.relay, blasts)):
+                            (given["blast"] if wanted("blast") else "", T.relay, blasts),
+                            (given["big"] if wanted("mem-10k", "subs-15k") else "", T.relay, bigs)):
         for name in [n for n in names.split(",") if n]:
             target = get(name)
             why = target.available()
@@ -397,7 +432,7 @@ def main(argv=None):
         runs.append(r)
         brief = {k: r.get(k) for k in ("deliveries_per_s", "cpu_us_per_delivery", "loss",
                                        "lat_p99_us", "lat_max_us", "kb_per_sub", "mb_per_s",
-                                       "blast_mb_per_s", "close_codes", "connected",
+                                       "blast_mb_per_s", "close_codes", "connected", "rss_mb",
                                        "error") if r.get(k) is not None}
         print(f"bench: {scenario:11} {target:10} n={n:<6} rep={rep} {brief}", file=sys.stderr,
               flush=True)
@@ -427,6 +462,13 @@ def main(argv=None):
             for k in range(P.get("open_rounds", 1)):
                 for t in rotate(tunnels, rep + k):
                     record("tunnel-open", t.name, 1, rep, lambda t=t: run_tunnel_open(t, P))
+        if "mem-10k" in scenarios:
+            for t in rotate(bigs, rep):
+                record("mem-10k", t.name, P["mem10k_subs"], rep,
+                       lambda t=t: run_memory(t, P, P["mem10k_subs"], 1))
+        if "subs-15k" in scenarios:
+            for t in rotate(bigs, rep):
+                record("subs-15k", t.name, P["subs15k"], rep, lambda t=t: run_subs15k(t, P))
         if "blast" in scenarios:       # n: rooms blasting next door (0: the quiet baseline)
             for t in rotate(blasts, rep):
                 for b in rotate([0, 1], rep):

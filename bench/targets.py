@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,9 +101,12 @@ def rss_kb(pid):
 class Server:
     """One running server process; ``stop()`` always ends it."""
 
-    def __init__(self, argv, ports, workdir, env=None):
+    def __init__(self, argv, ports, workdir, env=None, log_name="server.log"):
         self.workdir = workdir
-        self.log = open(Path(workdir) / "server.log", "wb")
+        self.log_name = log_name
+        #: processes that go with it (a redis-server): stopped after it
+        self.companions = []
+        self.log = open(Path(workdir) / log_name, "wb")
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, preexec_fn=_raise_nofile,
                                      cwd=str(ROOT), env=env)
@@ -119,7 +123,7 @@ class Server:
 
     def log_tail(self):
         try:
-            return (Path(self.workdir) / "server.log").read_text(errors="replace")[-600:]
+            return (Path(self.workdir) / self.log_name).read_text(errors="replace")[-600:]
         except OSError:
             return ""
 
@@ -132,6 +136,8 @@ class Server:
                 self.proc.kill()
                 self.proc.wait(5)
         self.log.close()
+        for other in self.companions:
+            other.stop()
 
 
 class Target:
@@ -176,6 +182,54 @@ class _PyRelay(Target):
 class Sphincter(_PyRelay):
     name = "sphincter"
     script = "sphincter.py"
+
+
+class SphincterRedis(Sphincter):
+    """Sphincter in Redis mode (issue 21: its memory beside in-process mode), with a redis-server
+    of its own on a free loopback port (stopped with it)."""
+    name = "sphincter-redis"
+    packages = ("redis-server",)
+    #: subscriber handshakes in flight (wsbench --conc): below redis-py's pool (bench/cluster.py CONC)
+    conc = 64
+
+    def __init__(self):
+        self.redis_url = None
+
+    def available(self):
+        if not shutil.which("redis-server"):
+            return "redis-server not installed (apt-get install redis-server)"
+        return super().available()
+
+    def extra_args(self):
+        return ["--redis-url", self.redis_url]
+
+    def start(self, workdir, framing="lines"):
+        port = free_port()
+        redis = Server([shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1",
+                        "--save", "", "--appendonly", "no", "--daemonize", "no"], [port], workdir,
+                       log_name="redis.log")
+        self.redis_url = "redis://127.0.0.1:%d/0" % port
+        try:
+            started = super().start(workdir, framing)
+        except BaseException:
+            redis.stop()
+            raise
+        started[0].companions.append(redis)
+        deadline = time.monotonic() + 20         # its sources are refused until Redis answers it
+        while not _healthy(started[1]):
+            if time.monotonic() > deadline:
+                started[0].stop()
+                raise RuntimeError("sphincter-redis: /healthz never ok: %s" % started[0].log_tail())
+            time.sleep(0.05)
+        return started
+
+
+def _healthy(ws):
+    try:
+        with urllib.request.urlopen("http://%s/healthz" % ws, timeout=2) as r:
+            return r.status == 200
+    except (OSError, ValueError):
+        return False
 
 
 class AsyncioRelay(_PyRelay):
@@ -317,6 +371,7 @@ class Socat(Target):
 
 
 RELAYS = {"sphincter": Sphincter(), "asyncio": AsyncioRelay(), "nchan": Nchan(),
+          "sphincter-redis": SphincterRedis(),
           "asyncio-broadcast": AsyncioBroadcast(), "sphincter-flow-off": SphincterFlowOff()}
 TUNNELS = {"sphincter": SphincterRaw(), "asyncio": AsyncioRaw(), "websockify": Websockify(),
            "socat": Socat(), "sphincter-flow-off": SphincterRawFlowOff()}

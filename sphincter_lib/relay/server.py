@@ -257,6 +257,7 @@ class Relay:
             gevent.sleep(self.drain_poll)
         left = self.app.connections + self.sources.active
         self.app.keepalive.stop()
+        self.app.abort_sessions()              # subscribers still open: no greenlet to kill
         if self._sweeper is not None:
             self._sweeper.kill(block=False)
         self.app.sessions.kill(block=False)

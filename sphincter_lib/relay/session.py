@@ -1,12 +1,15 @@
-"""A subscriber's connection: :class:`Session` (one greenlet) and the :class:`Keepalive` sweep.
+"""A subscriber's connection: :class:`Session` (no greenlet while idle) and the :class:`Keepalive` sweep.
 
-A subscriber :class:`Session` is one greenlet, its writer (it drains the
-room's backlog from the subscriber's cursor and writes what the protocol
-session queued), plus an I/O watcher that feeds what the client sends to the
-sans-IO :class:`~sphincter_lib.proto.wssession.ServerSession` from the event loop.
-While the writer sleeps, the event loop writes new frames itself with
-non-blocking sends (:meth:`Session._direct`); it never does while the writer
-is awake, so frames never interleave. ``web.WebApp`` makes sessions and runs them.
+An idle subscriber :class:`Session` has no greenlet: an I/O watcher feeds what
+the client sends to the sans-IO :class:`~sphincter_lib.proto.wssession.ServerSession`
+from the event loop, and the event loop writes new frames and control frames
+(pongs, pings) itself with non-blocking sends (:meth:`Session._direct`). A
+writer greenlet exists only while there is more to write than one
+non-blocking send takes (a full socket buffer, a large frame, the closing
+handshake): it drains the room's backlog from the subscriber's cursor, parks
+the cursor and ends once caught up. The event loop never writes while the
+writer lives, so frames never interleave. ``web.WebApp`` makes sessions and
+starts them.
 """
 
 import logging
@@ -64,17 +67,20 @@ class Keepalive:
 
 
 class Session:
-    """One subscriber connection: a room cursor, a protocol session, one greenlet.
+    """One subscriber connection: a room cursor, a protocol session, a writer greenlet at times.
 
-    The calling (handler) greenlet is the writer: it drains the room's backlog
-    from the subscriber's cursor and writes the frames the protocol session
-    :attr:`ws` queued (pongs, pings, the close frame). Incoming bytes go to
-    :attr:`ws` from the event loop (:meth:`_on_data`), without a greenlet of
-    their own, so an idle subscriber costs one parked greenlet and one I/O
-    watcher. Who closes: the room (``sub.kick``: too slow; ``close_after_drain``:
-    source gone, shutdown), the protocol session (the client's close is echoed,
-    a protocol error, keepalive) — each decision reaches the other side, and
-    the first close frame queued is the one sent.
+    :meth:`start` returns at once; the session ends on its own and then calls
+    ``app.session_done(session)``. Every wake-up of the cursor (``sub.waker``:
+    :meth:`_wake`) first tries the event loop's non-blocking sends; only what
+    they cannot do spawns the writer (:meth:`_write`): it drains the room's
+    backlog from the subscriber's cursor and writes the frames the protocol
+    session :attr:`ws` queued (pongs, pings, the close frame), then ends. Incoming
+    bytes go to :attr:`ws` from the event loop (:meth:`_on_data`), so an idle
+    subscriber costs one I/O watcher and a few small objects. Who closes: the
+    room (``sub.kick``: too slow; ``close_after_drain``: source gone, shutdown),
+    the protocol session (the client's close is echoed, a protocol error,
+    keepalive) — each decision reaches the other side, and the first close
+    frame queued is the one sent.
     """
 
     #: most bytes written to one subscriber per write (small frames are joined up to this;
@@ -85,7 +91,8 @@ class Session:
     #: also the most one direct write from the event loop sends before handing over to the writer
     yield_bytes = 4 * frames.LARGE_PAYLOAD
 
-    __slots__ = ("conn", "sub", "peer", "app", "ws", "_peer_closed", "writer")
+    __slots__ = ("conn", "sub", "peer", "app", "ws", "_peer_closed", "writer", "slot", "_writer",
+                 "finished", "_done")
 
     def __init__(self, app, conn, sub, peer, writer=False):
         self.app, self.conn, self.sub, self.peer = app, conn, sub, peer
@@ -95,19 +102,89 @@ class Session:
                                 keep_data=writer,         # other subscribers' messages are discarded
                                 now=app.keepalive.clock())
         self._peer_closed = None        # an Event while the writer waits for the client's close
+        #: the caller's per-address slot (``web.WebApp``), handed back by ``session_done``
+        self.slot = None
+        self._writer = None             # the writer greenlet while one runs
+        self.finished = False           # True once the session ended (and session_done was called)
+        self._done = None               # an Event while run() waits for the end
 
-    def run(self):
+    def start(self):
+        """Run the session from the event loop, with no greenlet of its own: returns at once."""
         sub, conn = self.sub, self.conn
-        sub.attach(direct=None if conn.tls else self._direct, interrupt=self._interrupt)
-        keepalive = self.app.keepalive
-        keepalive.sessions.add(self)
+        sub.attach(direct=None if conn.tls else self._direct, interrupt=self._interrupt,
+                   waker=self._wake)
+        self.app.keepalive.sessions.add(self)
         try:
             conn.start_reading(self._on_data)
-            self._write()
+            self._wake()                   # the replay window, or park
+        except BaseException:
+            self.abort()
+            raise
+
+    def run(self):
+        """:meth:`start`, then block the calling greenlet until the session ends (a connection
+        that cannot outlive its handler: TLS)."""
+        self._done = Event()
+        try:
+            self.start()
+            self._done.wait()
         finally:
-            keepalive.sessions.discard(self)
-            sub.leave()
-            conn.close()
+            self.abort()
+
+    def abort(self):
+        """End the session now (shutdown's deadline, a killed handler): no closing handshake."""
+        self.conn.close()
+        self._finish()
+
+    def _finish(self):
+        if self.finished:
+            return
+        self.finished = True
+        self.app.keepalive.sessions.discard(self)
+        self.sub.leave()
+        self.conn.close()
+        if self._done is not None:
+            self._done.set()
+        self.app.session_done(self)
+
+    def _wake(self):
+        """Something to do (the cursor's waker: from anywhere, must not block): the event loop's
+        non-blocking sends do what they can; a writer greenlet the rest."""
+        if self._writer is not None or self.finished:
+            return                         # the writer loops until it sees nothing more to do
+        if self.conn.send_now is not None and not self.sub.closing and self._send_control() \
+                and self._direct():
+            self.sub.park()                # caught up: the backlog's flush serves it next
+            return
+        self._writer = gevent.spawn_raw(self._run_writer)
+
+    def _send_control(self):
+        """Queued control frames (pong, ping) with one non-blocking send: True once all went."""
+        ws, conn = self.ws, self.conn
+        if not ws.pending:
+            return True
+        if conn.writing or conn.unsent or conn.closed:
+            return False
+        data = ws.data_to_send()
+        try:
+            sent = conn.send_now(data)
+        except OSError:                    # BlockingIOError included: the writer sends it
+            sent = 0
+        if sent < len(data):
+            conn.defer(data[sent:])
+            return False
+        return True
+
+    def _run_writer(self):
+        done = True
+        try:
+            done = self._write()
+        except BaseException:              # a bug: the session ends, the log says why
+            logger.error("subscriber %s: writer crashed", self.peer, exc_info=True)
+        finally:
+            self._writer = None
+        if done:
+            self._finish()
 
     def _interrupt(self):
         """Kicked (from anywhere; must not block): the close frame is queued at once. A
@@ -130,14 +207,16 @@ class Session:
     def _direct(self):
         """New frames while the writer sleeps (called from the event loop, must not block).
 
-        Sends them with non-blocking sends: True once all went (the writer
-        stays asleep), False to wake the writer — for a large frame, a close,
-        queued control frames, or a send that would block. A partial send's
-        remainder is handed to ``conn.defer``: the writer's next write sends
-        it before anything else, so the byte stream stays in order.
+        Sends them with non-blocking sends (a large frame's header and payload
+        in one ``sendmsg``, uncopied): True once all went (the writer stays
+        asleep), False to wake the writer — for a close, queued control frames,
+        or a send that would block. A partial send's remainder is handed to
+        ``conn.defer``: the writer's next write sends it before anything else,
+        so the byte stream stays in order.
         """
         conn, sub = self.conn, self.sub
-        if conn.writing or conn.closed or conn.unsent or self.ws.pending or sub.closing:
+        if conn.writing or conn.closed or conn.unsent or self.ws.pending or sub.closing \
+                or self._writer is not None:
             return False                   # (checked before take(): the writer may hold one)
         send, take, batch = conn.send_now, sub.take, self.batch_bytes
         budget = self.yield_bytes
@@ -147,18 +226,23 @@ class Session:
             data = take(batch)
             if data is None:
                 return True
-            if data.__class__ is tuple:
-                return False
-            budget -= len(data)
             try:
-                sent = send(data)
+                if data.__class__ is tuple:
+                    if not conn.bare:
+                        return False
+                    size = len(data[0]) + len(data[1])
+                    sent = conn.send_frame_now(data)
+                else:
+                    size = len(data)
+                    sent = send(data)
             except OSError:                # BlockingIOError included: the writer retries
                 return False
             if not sent:
                 return False
             sub.commit()
-            if sent < len(data):
-                conn.defer(data[sent:])
+            budget -= size
+            if sent < size:
+                conn.defer(_rest(data, sent))
                 return False
 
     def _on_data(self, data):
@@ -200,20 +284,22 @@ class Session:
             self.conn.start_reading(self._on_data)
 
     def _write(self):
+        """The writer: until caught up (then the cursor is parked: False) or closed (True)."""
         conn, sub, ws = self.conn, self.sub, self.ws
         batch, budget = self.batch_bytes, self.yield_bytes
         try:
             while True:
                 if sub.closing and (sub.close_now or sub.caught_up()):
                     break
+                if conn.closed:
+                    return True
                 if conn.unsent or ws.pending:
                     conn.sendall(ws.data_to_send())
                     continue               # (that write may have blocked: check for a close again)
                 data = sub.take(batch)
                 if data is None:
-                    budget = self.yield_bytes
-                    sub.wait()
-                    continue
+                    sub.park()             # no switch between this and the writer's end
+                    return False
                 conn.send_frame(data)
                 sub.commit()
                 budget -= len(data) if data.__class__ is not tuple else len(data[1])
@@ -224,8 +310,8 @@ class Session:
                 self._close()
         except OSError as exc:
             logger.debug("subscriber %s: write failed: %s", self.peer, exc)
-        finally:
-            conn.close()
+        conn.close()
+        return True
 
     def _close(self):
         """The closing handshake, within ``close_timeout``: write what is queued and the
@@ -239,3 +325,14 @@ class Session:
             if ws.state is CLOSING:
                 self._peer_closed = Event()
                 self._peer_closed.wait()
+
+
+def _rest(frame, sent):
+    """What a partial send of ``frame`` (bytes or a ``(header, payload)`` pair) left, uncopied
+    where it can be."""
+    if frame.__class__ is not tuple:
+        return memoryview(frame)[sent:]
+    header, payload = frame
+    if sent < len(header):
+        return header[sent:] + payload
+    return memoryview(payload)[sent - len(header):]

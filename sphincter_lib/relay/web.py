@@ -36,7 +36,7 @@ class WebApp:
         self.clock = clock
         self.keepalive = Keepalive(settings.ping_interval, settings.ping_timeout)
         self.connections = 0          # upgraded connections still open
-        self.sessions = Group()       # subscriber sessions detached from their HTTP handler
+        self.sessions = Group()       # session-room clients detached from their HTTP handler
         #: session rooms (``tunnel.TunnelHub``), None with ``--sessions off``
         self.tunnels = None
         #: ``ingest.SourceHandler`` for source links over WebSocket (``/ws?source=1``, ``wssource``)
@@ -157,6 +157,13 @@ class WebApp:
                 self.ip_caps.release(slot)
         if session is None:
             return []
+        if isinstance(session, Session):
+            session.slot = slot                 # handed back by session_done
+            if conn.detach(bare=True):
+                session.start()                 # no greenlet: the handler's goes, the session stays
+            else:
+                session.run()                   # TLS: the session keeps this greenlet
+            return []
         if conn.detach():
             # the session no longer needs the HTTP handler: run it in a fresh greenlet with a
             # shallow stack, and let the handler (its greenlet, its request state) go
@@ -210,9 +217,18 @@ class WebApp:
         finally:
             self.ip_caps.release(slot)
             self.connections -= 1
-            if not isinstance(session, _TunnelClient):
-                logger.debug("subscriber %s left room %s (close %s)", session.peer, session.sub.room.code,
-                             session.sub.close_code)
+
+    def session_done(self, session):
+        """A subscriber's :class:`Session` ended."""
+        self.ip_caps.release(session.slot)
+        self.connections -= 1
+        logger.debug("subscriber %s left room %s (close %s)", session.peer, session.sub.room.code,
+                     session.sub.close_code)
+
+    def abort_sessions(self):
+        """Shutdown's deadline: end the subscribers' sessions still open, without a handshake."""
+        for session in list(self.keepalive.sessions):
+            session.abort()
 
     def _refuse(self, conn, peer, code, reason, key):
         self.stats.rejected["subscriber", key] += 1

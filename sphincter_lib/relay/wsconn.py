@@ -6,6 +6,7 @@ endpoint as ``environ['wsgi.websocket']``; the endpoint drives a sans-IO
 :func:`close_blocking` ends one from a greenlet that reads and writes itself.
 """
 
+import _socket
 import io
 import logging
 import socket
@@ -44,8 +45,8 @@ class ServerConnection:
     read_size = 16 * 1024
 
     # one per subscriber: no __dict__
-    __slots__ = ("environ", "socket", "_handler", "_owner", "_rfile", "_pending", "detached", "tls",
-                 "send_now", "unsent", "writing", "closed", "_on_data", "_watcher", "accepted")
+    __slots__ = ("environ", "socket", "_handler", "_owner", "_rfile", "_pending", "detached", "bare", "tls",
+                 "send_now", "unsent", "writing", "closed", "_on_data", "_watcher", "accepted", "_waiting")
 
     def __init__(self, handler):
         self.environ = handler.environ
@@ -55,6 +56,7 @@ class ServerConnection:
         self._rfile = handler.rfile
         self._pending = b""              # bytes taken from the handshake reader at detach()
         self.detached = False
+        self.bare = False               # detached onto a bare OS socket (see detach)
         # wss://: gevent's SSLSocket (or the stdlib's) carries an _sslobj
         self.tls = isinstance(self.socket, ssl.SSLSocket) or hasattr(self.socket, "_sslobj")
         #: a non-blocking send on the OS socket (None for TLS), for the event loop's direct writes:
@@ -68,6 +70,7 @@ class ServerConnection:
         self._on_data = None
         self._watcher = None
         self.accepted = False           # the 101 response went out (see accept)
+        self._waiting = None            # the watcher a blocked read or write of a bare socket waits on
 
     def accept(self):
         """Write the handshake's 101 response, once: done by the first read, write or detach."""
@@ -92,12 +95,47 @@ class ServerConnection:
             if data:
                 return data
         try:
-            data = self.socket.recv(self.read_size)
+            data = self._recv_detached() if self.bare else self.socket.recv(self.read_size)
         except OSError:
             return b""
         if len(data) >= self.read_size:
             gevent.sleep(0)     # more is probably waiting: let other connections run first
         return data
+
+    def _recv_detached(self):
+        while True:
+            try:
+                return self.socket.recv(self.read_size)
+            except BlockingIOError:
+                self._wait_io(1)
+
+    def _sendall_detached(self, data):
+        send = self.socket.send
+        while data:
+            try:
+                sent = send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent:
+                data = memoryview(data)[sent:]
+            else:
+                self._wait_io(2)
+
+    def _wait_io(self, events):
+        """Block this greenlet until the bare socket is readable (1) or writable (2);
+        :meth:`close` wakes it (the shutdown makes the socket ready), and the socket is
+        closed here then."""
+        if self.closed:
+            raise OSError("connection closed")
+        hub = gevent.get_hub()
+        watcher = self._waiting = hub.loop.io(self.socket.fileno(), events)
+        try:
+            hub.wait(watcher)
+        finally:
+            self._waiting = None
+            watcher.close()
+            if self.closed:
+                self.socket.close()
 
     def _take_buffered(self):
         rfile, self._rfile = self._rfile, None
@@ -126,14 +164,20 @@ class ServerConnection:
         rfile.close()
         self.environ.clear()
 
-    def detach(self):
+    def detach(self, bare=False):
         """Let this connection outlive its WSGI handler; False if it cannot (TLS sockets).
 
         The socket is duplicated and the handler forgets the original, so
         pywsgi closes only its own descriptor (the connection stays up) and
         neither drains nor writes to it. The handler's greenlet and request
         state can then be freed while the session runs elsewhere; the
-        session's :meth:`close` then closes the duplicate.
+        session's :meth:`close` then closes the duplicate. With ``bare`` the
+        duplicate is a bare non-blocking OS socket, not a gevent socket (which
+        carries two I/O watchers): this object's reads and writes that must
+        wait make a watcher for the time they wait (:meth:`_wait_io`), and
+        :attr:`socket` is for its owner's non-blocking use only (broadcast
+        subscribers, ``session.Session``); without it, :attr:`socket` stays a
+        gevent socket (session-room clients use it directly).
         """
         if not self.accepted and not self.closed:
             self.accept()
@@ -142,8 +186,16 @@ class ServerConnection:
             return False
         if self._rfile is not None:
             self._pending = self._take_buffered() or b""
-        self.socket = sock.dup()
-        self.send_now = self.socket._sock.send
+        if bare:
+            raw = sock._sock
+            self.socket = _socket.socket(raw.family, raw.type, raw.proto, _socket.dup(raw.fileno()))
+            self.socket.setblocking(False)
+            self.send_now = self.socket.send
+        else:
+            self.socket = sock.dup()
+            self.send_now = self.socket._sock.send
+        self.bare = bare
+        self.environ = None              # (cleared with the request already)
         handler.socket = None
         handler.websocket = None
         self._owner = None
@@ -177,8 +229,8 @@ class ServerConnection:
         try:
             if sslobj is not None:
                 data = sslobj.read(self.read_size)         # over the non-blocking OS socket
-            else:
-                data = self.socket._sock.recv(self.read_size)   # the OS socket: non-blocking
+            else:                                           # the OS socket: non-blocking
+                data = (self.socket if self.bare else self.socket._sock).recv(self.read_size)
         except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
         except OSError:                                    # incl. SSLZeroReturnError (TLS EOF)
@@ -210,15 +262,21 @@ class ServerConnection:
 
     # -- writing (one writer at a time) --------------------------------------------------
     def defer(self, rest):
-        """Keep ``rest`` (the tail of a partial :attr:`send_now`) to go out first with the next write."""
-        self.unsent += rest
+        """Keep ``rest`` (the tail of a partial :attr:`send_now`, bytes or a memoryview of a
+        frame's payload) to go out first with the next write."""
+        self.unsent = b"".join((self.unsent, rest)) if self.unsent else rest
+
+    def send_frame_now(self, frame):
+        """One non-blocking ``sendmsg`` of a ``(header, payload)`` pair, for the event loop's direct
+        writes on a connection detached bare: the bytes the kernel took (BlockingIOError: none)."""
+        return self.socket.sendmsg(frame)
 
     def sendall(self, data):
         """Write ``unsent`` and ``data``; blocks the calling greenlet. Raises OSError if gone."""
         if not self.accepted:
             self.accept()
         if self.unsent:
-            data, self.unsent = self.unsent + data, b""
+            data, self.unsent = b"".join((self.unsent, data)) if data else self.unsent, b""
         if not data:
             return
         self.writing = True
@@ -233,7 +291,10 @@ class ServerConnection:
                 if sent == len(data):
                     return
                 data = memoryview(data)[sent:]
-            self.socket.sendall(data)
+            if self.bare:
+                self._sendall_detached(data)
+            else:
+                self.socket.sendall(data)
         finally:
             self.writing = False
 
@@ -248,13 +309,18 @@ class ServerConnection:
             self.sendall(header)                    # TLS sockets have no sendmsg
             return self.sendall(payload)
         self.writing = True
+        sock = self.socket
+        sendall = self._sendall_detached if self.bare else sock.sendall
         try:
-            sent = self.socket.sendmsg(frame)
+            try:
+                sent = sock.sendmsg(frame)
+            except BlockingIOError:           # (a bare socket does not wait)
+                sent = 0
             if sent < len(header):
-                self.socket.sendall(header[sent:])
+                sendall(header[sent:])
                 sent = len(header)
             if sent - len(header) < len(payload):
-                self.socket.sendall(memoryview(payload)[sent - len(header):])
+                sendall(memoryview(payload)[sent - len(header):])
         finally:
             self.writing = False
 
@@ -283,8 +349,8 @@ class ServerConnection:
             self.socket.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-        if self.detached:
-            self.socket.close()
+        if self.detached and self._waiting is None:
+            self.socket.close()         # (else the shutdown wakes the blocked greenlet, which closes it)
 
 
 def close_blocking(conn, session, timeout):

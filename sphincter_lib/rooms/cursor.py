@@ -5,6 +5,11 @@ head) in :meth:`Subscriber.take`, and moves the room's lead (``rooms/pace.py``) 
 :meth:`Subscriber.commit`: it holds both, so the data path costs one attribute per name and
 no call. It parks itself on the backlog (:meth:`Subscriber.wait`); the backlog's flush serves
 it directly or unparks it (:meth:`Subscriber.unpark`).
+
+A connection with no greenlet of its own gives the cursor a ``waker`` (:meth:`Subscriber.attach`):
+every wake-up (unparked, kicked, closing, :meth:`Subscriber.wake`) calls it instead of setting an
+event, and its writer parks the cursor with :meth:`Subscriber.park` instead of waiting. The
+event exists only for a writer that waits (:meth:`Subscriber.wait`).
 """
 
 from bisect import bisect_right
@@ -16,7 +21,7 @@ class Subscriber:
     """One subscriber's cursor into its room's backlog, and its wake-up event."""
 
     __slots__ = ("room", "backlog", "pace", "peer", "seq", "pos", "_next", "_event", "_parked",
-                 "closing", "close_code", "close_reason", "close_now", "interrupt", "direct", "active",
+                 "closing", "close_code", "close_reason", "close_now", "interrupt", "direct", "waker", "active",
                  "swept_pos", "progress_at", "unread", "__weakref__")
 
     def __init__(self, room, peer):
@@ -27,7 +32,7 @@ class Subscriber:
         self.seq = backlog.head_seq      # absolute index of the next frame to send
         self.pos = backlog.head_pos      # absolute byte offset of that frame
         self._next = None
-        self._event = Event()
+        self._event = None               # made by the first wait() (a waker needs none)
         self._parked = False
         self.closing = False             # True once the subscriber is to be closed
         self.close_code = None           # the code to close with (None: no status code)
@@ -35,6 +40,7 @@ class Subscriber:
         self.close_now = False           # True: close without draining the backlog
         self.interrupt = None            # delivery hooks: see attach()
         self.direct = None
+        self.waker = None
         self.active = True               # False once it left or was kicked
         self.swept_pos = self.pos        # the cursor at the last stall sweep
         self.progress_at = None          # when the last sweep saw it move or caught up
@@ -42,15 +48,17 @@ class Subscriber:
         #: reading, which decides who leads (see :meth:`jump`)
         self.unread = 0
 
-    def attach(self, direct=None, interrupt=None):
-        """The connection's delivery hooks (both optional, both called from the event loop).
+    def attach(self, direct=None, interrupt=None, waker=None):
+        """The connection's delivery hooks (all optional; none may block or switch).
 
         ``direct()``: new frames arrived while the writer is parked; write them
         without blocking and return True, or return False to have the writer
         woken instead. ``interrupt()``: the subscriber was kicked; abort a write
-        that may be blocked.
+        that may be blocked. ``waker()``: there is something to do (new frames
+        ``direct`` could not send, a close, :meth:`wake`); without it, a writer
+        waiting in :meth:`wait` is woken.
         """
-        self.direct, self.interrupt = direct, interrupt
+        self.direct, self.interrupt, self.waker = direct, interrupt, waker
 
     @property
     def lag_bytes(self):
@@ -130,22 +138,37 @@ class Subscriber:
     def caught_up(self):
         return self.seq >= self.backlog.head_seq
 
-    def wait(self, timeout=None):
-        """Park until there is something to do (new frames, a close, a wake-up)."""
+    def park(self):
+        """Wait for new frames without waiting: the backlog's flush serves it or unparks it."""
         if not self._parked:
             self._parked = True
             self.backlog.parked.append(self)
-        self._event.wait(timeout)
-        self._event.clear()
+
+    def wait(self, timeout=None):
+        """Park until there is something to do (new frames, a close, a wake-up)."""
+        self.park()
+        event = self._event
+        if event is None:
+            event = self._event = Event()
+        event.wait(timeout)
+        event.clear()
+
+    def _signal(self):
+        if self.waker is not None:
+            self.waker()
+        else:
+            if self._event is None:
+                self._event = Event()
+            self._event.set()
 
     def unpark(self):
         """The backlog took it off its parked cursors (it could not be served directly): wake
         its writer."""
         self._parked = False
-        self._event.set()
+        self._signal()
 
     def wake(self):
-        self._event.set()
+        self._signal()
 
     def kick(self, code, reason):
         """Close this subscriber now, without draining (slow, ping timeout, protocol error)."""
@@ -153,14 +176,14 @@ class Subscriber:
             self.close_code, self.close_reason = code, reason
             self.closing = self.close_now = True
         self.room.drop_subscriber(self)
-        self._event.set()
+        self._signal()
         if self.interrupt is not None:
             self.interrupt()
 
     def close_after_drain(self, code, reason):
         if not self.closing:
             self.close_code, self.close_reason, self.closing = code, reason, True
-        self._event.set()
+        self._signal()
 
     def leave(self):
         """The connection is gone: stop counting it."""

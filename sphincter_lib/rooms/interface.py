@@ -15,7 +15,8 @@ Who may call what (the names are listed, for the seam test, in
   ends, ``source_left``;
 - the **HTTP side** (``relay/web``): :meth:`RoomModel.subscribe`, then on the
   subscriber its ``room`` and ``peer``, ``attach`` its delivery hooks,
-  ``take`` / ``commit`` / ``wait`` to write, ``wake`` (something to send:
+  ``take`` / ``commit`` / ``wait`` to write (or ``park``, with a ``waker``
+  hook: no greenlet waits), ``wake`` (something to send:
   a parked writer wakes up), ``caught_up`` (nothing left to send), ``kick``
   to cut it, ``leave`` when its connection is gone, and its closing state
   (``closing``, ``close_code``, ``close_reason``, ``close_now``: close without
@@ -78,7 +79,7 @@ ROOM_NAMES = ROOM_FIGURES + ("paused_for", "lag_max", "resume_key", "write_key",
                              "publish", "read_budget", "source_must_wait", "wait_for_readers",
                              "outbox", "source_left", "write", "presence_changed")
 #: what relay/ may use of a subscriber
-SUBSCRIBER_NAMES = ("room", "peer", "attach", "take", "commit", "wait", "wake", "caught_up",
+SUBSCRIBER_NAMES = ("room", "peer", "attach", "take", "commit", "wait", "park", "wake", "caught_up",
                     "kick", "leave", "closing", "close_code", "close_reason", "close_now")
 #: what relay/ may use of a session room (``rooms/sessions.SessionRoom``)
 SESSION_ROOM_NAMES = ("code", "kind", "named", "write_key", "source", "peer", "opened_at", "sessions",

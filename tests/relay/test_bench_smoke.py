@@ -21,12 +21,13 @@ ROOT = Path(__file__).resolve().parents[2]
 #: --require a missing one fails the run. tests/unit/test_deps_declared.py checks that this names
 #: all of run.py's target options and that the Debian packages of these targets are declared.
 TARGETS = {"--targets": "sphincter,asyncio", "--tunnel-targets": "sphincter,asyncio",
-           "--blast-targets": "sphincter,asyncio"}
+           "--blast-targets": "sphincter,asyncio", "--big-targets": "sphincter,sphincter-redis"}
 
 
 @pytest.mark.timeout(300)
 def test_bench_smoke(tmp_path):
     require_program("gcc")
+    require_program("redis-server")             # the sphincter-redis target
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     # a fresh build every time: the C source must keep compiling
     build = subprocess.run([sys.executable, "-c",
@@ -45,9 +46,9 @@ def test_bench_smoke(tmp_path):
     data = json.loads(results[0].read_text())
     runs = data["runs"]
     assert {r["scenario"] for r in runs} == {"ceiling", "fanout", "latency", "memory", "tunnel",
-                                             "scale", "tunnel-open", "blast"}
+                                             "scale", "tunnel-open", "blast", "mem-10k", "subs-15k"}
     for scenario, option in (("fanout", "--targets"), ("tunnel", "--tunnel-targets"),
-                             ("blast", "--blast-targets")):
+                             ("blast", "--blast-targets"), ("subs-15k", "--big-targets")):
         assert {r["target"] for r in runs if r["scenario"] == scenario} == set(
             TARGETS[option].split(",")), scenario
     for r in runs:
@@ -55,7 +56,7 @@ def test_bench_smoke(tmp_path):
         assert r["loss"] == 0, r
         assert r["connected"] == r["subs"], r
         assert r["reorder"] == 0 and r["gaps"] == 0, r
-        if r["scenario"] in ("fanout", "latency", "scale"):
+        if r["scenario"] in ("fanout", "latency", "scale", "subs-15k"):
             assert r["sent"] > 0 and r["deliveries"] == r["sent"] * r["subs"], r
             assert r["closed"] == 0, r
         if r["scenario"] in ("tunnel", "tunnel-open"):

@@ -115,7 +115,7 @@ def smoke_plan():
         import run, targets as T
         argv = json.loads(sys.argv[1])
         groups = run.scenario_targets(run.parser().parse_args(argv))
-        get = {"relay": T.relay, "tunnel": T.tunnel, "blast": T.relay}
+        get = {"relay": T.relay, "tunnel": T.tunnel, "blast": T.relay, "big": T.relay}
         print(json.dumps({
             "options": sorted(o for a in run.parser()._actions for o in a.option_strings
                               if o.endswith("-targets")),
@@ -136,7 +136,7 @@ def test_bench_smoke_names_every_scenario_targets_and_their_packages_are_listed(
     plan = smoke_plan()
     assert sorted(TARGETS) == plan["options"], "test_bench_smoke.TARGETS must name every one"
     for group, option in (("relay", "--targets"), ("tunnel", "--tunnel-targets"),
-                          ("blast", "--blast-targets")):
+                          ("blast", "--blast-targets"), ("big", "--big-targets")):
         assert plan["groups"][group] == TARGETS[option], group
     listed = declared()
     needed = {pkg: "wsbench's build" for pkg in plan["build"]}
