@@ -497,6 +497,26 @@ def chart(meta, summary, path):
     return path
 
 
+#: sections of docs/BENCHMARKS.md that other benches write (bench/sessions.py): a run of this
+#: report keeps them as they are, at the end
+KEPT_SECTIONS = ("## Session tunnels",)
+
+
+def _kept_sections(docs):
+    try:
+        text = docs.read_text()
+    except OSError:
+        return ""
+    kept = []
+    for title in KEPT_SECTIONS:
+        start = text.find("\n" + title + "\n")
+        if start < 0:
+            continue
+        end = text.find("\n## ", start + 1)
+        kept.append(text[start:end if end >= 0 else len(text)].rstrip("\n") + "\n")
+    return "".join(kept)
+
+
 def write_all(meta, runs, out_dir, docs, with_chart=True, tag="", write_json=True):
     """JSON <out_dir>/<date><tag>.json, the fan-out chart (when there is a fan-out), markdown."""
     out_dir = Path(out_dir)
@@ -517,6 +537,6 @@ def write_all(meta, runs, out_dir, docs, with_chart=True, tag="", write_json=Tru
     docs = Path(docs)
     docs.parent.mkdir(parents=True, exist_ok=True)
     rel = os.path.relpath(png, docs.parent) if png else None
-    docs.write_text(markdown(meta, summary, rel))
+    docs.write_text(markdown(meta, summary, rel) + _kept_sections(docs))
     paths.append(docs)
     return paths
