@@ -232,7 +232,7 @@ OPTIONS = (
     Option("session-open-burst", "20", count,
            "session opens an address may make at once before --session-open-rate applies", "N"),
     Option("ws-sources", "off", boolean,
-           "accept source links ('sphincter connect --relay wss://...') on the WebSocket port at "
+           "accept source links (sphincter connect with a wss:// relay URL) on the WebSocket port at "
            "/ws?source=1, for agents that can only get out through HTTPS or a proxy; every source "
            "rule applies (tokens, --max-sources-per-ip with the X-Forwarded-For address); off: "
            "they are closed with 4403, and room creation stays on the TCP source port only", "on|off"),
