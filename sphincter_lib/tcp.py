@@ -30,10 +30,15 @@ def plain(sock):
     return isinstance(sock, socket.socket) and not isinstance(sock, ssl.SSLSocket)
 
 
+class NoPipe(OSError):
+    """No pipe could be had (no file descriptor left): the caller copies instead."""
+
+
 class SplicePipe:
     """The pipe ``os.splice`` moves bytes through between two sockets, held only while they flow:
-    :meth:`open` before a read, :meth:`close` when the source has nothing, so an idle session
-    holds no file descriptor for it. :meth:`open` raises OSError when no pipe can be had."""
+    :meth:`fill` opens it for a read and closes it while the source has nothing, so an idle
+    session holds no file descriptor for it; :meth:`drain` empties it into the destination.
+    The waits are the caller's (``wait_readable``/``wait_writable``: its event loop's)."""
 
     def __init__(self, size):
         self.want, self.size = size, size
@@ -55,3 +60,26 @@ class SplicePipe:
             os.close(self.r)
             os.close(self.w)
             self.r = self.w = None
+
+    def fill(self, src_fd, wait_readable):
+        """Up to :attr:`size` bytes of ``src_fd`` into the pipe; returns their count (0: EOF).
+        While nothing is there, the pipe is closed and ``wait_readable()`` called. Raises
+        :class:`NoPipe` when no pipe can be had, OSError when the source broke."""
+        while True:
+            try:
+                self.open()
+            except OSError as exc:
+                raise NoPipe(exc.errno, exc.strerror)
+            try:
+                return SPLICE(src_fd, self.w, self.size, flags=SPLICE_FLAGS)
+            except BlockingIOError:
+                self.close()
+                wait_readable()
+
+    def drain(self, n, dst_fd, wait_writable):
+        """The ``n`` bytes in the pipe to ``dst_fd``, calling ``wait_writable()`` while it is full."""
+        while n:
+            try:
+                n -= SPLICE(self.r, dst_fd, n, flags=SPLICE_FLAGS)
+            except BlockingIOError:
+                wait_writable()

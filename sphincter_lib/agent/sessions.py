@@ -22,7 +22,7 @@ import gevent.lock
 
 from ..errors import SphincterError
 from ..proto import sessionwire
-from ..tcp import SPLICE, SPLICE_FLAGS, SplicePipe, plain
+from ..tcp import SPLICE, NoPipe, SplicePipe, plain
 from .backoff import Backoff
 from .dial import relay_socket
 from .local import Fatal
@@ -221,11 +221,7 @@ class SessionAgent:
                     budget = self.yield_bytes
                     gevent.sleep(0)
         except OSError:                          # a reset: end both directions
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            _cut(src, dst)
             return moved
 
     def _splice_pump(self, src, dst):
@@ -239,35 +235,20 @@ class SessionAgent:
         try:
             while True:
                 try:
-                    pipe.open()
-                except OSError:                  # no file descriptor for a pipe: copy instead
+                    n = pipe.fill(src_fd, lambda: hub.wait(readable))
+                except NoPipe:
                     return moved + self._pump(src, dst)
-                try:
-                    n = SPLICE(src_fd, pipe.w, pipe.size, flags=SPLICE_FLAGS)
-                except BlockingIOError:
-                    pipe.close()                 # nothing to read: wait without a pipe
-                    hub.wait(readable)
-                    continue
                 if not n:
                     dst.shutdown(socket.SHUT_WR)       # FIN passed on, after every byte
                     return moved
-                left = n
-                while left:
-                    try:
-                        left -= SPLICE(pipe.r, dst_fd, left, flags=SPLICE_FLAGS)
-                    except BlockingIOError:
-                        hub.wait(writable)
+                pipe.drain(n, dst_fd, lambda: hub.wait(writable))
                 moved += n
                 budget -= n
                 if budget <= 0:
                     budget = self.yield_bytes
                     gevent.sleep(0)
         except OSError:                          # a reset: end both directions
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            _cut(src, dst)
             return moved
         finally:
             pipe.close()
@@ -300,3 +281,11 @@ class SessionAgent:
             self.control.close()
         logger.info("stopped: %d sessions opened", self.opened)
         return status
+
+
+def _cut(*socks):
+    for sock in socks:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass

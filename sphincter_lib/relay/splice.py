@@ -31,7 +31,7 @@ from ..closecodes import CloseCode
 from ..logformat import log_crash
 from ..proto import frames
 from ..proto.wssession import OPEN, ServerSession
-from ..tcp import SPLICE, SPLICE_FLAGS, SplicePipe, plain
+from ..tcp import SPLICE, NoPipe, SplicePipe, plain
 
 logger = logging.getLogger("sphincter.relay.tunnel")
 
@@ -162,18 +162,12 @@ class Splice:
         try:
             while True:
                 try:
-                    pipe.open()
-                except OSError:                  # no file descriptor for a pipe: copy instead
+                    n = pipe.fill(src, lambda: hub.wait(readable))
+                except NoPipe:                   # no file descriptor for a pipe: copy instead
                     return self._down_copied()
-                try:
-                    n = SPLICE(src, pipe.w, pipe.size, flags=SPLICE_FLAGS)
-                except BlockingIOError:
-                    pipe.close()                 # nothing to read: wait without a pipe
-                    hub.wait(readable)
-                    continue
                 if not n:
                     return
-                self._send_spliced(pipe, n, dst, hub, writable)
+                self._send_spliced(pipe, n, dst, lambda: hub.wait(writable))
                 budget -= n
                 if budget <= 0:
                     budget = self.yield_bytes
@@ -183,7 +177,7 @@ class Splice:
             readable.close()
             writable.close()
 
-    def _send_spliced(self, pipe, n, dst, hub, writable):
+    def _send_spliced(self, pipe, n, dst, wait_writable):
         """The ``n`` bytes in ``pipe`` to the client as one binary message (dropped once closing)."""
         with self._writing:
             if self.ws.state is not OPEN:
@@ -191,12 +185,7 @@ class Splice:
                     n -= len(os.read(pipe.r, n))
                 return
             self.conn.socket.sendall(frames.message_header(n), socket.MSG_MORE)
-            left = n
-            while left:
-                try:
-                    left -= SPLICE(pipe.r, dst, left, flags=SPLICE_FLAGS)
-                except BlockingIOError:
-                    hub.wait(writable)
+            pipe.drain(n, dst, wait_writable)
             self.to_client += n
 
     def _client_to_service(self, first):
