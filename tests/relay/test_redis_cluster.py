@@ -9,20 +9,14 @@ SIGKILLed under load is survived as a Sentinel failover: every subscriber saw ev
 order, or a gapless prefix then 4408, never a silent gap. The Cluster is shared by every test
 that asks for it (tests/conftest.py; it takes ~10 s to create); each test has its own ``--redis-prefix``.
 """
-import time
-
-import gevent
-import gevent.event
 import pytest
 
 from conftest import unit
 from clusterkit import slot_of  # (the redis_cluster fixture: tests/conftest.py)
-from test_cluster import ADMIN, Reader, assert_no_gap, close_of, get_json, http, numbered, source, wait_for
-from test_failover import healthy, pump, resubscribed
+from test_cluster import ADMIN, Reader, assert_no_gap, close_of, get_json, numbered, source, wait_for
+from test_failover import survive_failover_under_load
 
 pytestmark = pytest.mark.timeout(90)
-
-LEASE = "3"
 
 
 def room_slot(cluster, code):
@@ -98,50 +92,9 @@ def test_the_single_redis_contract_holds_on_a_cluster(redis_cluster, case):
 
 
 def test_a_shard_primary_killed_under_load_is_survived_never_a_gap(redis_cluster):
-    cluster = redis_cluster
-    n1, n2 = cluster.nodes(2, "--redis-lease", LEASE)
-    src, code, _ = source(cluster, n1)
-    readers = [Reader(cluster, node, code) for node in (n1, n2, n2)]
-    sent, stop = [0], gevent.event.Event()
-    feeder = pump(cluster, src, sent, stop)
-    for r in readers:
-        r.wait_count(200)
-    slot = room_slot(cluster, code)
-    old = cluster.redis.kill_primary_of(slot)
-    killed = time.monotonic()
-    new = cluster.redis.wait_failover(slot, old)
-    promoted = time.monotonic()
-    for node in (n1, n2):
-        wait_for(lambda: healthy(node), timeout=unit(15), what="%s: /healthz ok after the failover" % node.name)
-    recovered = time.monotonic()
-    print("shard failover: promoted %.2fs after the kill, nodes ok %.2fs after the kill (new primary :%d)"
-          % (promoted - killed, recovered - killed, new.port))
-    mark = sent[0]
-    fresh = resubscribed(cluster, n2, code, 100)
-    other, other_code, _ = source(cluster, n2)          # a new room opens
-    on_n1 = Reader(cluster, n1, other_code)
-    other.send(b"after the failover\n")
-    on_n1.wait_for_message(b"after the failover")
-    for r in readers:
-        wait_for(lambda: r.closed.is_set() or (r.got and int(r.got[-1]) >= mark), timeout=unit(15),
-                 what="%s: past the failover" % r.node.name)
-    stop.set()
-    feeder.join(timeout=unit(5))
-    src.close()
-    total = sent[0]
-    for r in readers:
-        close = r.wait_close(timeout=15)
-        print("%s: %d of %d messages, then %r" % (r.node.name, len(r.got), total, close))
-        if close[0] == 4410:
-            assert_no_gap(r, total)
-        else:
-            assert close == (4408, "missed messages"), (r.node.name, close)
-            assert_no_gap(r)
-    assert readers[0].close[0] == 4410, "the source's own node never misses: %r" % (readers[0].close,)
-    assert fresh.wait_close()[0] == 4410
-    nums = fresh.numbers()
-    assert nums == list(range(nums[0], total)), "the late joiner saw a gap"
-    for node in (n1, n2):
-        assert "Traceback" not in node.log(), node.log_tail(40)
-    assert http(n1, "/healthz")[0] == 200
+    servers = redis_cluster.redis
 
+    def fail(code):
+        slot = room_slot(redis_cluster, code)
+        return servers.wait_failover(slot, servers.kill_primary_of(slot))
+    survive_failover_under_load(redis_cluster, "shard failover", fail)
